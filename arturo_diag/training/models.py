@@ -1,0 +1,283 @@
+"""Models of arturo-diag, in plain torch: an MLP, small CNNs and CIFAR-style ResNets.
+
+Every model here is built only from Linear/Conv2d/ReLU/pooling/Flatten/Dropout/BatchNorm layers and
+residual additions, and carries the class attribute ``arturo_diag_piecewise_linear = True``:
+
+    the network is linear in each single weight, so diag(H) = diag(GGN) — the curvature package's
+    fast exact method may use that (BatchNorm only in eval mode).
+
+(For a weight ``w`` of one layer, the logits are an affine function of ``w`` with every other weight
+fixed, up to the ReLU/max-pool activation pattern, which is locally constant; so the second
+derivative of the logits in ``w`` vanishes and the Hessian diagonal equals the GGN diagonal.)
+
+``build_model(name, in_channels=..., num_classes=..., image_size=...)`` builds one by name from the
+``MODELS`` registry and checks it can take a ``(in_channels, image_size, image_size)`` input.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from arturo_diag.errors import ConfigError
+
+__all__ = [
+    "MLP",
+    "SmallCNN",
+    "FashionCNN",
+    "BasicBlock",
+    "ResNet",
+    "resnet18",
+    "resnet34",
+    "MODELS",
+    "build_model",
+    "count_parameters",
+]
+
+class MLP(nn.Module):
+    """A ReLU multilayer perceptron that flattens its input: Linear-ReLU blocks, then a Linear head.
+
+    Args:
+        in_features: number of input features after flattening (e.g. ``C * H * W``).
+        hidden: widths of the hidden layers (empty for a linear model).
+        num_classes: number of output logits.
+    """
+
+    #: the network is linear in each single weight, so diag(H) = diag(GGN) — the curvature
+    #: package's fast exact method may use that (BatchNorm only in eval mode).
+    arturo_diag_piecewise_linear = True
+
+    def __init__(self, in_features: int, hidden: Sequence[int] = (64,), num_classes: int = 10):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class SmallCNN(nn.Module):
+    """A tiny CNN for 8x8 images, small enough that an exact diagonal Hessian is cheap.
+
+    conv ``in_channels``->8 (3x3, pad 1) ReLU maxpool2, conv 8->16 (3x3, pad 1) ReLU, adaptive
+    max-pool to 2x2, flatten, linear 64->32 ReLU, linear 32->``num_classes``.
+    On 1x8x8 digits with 10 classes it has 3,658 parameters. The adaptive pool lets it take any
+    ``image_size`` >= 2 (for 8x8 it is an ordinary 2x2 max-pool).
+    """
+
+    #: the network is linear in each single weight, so diag(H) = diag(GGN) — the curvature
+    #: package's fast exact method may use that (BatchNorm only in eval mode).
+    arturo_diag_piecewise_linear = True
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 8):
+        super().__init__()
+        self.image_size = image_size
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveMaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(16 * 2 * 2, 32),
+            nn.ReLU(),
+            nn.Linear(32, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class FashionCNN(nn.Module):
+    """The arTuRO paper's Fashion-MNIST CNN (390,410 parameters with 10 classes), input 1x28x28.
+
+    conv 1->32 (3x3) ReLU maxpool2 dropout0.2, conv 32->64 (3x3) ReLU maxpool2 dropout0.2,
+    conv 64->128 (3x3) ReLU dropout0.2, flatten, linear 1152->256 ReLU dropout0.5, linear 256->10.
+    """
+
+    #: the network is linear in each single weight, so diag(H) = diag(GGN) — the curvature
+    #: package's fast exact method may use that (BatchNorm only in eval mode).
+    arturo_diag_piecewise_linear = True
+
+    #: the only input shape the fixed 1152-wide linear layer accepts.
+    input_shape = (1, 28, 28)
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 32, 3),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Dropout(0.2),
+            nn.Conv2d(32, 64, 3),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Dropout(0.2),
+            nn.Conv2d(64, 128, 3),
+            nn.ReLU(),
+            nn.Dropout(0.2),
+            nn.Flatten(),
+            nn.Linear(1152, 256),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.Linear(256, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class BasicBlock(nn.Module):
+    """The ResNet basic block: two 3x3 conv-BN layers plus an identity (or 1x1 conv-BN) shortcut."""
+
+    #: the network is linear in each single weight, so diag(H) = diag(GGN) — the curvature
+    #: package's fast exact method may use that (BatchNorm only in eval mode).
+    arturo_diag_piecewise_linear = True
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu2 = nn.ReLU()
+        self.shortcut: nn.Module = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(planes),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu2(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """A CIFAR-style ResNet: 3x3 stem conv (no max-pool), four stages of basic blocks, global
+    average pooling and a linear head. Widths 64, 128, 256, 512; stages 2-4 halve the resolution.
+
+    Args:
+        num_blocks: blocks per stage, e.g. ``(2, 2, 2, 2)`` for ResNet-18.
+        num_classes: number of output logits.
+        in_channels: channels of the input image.
+    """
+
+    #: the network is linear in each single weight, so diag(H) = diag(GGN) — the curvature
+    #: package's fast exact method may use that (BatchNorm only in eval mode).
+    arturo_diag_piecewise_linear = True
+
+    def __init__(self, num_blocks: Sequence[int], num_classes: int = 10, in_channels: int = 3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU()
+        in_planes = 64
+        stages = []
+        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), num_blocks)):
+            strides = [1 if i == 0 else 2] + [1] * (n - 1)
+            blocks = []
+            for s in strides:
+                blocks.append(BasicBlock(in_planes, planes, s))
+                in_planes = planes
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.linear = nn.Linear(512 * BasicBlock.expansion, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        return self.linear(self.flatten(self.pool(out)))
+
+
+def resnet18(num_classes: int = 10, in_channels: int = 3) -> ResNet:
+    """CIFAR-style ResNet-18 (blocks 2, 2, 2, 2); 11,173,962 parameters for 3x32x32 and 10 classes."""
+    return ResNet((2, 2, 2, 2), num_classes=num_classes, in_channels=in_channels)
+
+
+def resnet34(num_classes: int = 10, in_channels: int = 3) -> ResNet:
+    """CIFAR-style ResNet-34 (blocks 3, 4, 6, 3); 21,282,122 parameters for 10 classes."""
+    return ResNet((3, 4, 6, 3), num_classes=num_classes, in_channels=in_channels)
+
+
+def _build_mlp(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    return MLP(in_channels * image_size * image_size, (64,), num_classes)
+
+
+def _build_small_cnn(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    if image_size < 2:
+        raise ConfigError(
+            "model", "small_cnn", f"an input of at least 2x2 pixels (got {image_size}x{image_size})"
+        )
+    return SmallCNN(in_channels, num_classes, image_size)
+
+
+def _build_fashion_cnn(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    if (in_channels, image_size) != (1, 28):
+        raise ConfigError(
+            "model",
+            "fashion_cnn",
+            "a dataset with 1x28x28 inputs such as fashion_mnist "
+            f"(this dataset's inputs are {in_channels}x{image_size}x{image_size})",
+        )
+    return FashionCNN(num_classes)
+
+
+def _build_resnet(factory: Callable[..., ResNet], name: str):
+    def build(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+        # Three stride-2 stages: below 8x8 the last stage would see a 1x1 (or empty) map.
+        if image_size < 8:
+            raise ConfigError(
+                "model", name, f"an input of at least 8x8 pixels (got {image_size}x{image_size})"
+            )
+        return factory(num_classes=num_classes, in_channels=in_channels)
+
+    return build
+
+
+#: Model name -> builder ``(in_channels, num_classes, image_size) -> nn.Module``.
+MODELS: dict[str, Callable[[int, int, int], nn.Module]] = {
+    "mlp": _build_mlp,
+    "small_cnn": _build_small_cnn,
+    "fashion_cnn": _build_fashion_cnn,
+    "resnet18": _build_resnet(resnet18, "resnet18"),
+    "resnet34": _build_resnet(resnet34, "resnet34"),
+}
+
+
+def build_model(name: str, *, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    """Build the model registered as ``name`` for square ``in_channels x image_size x image_size``
+    inputs and ``num_classes`` outputs.
+
+    Raises:
+        ConfigError: ``model`` if the name is unknown or the model cannot take that input shape.
+    """
+    if name not in MODELS:
+        raise ConfigError("model", name, "one of " + ", ".join(sorted(MODELS)))
+    if in_channels < 1 or num_classes < 1 or image_size < 1:
+        raise ConfigError(
+            "model",
+            name,
+            "positive in_channels, num_classes and image_size "
+            f"(got {in_channels}, {num_classes}, {image_size})",
+        )
+    return MODELS[name](in_channels, num_classes, image_size)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of scalar parameters of ``model``."""
+    return sum(p.numel() for p in model.parameters())
+
