@@ -1,0 +1,461 @@
+"""arTuRO as a ``torch.optim.Optimizer``: orchestration only, the math is in :mod:`.functional`."""
+from __future__ import annotations
+
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from . import functional as F
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["Arturo", "PRESETS", "load_preset"]
+
+#: Names of the published hyperparameter sets (ARTURO.md, "Published settings").
+PRESETS = ("fmnist_cnn", "fmnist_resnet18", "cifar10_cnn", "cifar100_cnn", "cifar10_resnet34", "cifar100_resnet34")
+
+# The per-coordinate state that lives in one flat buffer per bucket (see `_Bucket`).
+_FLAT_KEYS = ("precision", "curvature", "intercept", "filter_cov_bb", "filter_cov_ba", "filter_cov_aa")
+_FILTER_KEYS = ("intercept", "curvature", "filter_cov_bb", "filter_cov_ba", "filter_cov_aa")  # FilterState order
+
+_KL_CHOICES = ("decoupled", "coupled")
+_DUAL_CHOICES = ("bisection", "exact")
+
+
+def _preset_dirs() -> list[Path]:
+    here = Path(__file__).resolve()
+    # a source checkout keeps the presets in <repo>/experiments/presets; a wheel bundles them.
+    return [here.parents[2] / "experiments" / "presets", here.parents[1] / "_experiments" / "presets"]
+
+
+def load_preset(name: str) -> dict[str, float]:
+    """The optimizer keywords of a published preset (``experiments/presets/<name>.toml``)."""
+    if name not in PRESETS:
+        raise ValueError(f"preset: unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
+    for directory in _preset_dirs():
+        path = directory / f"{name}.toml"
+        if path.is_file():
+            with path.open("rb") as f:
+                return dict(tomllib.load(f)["optimizer"])
+    raise FileNotFoundError(f"preset: file {name}.toml not found in {', '.join(map(str, _preset_dirs()))}")
+
+
+def _scalar(value: Any) -> float:
+    return float(value.item()) if isinstance(value, Tensor) else float(value)
+
+
+class _Bucket:
+    """Parameters of one group that share device and dtype, with their state in flat buffers.
+
+    ``self.state[p][key]`` are views into ``flat[key]``, so the kernels run once over the whole
+    bucket instead of once per parameter (the speed of ``torch.optim``'s foreach path, without its
+    per-tensor dispatch). The views are what ``state_dict()`` sees; if they are replaced
+    (``load_state_dict``), the bucket is rebuilt from them at the next step.
+    """
+
+    def __init__(self, params: list[Tensor]):
+        self.params = params
+        self.numels = [p.numel() for p in params]
+        self.offsets = np.concatenate([[0], np.cumsum(self.numels)]).tolist()
+        self.numel = self.offsets[-1]
+        self.flat: dict[str, Tensor] = {}
+        self.views: dict[str, list[Tensor]] = {}
+
+    def slices(self, flat: Tensor) -> list[Tensor]:
+        return [flat[lo:hi].view_as(p) for lo, hi, p in zip(self.offsets[:-1], self.offsets[1:], self.params)]
+
+    def install(self, key: str, flat: Tensor, state: Mapping[Tensor, dict]) -> None:
+        self.flat[key] = flat
+        self.views[key] = self.slices(flat)
+        for p, view in zip(self.params, self.views[key]):
+            state[p][key] = view
+
+    def valid(self, state: Mapping[Tensor, dict]) -> bool:
+        for key in _FLAT_KEYS:
+            views = self.views.get(key)
+            if views is None:
+                return False
+            for p, view in zip(self.params, views):
+                if state[p].get(key) is not view:
+                    return False
+        return True
+
+    def gather(self, tensors: list[Tensor]) -> Tensor:
+        return torch.cat([t.reshape(-1) for t in tensors]) if len(tensors) > 1 else tensors[0].reshape(-1)
+
+
+class Arturo(Optimizer):
+    r"""arTuRO: information-theoretic trust-region optimization (Dahlinger et al., arXiv 2310.20574).
+
+    Every weight is a Gaussian ``N(mu, 1/pi)``. A recursive-least-squares filter with drift fits
+    the gradient model ``g(theta) = a theta + b`` per coordinate, so ``a`` estimates the diagonal
+    Hessian online; the step is the closed-form minimiser of the surrogate plus a KL to the prior,
+    with ``eta`` chosen so that the mean part of ``KL(q'||q)`` equals the bound ``eps = lr``.
+
+    .. code-block:: text
+
+        input: eps (lr), rho (reg_weight), lam (prior_prec), nu, q, r, P0, eta_tol, wd
+        for each step, per coordinate, with gradient g at theta:
+            theta <- theta - lr_group * wd * theta                     (0, decoupled weight decay)
+            P_bb += q; P_aa += q                                       (1, filter predict)
+            s = h^T P h + r,  k = P h / s,  d = g - (a theta + b)      (2, filter update, h = [1, theta])
+            (b, a) += k d;  P -= k k^T s
+            mu'(eta) = (eta pi mu - b) / (a + c + eta pi),  c = rho lam   (3, closed form)
+            pi' = (a + c + nu pi) / (rho + nu)
+            eta: 0.5 sum pi (mu'(eta) - mu)^2 = eps  by coarse bisection  (4, trust region)
+            mu <- mu'(eta);  pi <- pi';  theta <- mu                    (5, commit)
+
+    The default reproduces ``ARTURO.md`` exactly, the published code's quirks included (the coarse
+    bisection whose ``eta`` can freeze or grow by 5/3 per step regardless of the bound; the
+    first-step mean that weight decay does not touch; ``eps`` from the first group). Ablations and
+    improvements are named options; the defaults are the Fashion-MNIST CNN preset.
+
+    Args:
+        params: parameters or param groups (named parameters work as in torch).
+        lr: the KL bound ``eps`` (per group, so torch LR schedulers schedule it; ``eps`` of the
+            trust region is read from the first group, each group's own ``lr`` scales its weight decay).
+        reg_weight: ``rho``, weight of the KL to the prior ``N(0, 1/prior_prec)``.
+        prior_prec: ``lam``, precision of that prior.
+        var_init: initial variance of every coordinate (``pi = 1/var_init``).
+        nu: weight of the covariance part of the KL (a penalty, not a constraint).
+        dynamic_model_noise: ``q``, drift added to ``P_bb`` and ``P_aa`` each step (0: no drift).
+        measurement_noise: ``r``, noise of one stochastic gradient.
+        start_filter_cov: ``P0``, initial filter variance.
+        eta_tol: the bisection stops when its bracket is narrower than this.
+        weight_decay: decoupled weight decay, scaled by the group's ``lr``.
+        kl: ``"decoupled"`` (published) or ``"coupled"`` (one constraint on the full KL; ablation).
+        dual: ``"bisection"`` (published) or ``"exact"`` (solve ``K(eta) = eps`` to ``dual_rtol``).
+        fixed_eta: if given, ``eta`` is this constant every step: the trust region is off (ablation).
+        guard: clamp the curvature used in the update at 0 so precision and denominators stay positive.
+        dual_rtol: relative tolerance of ``dual="exact"``.
+
+    After each :meth:`step`, :attr:`last_step` holds the step's health: ``eta``, the final bracket
+    ``eta_lo``/``eta_hi``, ``iterations`` of the dual solve, ``kl_ratio = K(eta)/eps``, and the counts
+    ``precision_nonpos``/``denominator_nonpos`` (and ``guard_acted``). The per-parameter state is
+    ``mean`` (the weight itself from the first step on), ``precision``, ``curvature`` (``a``),
+    ``intercept`` (``b``), ``filter_cov_bb``/``_ba``/``_aa`` and ``step``; the previous ``eta`` is in
+    ``state_dict()["arturo"]``.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float | Tensor = 0.08567456,
+        *,
+        reg_weight: float = 0.05865662,
+        prior_prec: float = 0.0015,
+        var_init: float = 0.01,
+        nu: float = 1.3,
+        dynamic_model_noise: float = 0.01739296,
+        measurement_noise: float = 2.81679116,
+        start_filter_cov: float = 5e-5,
+        eta_tol: float = 0.5,
+        weight_decay: float = 1.5404e-6,
+        kl: str = "decoupled",
+        dual: str = "bisection",
+        fixed_eta: float | None = None,
+        guard: bool = False,
+        dual_rtol: float = 1e-6,
+    ):
+        _validate(lr=lr, reg_weight=reg_weight, prior_prec=prior_prec, var_init=var_init, nu=nu,
+                  dynamic_model_noise=dynamic_model_noise, measurement_noise=measurement_noise,
+                  start_filter_cov=start_filter_cov, eta_tol=eta_tol, weight_decay=weight_decay,
+                  kl=kl, dual=dual, fixed_eta=fixed_eta, dual_rtol=dual_rtol)
+        defaults = dict(
+            lr=lr, reg_weight=reg_weight, prior_prec=prior_prec, var_init=var_init, nu=nu,
+            dynamic_model_noise=dynamic_model_noise, measurement_noise=measurement_noise,
+            start_filter_cov=start_filter_cov, eta_tol=eta_tol, weight_decay=weight_decay,
+            kl=kl, dual=dual, fixed_eta=fixed_eta, guard=bool(guard), dual_rtol=dual_rtol,
+        )
+        super().__init__(params, defaults)
+        self.eta: float | None = None  # the previous step's eta (None before the first step)
+        self.last_step: dict[str, Any] | None = None
+        self._buckets: dict[int, list[_Bucket]] = {}
+        self._oracle: dict[Tensor, Tensor] = {}
+        self._oracle_hold = False
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        _validate(**self.param_groups[-1])  # a group's own values are checked like the defaults
+
+    @classmethod
+    def from_preset(cls, name: str, params: Iterable[Any], **overrides: Any) -> "Arturo":
+        """Build with a published hyperparameter set (``experiments/presets/<name>.toml``).
+
+        Names: ``fmnist_cnn``, ``fmnist_resnet18``, ``cifar10_cnn``, ``cifar100_cnn``,
+        ``cifar10_resnet34``, ``cifar100_resnet34``. Keywords in ``overrides`` win.
+        """
+        kwargs = load_preset(name)
+        kwargs.update(overrides)
+        return cls(params, **kwargs)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("eta", None)
+        self.__dict__.setdefault("last_step", None)
+        self.__dict__.setdefault("_buckets", {})
+        self.__dict__.setdefault("_oracle", {})
+        self.__dict__.setdefault("_oracle_hold", False)
+
+    # ------------------------------------------------------------------ state_dict with eta
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state dict plus ``"arturo": {"eta": previous eta}`` (needed to resume exactly)."""
+        state = super().state_dict()
+        state["arturo"] = {"eta": self.eta}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("arturo", None) or {}
+        super().load_state_dict(state_dict)
+        eta = extra.get("eta")
+        self.eta = None if eta is None else float(eta)
+        self._buckets = {}
+
+    # ------------------------------------------------------------------ oracle ablation
+    def set_oracle_curvature(self, curvature: Mapping[Tensor, Tensor], hold: bool = False) -> None:
+        """Oracle-curvature ablation: use these diagonal Hessians as ``a`` at the next step.
+
+        ``curvature`` maps parameters to tensors shaped like them (e.g. the exact diagonal Hessian
+        at the current weights). At the next step, after the filter update, ``a`` is replaced by it
+        and ``b = g - a theta``, so the surrogate still reproduces the observed gradient. With
+        ``hold=True`` the same tensors are used at every step until replaced or cleared.
+        Parameters missing from the mapping keep the filter's estimate.
+        """
+        for p, h in curvature.items():
+            if not isinstance(h, Tensor) or h.shape != p.shape:
+                raise ValueError(f"curvature: expected a tensor shaped {tuple(p.shape)}, got "
+                                 f"{tuple(h.shape) if isinstance(h, Tensor) else type(h).__name__}")
+        self._oracle = {p: h.detach() for p, h in curvature.items()}
+        self._oracle_hold = bool(hold)
+
+    def clear_oracle_curvature(self) -> None:
+        """Go back to the filter's own curvature estimate."""
+        self._oracle = {}
+        self._oracle_hold = False
+
+    # ------------------------------------------------------------------ buckets
+    def _group_buckets(self, index: int, group: dict[str, Any]) -> list[tuple[_Bucket, list[bool]]]:
+        params = []
+        for p in group["params"]:
+            if p.grad is None:
+                continue  # skipped entirely, as torch optimizers do (ARTURO.md "Missing gradients")
+            if p.grad.is_sparse:
+                raise RuntimeError("Arturo does not support sparse gradients")
+            params.append(p)
+        by_kind: dict[tuple[torch.device, torch.dtype], list[Tensor]] = defaultdict(list)
+        for p in params:
+            by_kind[(p.device, p.dtype)].append(p)
+        cached = self._buckets.get(index, [])
+        cached_ids = [tuple(map(id, b.params)) for b in cached]
+        wanted_ids = [tuple(map(id, ps)) for ps in by_kind.values()]
+        if cached_ids != wanted_ids or not all(b.valid(self.state) for b in cached):
+            cached = [self._build_bucket(group, ps) for ps in by_kind.values()]
+            self._buckets[index] = cached
+        result = []
+        for bucket in cached:
+            fresh = ["step" not in self.state[p] for p in bucket.params]
+            if any(fresh):
+                self._init_fresh(group, bucket, fresh)
+            result.append((bucket, fresh))
+        return result
+
+    def _build_bucket(self, group: dict[str, Any], params: list[Tensor]) -> _Bucket:
+        bucket = _Bucket(params)
+        like = params[0]
+        for key in _FLAT_KEYS:
+            flat = torch.empty(bucket.numel, dtype=like.dtype, device=like.device)
+            for p, view in zip(params, bucket.slices(flat)):
+                old = self.state[p].get(key)
+                if old is not None:
+                    view.copy_(old)
+            bucket.install(key, flat, self.state)
+        return bucket
+
+    def _init_fresh(self, group: dict[str, Any], bucket: _Bucket, fresh: list[bool]) -> None:
+        """Lazily create the state of parameters seen for the first time (ARTURO.md table)."""
+        for i, p in enumerate(bucket.params):
+            if not fresh[i]:
+                continue
+            state = self.state[p]
+            init = F.filter_init(p.grad, group["start_filter_cov"])
+            for key, value in zip(_FILTER_KEYS, init):
+                state[key].copy_(value)
+            state["precision"].fill_(1.0 / group["var_init"])
+            state["step"] = torch.tensor(0.0)
+            # the torch convention: the mean is copied from the weights at the first step (before decay)
+            state["mean"] = p.detach().clone()
+
+    # ------------------------------------------------------------------ step
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One arTuRO step (ARTURO.md "One step"). ``closure`` re-evaluates the loss, as in torch."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        first = self.param_groups[0]
+        kl_bound = _scalar(first["lr"])
+        eta_tol = float(first["eta_tol"])
+        dual = first["dual"]
+        fixed_eta = first["fixed_eta"]
+
+        work = []  # (group, bucket, mean, dual terms, precision, hyperparameters)
+        guard_acted = 0
+        dtypes = []
+        for index, group in enumerate(self.param_groups):
+            buckets = self._group_buckets(index, group)
+            if not buckets:
+                continue
+            lr_g = _scalar(group["lr"])
+            wd = float(group["weight_decay"])
+            c = float(group["reg_weight"]) * float(group["prior_prec"])
+            for bucket, fresh in buckets:
+                dtypes.append(bucket.params[0].dtype)
+                theta = bucket.gather(bucket.params)
+                grad = bucket.gather([p.grad for p in bucket.params])
+                # 0. decoupled weight decay, scaled by this group's lr; the first-step mean is the
+                #    undecayed copy, later the mean is the weight itself (ARTURO.md step 0)
+                if wd != 0.0:
+                    decayed = torch.add(theta, theta, alpha=-lr_g * wd)
+                    mean = decayed
+                    if any(fresh):
+                        mean = decayed.clone()
+                        for i, is_fresh in enumerate(fresh):
+                            if is_fresh:
+                                mean[bucket.offsets[i]:bucket.offsets[i + 1]] = theta[bucket.offsets[i]:bucket.offsets[i + 1]]
+                    theta = decayed
+                else:
+                    mean = theta
+                # 1.-2. filter predict and update
+                fs = F.FilterState(*(bucket.flat[k] for k in _FILTER_KEYS))
+                fs = F.filter_predict(fs, float(group["dynamic_model_noise"]))
+                fs = F.filter_update(fs, theta, grad, float(group["measurement_noise"]))
+                fs = self._apply_oracle(bucket, fs, theta, grad)
+                for key, value in zip(_FILTER_KEYS, fs):
+                    bucket.flat[key].copy_(value)
+                curvature = fs.curvature
+                if group["guard"]:
+                    curvature, acted = F.guard_curvature(curvature)
+                    guard_acted += acted
+                precision = bucket.flat["precision"]
+                terms = F.dual_terms(mean, precision, curvature, fs.intercept, c, float(group["reg_weight"]))
+                work.append((group, bucket, mean, terms, c))
+        if not self._oracle_hold:
+            self._oracle = {}
+        if not work:
+            return loss
+        # eta, its bracket and the K accumulator live in the parameters' dtype (ARTURO.md "dtype")
+        dtype = np.float64 if torch.float64 in dtypes else np.float32
+
+        def kl_of_eta(eta: float) -> float:
+            total = dtype(0.0)
+            for group, _bucket, _mean, terms, _c in work:
+                fn = F.kl_coupled_of_eta if group["kl"] == "coupled" else F.kl_decoupled_of_eta
+                total = total + dtype(fn(terms, eta).item())
+            return float(total)
+
+        # 3.-4. the trust region: choose eta
+        if fixed_eta is not None:
+            solution = F.DualSolution(float(fixed_eta), float(fixed_eta), float(fixed_eta), 0)
+        elif dual == "exact":
+            solution = F.solve_eta_exact(kl_of_eta, kl_bound, self.eta, rtol=float(first["dual_rtol"]))
+        else:
+            solution = F.solve_eta_bisection(kl_of_eta, kl_bound, self.eta, eta_tol, dtype=dtype)
+        eta = solution.eta
+
+        # 5. commit
+        achieved = 0.0
+        precision_nonpos = 0
+        denominator_nonpos = 0
+        numel = 0
+        for group, bucket, mean, terms, c in work:
+            new_mean, denominator = F.new_mean_from_terms(mean, terms, eta)
+            if group["kl"] == "coupled":
+                new_precision = F.coupled_precision(terms.precision, terms.curvature_total, 0.0,
+                                                    float(group["reg_weight"]), eta)
+                achieved += float(F.kl_full(terms.precision, new_precision, new_mean, mean))
+            else:
+                new_precision = F.decoupled_precision(terms.precision, terms.curvature_total, 0.0,
+                                                      float(group["reg_weight"]), float(group["nu"]))
+                achieved += float(F.kl_mean_part(terms.precision, new_mean, mean))
+            if float(new_precision.min()) <= 0.0:
+                precision_nonpos += int(torch.count_nonzero(new_precision <= 0))
+            if float(denominator.min()) <= 0.0:
+                denominator_nonpos += int(torch.count_nonzero(denominator <= 0))
+            bucket.flat["precision"].copy_(new_precision)
+            torch._foreach_copy_(bucket.params, bucket.slices(new_mean))
+            for p in bucket.params:
+                state = self.state[p]
+                state["mean"] = p.detach()  # the weight is the mean from now on
+                state["step"] += 1
+            numel += bucket.numel
+        self.eta = eta
+        self.last_step = {
+            "step": int(self.state[work[0][1].params[0]]["step"]),
+            "eta": eta,
+            "eta_lo": solution.eta_lo,
+            "eta_hi": solution.eta_hi,
+            "iterations": solution.iterations,
+            "converged": solution.converged,
+            "kl_bound": kl_bound,
+            "kl_ratio": achieved / kl_bound if kl_bound > 0 else math.inf,
+            "precision_nonpos": precision_nonpos,
+            "denominator_nonpos": denominator_nonpos,
+            "guard_acted": guard_acted,
+            "numel": numel,
+        }
+        return loss
+
+    def _apply_oracle(self, bucket: _Bucket, fs: F.FilterState, theta: Tensor, grad: Tensor) -> F.FilterState:
+        if not self._oracle or not any(p in self._oracle for p in bucket.params):
+            return fs
+        curvature = fs.curvature.clone()
+        for p, view in zip(bucket.params, bucket.slices(curvature)):
+            if p in self._oracle:
+                view.copy_(self._oracle[p])
+        return F.oracle_filter_state(fs, theta, grad, curvature)
+
+
+def _validate(*, lr: Any, reg_weight: float, prior_prec: float, var_init: float, nu: float,
+              dynamic_model_noise: float, measurement_noise: float, start_filter_cov: float,
+              eta_tol: float, weight_decay: float, kl: str, dual: str, fixed_eta: float | None,
+              dual_rtol: float, **_: Any) -> None:
+    """Each bad constructor argument raises a ValueError naming it, the value and what is allowed."""
+    def need(ok: bool, name: str, value: Any, allowed: str) -> None:
+        if not ok:
+            raise ValueError(f"{name}: got {value!r}; allowed: {allowed}")
+
+    def number(value: Any) -> float:
+        try:
+            return _scalar(value)
+        except (TypeError, ValueError, RuntimeError):
+            return math.nan
+
+    lr_value = number(lr)
+    need(math.isfinite(lr_value) and lr_value >= 0.0, "lr", lr, "a finite number >= 0 (the KL bound)")
+    for name, value in (("reg_weight", reg_weight), ("prior_prec", prior_prec), ("nu", nu),
+                        ("dynamic_model_noise", dynamic_model_noise), ("weight_decay", weight_decay)):
+        v = number(value)
+        need(math.isfinite(v) and v >= 0.0, name, value, "a finite number >= 0")
+    for name, value in (("var_init", var_init), ("measurement_noise", measurement_noise),
+                        ("start_filter_cov", start_filter_cov), ("eta_tol", eta_tol), ("dual_rtol", dual_rtol)):
+        v = number(value)
+        need(math.isfinite(v) and v > 0.0, name, value, "a finite number > 0")
+    need(number(reg_weight) + number(nu) > 0.0, "nu", nu, "reg_weight + nu > 0 (it divides the new precision)")
+    need(kl in _KL_CHOICES, "kl", kl, " or ".join(map(repr, _KL_CHOICES)))
+    need(dual in _DUAL_CHOICES, "dual", dual, " or ".join(map(repr, _DUAL_CHOICES)))
+    if fixed_eta is not None:
+        v = number(fixed_eta)
+        need(math.isfinite(v) and v >= 0.0, "fixed_eta", fixed_eta, "None or a finite number >= 0")
