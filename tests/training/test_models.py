@@ -1,0 +1,139 @@
+"""Models: parameter counts, output shapes, registry errors, the piecewise-linear flag."""
+import pytest
+import torch
+from torch import nn
+
+from arturo_diag.errors import ConfigError
+from arturo_diag.training.models import (
+    MLP,
+    MODELS,
+    FashionCNN,
+    SmallCNN,
+    build_model,
+    count_parameters,
+    resnet18,
+    resnet34,
+)
+
+# (in_channels, image_size, num_classes) of each dataset
+DIGITS = (1, 8, 10)
+FASHION = (1, 28, 10)
+CIFAR10 = (3, 32, 10)
+CIFAR100 = (3, 32, 100)
+
+
+def test_fashion_cnn_has_the_papers_390410_parameters():
+    assert count_parameters(FashionCNN()) == 390_410
+    assert count_parameters(FashionCNN(num_classes=10)) == 390_410
+
+
+def test_fashion_cnn_module_names_are_stable():
+    names = [n for n, _ in FashionCNN().named_parameters()]
+    assert names == [f"net.{i}.{k}" for i in (0, 4, 8, 12, 15) for k in ("weight", "bias")]
+
+
+def test_resnet18_cifar10_parameter_count():
+    assert count_parameters(resnet18(num_classes=10)) == 11_173_962
+
+
+def test_resnet34_cifar10_parameter_count():
+    assert count_parameters(resnet34(num_classes=10)) == 21_282_122
+
+
+def test_small_cnn_is_small():
+    assert count_parameters(SmallCNN()) == 3_658
+    assert 2_000 <= count_parameters(build_model("small_cnn", in_channels=1, num_classes=10,
+                                                 image_size=8)) <= 6_000
+
+
+def test_mlp_flattens_and_has_the_given_widths():
+    model = MLP(64, hidden=(16, 8), num_classes=3)
+    assert count_parameters(model) == 64 * 16 + 16 + 16 * 8 + 8 + 8 * 3 + 3
+    assert model(torch.zeros(5, 1, 8, 8)).shape == (5, 3)
+    assert MLP(64, hidden=(), num_classes=10)(torch.zeros(2, 64)).shape == (2, 10)
+
+
+SHAPES = [
+    ("mlp", DIGITS), ("mlp", FASHION), ("mlp", CIFAR10), ("mlp", CIFAR100),
+    ("small_cnn", DIGITS), ("small_cnn", FASHION), ("small_cnn", CIFAR10), ("small_cnn", CIFAR100),
+    ("fashion_cnn", FASHION),
+    ("resnet18", DIGITS), ("resnet18", FASHION), ("resnet18", CIFAR10), ("resnet18", CIFAR100),
+    ("resnet34", DIGITS), ("resnet34", CIFAR10),
+]
+
+
+@pytest.mark.parametrize("name,shape", SHAPES, ids=[f"{n}-{s[0]}x{s[1]}-{s[2]}" for n, s in SHAPES])
+def test_output_shape(name, shape):
+    in_channels, image_size, num_classes = shape
+    torch.manual_seed(0)
+    model = build_model(name, in_channels=in_channels, num_classes=num_classes, image_size=image_size)
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, in_channels, image_size, image_size))
+    assert out.shape == (2, num_classes)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_is_flagged_piecewise_linear(name):
+    shape = FASHION if name == "fashion_cnn" else DIGITS
+    model = build_model(name, in_channels=shape[0], num_classes=shape[2], image_size=shape[1])
+    assert type(model).arturo_diag_piecewise_linear is True
+    allowed = (nn.Linear, nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d,
+               nn.Flatten, nn.Dropout, nn.BatchNorm2d, nn.Sequential)
+    for module in model.modules():
+        if module is model or getattr(module, "arturo_diag_piecewise_linear", False):
+            continue
+        assert isinstance(module, allowed), type(module)
+
+
+def test_small_cnn_diag_hessian_equals_diag_ggn_in_float64():
+    """The flag's claim, brute force: for a piecewise-linear net, d2(loss)/dw_i^2 = GGN_ii."""
+    torch.manual_seed(0)
+    model = SmallCNN().double()
+    x, y = torch.randn(4, 1, 8, 8, dtype=torch.float64), torch.tensor([0, 3, 5, 9])
+    params = dict(model.named_parameters())
+    name = "net.7.weight"  # the first linear layer; a few coordinates are enough
+    w = params[name].detach()
+
+    def logits_of(flat):
+        p = {**{k: v.detach() for k, v in params.items()}, name: flat.view_as(w)}
+        return torch.func.functional_call(model, p, (x,))
+
+    def loss_of(flat):
+        return nn.functional.cross_entropy(logits_of(flat), y)
+
+    flat = w.flatten().clone()
+    hessian = torch.autograd.functional.hessian(loss_of, flat)
+    jac = torch.autograd.functional.jacobian(logits_of, flat)  # (N, K, P)
+    probs = logits_of(flat).softmax(-1)
+    lam = (torch.diag_embed(probs) - probs[:, :, None] * probs[:, None, :]) / x.shape[0]
+    ggn_diag = torch.einsum("nkp,nkl,nlp->p", jac, lam, jac)
+    torch.testing.assert_close(hessian.diagonal(), ggn_diag, rtol=1e-10, atol=1e-12)
+
+
+def test_unknown_model_raises_config_error():
+    with pytest.raises(ConfigError) as info:
+        build_model("vgg", in_channels=1, num_classes=10, image_size=8)
+    assert info.value.field == "model"
+    assert info.value.value == "vgg"
+    for name in MODELS:
+        assert name in info.value.allowed
+
+
+@pytest.mark.parametrize("shape", [DIGITS, CIFAR10, (3, 28, 10)])
+def test_fashion_cnn_rejects_other_input_shapes(shape):
+    with pytest.raises(ConfigError) as info:
+        build_model("fashion_cnn", in_channels=shape[0], num_classes=shape[2], image_size=shape[1])
+    assert info.value.field == "model"
+    assert "1x28x28" in str(info.value)
+
+
+def test_resnet_rejects_tiny_inputs():
+    with pytest.raises(ConfigError, match="model"):
+        build_model("resnet18", in_channels=1, num_classes=10, image_size=4)
+
+
+def test_nonpositive_sizes_are_rejected():
+    with pytest.raises(ConfigError, match="model"):
+        build_model("mlp", in_channels=1, num_classes=0, image_size=8)
