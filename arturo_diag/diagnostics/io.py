@@ -1,0 +1,157 @@
+"""Atomic file writes for run records and reports.
+
+Every file of a run record (``docs/record.md``) is written the same way: to a temporary file in
+the destination's directory, flushed and fsynced, then moved over the destination with
+``os.replace`` (atomic on POSIX and Windows within one file system). A reader therefore sees
+either the old file or the complete new one, never a partial write, and a run killed mid-write
+leaves at most a stray ``.<name>.*.tmp`` file, never a truncated record.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "atomic_open",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "atomic_savez",
+    "atomic_write_csv",
+    "jsonable",
+]
+
+
+def _read_umask() -> int:
+    # os.umask can only be read by setting it; done once at import, before threads write files.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str], mode: str = "w", *, encoding: str | None = "utf-8",
+                newline: str | None = None) -> Iterator[IO[Any]]:
+    """Open a temporary file next to ``path``; on clean exit fsync it and move it onto ``path``.
+
+    If the body raises, the temporary file is removed and ``path`` is left as it was (absent or
+    holding its previous content). ``mode`` is ``"w"`` (text) or ``"wb"`` (binary). The parent
+    directory is created if missing.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"mode: got {mode!r}; allowed: 'w' or 'wb'")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        # mkstemp creates the file 0600; give it the permissions a plain open() would.
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        if mode == "wb":
+            handle: IO[Any] = os.fdopen(fd, "wb")
+        else:
+            handle = os.fdopen(fd, "w", encoding=encoding, newline=newline)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        with handle:  # from here on the handle owns (and closes) the descriptor
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_directory(target.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Makes the rename itself durable; not possible on every platform (e.g. Windows).
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, ``os.replace``)."""
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path`` atomically (temporary file, fsync, ``os.replace``)."""
+    with atomic_open(path, "w", encoding=encoding, newline="") as handle:
+        handle.write(text)
+
+
+def jsonable(obj: Any) -> Any:
+    """A copy of ``obj`` that strict JSON can hold.
+
+    Mappings become dicts (insertion order kept, keys as strings), tuples/lists/arrays become
+    lists, numpy scalars become Python numbers, and the non-finite floats NaN, inf and -inf become
+    ``None`` (JSON ``null``: strict JSON has no NaN).
+    """
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    if isinstance(obj, Mapping):
+        return {str(key): jsonable(value) for key, value in obj.items()}
+    if isinstance(obj, np.ndarray):
+        return [jsonable(value) for value in obj.tolist()]
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(value) for value in obj]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "item") and callable(obj.item):  # 0-d tensors and similar
+        return jsonable(obj.item())
+    raise TypeError(f"cannot write a {type(obj).__name__} to JSON: {obj!r}")
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as indented JSON (indent 2, key order kept) atomically; NaN/inf -> null."""
+    text = json.dumps(jsonable(obj), indent=2, allow_nan=False, ensure_ascii=False)
+    atomic_write_text(path, text + "\n")
+
+
+def atomic_savez(path: str | os.PathLike[str], **arrays: Any) -> None:
+    """Save ``arrays`` as an uncompressed ``.npz`` at exactly ``path``, atomically.
+
+    Keys may hold any characters (``"net.0.weight/curvature"``), so pass them as ``**mapping``.
+    """
+    buffer = io.BytesIO()
+    np.savez(buffer, **{key: np.asarray(value) for key, value in arrays.items()})
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def atomic_write_csv(path: str | os.PathLike[str], dataframe: pd.DataFrame) -> None:
+    """Write ``dataframe`` as CSV (no index; NaN as an empty field; floats round-trip) atomically."""
+    text = dataframe.to_csv(index=False, lineterminator="\n")
+    atomic_write_text(path, text)

@@ -1,0 +1,496 @@
+"""The run record: writer (used by the training loop and monitor) and loader (used by analysis).
+
+Format ``arturo-diag-run/1``, specified in ``docs/record.md``::
+
+    RUN_DIR/config.toml, steps.csv, epochs.csv, snapshots.csv,
+    RUN_DIR/snapshots/step_XXXXXXX.npz   keys "{param_name}/{field}", float64
+    RUN_DIR/record.json                  manifest; status "complete" only when the run finished
+
+:class:`RecordWriter` writes ``record.json`` with status ``"running"`` as soon as it is created
+and rewrites it with status ``"complete"`` as the very last act of :meth:`RecordWriter.finish`,
+so a run killed at any point leaves a directory that says it is incomplete. Every file is
+written atomically (:mod:`arturo_diag.diagnostics.io`).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from arturo_diag.errors import RecordError
+from arturo_diag.diagnostics.io import atomic_savez, atomic_write_csv, atomic_write_json, atomic_write_text
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - python 3.10
+    import tomli as tomllib
+
+__all__ = [
+    "RECORD_FORMAT",
+    "RECORD_KINDS",
+    "STEP_COLUMNS",
+    "EPOCH_COLUMNS",
+    "SNAPSHOT_COLUMNS",
+    "SNAPSHOT_FIELDS",
+    "RecordWriter",
+    "RunRecord",
+    "layer_of",
+    "snapshot_filename",
+]
+
+RECORD_FORMAT = "arturo-diag-run/1"
+RECORD_KINDS = ("compare", "monitor")
+
+# Column orders of docs/record.md; a table always has these columns (NaN where a row lacks one),
+# followed by any extra columns in the order they were first seen.
+STEP_COLUMNS = (
+    "step", "epoch", "loss", "kl_bound", "eta", "eta_lo", "eta_hi", "iterations", "kl_ratio",
+    "eta_prev", "precision_nonpos", "denominator_nonpos", "guard_acted", "precision_q01",
+    "precision_q50", "precision_q99", "numel",
+)
+EPOCH_COLUMNS = ("epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
+SNAPSHOT_COLUMNS = (
+    "step", "kl_bound", "eta", "kl0_ratio", "eta_star", "reference", "exact_method",
+    "hutchinson_samples", "probe_loss", "seconds",
+)
+# Known array fields of a snapshot: a, P_aa, b, pi, theta, and the references h.
+SNAPSHOT_FIELDS = (
+    "curvature", "filter_cov_aa", "intercept", "precision", "weight",
+    "h_exact", "h_hutchinson", "h_hutchinson_se",
+)
+
+_MANIFEST = "record.json"
+_CONFIG = "config.toml"
+_TABLES = {"steps": ("steps.csv", STEP_COLUMNS), "epochs": ("epochs.csv", EPOCH_COLUMNS),
+           "snapshots": ("snapshots.csv", SNAPSHOT_COLUMNS)}
+_SNAPSHOT_DIR = "snapshots"
+_SNAPSHOT_RE = re.compile(r"^step_(\d{7,})\.npz$")
+# Files of a record and of its reports; removed when a directory is overwritten, so that nothing
+# of the previous run can be mistaken for the new one's.
+_RECORD_FILES = (_MANIFEST, _CONFIG, "steps.csv", "epochs.csv", "snapshots.csv", "metrics.json",
+                 "report.md", "report.html")
+
+
+def layer_of(name: str) -> str:
+    """The layer of a parameter: its module path, i.e. the name without the last component.
+
+    ``"net.0.weight" -> "net.0"``; a top-level parameter (``"scale"``) is its own layer.
+    """
+    head, sep, _ = name.rpartition(".")
+    return head if sep and head else name
+
+
+def snapshot_filename(step: int) -> str:
+    """Path of the arrays of the snapshot at ``step``, relative to the run directory."""
+    return f"{_SNAPSHOT_DIR}/step_{int(step):07d}.npz"
+
+
+def _plain(value: Any) -> Any:
+    """A table cell as a plain Python value (0-d tensors and numpy scalars via ``.item()``)."""
+    if value is None:
+        return math.nan
+    if isinstance(value, (str, bool, int, float)):
+        return value
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    raise ValueError(f"table cell: got {type(value).__name__} {value!r}; allowed: a number or a string")
+
+
+def _as_float64(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # torch tensor; torch is not imported here
+        value = value.detach().cpu()
+    return np.asarray(value, dtype=np.float64)
+
+
+def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
+    order = list(columns)
+    seen = set(order)
+    for row in rows:
+        for key in row:
+            if key not in seen:
+                seen.add(key)
+                order.append(key)
+    return pd.DataFrame.from_records(list(rows), columns=order)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _version() -> str:
+    from arturo_diag import __version__
+
+    return __version__
+
+
+class RecordWriter:
+    """Writes one run record, incrementally and atomically.
+
+    Args:
+        run_dir: the directory of the record (created if missing).
+        kind: ``"compare"`` or ``"monitor"`` (``record.json``'s ``kind``).
+        config_toml_text: the resolved config as TOML text; written to ``config.toml``.
+        parameters: parameter name -> shape, in the model's order. A parameter's layer is
+            :func:`layer_of` its name.
+        optimizer: the optimizer's settings (``record.json``'s ``optimizer``), e.g. the group's
+            ``lr`` (the KL bound), ``eta_tol``, ``var_init``.
+        var_init: the initial variance of every coordinate (used by the variance-collapse check).
+        overwrite: replace a record that ``run_dir`` already holds. Without it, a directory with a
+            ``record.json`` (of any status) is refused with :class:`RecordError`.
+
+    ``record.json`` is written with status ``"running"`` at once; :meth:`finish` rewrites it with
+    status ``"complete"`` after everything else, so a killed run is recognisably incomplete.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str],
+        kind: str,
+        config_toml_text: str,
+        parameters: Mapping[str, Sequence[int]],
+        *,
+        optimizer: Mapping[str, Any] | None = None,
+        var_init: float | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        if kind not in RECORD_KINDS:
+            raise ValueError(f"kind: got {kind!r}; allowed: {', '.join(map(repr, RECORD_KINDS))}")
+        try:
+            tomllib.loads(config_toml_text)
+        except (tomllib.TOMLDecodeError, TypeError) as error:
+            raise ValueError(f"config_toml_text: not valid TOML ({error})") from None
+        self.run_dir = Path(run_dir)
+        self._parameters: dict[str, dict[str, Any]] = {}
+        for name, shape in parameters.items():
+            self._parameters[str(name)] = {"shape": [int(n) for n in shape], "layer": layer_of(str(name))}
+
+        manifest_path = self.run_dir / _MANIFEST
+        if manifest_path.exists():
+            if not overwrite:
+                status = _peek_status(manifest_path)
+                raise RecordError(
+                    f"{self.run_dir} already holds a run record (status {status}); "
+                    "choose another directory or overwrite it explicitly"
+                )
+            _remove_record_files(self.run_dir)
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / _SNAPSHOT_DIR).mkdir(exist_ok=True)
+        self._steps: list[dict[str, Any]] = []
+        self._epochs: list[dict[str, Any]] = []
+        self._snapshot_rows: list[dict[str, Any]] = []
+        self._snapshot_steps: list[int] = []
+        self._finished = False
+        self._manifest: dict[str, Any] = {
+            "format": RECORD_FORMAT,
+            "status": "running",
+            "kind": kind,
+            "steps": 0,
+            "snapshot_steps": [],
+            "parameters": self._parameters,
+            "optimizer": dict(optimizer) if optimizer is not None else {},
+            "var_init": var_init,
+            "created": _now(),
+            "arturo_diag_version": _version(),
+        }
+        atomic_write_text(self.run_dir / _CONFIG, config_toml_text)
+        self._write_manifest()
+
+    # -- rows ---------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._finished:
+            raise RecordError(f"{self.run_dir}: the record is already finished; nothing more can be added")
+
+    def add_step(self, row: Mapping[str, Any]) -> None:
+        """Append one row of ``steps.csv`` (columns of docs/record.md; ``step`` required)."""
+        self._check_open()
+        if "step" not in row:
+            raise ValueError("add_step: the row has no 'step'")
+        self._steps.append({key: _plain(value) for key, value in row.items()})
+
+    def add_epoch(self, row: Mapping[str, Any]) -> None:
+        """Append one row of ``epochs.csv`` (``epoch``, ``step``, train/test loss and accuracy)."""
+        self._check_open()
+        if "epoch" not in row:
+            raise ValueError("add_epoch: the row has no 'epoch'")
+        self._epochs.append({key: _plain(value) for key, value in row.items()})
+
+    def add_snapshot(
+        self,
+        step: int,
+        scalars: Mapping[str, Any],
+        arrays: Mapping[str, Mapping[str, Any]],
+    ) -> None:
+        """Write the arrays of one snapshot now (atomically) and queue its ``snapshots.csv`` row.
+
+        ``arrays`` maps parameter name -> field (``curvature``, ``filter_cov_aa``, ``h_exact``, ...)
+        -> array shaped like the parameter; arrays are stored as float64.
+        """
+        self._check_open()
+        step = int(step)
+        if step in self._snapshot_steps:
+            raise ValueError(f"add_snapshot: step {step} already has a snapshot")
+        payload: dict[str, np.ndarray] = {}
+        for name, fields in arrays.items():
+            if name not in self._parameters:
+                raise ValueError(f"add_snapshot: unknown parameter {name!r}; known: {', '.join(self._parameters)}")
+            shape = tuple(self._parameters[name]["shape"])
+            for field, value in fields.items():
+                if "/" in field or not field:
+                    raise ValueError(f"add_snapshot: field name {field!r} must be non-empty and hold no '/'")
+                array = _as_float64(value)
+                if array.shape != shape:
+                    raise ValueError(
+                        f"add_snapshot: {name}/{field} has shape {list(array.shape)}; the parameter's is {list(shape)}"
+                    )
+                payload[f"{name}/{field}"] = array
+        atomic_savez(self.run_dir / snapshot_filename(step), **payload)
+        row = {"step": step}
+        row.update({key: _plain(value) for key, value in scalars.items() if key != "step"})
+        self._snapshot_rows.append(row)
+        self._snapshot_steps.append(step)
+
+    # -- files --------------------------------------------------------------------------------
+    def _last_step(self) -> int:
+        steps = [row["step"] for row in self._steps if isinstance(row.get("step"), (int, float))]
+        finite = [int(s) for s in steps if not (isinstance(s, float) and math.isnan(s))]
+        return max(finite, default=0)
+
+    def _write_manifest(self) -> None:
+        atomic_write_json(self.run_dir / _MANIFEST, self._manifest)
+
+    def flush(self) -> None:
+        """Rewrite ``steps.csv``, ``epochs.csv``, ``snapshots.csv`` and the running manifest."""
+        self._check_open()
+        self._write_tables()
+        self._manifest["steps"] = self._last_step()
+        self._manifest["snapshot_steps"] = sorted(self._snapshot_steps)
+        self._write_manifest()
+
+    def _write_tables(self) -> None:
+        for rows, (filename, columns) in (
+            (self._steps, _TABLES["steps"]),
+            (self._epochs, _TABLES["epochs"]),
+            (self._snapshot_rows, _TABLES["snapshots"]),
+        ):
+            atomic_write_csv(self.run_dir / filename, _table(rows, columns))
+
+    def finish(self, extra: Mapping[str, Any] | None = None) -> None:
+        """Write the tables, then ``record.json`` with status ``"complete"`` (last).
+
+        ``extra`` is merged into the manifest (e.g. ``optimizer``, ``var_init``, ``seconds``); it
+        may not set ``format`` or ``status``.
+        """
+        self._check_open()
+        extra = dict(extra or {})
+        for reserved in ("format", "status"):
+            if reserved in extra:
+                raise ValueError(f"finish: extra may not set {reserved!r}")
+        self._write_tables()
+        self._manifest["steps"] = self._last_step()
+        self._manifest["snapshot_steps"] = sorted(self._snapshot_steps)
+        self._manifest.update(extra)
+        self._manifest["status"] = "complete"
+        self._manifest["finished"] = _now()
+        self._write_manifest()
+        self._finished = True
+
+    def fail(self, reason: str) -> None:
+        """Write the tables and mark the record ``"failed"`` with ``reason`` (e.g. an exception)."""
+        self._check_open()
+        self._write_tables()
+        self._manifest["steps"] = self._last_step()
+        self._manifest["snapshot_steps"] = sorted(self._snapshot_steps)
+        self._manifest["status"] = "failed"
+        self._manifest["error"] = str(reason)
+        self._write_manifest()
+        self._finished = True
+
+    @property
+    def finished(self) -> bool:
+        """Whether :meth:`finish` or :meth:`fail` has been called."""
+        return self._finished
+
+
+def _peek_status(manifest_path: Path) -> str:
+    try:
+        return str(json.loads(manifest_path.read_text(encoding="utf-8")).get("status", "unknown"))
+    except (OSError, ValueError, AttributeError):
+        return "unreadable"
+
+
+def _remove_record_files(run_dir: Path) -> None:
+    # The manifest goes first: from then on the directory is not a (complete) record.
+    for name in _RECORD_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    snapshot_dir = run_dir / _SNAPSHOT_DIR
+    if snapshot_dir.is_dir():
+        for path in snapshot_dir.iterdir():
+            if _SNAPSHOT_RE.match(path.name):
+                path.unlink()
+    figures = run_dir / "figures"
+    if figures.is_dir():
+        for path in figures.glob("*.png"):
+            path.unlink()
+
+
+def _read_table(path: Path, columns: Sequence[str]) -> pd.DataFrame:
+    if not path.exists():
+        return pd.DataFrame(columns=list(columns))
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame(columns=list(columns))
+    except (OSError, ValueError, pd.errors.ParserError) as error:
+        raise RecordError(f"{path}: unreadable table ({error})") from None
+
+
+class RunRecord:
+    """A run record loaded from disk; snapshot arrays are read on demand.
+
+    Attributes:
+        run_dir: the record's directory.
+        manifest: ``record.json`` as a dict.
+        config: ``config.toml`` as a dict.
+        steps, epochs, snapshots: the three tables as DataFrames (columns of docs/record.md).
+        parameters: parameter name -> shape (tuple), in the model's order.
+        layers: parameter name -> layer (module path).
+        snapshot_steps: steps that have a snapshot, ascending.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        manifest: dict[str, Any],
+        config: dict[str, Any],
+        steps: pd.DataFrame,
+        epochs: pd.DataFrame,
+        snapshots: pd.DataFrame,
+        snapshot_steps: list[int],
+    ) -> None:
+        self.run_dir = run_dir
+        self.manifest = manifest
+        self.config = config
+        self.steps = steps
+        self.epochs = epochs
+        self.snapshots = snapshots
+        self.snapshot_steps = snapshot_steps
+        params = manifest.get("parameters") or {}
+        self.parameters: dict[str, tuple[int, ...]] = {
+            name: tuple(int(n) for n in (info or {}).get("shape", ())) for name, info in params.items()
+        }
+        self.layers: dict[str, str] = {
+            name: str((info or {}).get("layer") or layer_of(name)) for name, info in params.items()
+        }
+
+    @property
+    def status(self) -> str:
+        """``"complete"``, ``"running"`` (or killed) or ``"failed"``."""
+        return str(self.manifest.get("status"))
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "complete"
+
+    @property
+    def kind(self) -> str:
+        return str(self.manifest.get("kind"))
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike[str], *, allow_incomplete: bool = False) -> "RunRecord":
+        """Load the record in ``run_dir``.
+
+        Raises:
+            RecordError: the directory is missing or holds no record, the manifest or config is
+                unreadable, a snapshot file is missing, or the run did not finish (status other
+                than ``"complete"``) and ``allow_incomplete`` is false.
+        """
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise RecordError(f"{run_dir}: no such run directory")
+        manifest_path = run_dir / _MANIFEST
+        if not manifest_path.is_file():
+            raise RecordError(f"{run_dir} is not a run record (no {_MANIFEST}); the run did not start or did not finish")
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise RecordError(f"{manifest_path}: unreadable manifest ({error})") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != RECORD_FORMAT:
+            found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+            raise RecordError(f"{manifest_path}: format {found!r}; expected {RECORD_FORMAT!r}")
+        status = manifest.get("status")
+        complete = status == "complete"
+        if not complete and not allow_incomplete:
+            raise RecordError(f"{run_dir} is incomplete (status {status}): the run did not finish")
+
+        config_path = run_dir / _CONFIG
+        config: dict[str, Any] = {}
+        if config_path.is_file():
+            try:
+                config = tomllib.loads(config_path.read_text(encoding="utf-8"))
+            except (OSError, tomllib.TOMLDecodeError) as error:
+                raise RecordError(f"{config_path}: unreadable config ({error})") from None
+        elif complete:
+            raise RecordError(f"{run_dir}: {_CONFIG} is missing")
+
+        tables = {key: _read_table(run_dir / filename, columns) for key, (filename, columns) in _TABLES.items()}
+
+        if complete:
+            snapshot_steps = sorted(int(s) for s in manifest.get("snapshot_steps", []))
+            for step in snapshot_steps:
+                if not (run_dir / snapshot_filename(step)).is_file():
+                    raise RecordError(f"{run_dir / snapshot_filename(step)}: snapshot file missing")
+        else:
+            # A killed run's manifest lags behind; its snapshot files are each complete (atomic).
+            snapshot_steps = _snapshot_steps_on_disk(run_dir / _SNAPSHOT_DIR)
+        return cls(run_dir, manifest, config, tables["steps"], tables["epochs"], tables["snapshots"],
+                   snapshot_steps)
+
+    def snapshot_path(self, step: int) -> Path:
+        return self.run_dir / snapshot_filename(step)
+
+    def snapshot(self, step: int, fields: Iterable[str] | None = None) -> dict[str, dict[str, np.ndarray]]:
+        """The arrays of the snapshot at ``step``: parameter name -> field -> float64 array.
+
+        Read from disk at each call. ``fields`` restricts which fields are read. Parameters come
+        in the manifest's order.
+        """
+        step = int(step)
+        if step not in self.snapshot_steps:
+            raise RecordError(
+                f"{self.run_dir}: no snapshot at step {step}; snapshots at steps {self.snapshot_steps}"
+            )
+        wanted = None if fields is None else set(fields)
+        path = self.snapshot_path(step)
+        result: dict[str, dict[str, np.ndarray]] = {}
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                for key in archive.files:
+                    name, _, field = key.rpartition("/")
+                    if wanted is not None and field not in wanted:
+                        continue
+                    result.setdefault(name, {})[field] = np.asarray(archive[key], dtype=np.float64)
+        except (OSError, ValueError) as error:
+            raise RecordError(f"{path}: unreadable snapshot ({error})") from None
+        order = {name: i for i, name in enumerate(self.parameters)}
+        return dict(sorted(result.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
+
+
+def _snapshot_steps_on_disk(snapshot_dir: Path) -> list[int]:
+    if not snapshot_dir.is_dir():
+        return []
+    steps = []
+    for path in snapshot_dir.iterdir():
+        match = _SNAPSHOT_RE.match(path.name)
+        if match:
+            steps.append(int(match.group(1)))
+    return sorted(steps)
