@@ -1,0 +1,66 @@
+"""Movement: how far the curvature estimate ``a`` has left its initial value 0.1.
+
+ARTURO.md, "Diagnostic quantities": an estimate that never left its prior says so. The move of a
+coordinate is measured against the size of what it should track, ``|h|``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from arturo_diag.diagnostics.agreement import INITIAL_CURVATURE
+
+__all__ = ["NEVER_LEFT_RELATIVE", "movement"]
+
+# A coordinate "never left the prior" if |a - 0.1| < NEVER_LEFT_RELATIVE * max(|h|, h_floor).
+NEVER_LEFT_RELATIVE = 1e-3
+
+
+def movement(a: Any, h: Any, *, prior: float = INITIAL_CURVATURE, h_floor: float = 1e-5) -> dict[str, float]:
+    """How far ``a`` moved from ``prior`` (0.1), relative to ``|h|``.
+
+    Args:
+        a: the curvature estimate; h: the reference diagonal Hessian (same size).
+        prior: arTuRO's initial ``a``.
+        h_floor: the smallest ``|h|`` the "never left" threshold uses, so that coordinates with
+            ``h == 0`` get the threshold ``1e-3 * h_floor = 1e-8`` (above the float32 rounding of
+            0.1, 1.5e-9) instead of an exact-equality test.
+
+    Returns:
+        median_relative_move: median of ``|a - prior| / |h|`` over coordinates with ``h != 0``
+            (``n_h_zero`` of them excluded); 1 means ``a`` moved by about the size of ``h``.
+        never_left_share: share of coordinates with
+            ``|a - prior| < 1e-3 * max(|h|, h_floor)``: they "never left the prior".
+        a_q01, a_median, a_q99: quantiles of ``a`` (its 1-99 % range).
+        n, n_h_zero, n_nonfinite: coordinates used, with ``h == 0``, dropped as non-finite.
+    """
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    h = np.asarray(h, dtype=np.float64).reshape(-1)
+    if a.shape != h.shape:
+        raise ValueError(f"movement: a has {a.size} coordinates, h has {h.size}")
+    finite = np.isfinite(a) & np.isfinite(h)
+    n_nonfinite = int(a.size - np.count_nonzero(finite))
+    a, h = a[finite], h[finite]
+    n = int(a.size)
+    move = np.abs(a - prior)
+    abs_h = np.abs(h)
+    nonzero = abs_h > 0
+    relative = move[nonzero] / abs_h[nonzero]
+    threshold = NEVER_LEFT_RELATIVE * np.maximum(abs_h, h_floor)
+    if n:
+        q01, q50, q99 = (float(v) for v in np.quantile(a, (0.01, 0.5, 0.99)))
+    else:
+        q01 = q50 = q99 = math.nan
+    return {
+        "n": n,
+        "median_relative_move": float(np.median(relative)) if relative.size else math.nan,
+        "never_left_share": float(np.mean(move < threshold)) if n else math.nan,
+        "a_q01": q01,
+        "a_median": q50,
+        "a_q99": q99,
+        "n_h_zero": int(n - np.count_nonzero(nonzero)),
+        "n_nonfinite": n_nonfinite,
+        "prior": float(prior),
+    }

@@ -1,0 +1,29 @@
+"""Movement of a away from its prior 0.1, by hand."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from arturo_diag.diagnostics.movement import movement
+
+
+def test_movement_by_hand():
+    result = movement([0.1, 0.2, 0.1005, 0.1], [1.0, 0.05, 1.0, 0.0])
+    # |a - 0.1| / |h| over h != 0: [0, 2, 0.0005]
+    assert result["median_relative_move"] == pytest.approx(0.0005, rel=1e-9)
+    assert result["n_h_zero"] == 1
+    # thresholds 1e-3 * max(|h|, 1e-5) = [1e-3, 5e-5, 1e-3, 1e-8]; moves [0, 0.1, 5e-4, 0]
+    assert result["never_left_share"] == 0.75
+    # a sorted [0.1, 0.1, 0.1005, 0.2]
+    assert result["a_q01"] == pytest.approx(0.1, rel=1e-12)
+    assert result["a_median"] == pytest.approx(0.10025, rel=1e-12)
+    assert result["a_q99"] == pytest.approx(0.1005 + 0.97 * 0.0995, rel=1e-12)
+
+
+def test_float32_prior_counts_as_never_left():
+    a = np.full(3, np.float32(0.1)).astype(np.float64)  # 0.10000000149...
+    result = movement(a, [0.0, 1e-6, 2.0])
+    assert result["never_left_share"] == 1.0
+    assert math.isnan(movement([], [])["median_relative_move"])
