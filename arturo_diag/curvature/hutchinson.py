@@ -1,0 +1,131 @@
+"""Hutchinson's stochastic estimate of the Hessian diagonal, with its standard error.
+
+Math: for the probe loss L(theta) (see :mod:`arturo_diag.curvature.functional`) with Hessian H,
+draw S = ``samples`` Rademacher probes z_s in {-1, +1}^P (independent entries, P(+1) = 1/2) from
+``generator`` and estimate h = diag(H) by
+
+    h_hat = (1/S) sum_s z_s * (H z_s)        (* elementwise),
+
+Bekas, Kokiopoulou and Saad, "An estimator for the diagonal of a matrix", Applied Numerical
+Mathematics 57 (2007) 1214-1229.
+
+Unbiasedness: the i-th entry of one term is z_i (H z)_i = sum_j H_ij z_i z_j. Since
+E[z_i z_j] = 1 if i = j (z_i^2 = 1) and 0 otherwise (independent, zero mean),
+E[z_i (H z)_i] = H_ii. The mean of S independent terms is unbiased too.
+
+Variance: Var[z_i (H z)_i] = Var[sum_{j != i} H_ij z_i z_j] = sum_{j != i} H_ij^2 (the products
+z_i z_j, j != i, are themselves independent Rademacher variables). It vanishes for a diagonal H;
+the estimator is exact there. The standard error reported is computed from the probes
+themselves: stderr_i = std_s(z_s,i (H z_s)_i) / sqrt(S), with the unbiased (S - 1) sample
+variance; it estimates the standard deviation of h_hat_i across independent runs.
+
+The curvature arTuRO filters (ARTURO.md, ``a``; arXiv 2310.20574) is compared with this
+estimate when the exact diagonal is too expensive.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+
+from arturo_diag.curvature.errors import CurvatureError
+from arturo_diag.curvature.hvp import batched_hvp
+from arturo_diag.curvature.functional import loss_of_parameters
+from arturo_diag.curvature.result import DiagonalHessian, split_like
+
+__all__ = ["hutchinson_diagonal"]
+
+
+def hutchinson_diagonal(
+    model: nn.Module,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    inputs: Tensor,
+    targets: Tensor,
+    samples: int,
+    generator: torch.Generator | None,
+    *,
+    train: bool = False,
+    chunk_size: int | None = None,
+) -> tuple[DiagonalHessian, DiagonalHessian]:
+    """Hutchinson's estimate of diag(H) and its standard error, per parameter.
+
+    Math: h_hat = (1/S) sum_s z_s * (H z_s), stderr = std_s(z_s * H z_s) / sqrt(S), with
+    S = ``samples`` Rademacher probes drawn from ``generator``, H the Hessian of
+    L(theta) = ``loss_fn(model(inputs; theta), targets)``.
+
+    Args:
+        model, loss_fn, inputs, targets, train: as in
+            :func:`arturo_diag.curvature.exact_diagonal`.
+        samples: number of probes S, at least 2 (the standard error needs two).
+        generator: the source of the probes; the same generator state gives the same estimate,
+            whatever ``chunk_size``. Probes are drawn on the generator's device, in probe order,
+            then moved to the parameters' device and dtype. ``None`` uses torch's global
+            generator on the CPU.
+        chunk_size: probes per vmap call (default: all ``samples``); each probe's
+            Hessian-vector product is taken forward-over-reverse, and batching them shares
+            the primal forward and backward pass.
+
+    Returns:
+        ``(estimate, stderr)``: two :class:`DiagonalHessian` with ``method`` "hutchinson" and
+        "hutchinson-stderr", ``samples`` = S, tensors shaped, typed and placed like the
+        parameters.
+
+    Raises:
+        CurvatureError: bad input (see :func:`loss_of_parameters`), samples < 2, bad chunk size.
+    """
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
+        raise CurvatureError(
+            f"samples: got {samples!r}; allowed: an integer >= 2 (the standard error needs two)"
+        )
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise CurvatureError(f"chunk_size: got {chunk_size!r}; allowed: a positive integer or None")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise CurvatureError(
+            f"generator: got {type(generator).__name__}; allowed: a torch.Generator or None"
+        )
+    names, params, loss = loss_of_parameters(model, loss_fn, inputs, targets, train=train)
+    chunk_size = min(chunk_size or samples, samples)
+    like = params[0]
+    sizes = [p.numel() for p in params]
+    total = sum(sizes)
+    hessian_times = batched_hvp(loss, params)
+    draw_device = generator.device if generator is not None else torch.device("cpu")
+    # Sums of the terms and of their squares, shifted by the first chunk's mean so that the
+    # variance stays accurate when |h| is much larger than its spread.
+    shift = None
+    total_sum = torch.zeros(total, dtype=like.dtype, device=like.device)
+    total_sq = torch.zeros(total, dtype=like.dtype, device=like.device)
+    for start in range(0, samples, chunk_size):
+        count = min(chunk_size, samples - start)
+        # One draw per probe: the stream, hence the result, does not depend on chunk_size.
+        probes = torch.stack(
+            [
+                torch.randint(0, 2, (total,), generator=generator, device=draw_device,
+                              dtype=torch.int8)
+                for _ in range(count)
+            ]
+        ).to(device=like.device, dtype=like.dtype).mul_(2).sub_(1)  # fmt: skip
+        tangents = tuple(
+            t.view(count, *p.shape) for t, p in zip(probes.split(sizes, dim=1), params)
+        )
+        products = hessian_times(tangents)
+        terms = probes.mul_(torch.cat([h.reshape(count, -1) for h in products], dim=1))
+        del tangents, products
+        if shift is None:
+            shift = terms.mean(0)
+        terms -= shift
+        total_sum += terms.sum(0)
+        total_sq += (terms * terms).sum(0)
+    centred_mean = total_sum / samples
+    estimate = shift + centred_mean
+    variance = (total_sq - samples * centred_mean**2).clamp_min_(0) / (samples - 1)
+    stderr = (variance / samples).sqrt_()
+    return (
+        DiagonalHessian(split_like(estimate, names, params), "hutchinson", samples=samples),
+        DiagonalHessian(split_like(stderr, names, params), "hutchinson-stderr", samples=samples),
+    )
+
