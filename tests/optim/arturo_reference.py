@@ -37,27 +37,6 @@ DEFAULTS = dict(
     weight_decay=1.5404e-6,
 )
 
-# ARTURO.md, "Published settings" table, typed literally (kl_bound is the lr).
-PRESETS = {
-    "fmnist_cnn": dict(lr=0.08567456, reg_weight=0.05865662, prior_prec=0.0015, var_init=0.01,
-                       nu=1.3, dynamic_model_noise=0.01739296, measurement_noise=2.81679116,
-                       start_filter_cov=5e-5, weight_decay=1.5404e-6, eta_tol=0.5),
-    "cifar10_cnn": dict(lr=0.00278750, reg_weight=0.29678596, prior_prec=0.0015, var_init=0.01,
-                        nu=1.3, dynamic_model_noise=0.00245526, measurement_noise=1.21975001,
-                        start_filter_cov=5e-5, weight_decay=0.0, eta_tol=0.5),
-    "cifar10_resnet34": dict(lr=0.00713292, reg_weight=1.59735443, prior_prec=0.0015,
-                             var_init=0.01, nu=1.3, dynamic_model_noise=0.08938099,
-                             measurement_noise=9.32844002, start_filter_cov=5e-5,
-                             weight_decay=7.0291e-4, eta_tol=0.5),
-    "cifar100_resnet34": dict(lr=0.00723373, reg_weight=1.67676999, prior_prec=0.0015,
-                              var_init=0.01, nu=1.3, dynamic_model_noise=0.00977875,
-                              measurement_noise=4.82203163, start_filter_cov=5e-5,
-                              weight_decay=0.0, eta_tol=0.5),
-}
-# ARTURO.md, "Presets": fmnist_resnet18 equals fmnist_cnn, cifar100_cnn equals cifar10_cnn.
-PRESETS["fmnist_resnet18"] = dict(PRESETS["fmnist_cnn"])
-PRESETS["cifar100_cnn"] = dict(PRESETS["cifar10_cnn"])
-
 ETA_MAX = 10000.0  # ARTURO.md step 4: the first bracket is [0, 10000] and hi never exceeds 10000
 
 
