@@ -141,3 +141,13 @@ def test_resnet_rejects_tiny_inputs():
 def test_nonpositive_sizes_are_rejected():
     with pytest.raises(ConfigError, match="model"):
         build_model("mlp", in_channels=1, num_classes=0, image_size=8)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_curvature_package_accepts_every_model_as_ggn_exact(name):
+    from arturo_diag.curvature.exact import check_ggn_exact
+
+    shape = FASHION if name == "fashion_cnn" else CIFAR10 if name.startswith("resnet") else DIGITS
+    model = build_model(name, in_channels=shape[0], num_classes=shape[2], image_size=shape[1])
+    assert check_ggn_exact(model, nn.functional.cross_entropy) == "cross_entropy"
+
