@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from arturo_diag.errors import ConfigError, DataError
+from arturo_diag.training.seeding import _check_seed
 
 __all__ = [
     "ArrayDataset",
@@ -170,6 +171,7 @@ def load_digits(
     if not 0.0 < test_fraction < 1.0:
         raise ConfigError("test_fraction", test_fraction, "a number strictly between 0 and 1")
     _check_float_dtype(dtype)
+    seed = _check_seed(seed)
     bunch = _sk_load_digits()
     x = np.asarray(bunch.data, dtype=np.float64).reshape(-1, 1, 8, 8) / 16.0
     y = np.asarray(bunch.target, dtype=np.int64)
@@ -227,7 +229,7 @@ def make_teacher(
     _check_float_dtype(dtype)
     if num_classes < 2:
         raise ConfigError("num_classes", num_classes, "at least 2")
-    g = torch.Generator().manual_seed(int(seed))
+    g = torch.Generator().manual_seed(_check_seed(seed))
     d = image_size * image_size
     f64 = torch.float64
     w1 = torch.randn(d, hidden, generator=g, dtype=f64) / math.sqrt(d)
@@ -403,8 +405,10 @@ def _build_uint8_dataset(name: str, x_train: np.ndarray, y_train: np.ndarray, x_
 
 def _check_dir(data_dir: str | Path) -> Path:
     path = Path(data_dir).expanduser()
-    if not path.is_dir():
+    if not path.exists():
         raise DataError(f"{path}: data directory not found")
+    if not path.is_dir():
+        raise DataError(f"{path}: not a directory; pass the folder that holds the dataset files")
     return path
 
 
@@ -564,12 +568,13 @@ def load_dataset(
         normalize: standardise the inputs with the train statistics (not used by ``teacher``).
 
     Raises:
-        ConfigError: ``dataset`` if the name is unknown; a size or dtype that is not allowed.
+        ConfigError: ``dataset`` if the name is unknown; a seed, size or dtype that is not allowed.
         DataError: a file-based dataset without ``data_dir``, or with missing or malformed files.
     """
     if name not in DATASETS:
         raise ConfigError("dataset", name, "one of " + ", ".join(DATASETS))
     _check_float_dtype(dtype)
+    _check_seed(seed)
     if name in _FILE_DATASETS and data_dir is None:
         raise DataError(
             f"{name}: no data directory given; pass --data-dir pointing at the folder with the "
@@ -634,9 +639,9 @@ def probe_batch(dataset: ArrayDataset, size: int, seed: int) -> tuple[torch.Tens
     ``seed`` (the same seed gives the same examples), on the dataset's device and dtype.
 
     Raises:
-        ConfigError: ``probe_size`` if ``size`` is not in ``1..num_train``.
+        ConfigError: ``probe_size`` if ``size`` is not in ``1..num_train``; ``seed`` if negative.
     """
     _check_size("probe_size", size, dataset.num_train)
-    g = torch.Generator().manual_seed(int(seed))
+    g = torch.Generator().manual_seed(_check_seed(seed))
     idx = torch.randperm(dataset.num_train, generator=g)[:size].to(dataset.x_train.device)
     return dataset.x_train[idx], dataset.y_train[idx]

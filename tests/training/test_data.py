@@ -324,6 +324,19 @@ def test_sizes_take_the_first_examples(tmp_path):
         load_dataset("fashion_mnist", tmp_path, test_size=0)
 
 
+def test_data_dir_that_is_a_file(tmp_path):
+    path = write_file(tmp_path / "train-images-idx3-ubyte", b"")
+    with pytest.raises(DataError, match="not a directory") as info:
+        load_dataset("fashion_mnist", path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["digits", "teacher"])
+def test_bad_seed_is_a_config_error(name):
+    with pytest.raises(ConfigError, match="seed"):
+        load_dataset(name, seed=-1)
+
+
 def test_float_dtype_is_required():
     with pytest.raises(ConfigError, match="dtype"):
         load_dataset("teacher", dtype=torch.int32)
