@@ -276,13 +276,18 @@ def _read_bytes(path: Path) -> bytes:
                 return f.read()
         return path.read_bytes()
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-        raise DataError(f"{path}: not a valid gzip file ({e})") from e
+        raise DataError(f"{path}: truncated or not a valid gzip file ({e})") from e
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
 
 
-def read_idx(path: str | Path, *, expected_dtype: int | None = None, expected_ndim: int | None = None,
-             what: str = "data") -> np.ndarray:
+def read_idx(
+    path: str | Path,
+    *,
+    expected_dtype: int | None = None,
+    expected_ndim: int | None = None,
+    what: str = "data",
+) -> np.ndarray:
     """Parse an IDX file (raw or gzip-compressed by its ``.gz`` suffix) into a numpy array.
 
     The header is two zero bytes, a data type code (0x08 ubyte, 0x09 byte, 0x0B short, 0x0C int,

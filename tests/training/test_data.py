@@ -184,6 +184,11 @@ def test_idx_corrupt_gzip(tmp_path):
     with pytest.raises(DataError, match="not a valid gzip file") as info:
         load_dataset("fashion_mnist", tmp_path)
     assert str(path) in str(info.value)
+    images = tmp_path / "train-images-idx3-ubyte.gz"
+    images.write_bytes(images.read_bytes()[:-12])  # cut inside the compressed stream
+    with pytest.raises(DataError, match="truncated or not a valid gzip file") as info:
+        load_fashion_mnist(tmp_path)
+    assert str(images) in str(info.value)
 
 
 def test_idx_missing_file_names_both_candidates(tmp_path):
