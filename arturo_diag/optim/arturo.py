@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from . import _fused_cpu
 from . import functional as F
 
 if sys.version_info >= (3, 11):
@@ -70,6 +71,7 @@ class _Bucket:
         self.numel = self.offsets[-1]
         self.flat: dict[str, Tensor] = {}
         self.views: dict[str, list[Tensor]] = {}
+        self.scratch: tuple[Tensor, Tensor] | None = None  # (weights, gradients) for the fused path
 
     def slices(self, flat: Tensor) -> list[Tensor]:
         return [flat[lo:hi].view_as(p) for lo, hi, p in zip(self.offsets[:-1], self.offsets[1:], self.params)]
@@ -90,8 +92,29 @@ class _Bucket:
                     return False
         return True
 
+    def gather_into_scratch(self) -> tuple[Tensor, Tensor]:
+        """Copy weights and gradients into two reusable flat buffers (no allocation per step)."""
+        if self.scratch is None:
+            like = self.params[0]
+            self.scratch = (torch.empty(self.numel, dtype=like.dtype, device=like.device),
+                            torch.empty(self.numel, dtype=like.dtype, device=like.device))
+        theta, grad = self.scratch
+        torch.cat([p.reshape(-1) for p in self.params], out=theta)
+        torch.cat([p.grad.reshape(-1) for p in self.params], out=grad)
+        return theta, grad
+
     def gather(self, tensors: list[Tensor]) -> Tensor:
         return torch.cat([t.reshape(-1) for t in tensors]) if len(tensors) > 1 else tensors[0].reshape(-1)
+
+
+class _Work:
+    """One bucket's part of a step: after preparing, ``kl(eta)`` and ``commit(eta)`` close over it."""
+
+    def __init__(self, group: dict[str, Any], bucket: _Bucket):
+        self.group = group
+        self.bucket = bucket
+        self.kl: Callable[[float], float]
+        self.commit: Callable[[float], tuple[float, int, int]]
 
 
 class Arturo(Optimizer):
@@ -138,6 +161,9 @@ class Arturo(Optimizer):
         fixed_eta: if given, ``eta`` is this constant every step: the trust region is off (ablation).
         guard: clamp the curvature used in the update at 0 so precision and denominators stay positive.
         dual_rtol: relative tolerance of ``dual="exact"``.
+        fused: run the decoupled step as fused CPU kernels (numba): same formulas, three passes over
+            memory instead of about fifty. ``None`` (default) uses them where they apply (CPU,
+            float32/64, decoupled KL, no oracle, not a parameter's first step) and numba is installed.
 
     After each :meth:`step`, :attr:`last_step` holds the step's health: ``eta``, the final bracket
     ``eta_lo``/``eta_hi``, ``iterations`` of the dual solve, ``kl_ratio = K(eta)/eps``, and the counts
@@ -166,6 +192,7 @@ class Arturo(Optimizer):
         fixed_eta: float | None = None,
         guard: bool = False,
         dual_rtol: float = 1e-6,
+        fused: bool | None = None,
     ):
         _validate(lr=lr, reg_weight=reg_weight, prior_prec=prior_prec, var_init=var_init, nu=nu,
                   dynamic_model_noise=dynamic_model_noise, measurement_noise=measurement_noise,
@@ -175,7 +202,7 @@ class Arturo(Optimizer):
             lr=lr, reg_weight=reg_weight, prior_prec=prior_prec, var_init=var_init, nu=nu,
             dynamic_model_noise=dynamic_model_noise, measurement_noise=measurement_noise,
             start_filter_cov=start_filter_cov, eta_tol=eta_tol, weight_decay=weight_decay,
-            kl=kl, dual=dual, fixed_eta=fixed_eta, guard=bool(guard), dual_rtol=dual_rtol,
+            kl=kl, dual=dual, fixed_eta=fixed_eta, guard=bool(guard), dual_rtol=dual_rtol, fused=fused,
         )
         super().__init__(params, defaults)
         self.eta: float | None = None  # the previous step's eta (None before the first step)
@@ -311,59 +338,30 @@ class Arturo(Optimizer):
         dual = first["dual"]
         fixed_eta = first["fixed_eta"]
 
-        work = []  # (group, bucket, mean, dual terms, precision, hyperparameters)
+        work: list[_Work] = []
         guard_acted = 0
-        dtypes = []
         for index, group in enumerate(self.param_groups):
             buckets = self._group_buckets(index, group)
             if not buckets:
                 continue
-            lr_g = _scalar(group["lr"])
-            wd = float(group["weight_decay"])
-            c = float(group["reg_weight"]) * float(group["prior_prec"])
             for bucket, fresh in buckets:
-                dtypes.append(bucket.params[0].dtype)
-                theta = bucket.gather(bucket.params)
-                grad = bucket.gather([p.grad for p in bucket.params])
-                # 0. decoupled weight decay, scaled by this group's lr; the first-step mean is the
-                #    undecayed copy, later the mean is the weight itself (ARTURO.md step 0)
-                if wd != 0.0:
-                    decayed = torch.add(theta, theta, alpha=-lr_g * wd)
-                    mean = decayed
-                    if any(fresh):
-                        mean = decayed.clone()
-                        for i, is_fresh in enumerate(fresh):
-                            if is_fresh:
-                                mean[bucket.offsets[i]:bucket.offsets[i + 1]] = theta[bucket.offsets[i]:bucket.offsets[i + 1]]
-                    theta = decayed
+                item = _Work(group, bucket)
+                if self._use_fused(group, bucket, fresh):
+                    guard_acted += self._prepare_fused(item)
                 else:
-                    mean = theta
-                # 1.-2. filter predict and update
-                fs = F.FilterState(*(bucket.flat[k] for k in _FILTER_KEYS))
-                fs = F.filter_predict(fs, float(group["dynamic_model_noise"]))
-                fs = F.filter_update(fs, theta, grad, float(group["measurement_noise"]))
-                fs = self._apply_oracle(bucket, fs, theta, grad)
-                for key, value in zip(_FILTER_KEYS, fs):
-                    bucket.flat[key].copy_(value)
-                curvature = fs.curvature
-                if group["guard"]:
-                    curvature, acted = F.guard_curvature(curvature)
-                    guard_acted += acted
-                precision = bucket.flat["precision"]
-                terms = F.dual_terms(mean, precision, curvature, fs.intercept, c, float(group["reg_weight"]))
-                work.append((group, bucket, mean, terms, c))
+                    guard_acted += self._prepare_eager(item, fresh)
+                work.append(item)
         if not self._oracle_hold:
             self._oracle = {}
         if not work:
             return loss
         # eta, its bracket and the K accumulator live in the parameters' dtype (ARTURO.md "dtype")
-        dtype = np.float64 if torch.float64 in dtypes else np.float32
+        dtype = np.float64 if any(w.bucket.params[0].dtype == torch.float64 for w in work) else np.float32
 
         def kl_of_eta(eta: float) -> float:
             total = dtype(0.0)
-            for group, _bucket, _mean, terms, _c in work:
-                fn = F.kl_coupled_of_eta if group["kl"] == "coupled" else F.kl_decoupled_of_eta
-                total = total + dtype(fn(terms, eta).item())
+            for item in work:
+                total = total + dtype(item.kl(eta))
             return float(total)
 
         # 3.-4. the trust region: choose eta
@@ -376,47 +374,132 @@ class Arturo(Optimizer):
         eta = solution.eta
 
         # 5. commit
-        achieved = 0.0
-        precision_nonpos = 0
-        denominator_nonpos = 0
-        numel = 0
-        for group, bucket, mean, terms, c in work:
-            new_mean, denominator = F.new_mean_from_terms(mean, terms, eta)
-            if group["kl"] == "coupled":
-                new_precision = F.coupled_precision(terms.precision, terms.curvature_total, 0.0,
-                                                    float(group["reg_weight"]), eta)
-                achieved += float(F.kl_full(terms.precision, new_precision, new_mean, mean))
-            else:
-                new_precision = F.decoupled_precision(terms.precision, terms.curvature_total, 0.0,
-                                                      float(group["reg_weight"]), float(group["nu"]))
-                achieved += float(F.kl_mean_part(terms.precision, new_mean, mean))
-            if float(new_precision.min()) <= 0.0:
-                precision_nonpos += int(torch.count_nonzero(new_precision <= 0))
-            if float(denominator.min()) <= 0.0:
-                denominator_nonpos += int(torch.count_nonzero(denominator <= 0))
-            bucket.flat["precision"].copy_(new_precision)
-            torch._foreach_copy_(bucket.params, bucket.slices(new_mean))
-            for p in bucket.params:
+        achieved = dtype(0.0)
+        precision_nonpos = denominator_nonpos = numel = 0
+        for item in work:
+            kl_value, bad_precision, bad_denominator = item.commit(eta)
+            achieved = achieved + dtype(kl_value)
+            precision_nonpos += bad_precision
+            denominator_nonpos += bad_denominator
+            numel += item.bucket.numel
+            for p in item.bucket.params:
                 state = self.state[p]
                 state["mean"] = p.detach()  # the weight is the mean from now on
                 state["step"] += 1
-            numel += bucket.numel
         self.eta = eta
         self.last_step = {
-            "step": int(self.state[work[0][1].params[0]]["step"]),
+            "step": int(self.state[work[0].bucket.params[0]]["step"]),
             "eta": eta,
             "eta_lo": solution.eta_lo,
             "eta_hi": solution.eta_hi,
             "iterations": solution.iterations,
             "converged": solution.converged,
             "kl_bound": kl_bound,
-            "kl_ratio": achieved / kl_bound if kl_bound > 0 else math.inf,
+            "kl_ratio": float(achieved) / kl_bound if kl_bound > 0 else math.inf,
             "precision_nonpos": precision_nonpos,
             "denominator_nonpos": denominator_nonpos,
             "guard_acted": guard_acted,
             "numel": numel,
         }
         return loss
+
+    def _use_fused(self, group: dict[str, Any], bucket: _Bucket, fresh: list[bool]) -> bool:
+        wanted = group["fused"]
+        if wanted is False:
+            return False
+        applies = (_fused_cpu.AVAILABLE and bucket.params[0].device.type == "cpu"
+                   and bucket.params[0].dtype in (torch.float32, torch.float64)
+                   and group["kl"] == "decoupled" and not any(fresh)
+                   and not any(p in self._oracle for p in bucket.params))
+        if wanted is True and not _fused_cpu.AVAILABLE:
+            raise RuntimeError("fused=True needs numba (pip install numba)")
+        return applies
+
+    def _prepare_fused(self, item: "_Work") -> int:
+        """Steps 0-2 with the fused CPU kernels; the eta-dependent parts are `_Work.kl/commit`."""
+        group, bucket = item.group, item.bucket
+        theta, grad = bucket.gather_into_scratch()
+        t = np.dtype(str(theta.dtype).replace("torch.", "")).type
+        flat = {k: bucket.flat[k].numpy() for k in _FLAT_KEYS}
+        c = t(float(group["reg_weight"]) * float(group["prior_prec"]))
+        floor = t(torch.finfo(theta.dtype).tiny)
+        guard = bool(group["guard"])
+        acted = _fused_cpu.prepare(
+            theta.numpy(), grad.numpy(), flat["intercept"], flat["curvature"], flat["filter_cov_bb"],
+            flat["filter_cov_ba"], flat["filter_cov_aa"], flat["precision"],
+            t(_scalar(group["lr"]) * float(group["weight_decay"])), t(group["dynamic_model_noise"]),
+            t(group["measurement_noise"]), c, guard, floor)
+        theta_np, numerator_np = theta.numpy(), grad.numpy()
+        rho, nu = t(group["reg_weight"]), t(group["nu"])
+
+        def kl(eta: float) -> float:
+            return 0.5 * float(_fused_cpu.kl_of_eta(flat["curvature"], flat["precision"], numerator_np, c, guard, floor, t(eta)))
+
+        def commit(eta: float) -> tuple[float, int, int]:
+            twice_kl, bad_precision, bad_denominator = _fused_cpu.commit(
+                theta_np, flat["precision"], flat["curvature"], numerator_np, c, guard, floor, t(eta), rho, nu)
+            torch._foreach_copy_(bucket.params, bucket.slices(theta))
+            return 0.5 * float(twice_kl), int(bad_precision), int(bad_denominator)
+
+        item.kl, item.commit = kl, commit
+        return int(acted)
+
+    def _prepare_eager(self, item: "_Work", fresh: list[bool]) -> int:
+        """Steps 0-2 with the eager kernels of `functional` (any device, dtype, KL and ablation)."""
+        group, bucket = item.group, item.bucket
+        lr_g = _scalar(group["lr"])
+        wd = float(group["weight_decay"])
+        rho = float(group["reg_weight"])
+        c = rho * float(group["prior_prec"])
+        theta = bucket.gather(bucket.params)
+        grad = bucket.gather([p.grad for p in bucket.params])
+        # 0. decoupled weight decay, scaled by this group's lr; the first-step mean is the
+        #    undecayed copy, later the mean is the weight itself (ARTURO.md step 0)
+        mean = theta
+        if wd != 0.0:
+            decayed = torch.add(theta, theta, alpha=-lr_g * wd)
+            mean = decayed
+            if any(fresh):
+                mean = decayed.clone()
+                for i, is_fresh in enumerate(fresh):
+                    if is_fresh:
+                        lo, hi = bucket.offsets[i], bucket.offsets[i + 1]
+                        mean[lo:hi] = theta[lo:hi]
+            theta = decayed
+        # 1.-2. filter predict and update (and the oracle ablation)
+        fs = F.FilterState(*(bucket.flat[k] for k in _FILTER_KEYS))
+        fs = F.filter_predict(fs, float(group["dynamic_model_noise"]))
+        fs = F.filter_update(fs, theta, grad, float(group["measurement_noise"]))
+        fs = self._apply_oracle(bucket, fs, theta, grad)
+        for key, value in zip(_FILTER_KEYS, fs):
+            bucket.flat[key].copy_(value)
+        curvature, acted = fs.curvature, 0
+        if group["guard"]:
+            curvature, acted = F.guard_curvature(curvature)
+        precision = bucket.flat["precision"]
+        terms = F.dual_terms(mean, precision, curvature, fs.intercept, c, rho)
+        coupled = group["kl"] == "coupled"
+
+        def kl(eta: float) -> float:
+            fn = F.kl_coupled_of_eta if coupled else F.kl_decoupled_of_eta
+            return float(fn(terms, eta))
+
+        def commit(eta: float) -> tuple[float, int, int]:
+            new_mean, denominator = F.new_mean_from_terms(mean, terms, eta)
+            if coupled:
+                new_precision = F.coupled_precision(precision, terms.curvature_total, 0.0, rho, eta)
+                kl_value = float(F.kl_full(precision, new_precision, new_mean, mean))
+            else:
+                new_precision = F.decoupled_precision(precision, terms.curvature_total, 0.0, rho, float(group["nu"]))
+                kl_value = float(F.kl_mean_part(precision, new_mean, mean))
+            bad_precision = int(torch.count_nonzero(new_precision <= 0)) if float(new_precision.min()) <= 0 else 0
+            bad_denominator = int(torch.count_nonzero(denominator <= 0)) if float(denominator.min()) <= 0 else 0
+            bucket.flat["precision"].copy_(new_precision)
+            torch._foreach_copy_(bucket.params, bucket.slices(new_mean))
+            return kl_value, bad_precision, bad_denominator
+
+        item.kl, item.commit = kl, commit
+        return acted
 
     def _apply_oracle(self, bucket: _Bucket, fs: F.FilterState, theta: Tensor, grad: Tensor) -> F.FilterState:
         if not self._oracle or not any(p in self._oracle for p in bucket.params):

@@ -27,7 +27,6 @@ def _train(fused, steps=60, **kwargs):
 @pytest.mark.parametrize("kwargs", [
     {},
     {"weight_decay": 0.05},
-    {"lr": 20.0, "guard": True, "measurement_noise": 0.01},  # large steps: negative curvature appears
     {"dual": "exact"},
     {"dynamic_model_noise": 0.0},
 ])
@@ -47,10 +46,35 @@ def test_fused_matches_eager_float64(kwargs):
             assert se[key] == sf[key]
 
 
-def test_guard_case_really_has_negative_curvature():
-    # the guarded case above must exercise the guard, else it tests nothing
-    _, _, trace = _train(None, lr=20.0, guard=True, measurement_noise=0.01)
-    assert sum(s["guard_acted"] for s in trace) > 0
+def _train_indefinite_quadratic(fused, guard, steps=40):
+    """0.5 sum d_i x_i^2 with some d_i < 0, noisy gradients: the filter's curvature turns negative."""
+    generator = torch.Generator().manual_seed(3)
+    d = torch.linspace(-2.0, 3.0, 50, dtype=torch.float64)
+    x = torch.nn.Parameter(torch.randn(50, dtype=torch.float64, generator=generator))
+    optimizer = Arturo([x], lr=0.5, fused=fused, guard=guard, measurement_noise=0.01,
+                       dynamic_model_noise=1e-3, start_filter_cov=1.0)
+    trace = []
+    for _ in range(steps):
+        x.grad = d * x.detach() + 0.01 * torch.randn(50, dtype=torch.float64, generator=generator)
+        optimizer.step()
+        trace.append(dict(optimizer.last_step))
+    return x.detach().clone(), optimizer.state[x], trace
+
+
+@pytest.mark.parametrize("guard", [False, True])
+def test_fused_matches_eager_with_negative_curvature(guard):
+    x_e, s_e, t_e = _train_indefinite_quadratic(False, guard)
+    x_f, s_f, t_f = _train_indefinite_quadratic(None, guard)
+    assert (s_e["curvature"] < 0).any()  # the case exercises what it claims to
+    torch.testing.assert_close(x_e, x_f, rtol=1e-10, atol=1e-12)
+    for key in ("precision", "curvature", "intercept"):
+        torch.testing.assert_close(s_e[key], s_f[key], rtol=1e-10, atol=1e-12)
+    assert [s["guard_acted"] for s in t_e] == [s["guard_acted"] for s in t_f]
+    assert [s["denominator_nonpos"] for s in t_e] == [s["denominator_nonpos"] for s in t_f]
+    assert [s["precision_nonpos"] for s in t_e] == [s["precision_nonpos"] for s in t_f]
+    if guard:
+        assert sum(s["guard_acted"] for s in t_f) > 0
+        assert all(s["denominator_nonpos"] == 0 and s["precision_nonpos"] == 0 for s in t_f)
 
 
 def test_fused_float32_close_to_eager():
