@@ -38,6 +38,7 @@ __all__ = ["LAG_METRICS", "LagAccumulator", "lag_analysis", "lag_pair", "lag_tab
 
 # metric -> True if larger is better
 LAG_METRICS: dict[str, bool] = {"spearman": True, "relative_error": False}
+_WORDS = {"spearman": "Spearman", "relative_error": "relative error"}
 
 
 def lag_pair(a: Any, h: Any) -> dict[str, float]:
@@ -138,7 +139,8 @@ def summarize_lag(table: pd.DataFrame, *, max_lag: int | None = None, metric: st
     Args:
         table: ``A[t, k]`` rows from :func:`lag_table` / :class:`LagAccumulator`.
         max_lag: the largest ``k`` considered (default: the table's); it is further limited to
-            ``T - 2`` for ``T`` snapshots so that every ``k`` is averaged over at least 2 snapshots.
+            ``min(T - 2, T // 2)`` for ``T`` snapshots, so that with the common window every ``k``
+            is averaged over at least 2 snapshots and at least half of them.
         metric: the metric that decides the lag (``"spearman"``, scale-free, or
             ``"relative_error"``, which also shifts when ``||h||`` changes over training); the
             other's curve is reported too.
@@ -171,7 +173,8 @@ def summarize_lag(table: pd.DataFrame, *, max_lag: int | None = None, metric: st
         "curves": {},
     }
     table_max = int(table["k"].max()) if len(table) else 0
-    lag_max = min(table_max if max_lag is None else int(max_lag), table_max, n_snapshots - 2)
+    # with the common window, lags up to T//2 keep at least half of the snapshots in every mean
+    lag_max = min(table_max if max_lag is None else int(max_lag), table_max, n_snapshots - 2, n_snapshots // 2)
     if n_snapshots < 3 or lag_max < 1:
         result["reason"] = f"not assessed: {n_snapshots} snapshot(s); at least 3 are needed to compare lags"
         return result
@@ -180,11 +183,11 @@ def summarize_lag(table: pd.DataFrame, *, max_lag: int | None = None, metric: st
     result["curves"] = curves
     chosen = curves[metric]
     if chosen["argbest"] is None:
-        result["reason"] = f"no identifiable lag: the {metric} of a_t with h_(t-k) is undefined (a or h constant)"
+        result["reason"] = f"no identifiable lag: the {_WORDS[metric]} of a_t with h_(t-k) is undefined (a or h constant)"
         return result
     if not chosen["identifiable"]:
         result["reason"] = (f"no identifiable lag: the lag curve is flat within snapshot noise "
-                            f"({metric} range {chosen['range']:.3g} over k = 0..{lag_max} "
+                            f"({_WORDS[metric]} range {chosen['range']:.3g} over k = 0..{lag_max} "
                             f"vs snapshot noise {chosen['noise']:.3g})")
         return result
     best_k = int(chosen["best_k"])
@@ -192,13 +195,20 @@ def summarize_lag(table: pd.DataFrame, *, max_lag: int | None = None, metric: st
     if window == "common":
         pairs = pairs[pairs["t"] >= lag_max]
     lag_steps = float(np.mean(pairs["step"] - pairs["h_step"])) if best_k > 0 else 0.0
+    means = chosen["mean"]
+    if best_k == 0:
+        others = [m for m in means[1:] if math.isfinite(m)]
+        runner_up = (max if LAG_METRICS[metric] else min)(others) if others else math.nan
+        reason = (f"a_t agrees best with the same snapshot's h: {_WORDS[metric]} {means[0]:.3g} at k = 0 vs "
+                  f"{runner_up:.3g} at best for k = 1..{lag_max}")
+    else:
+        reason = (f"a_t agrees best with h_(t-{best_k}): {_WORDS[metric]} {means[best_k]:.3g} vs {means[0]:.3g} "
+                  f"at k = 0")
     result.update({
         "identifiable": True,
         "best_k": best_k,
         "best_lag_steps": lag_steps,
-        "reason": (f"a_t agrees best with h_(t-{best_k}): {metric} {chosen['mean'][best_k]:.3g} "
-                   f"vs {chosen['mean'][0]:.3g} at k = 0 (curve range {chosen['range']:.3g} "
-                   f"> snapshot noise {chosen['noise']:.3g})"),
+        "reason": f"{reason} (curve range {chosen['range']:.3g} > snapshot noise {chosen['noise']:.3g})",
     })
     return result
 

@@ -1,0 +1,182 @@
+"""analyze_record on small synthetic records written with RecordWriter."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from arturo_diag.diagnostics.analysis import analyze_record, write_metrics
+from arturo_diag.diagnostics.io import jsonable
+from arturo_diag.diagnostics.record import RecordWriter, RunRecord
+from arturo_diag.errors import RecordError
+
+PARAMETERS = {"net.0.weight": (4, 3), "net.0.bias": (4,), "net.2.weight": (2, 4), "net.2.bias": (2,)}
+CONFIG = "[optimizer]\nlr = 0.1\neta_tol = 0.5\nvar_init = 0.01\n"
+TOP_LEVEL = ["format", "run", "agreement", "movement", "calibration", "lag", "trust_region", "health",
+             "training", "findings"]
+
+
+def _step_rows():
+    """60 steps: first, 5/3 growth (2-5), a jump, frozen at 0.254 (7-30), bisection; bound drop at 40."""
+    rows = [dict(step=1, eta=0.02, eta_prev=math.nan, iterations=14, kl_ratio=1.0, kl_bound=0.1)]
+    eta = 0.02
+    for step in range(2, 6):
+        rows.append(dict(step=step, eta=eta * 5 / 3, eta_prev=eta, iterations=0, kl_ratio=0.5, kl_bound=0.1))
+        eta *= 5 / 3
+    rows.append(dict(step=6, eta=0.254, eta_prev=eta, iterations=2, kl_ratio=1.0, kl_bound=0.1))
+    for step in range(7, 31):
+        rows.append(dict(step=step, eta=0.254, eta_prev=0.254, iterations=1, kl_ratio=0.9 * 0.9 ** (step - 7),
+                         kl_bound=0.1))
+    overshoot = {40: 78.0, 41: 30.0, 42: 9.0, 43: 2.0}
+    for step in range(31, 61):
+        bound = 0.1 if step < 40 else 0.0006
+        rows.append(dict(step=step, eta=1.0, eta_prev=1.0 if step > 31 else 0.254, iterations=3,
+                         kl_ratio=overshoot.get(step, 1.0), kl_bound=bound))
+    for row in rows:
+        row.update(epoch=1 + (row["step"] - 1) // 30, loss=1.0 / row["step"], eta_lo=row["eta"] * 0.9,
+                   eta_hi=row["eta"] * 1.2, precision_nonpos=1 if row["step"] == 45 else 0,
+                   denominator_nonpos=0, guard_acted=0, numel=26)
+    return rows
+
+
+def _write_record(run_dir, *, estimate, reference="both", seed=0):
+    """A finished record with snapshots every 10 steps; ``estimate(h, t)`` gives a from h."""
+    rng = np.random.default_rng(seed)
+    writer = RecordWriter(run_dir, "monitor", CONFIG, PARAMETERS, optimizer={"lr": 0.1, "eta_tol": 0.5},
+                          var_init=0.01)
+    for row in _step_rows():
+        writer.add_step(row)
+        if row["step"] % 10:
+            continue
+        t = row["step"] // 10
+        arrays = {}
+        for name, shape in PARAMETERS.items():
+            h = rng.normal(size=shape) + 0.05 * t
+            fields = {"curvature": estimate(h, t), "filter_cov_aa": np.full(shape, 4.0),
+                      "precision": np.where(rng.random(shape) < 0.25, 1e5, 100.0), "weight": rng.normal(size=shape)}
+            if reference in ("exact", "both"):
+                fields["h_exact"] = h
+            if reference in ("hutchinson", "both"):
+                fields["h_hutchinson"] = h + 0.3 * rng.normal(size=shape)
+                fields["h_hutchinson_se"] = np.full(shape, 0.3)
+            arrays[name] = fields
+        writer.add_snapshot(row["step"], {"kl_bound": row["kl_bound"], "eta": row["eta"],
+                                          "kl0_ratio": 3.0 if t % 2 else 0.5,
+                                          "eta_star": 0.5 if t % 2 else math.nan, "reference": reference,
+                                          "exact_method": "hvp" if reference != "hutchinson" else "",
+                                          "hutchinson_samples": 8, "probe_loss": 0.5, "seconds": 0.1}, arrays)
+    writer.add_epoch(dict(epoch=1, step=30, train_loss=0.6, train_accuracy=0.8, test_loss=0.7, test_accuracy=0.75))
+    writer.add_epoch(dict(epoch=2, step=60, train_loss=0.4, train_accuracy=0.9, test_loss=0.5, test_accuracy=0.85))
+    writer.finish({"seconds": 1.0})
+    return RunRecord.load(run_dir)
+
+
+def _texts(metrics, topic=None):
+    return [f["text"] for f in metrics["findings"] if topic is None or f["topic"] == topic]
+
+
+def test_constant_estimate_is_reported_against_the_constant_baseline(tmp_path):
+    record = _write_record(tmp_path / "run", estimate=lambda h, t: np.full(h.shape, 0.1))
+    metrics = analyze_record(record)
+    assert list(metrics) == TOP_LEVEL
+    assert all(set(f) == {"text", "severity", "topic"} and f["severity"] in ("info", "warning")
+               for f in metrics["findings"])
+
+    final = metrics["agreement"]["final"]
+    assert final["step"] == 60 and final["reference"] == "h_exact"
+    assert list(final["layers"]) == ["net.0", "net.2"]
+    overall = final["overall"]
+    assert overall["estimate"]["relative_error"] == overall["constant"]["relative_error"]
+    assert overall["beats_constant_summary"]["any"] is False
+    agreement_text = " ".join(_texts(metrics, "agreement"))
+    assert "does not beat a constant vector" in agreement_text
+    assert "for the constant 0.1" in agreement_text
+    assert metrics["movement"]["final"]["overall"]["never_left_share"] == 1.0
+    assert any("never left the prior 0.1" in text for text in _texts(metrics, "movement"))
+    assert "No identifiable lag" in " ".join(_texts(metrics, "lag")) or "undefined" in metrics["lag"]["reason"]
+
+
+def test_analysis_is_deterministic_and_written_as_strict_json(tmp_path):
+    record = _write_record(tmp_path / "run", estimate=lambda h, t: h + 0.1)
+    first, second = analyze_record(record), analyze_record(tmp_path / "run")
+    assert json.dumps(jsonable(first)) == json.dumps(jsonable(second))
+    write_metrics(tmp_path / "run", first)
+    text = (tmp_path / "run" / "metrics.json").read_text()
+    assert "NaN" not in text
+    assert json.loads(text) == jsonable(first)
+
+
+def test_structure_and_numbers_of_a_full_record(tmp_path):
+    metrics = analyze_record(_write_record(tmp_path / "run", estimate=lambda h, t: h + 0.1))
+    run = metrics["run"]
+    assert run["reference"] == "both" and run["compared_against"] == "h_exact"
+    assert run["n_snapshots"] == 6 and run["snapshot_steps"] == [10, 20, 30, 40, 50, 60]
+    assert run["n_parameters"] == 26 and run["layers"] == ["net.0", "net.2"]
+    assert (run["var_init"], run["var_init_source"]) == (0.01, "record.json")
+    assert (run["eta_tol"], run["eta_tol_source"]) == (0.5, "record.json optimizer")
+    assert run["exact_method"] == "hvp" and run["hutchinson_samples"] == 8
+
+    # a = h + 0.1: relative error 0.1 sqrt(n) / ||h||, and it beats the constant everywhere
+    overall = metrics["agreement"]["final"]["overall"]
+    assert overall["estimate"]["spearman"] == pytest.approx(1.0)
+    assert overall["beats_constant_summary"]["all"] is True
+    assert overall["previous_h"] is not None
+    assert metrics["agreement"]["snapshots"][0]["overall"]["previous_h"] is None
+    assert metrics["agreement"]["hutchinson_vs_exact"]["final"]["step"] == 60
+    assert metrics["agreement"]["reference_noise"]["final"]["samples"] == 8
+    # calibration: |a-h| = 0.1, sqrt(P_aa) = 2 -> sharpness 0.05: vacuous
+    calibration = metrics["calibration"]["final"]["overall"]
+    assert calibration["sharpness"] == pytest.approx(0.05) and calibration["interpretation"] == "vacuous"
+    assert any("vacuous" in text for text in _texts(metrics, "calibration"))
+
+    tr = metrics["trust_region"]
+    assert tr["regime_counts"] == {"first": 1, "bisection": 31, "growth_5_3": 4, "frozen": 24, "fixed": 0, "other": 0}
+    assert tr["frozen_runs"]["longest"]["eta_median"] == 0.254
+    assert tr["bound_drops"][0]["step"] == 40 and tr["bound_drops"][0]["steps_to_recover"] == 4
+    assert tr["snapshots"]["binding_share"] == 0.5
+    trust_text = " ".join(_texts(metrics, "trust_region"))
+    assert "eta was frozen at the floor 0.254 for 24 steps (steps 7-30) while K/eps fell to" in trust_text
+    assert "After the KL bound dropped at step 40 (x0.006), K/eps overshot to 78 and took 4 steps" in trust_text
+
+    health = metrics["health"]
+    assert health["final"]["step"] == 60
+    assert health["nonpositive"]["precision_nonpos"]["first_step"] == 45
+    assert 0 < health["final"]["variance_collapse"]["share_collapsed"] < 1  # pi = 1e5 -> variance 1e-5 < 1e-4
+    health_text = " ".join(_texts(metrics, "health"))
+    assert "Variance collapse" in health_text and "pi' <= 0 at 1 step (first at step 45" in health_text
+    assert metrics["training"]["final"]["test_accuracy"] == 0.85
+    assert metrics["training"]["best_test_accuracy_epoch"] == 2
+
+
+def test_hutchinson_only_reference_says_h_is_noisy(tmp_path):
+    metrics = analyze_record(_write_record(tmp_path / "run", estimate=lambda h, t: h, reference="hutchinson"))
+    assert metrics["run"]["reference"] == "hutchinson"
+    assert metrics["agreement"]["final"]["reference"] == "h_hutchinson"
+    assert metrics["agreement"]["hutchinson_vs_exact"] is None
+    (text,) = _texts(metrics, "reference")
+    assert "Hutchinson estimate with 8 samples" in text and "carries noise" in text and "standard error" in text
+
+
+def test_lag_is_found_in_a_record(tmp_path):
+    # every snapshot's h is new noise; a is the previous snapshot's h (kept across calls)
+    memory = {}
+
+    def previous_h(h, t):
+        key = h.shape
+        a = memory.get(key, np.full(h.shape, 0.1)).copy()
+        memory[key] = h.copy()
+        return a
+
+    metrics = analyze_record(_write_record(tmp_path / "run", estimate=previous_h, reference="exact"),
+                             max_lag=2)
+    assert metrics["lag"]["best_k"] == 1 and metrics["lag"]["best_lag_steps"] == 10.0
+    assert any("lags h by about 1 snapshot (10 steps)" in text for text in _texts(metrics, "lag"))
+
+
+def test_incomplete_record_is_refused(tmp_path):
+    writer = RecordWriter(tmp_path / "run", "monitor", CONFIG, PARAMETERS)
+    writer.flush()
+    with pytest.raises(RecordError, match="incomplete"):
+        analyze_record(tmp_path / "run")
