@@ -57,6 +57,14 @@ class Case:
         y = torch.randint(0, 3, (self.batch,), generator=self.generator)
         return x, y
 
+    def minibatch_at(self, k: int):
+        """The k-th minibatch of a stream fixed by the case's seed, independent of call order."""
+        gen = torch.Generator().manual_seed(self.seed * 100003 + k)
+        shape = (self.batch, 5) if self.kind == "mlp" else (self.batch, 1, 6, 6)
+        x = torch.randn(shape, generator=gen, dtype=torch.float64)
+        y = torch.randint(0, 3, (self.batch,), generator=gen)
+        return x, y
+
     def loss(self, x, y):
         return nn.functional.cross_entropy(self.model(x), y)
 
