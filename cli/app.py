@@ -3,17 +3,18 @@ from __future__ import annotations
 
 import typer
 
+from .compare import compare
+from .report import report
+
 app = typer.Typer(
     name="arturo-diag",
     help="Diagnostics for the arTuRO optimizer: its curvature estimate against the true diagonal Hessian.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
-
-
-@app.callback()
-def _root() -> None:
-    """arturo-diag: train with arTuRO, compare its curvature estimate with the true diagonal Hessian."""
+app.command()(compare)
+app.command()(report)
 
 
 def main() -> None:

@@ -170,7 +170,7 @@ class Arturo(Optimizer):
     ``precision_nonpos``/``denominator_nonpos`` (and ``guard_acted``). The per-parameter state is
     ``mean`` (the weight itself from the first step on), ``precision``, ``curvature`` (``a``),
     ``intercept`` (``b``), ``filter_cov_bb``/``_ba``/``_aa`` and ``step``; the previous ``eta`` is in
-    ``state_dict()["arturo"]``.
+    ``state_dict()["arturo"]``. Setting :attr:`dual_diagnostics` adds ``kl0_ratio`` and ``eta_star``.
     """
 
     def __init__(
@@ -207,6 +207,10 @@ class Arturo(Optimizer):
         super().__init__(params, defaults)
         self.eta: float | None = None  # the previous step's eta (None before the first step)
         self.last_step: dict[str, Any] | None = None
+        #: when True, each step also reports ``kl0_ratio`` = K(0)/eps (> 1: the bound binds) and
+        #: ``eta_star``, the exact root of K(eta) = eps (NaN when it does not bind), in
+        #: ``last_step``. Costs a few extra passes; the rule itself is unchanged.
+        self.dual_diagnostics = False
         self._buckets: dict[int, list[_Bucket]] = {}
         self._oracle: dict[Tensor, Tensor] = {}
         self._oracle_hold = False
@@ -230,6 +234,7 @@ class Arturo(Optimizer):
         super().__setstate__(state)
         self.__dict__.setdefault("eta", None)
         self.__dict__.setdefault("last_step", None)
+        self.__dict__.setdefault("dual_diagnostics", False)
         self.__dict__.setdefault("_buckets", {})
         self.__dict__.setdefault("_oracle", {})
         self.__dict__.setdefault("_oracle_hold", False)
@@ -364,6 +369,14 @@ class Arturo(Optimizer):
                 total = total + dtype(item.kl(eta))
             return float(total)
 
+        # diagnostics (not part of the rule): does the bound bind, and where is the exact root?
+        extra: dict[str, float] = {}
+        if self.dual_diagnostics:
+            kl0 = kl_of_eta(0.0)
+            extra["kl0_ratio"] = kl0 / kl_bound if kl_bound > 0 else math.inf
+            extra["eta_star"] = (F.solve_eta_exact(kl_of_eta, kl_bound, self.eta).eta
+                                 if (kl0 > kl_bound or not math.isfinite(kl0)) else math.nan)
+
         # 3.-4. the trust region: choose eta
         if fixed_eta is not None:
             solution = F.DualSolution(float(fixed_eta), float(fixed_eta), float(fixed_eta), 0)
@@ -400,6 +413,7 @@ class Arturo(Optimizer):
             "denominator_nonpos": denominator_nonpos,
             "guard_acted": guard_acted,
             "numel": numel,
+            **extra,
         }
         return loss
 

@@ -1,0 +1,249 @@
+"""A snapshot monitor for any training loop that uses arTuRO (or a baseline optimizer).
+
+Usage, in a loop of your own::
+
+    monitor = Monitor(model, optimizer, loss_fn, (probe_x, probe_y), every=10, out="runs/mine")
+    for x, y in data:
+        optimizer.zero_grad(); loss = loss_fn(model(x), y); loss.backward(); optimizer.step()
+        monitor.step(loss)
+    monitor.finish()
+    # then: arturo-diag report runs/mine
+
+Every step it records the optimizer's health (``optimizer.last_step``: eta, its bracket, the
+bisection's iterations, K/eps, non-positive precision/denominator counts) and quantiles of the
+precision; every ``every`` steps a snapshot on the fixed probe batch: per parameter the filter's
+curvature ``a``, its variance ``P_aa``, the intercept ``b``, the precision, the weight, and the
+reference diagonal Hessian ``h`` (exact, Hutchinson with its standard error, or both). The format
+is ``docs/record.md``. The monitor never changes what the optimizer does, except that before a
+snapshot step it sets ``optimizer.dual_diagnostics`` so that the step also reports K(0)/eps and the
+exact root ``eta*`` (extra passes that do not change the update).
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from arturo_diag.curvature import exact_diagonal, hutchinson_diagonal
+from arturo_diag.diagnostics.record import RecordWriter
+
+__all__ = ["Monitor", "REFERENCES"]
+
+REFERENCES = ("exact", "hutchinson", "both", "none")
+_QUANTILE_SAMPLE = 65536  # precision quantiles per step come from this many fixed coordinates
+_STATE_FIELDS = {"curvature": "curvature", "filter_cov_aa": "filter_cov_aa", "intercept": "intercept",
+                 "precision": "precision"}
+
+
+def _minimal_config(every: int, reference: str) -> str:
+    return f'# written by arturo_diag.diagnostics.Monitor\n[diagnostics]\nevery = {every}\nreference = "{reference}"\n'
+
+
+class Monitor:
+    """Records steps and curvature snapshots of a training run into a run record.
+
+    Args:
+        model: the network being trained.
+        optimizer: the optimizer stepping it (arTuRO for curvature snapshots; any torch optimizer
+            for loss curves only).
+        loss_fn: ``(outputs, targets) -> scalar`` mean loss, as used for training.
+        probe_batch: ``(inputs, targets)``, the fixed batch the reference Hessian is taken on.
+        every: snapshot every this many steps.
+        reference: ``"exact"``, ``"hutchinson"``, ``"both"`` or ``"none"``.
+        out: the run record's directory.
+        samples: Hutchinson probes per snapshot.
+        exact_method: ``"auto"``, ``"ggn"`` or ``"hvp"`` (see :func:`arturo_diag.curvature.exact_diagonal`).
+        seed: seeds the Hutchinson probes (snapshot ``t`` uses ``seed + t``).
+        config_toml: the run's config as TOML text (stored as ``config.toml``).
+        kind: ``"monitor"`` (your loop) or ``"compare"``.
+        overwrite: replace a record already in ``out``.
+        on_snapshot: called with ``(step, "start" | "end")`` around each snapshot (progress display).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: Callable[[Tensor, Tensor], Tensor],
+        probe_batch: Sequence[Tensor],
+        *,
+        every: int = 10,
+        reference: str = "exact",
+        out: str,
+        samples: int = 64,
+        exact_method: str = "auto",
+        seed: int = 0,
+        config_toml: str | None = None,
+        kind: str = "monitor",
+        overwrite: bool = False,
+        on_snapshot: Callable[[int, str], None] | None = None,
+        extra_manifest: Mapping[str, Any] | None = None,
+    ) -> None:
+        if reference not in REFERENCES:
+            raise ValueError(f"reference: got {reference!r}; allowed: {', '.join(REFERENCES)}")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every: got {every!r}; allowed: an integer >= 1")
+        self.model = model
+        self.optimizer = optimizer
+        self.loss_fn = loss_fn
+        self.probe_inputs, self.probe_targets = probe_batch
+        self.every = every
+        self.reference = reference
+        self.samples = samples
+        self.exact_method = exact_method
+        self.seed = seed
+        self.on_snapshot = on_snapshot
+        optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        self.named = [(name, p) for name, p in model.named_parameters() if id(p) in optimized]
+        if not self.named:
+            raise ValueError("optimizer: it holds none of the model's parameters")
+        self.is_arturo = hasattr(optimizer, "last_step") and hasattr(optimizer, "dual_diagnostics")
+        group = optimizer.param_groups[0]
+        settings = {k: (float(v) if isinstance(v, Tensor) else v) for k, v in group.items() if k not in ("params", "param_names")}
+        self.writer = RecordWriter(
+            out, kind, config_toml or _minimal_config(every, reference),
+            {name: tuple(p.shape) for name, p in self.named},
+            optimizer={"name": type(optimizer).__name__, **settings},
+            var_init=settings.get("var_init"), overwrite=overwrite,
+        )
+        self._extra_manifest = dict(extra_manifest or {})
+        self.steps = 0
+        self.snapshot_seconds = 0.0
+        self.step_seconds = 0.0
+        total = self._total = sum(p.numel() for _, p in self.named)
+        generator = torch.Generator().manual_seed(seed)
+        self._quantile_index = (torch.randperm(total, generator=generator)[:_QUANTILE_SAMPLE]
+                                if total > _QUANTILE_SAMPLE else None)
+        self._arm_dual_diagnostics()
+
+    # ------------------------------------------------------------------ per step
+    def _arm_dual_diagnostics(self) -> None:
+        if self.is_arturo:
+            self.optimizer.dual_diagnostics = self.reference != "none" and (self.steps + 1) % self.every == 0
+
+    def step(self, loss: Tensor | float | None = None, *, epoch: int | None = None) -> None:
+        """Record the step the optimizer just took; take a snapshot if one is due."""
+        start = time.perf_counter()
+        self.steps += 1
+        row: dict[str, Any] = {"step": self.steps, "epoch": epoch,
+                               "loss": float(loss) if loss is not None else math.nan}
+        last = getattr(self.optimizer, "last_step", None) if self.is_arturo else None
+        if last is not None:
+            for key in ("kl_bound", "eta", "eta_lo", "eta_hi", "iterations", "kl_ratio", "precision_nonpos",
+                        "denominator_nonpos", "guard_acted", "numel"):
+                row[key] = last.get(key)
+            row["eta_prev"] = self._previous_eta
+            self._previous_eta = last.get("eta")
+            row.update(self._precision_quantiles())
+        else:
+            row["kl_bound"] = float(self.optimizer.param_groups[0]["lr"])
+        self.writer.add_step(row)
+        self.step_seconds += time.perf_counter() - start
+        if self.reference != "none" and self.steps % self.every == 0:
+            self.snapshot()
+        self._arm_dual_diagnostics()
+
+    _previous_eta: float = math.nan
+
+    def _precision_quantiles(self) -> dict[str, float]:
+        state = self.optimizer.state
+        parts = [state[p]["precision"].reshape(-1) for _, p in self.named if "precision" in state[p]]
+        if not parts:
+            return {}
+        flat = torch.cat(parts)
+        if self._quantile_index is not None and flat.numel() == self._total:
+            flat = flat[self._quantile_index.to(flat.device)]
+        elif flat.numel() > _QUANTILE_SAMPLE:  # some parameters have no state yet
+            flat = flat[:: flat.numel() // _QUANTILE_SAMPLE + 1]
+        flat = flat.double()
+        q = torch.quantile(flat, torch.tensor([0.01, 0.5, 0.99], dtype=flat.dtype, device=flat.device)).tolist()
+        return {"precision_q01": q[0], "precision_q50": q[1], "precision_q99": q[2]}
+
+    def epoch(self, row: Mapping[str, Any]) -> None:
+        """Record an evaluation row (``epoch``, ``step``, train/test loss and accuracy)."""
+        self.writer.add_epoch(dict(row))
+
+    # ------------------------------------------------------------------ snapshots
+    def _probe_loss(self) -> float:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                return float(self.loss_fn(self.model(self.probe_inputs), self.probe_targets))
+        finally:
+            self.model.train(was_training)
+
+    def reference_diagonal(self, step: int) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:
+        """The reference diagonal Hessian(s) at the current weights on the probe batch."""
+        arrays: dict[str, dict[str, Tensor]] = {name: {} for name, _ in self.named}
+        info: dict[str, Any] = {"exact_method": "", "hutchinson_samples": math.nan}
+        if self.reference in ("exact", "both"):
+            exact = exact_diagonal(self.model, self.loss_fn, self.probe_inputs, self.probe_targets,
+                                   method=self.exact_method)
+            info["exact_method"] = exact.method
+            for name, _ in self.named:
+                arrays[name]["h_exact"] = exact[name]
+        if self.reference in ("hutchinson", "both"):
+            device = self.named[0][1].device
+            generator = torch.Generator(device=device).manual_seed(self.seed + step)
+            estimate, stderr = hutchinson_diagonal(self.model, self.loss_fn, self.probe_inputs,
+                                                   self.probe_targets, self.samples, generator)
+            info["hutchinson_samples"] = self.samples
+            for name, _ in self.named:
+                arrays[name]["h_hutchinson"] = estimate[name]
+                arrays[name]["h_hutchinson_se"] = stderr[name]
+        return arrays, info
+
+    def snapshot(self) -> None:
+        """Take a snapshot now (normally called by :meth:`step` every ``every`` steps)."""
+        step = self.steps
+        if self.on_snapshot:
+            self.on_snapshot(step, "start")
+        start = time.perf_counter()
+        arrays, info = self.reference_diagonal(step)
+        state = self.optimizer.state
+        for name, p in self.named:
+            arrays[name]["weight"] = p.detach()
+            for key, field in _STATE_FIELDS.items():
+                if key in state[p]:
+                    arrays[name][field] = state[p][key]
+        last = getattr(self.optimizer, "last_step", None) or {}
+        scalars = {
+            "kl_bound": last.get("kl_bound", float(self.optimizer.param_groups[0]["lr"])),
+            "eta": last.get("eta", math.nan),
+            "kl0_ratio": last.get("kl0_ratio", math.nan),
+            "eta_star": last.get("eta_star", math.nan),
+            "reference": self.reference,
+            "probe_loss": self._probe_loss(),
+            **info,
+        }
+        cpu = {name: {f: t.detach().to("cpu", torch.float64).numpy() for f, t in fields.items()}
+               for name, fields in arrays.items()}
+        scalars["seconds"] = time.perf_counter() - start
+        self.writer.add_snapshot(step, scalars, cpu)
+        self.writer.flush()
+        self.snapshot_seconds += time.perf_counter() - start
+        if self.on_snapshot:
+            self.on_snapshot(step, "end")
+
+    # ------------------------------------------------------------------ end
+    def finish(self, extra: Mapping[str, Any] | None = None) -> None:
+        """Mark the record complete (written last, so a killed run never looks complete)."""
+        manifest = {**self._extra_manifest, "diagnostics_seconds": self.snapshot_seconds + self.step_seconds,
+                    **(extra or {})}
+        self.writer.finish(manifest)
+
+    def fail(self, reason: str) -> None:
+        """Mark the record failed (the tables so far stay readable)."""
+        if not self.writer.finished:
+            self.writer.fail(reason)
+
+    def __enter__(self) -> "Monitor":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.fail(f"{exc_type.__name__}: {exc}")

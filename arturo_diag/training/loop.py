@@ -1,0 +1,154 @@
+"""The seeded training loop behind ``arturo-diag compare`` (and each run of a study).
+
+``run(config)`` builds data, model and optimizer from a :class:`RunConfig`, trains with a
+:class:`~arturo_diag.diagnostics.Monitor` attached, evaluates at the end of every epoch, and leaves
+a complete run record in ``config.out`` (``docs/record.md``). Same config, same numbers, bit for
+bit (on the same machine and torch build).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from arturo_diag.curvature import exact_diagonal, hutchinson_diagonal
+from arturo_diag.diagnostics.monitor import Monitor
+from arturo_diag.errors import ConfigError
+from arturo_diag.optim import Arturo
+from arturo_diag.training.config import RunConfig, config_to_toml
+from arturo_diag.training.data import ArrayDataset, batches, load_dataset, probe_batch
+from arturo_diag.training.models import build_model
+from arturo_diag.training.seeding import make_generator, seed_everything
+
+__all__ = ["run", "build_optimizer", "evaluate", "RunResult", "ProgressCallback"]
+
+#: ``progress(event, info)``: events "start" {total_steps}, "step" {step, loss}, "epoch" {epoch, ...},
+#: "snapshot" {step, phase}, "done" {seconds}.
+ProgressCallback = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    steps: int
+    seconds: float
+    diagnostics_seconds: float
+
+
+def build_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer a (resolved) config names: arTuRO with its preset and overrides, or a baseline."""
+    params = list(model.parameters())
+    if config.optimizer == "arturo":
+        return Arturo(params, **config.arturo_kwargs())
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` (in eval mode) on ``(x, y)``."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct = 0.0, 0
+    for start in range(0, x.shape[0], batch_size):
+        out = model(x[start:start + batch_size])
+        target = y[start:start + batch_size]
+        total_loss += float(nn.functional.cross_entropy(out, target, reduction="sum"))
+        correct += int((out.argmax(dim=1) == target).sum())
+    model.train(was_training)
+    n = max(x.shape[0], 1)
+    return total_loss / n, correct / n
+
+
+def _oracle_curvature(config: RunConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                      step: int) -> dict[torch.Tensor, torch.Tensor]:
+    """The reference diagonal Hessian of the current minibatch, for the oracle ablation."""
+    loss_fn = nn.functional.cross_entropy
+    if config.oracle == "exact":
+        h = exact_diagonal(model, loss_fn, x, y, method=config.exact_method)
+    else:
+        generator = torch.Generator(device=x.device).manual_seed(config.seed * 1_000_003 + step)
+        h, _ = hutchinson_diagonal(model, loss_fn, x, y, config.samples, generator)
+    by_name = dict(model.named_parameters())
+    return {by_name[name]: tensor for name, tensor in h.items()}
+
+
+def run(config: RunConfig, *, progress: ProgressCallback | None = None, overwrite: bool = False,
+        dataset: ArrayDataset | None = None, kind: str = "compare") -> RunResult:
+    """Train as ``config`` says and write the run record to ``config.out``.
+
+    Raises:
+        ConfigError / DataError: bad settings or data (before anything is written).
+        RecordError: ``config.out`` holds another run and ``overwrite`` is false.
+    """
+    config = config.resolved()
+    notify = progress or (lambda event, info: None)
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", config.device, "cpu (no CUDA device is available here)")
+    dtype = getattr(torch, config.dtype)
+    seed_everything(config.seed)
+    if dataset is None:
+        dataset = load_dataset(config.dataset, config.data_dir, seed=config.seed, train_size=config.train_size,
+                               dtype=dtype, device=device)
+    model = build_model(config.model, in_channels=dataset.in_channels, num_classes=dataset.num_classes,
+                        image_size=dataset.image_size).to(device=device, dtype=dtype)
+    optimizer = build_optimizer(config, model)
+    batches_per_epoch = math.ceil(dataset.num_train / config.batch_size)
+    total_steps = config.steps if config.steps is not None else config.epochs * batches_per_epoch
+    epochs = math.ceil(total_steps / batches_per_epoch)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(config.lr_milestones),
+                                                     gamma=config.lr_gamma)
+    probe = probe_batch(dataset, min(config.probe_size, dataset.num_train), config.seed)
+    loss_fn = nn.functional.cross_entropy
+    reference = config.reference if config.optimizer == "arturo" else "none"
+
+    def on_snapshot(step: int, phase: str) -> None:
+        notify("snapshot", {"step": step, "phase": phase})
+
+    monitor = Monitor(model, optimizer, loss_fn, probe, every=config.every, reference=reference,
+                      out=config.out, samples=config.samples, exact_method=config.exact_method,
+                      seed=config.seed, config_toml=config_to_toml(config), kind=kind, overwrite=overwrite,
+                      on_snapshot=on_snapshot,
+                      extra_manifest={"dataset": config.dataset, "model": config.model,
+                                      "optimizer_name": config.optimizer, "total_steps": total_steps,
+                                      "batches_per_epoch": batches_per_epoch})
+    notify("start", {"total_steps": total_steps, "epochs": epochs, "run_dir": config.out})
+    generator = make_generator(config.seed, "cpu")
+    start = time.perf_counter()
+    step = 0
+    with monitor:
+        for epoch in range(1, epochs + 1):
+            model.train()
+            for x, y in batches(dataset.x_train, dataset.y_train, config.batch_size, generator):
+                if step >= total_steps:
+                    break
+                if config.oracle != "none" and step % config.oracle_every == 0:
+                    optimizer.set_oracle_curvature(_oracle_curvature(config, model, x, y, step))
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(model(x), y)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                loss_value = float(loss.detach())
+                monitor.step(loss_value, epoch=epoch)
+                notify("step", {"step": step, "loss": loss_value})
+            train_loss, train_acc = evaluate(model, dataset.x_train, dataset.y_train)
+            test_loss, test_acc = evaluate(model, dataset.x_test, dataset.y_test)
+            row = {"epoch": epoch, "step": step, "train_loss": train_loss, "train_accuracy": train_acc,
+                   "test_loss": test_loss, "test_accuracy": test_acc}
+            monitor.epoch(row)
+            notify("epoch", row)
+            scheduler.step()
+        seconds = time.perf_counter() - start
+        monitor.finish({"seconds": seconds})
+    notify("done", {"seconds": seconds})
+    return RunResult(Path(config.out), step, seconds, monitor.snapshot_seconds + monitor.step_seconds)

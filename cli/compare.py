@@ -1,0 +1,114 @@
+"""`arturo-diag compare`: train with arTuRO, snapshot its curvature against the true Hessian, report."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from arturo_diag.training.config import RunConfig, config_from_mapping, load_config
+
+from .common import user_errors
+
+_O = typer.Option
+
+
+def build_config(config_file: Optional[Path], options: dict[str, Any]) -> RunConfig:
+    """Defaults, then the TOML file, then the options given on the command line."""
+    base = load_config(config_file) if config_file is not None else RunConfig()
+    given = {k: v for k, v in options.items() if v is not None}
+    if "lr_milestones" in given:
+        given["lr_milestones"] = tuple(given["lr_milestones"])
+    return config_from_mapping(given, base, source="option")
+
+
+def progress_display(console: Console) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=console, transient=False)
+
+
+def run_with_progress(config: RunConfig, console: Console, overwrite: bool):
+    from arturo_diag.training.loop import run
+
+    with progress_display(console) as bar:
+        task = bar.add_task("training", total=None, status="")
+
+        def progress(event: str, info: dict[str, Any]) -> None:
+            if event == "start":
+                bar.update(task, total=info["total_steps"])
+            elif event == "step":
+                bar.update(task, completed=info["step"], status=f"loss {info['loss']:.4f}")
+            elif event == "snapshot":
+                bar.update(task, status=("reference Hessian at step %d" % info["step"]) if info["phase"] == "start" else "")
+            elif event == "epoch":
+                bar.update(task, status=f"epoch {info['epoch']}: test acc {info['test_accuracy']:.3f}")
+
+        return run(config, progress=progress, overwrite=overwrite)
+
+
+def compare(
+    model: Annotated[Optional[str], _O(help="Network: small_cnn (default), mlp, fashion_cnn, resnet18, resnet34.")] = None,
+    dataset: Annotated[Optional[str], _O(help="digits (built in, default), teacher (synthetic), fashion_mnist, cifar10, cifar100.")] = None,
+    data_dir: Annotated[Optional[str], _O(help="Folder with the files of fashion_mnist/cifar10/cifar100 (nothing is downloaded).")] = None,
+    epochs: Annotated[Optional[int], _O(help="Training epochs (default 12).")] = None,
+    steps: Annotated[Optional[int], _O(help="Stop after this many steps (overrides --epochs).")] = None,
+    batch_size: Annotated[Optional[int], _O(help="Minibatch size (default 64).")] = None,
+    train_size: Annotated[Optional[int], _O(help="Use only the first N training examples.")] = None,
+    every: Annotated[Optional[int], _O(help="Snapshot (reference Hessian) every N steps (default 10).")] = None,
+    reference: Annotated[Optional[str], _O(help="exact (default), hutchinson, both, or none.")] = None,
+    exact_method: Annotated[Optional[str], _O(help="auto (default), ggn or hvp.")] = None,
+    samples: Annotated[Optional[int], _O(help="Hutchinson probes per snapshot (default 64).")] = None,
+    probe_size: Annotated[Optional[int], _O(help="Examples in the fixed probe batch (default 128).")] = None,
+    preset: Annotated[Optional[str], _O(help="Published arTuRO hyperparameters: fmnist_cnn (default), cifar10_cnn, ...")] = None,
+    optimizer: Annotated[Optional[str], _O(help="arturo (default); sgd, adam, adamw train without snapshots.")] = None,
+    lr: Annotated[Optional[float], _O(help="KL bound eps (arTuRO's lr); the preset's if unset.")] = None,
+    reg_weight: Annotated[Optional[float], _O(help="rho, weight of the KL to the prior.")] = None,
+    prior_prec: Annotated[Optional[float], _O(help="lam, precision of the prior.")] = None,
+    var_init: Annotated[Optional[float], _O(help="Initial variance of every weight.")] = None,
+    nu: Annotated[Optional[float], _O(help="Weight of the covariance part of the KL.")] = None,
+    dynamic_model_noise: Annotated[Optional[float], _O(help="q, the filter's drift (0: no drift).")] = None,
+    measurement_noise: Annotated[Optional[float], _O(help="r, noise of one stochastic gradient.")] = None,
+    start_filter_cov: Annotated[Optional[float], _O(help="P0, initial filter variance.")] = None,
+    eta_tol: Annotated[Optional[float], _O(help="Bisection stops when its bracket is narrower.")] = None,
+    weight_decay: Annotated[Optional[float], _O(help="Decoupled weight decay (scaled by lr).")] = None,
+    kl: Annotated[Optional[str], _O(help="decoupled (published) or coupled (ablation).")] = None,
+    dual: Annotated[Optional[str], _O(help="bisection (published) or exact.")] = None,
+    fixed_eta: Annotated[Optional[float], _O(help="Fix eta (trust region off; ablation).")] = None,
+    guard: Annotated[Optional[bool], _O("--guard/--no-guard", help="Keep precision and denominators positive.")] = None,
+    oracle: Annotated[Optional[str], _O(help="none (default), exact or hutchinson: replace a by the minibatch's diagonal Hessian.")] = None,
+    oracle_every: Annotated[Optional[int], _O(help="Oracle curvature every N steps.")] = None,
+    lr_milestones: Annotated[Optional[list[int]], _O(help="Epoch at which lr is multiplied by --lr-gamma (repeatable).")] = None,
+    lr_gamma: Annotated[Optional[float], _O(help="Factor at each milestone (the preset's 0.006 if unset).")] = None,
+    seed: Annotated[Optional[int], _O(help="Seed of data split, init, batches and probes (default 0).")] = None,
+    device: Annotated[Optional[str], _O(help="cpu (default) or cuda.")] = None,
+    dtype: Annotated[Optional[str], _O(help="float32 (default) or float64.")] = None,
+    out: Annotated[Optional[str], _O(help="Run directory (default runs/compare).")] = None,
+    config: Annotated[Optional[Path], _O("--config", help="TOML file with any of these fields ([run], [optimizer], [schedule], [diagnostics]).")] = None,
+    overwrite: Annotated[bool, _O("--overwrite", help="Replace a run record already in --out.")] = False,
+) -> None:
+    """Train with arTuRO, compare its curvature estimate with the true diagonal Hessian, write a report.
+
+    With no options: the small CNN on scikit-learn's 8x8 digits, exact reference every 10 steps.
+    """
+    options = {k: v for k, v in locals().items() if k not in ("config", "overwrite")}
+    console = Console(stderr=True)
+    with user_errors():
+        cfg = build_config(config, options)
+        result = run_with_progress(cfg, console, overwrite)
+        from arturo_diag.report import render_report
+
+        report = render_report(result.run_dir)
+    summarize(report, result, console)
+
+
+def summarize(report, result, console: Console) -> None:
+    out = Console()
+    out.print(f"[bold]run[/bold] {result.run_dir}  ({result.steps} steps, {result.seconds:.1f} s; "
+              f"diagnostics {result.diagnostics_seconds:.1f} s)")
+    for finding in report.findings:
+        marker = "[yellow]![/yellow]" if finding.get("severity") == "warning" else "-"
+        out.print(f" {marker} {finding['text']}")
+    out.print(f"[bold]report[/bold] {report.markdown}  {report.html}")
