@@ -27,6 +27,7 @@ __all__ = [
     "agreement",
     "agreement_with_baselines",
     "per_layer",
+    "ranks",
     "spearman",
 ]
 
@@ -51,26 +52,42 @@ def _is_constant(x: np.ndarray) -> bool:
     return x.size == 0 or bool(np.all(x == x[0]))
 
 
-def spearman(a: Any, h: Any) -> float:
-    """Spearman rank correlation of ``a`` and ``h`` (``scipy.stats.spearmanr``).
+def ranks(x: Any) -> np.ndarray:
+    """Ranks of ``x`` (1-based, ties get their average rank), as ``scipy.stats.rankdata``."""
+    return stats.rankdata(_flat(x)).astype(np.float64)
 
-    NaN when fewer than two coordinates or either input is constant (ranks undefined); such
-    inputs are caught before scipy, so no ``ConstantInputWarning`` is emitted. Inputs must be
-    finite (see :func:`agreement`, which drops non-finite coordinates).
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    x = x - x.mean()
+    y = y - y.mean()
+    denominator = float(np.linalg.norm(x)) * float(np.linalg.norm(y))
+    return float(np.clip(np.dot(x, y) / denominator, -1.0, 1.0)) if denominator > 0 else math.nan
+
+
+def spearman(a: Any, h: Any, *, a_ranks: np.ndarray | None = None, h_ranks: np.ndarray | None = None) -> float:
+    """Spearman rank correlation of ``a`` and ``h``: the Pearson correlation of their ranks.
+
+    Equal to ``scipy.stats.spearmanr(a, h).statistic`` (ties get average ranks). NaN when fewer
+    than two coordinates or either input is constant (ranks undefined); such inputs are caught
+    first, so no ``ConstantInputWarning`` is emitted. Inputs must be finite (see
+    :func:`agreement`, which drops non-finite coordinates). ``a_ranks``/``h_ranks`` are
+    precomputed :func:`ranks`, to rank an array once when it is compared with several others.
     """
     a, h = _flat(a), _flat(h)
     if a.shape != h.shape:
         raise ValueError(f"spearman: a has {a.size} coordinates, h has {h.size}")
     if a.size < 2 or _is_constant(a) or _is_constant(h):
         return math.nan
-    return float(stats.spearmanr(a, h).statistic)
+    return _pearson(ranks(a) if a_ranks is None else a_ranks, ranks(h) if h_ranks is None else h_ranks)
 
 
-def agreement(a: Any, h: Any) -> dict[str, float]:
+def agreement(a: Any, h: Any, *, a_ranks: np.ndarray | None = None,
+              h_ranks: np.ndarray | None = None) -> dict[str, float]:
     """How well ``a`` matches the reference ``h`` (ARTURO.md, "Diagnostic quantities").
 
     Coordinates where ``a`` or ``h`` is not finite are dropped and counted (``n_nonfinite``);
-    ``n`` is the number of coordinates used.
+    ``n`` is the number of coordinates used. ``a_ranks``/``h_ranks`` (optional, :func:`ranks` of
+    the full arrays) save re-ranking; they are used only when no coordinate is dropped.
 
     Returns (flat dict of floats):
         relative_error: ``||a-h|| / ||h||`` (NaN if ``||h|| = 0``); 0 is perfect, 1 is what
@@ -90,7 +107,9 @@ def agreement(a: Any, h: Any) -> dict[str, float]:
         raise ValueError(f"agreement: a has {a.size} coordinates, h has {h.size}")
     finite = np.isfinite(a) & np.isfinite(h)
     n_nonfinite = int(a.size - np.count_nonzero(finite))
-    a, h = a[finite], h[finite]
+    if n_nonfinite:
+        a, h = a[finite], h[finite]
+        a_ranks = h_ranks = None
     n = int(a.size)
 
     norm_h = float(np.linalg.norm(h))
@@ -112,7 +131,7 @@ def agreement(a: Any, h: Any) -> dict[str, float]:
         "n": n,
         "relative_error": relative_error,
         "cosine": cosine,
-        "spearman": spearman(a, h),
+        "spearman": spearman(a, h, a_ranks=a_ranks, h_ranks=h_ranks),
         "sign_agreement": sign_agreement,
     }
     for q, value in zip(LOG_RATIO_QUANTILES, quantiles):
@@ -166,12 +185,14 @@ def agreement_with_baselines(a: Any, h: Any, h_prev: Any | None = None,
         The constant's Spearman is undefined (no ranks); ``a`` beats it when its Spearman is > 0.
     """
     a_flat, h_flat = _flat(a), _flat(h)
-    estimate = agreement(a_flat, h_flat)
+    # h is compared three times: rank it once (when finite and not constant)
+    h_ranks = ranks(h_flat) if h_flat.size > 1 and np.isfinite(h_flat).all() and not _is_constant(h_flat) else None
+    estimate = agreement(a_flat, h_flat, h_ranks=h_ranks)
     constant_metrics = agreement(np.full_like(h_flat, float(constant)), h_flat)
     beats_constant = _beats(estimate, constant_metrics, baseline_is_constant=True)
     previous = beats_previous = None
     if h_prev is not None:
-        previous = agreement(_flat(h_prev), h_flat)
+        previous = agreement(_flat(h_prev), h_flat, h_ranks=h_ranks)
         beats_previous = _beats(estimate, previous, baseline_is_constant=False)
     return {
         "estimate": estimate,

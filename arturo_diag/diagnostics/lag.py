@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from arturo_diag.diagnostics.agreement import spearman
+from arturo_diag.diagnostics.agreement import ranks, spearman
 
 __all__ = ["LAG_METRICS", "LagAccumulator", "lag_analysis", "lag_pair", "lag_table", "summarize_lag"]
 
@@ -41,22 +41,32 @@ LAG_METRICS: dict[str, bool] = {"spearman": True, "relative_error": False}
 _WORDS = {"spearman": "Spearman", "relative_error": "relative error"}
 
 
-def lag_pair(a: Any, h: Any) -> dict[str, float]:
+def lag_pair(a: Any, h: Any, *, a_ranks: np.ndarray | None = None,
+             h_ranks: np.ndarray | None = None) -> dict[str, float]:
     """The agreement numbers of one (``a_t``, ``h_{t-k}``) pair: Spearman and relative error.
 
-    Coordinates where either is non-finite are dropped.
+    Coordinates where either is non-finite are dropped. ``a_ranks``/``h_ranks`` are optional
+    precomputed ranks (``agreement.ranks``), used only when nothing is dropped.
     """
     a = np.asarray(a, dtype=np.float64).reshape(-1)
     h = np.asarray(h, dtype=np.float64).reshape(-1)
     if a.shape != h.shape:
         raise ValueError(f"lag_pair: a has {a.size} coordinates, h has {h.size}")
     finite = np.isfinite(a) & np.isfinite(h)
-    a, h = a[finite], h[finite]
+    if not finite.all():
+        a, h = a[finite], h[finite]
+        a_ranks = h_ranks = None
     norm_h = float(np.linalg.norm(h))
     return {
-        "spearman": spearman(a, h),
+        "spearman": spearman(a, h, a_ranks=a_ranks, h_ranks=h_ranks),
         "relative_error": float(np.linalg.norm(a - h)) / norm_h if norm_h > 0 else math.nan,
     }
+
+
+def _ranks_if_usable(x: np.ndarray) -> np.ndarray | None:
+    if x.size < 2 or not np.isfinite(x).all() or np.all(x == x[0]):
+        return None
+    return ranks(x)
 
 
 class LagAccumulator:
@@ -66,7 +76,8 @@ class LagAccumulator:
         if int(max_lag) < 0:
             raise ValueError(f"max_lag: got {max_lag}; allowed: an integer >= 0")
         self.max_lag = int(max_lag)
-        self._window: deque[tuple[int, int, np.ndarray]] = deque(maxlen=self.max_lag + 1)
+        # (t, step, h_t, ranks of h_t): each array is ranked once, not once per lag
+        self._window: deque[tuple[int, int, np.ndarray, np.ndarray | None]] = deque(maxlen=self.max_lag + 1)
         self._rows: list[dict[str, Any]] = []
         self._count = 0
 
@@ -75,10 +86,13 @@ class LagAccumulator:
         if self._window and int(step) <= self._window[-1][1]:
             raise ValueError(f"LagAccumulator.add: step {step} is not after step {self._window[-1][1]}")
         t = self._count
-        self._window.append((t, int(step), np.asarray(h, dtype=np.float64).reshape(-1)))
-        for t_h, step_h, h_earlier in reversed(self._window):
+        a = np.asarray(a, dtype=np.float64).reshape(-1)
+        h = np.asarray(h, dtype=np.float64).reshape(-1)
+        a_ranks = _ranks_if_usable(a)
+        self._window.append((t, int(step), h, _ranks_if_usable(h)))
+        for t_h, step_h, h_earlier, h_ranks in reversed(self._window):
             row: dict[str, Any] = {"t": t, "step": int(step), "k": t - t_h, "h_step": step_h}
-            row.update(lag_pair(a, h_earlier))
+            row.update(lag_pair(a, h_earlier, a_ranks=a_ranks, h_ranks=h_ranks))
             self._rows.append(row)
         self._count += 1
 
