@@ -230,6 +230,12 @@ class Arturo(Optimizer):
         kwargs.update(overrides)
         return cls(params, **kwargs)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # torch's Optimizer pickles only defaults, state and param_groups; eta is state too
+        state = super().__getstate__()
+        state.update(eta=self.eta, last_step=self.last_step, dual_diagnostics=self.dual_diagnostics)
+        return state
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("eta", None)
@@ -516,13 +522,18 @@ class Arturo(Optimizer):
         return acted
 
     def _apply_oracle(self, bucket: _Bucket, fs: F.FilterState, theta: Tensor, grad: Tensor) -> F.FilterState:
+        """Oracle ablation on the parameters that have an oracle; the others keep the filter's (a, b)."""
         if not self._oracle or not any(p in self._oracle for p in bucket.params):
             return fs
-        curvature = fs.curvature.clone()
-        for p, view in zip(bucket.params, bucket.slices(curvature)):
+        curvature, intercept = fs.curvature.clone(), fs.intercept.clone()
+        for i, p in enumerate(bucket.params):
             if p in self._oracle:
-                view.copy_(self._oracle[p])
-        return F.oracle_filter_state(fs, theta, grad, curvature)
+                lo, hi = bucket.offsets[i], bucket.offsets[i + 1]
+                part = F.FilterState(*(t[lo:hi] for t in fs))
+                replaced = F.oracle_filter_state(part, theta[lo:hi], grad[lo:hi], self._oracle[p].reshape(-1))
+                curvature[lo:hi] = replaced.curvature
+                intercept[lo:hi] = replaced.intercept
+        return fs._replace(curvature=curvature, intercept=intercept)
 
 
 def _validate(*, lr: Any, reg_weight: float, prior_prec: float, var_init: float, nu: float,
