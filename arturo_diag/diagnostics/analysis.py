@@ -10,6 +10,38 @@ Which reference ``h`` is compared with the estimate ``a`` at a snapshot: the exa
 Hessian when the snapshot has it (for every parameter), otherwise the Hutchinson estimate. When a
 snapshot has both, Hutchinson's own agreement with the exact one is reported beside; when only
 Hutchinson, its standard error is reported as the noise level of ``h``.
+
+Structure of the returned dict (``metrics.json``, format ``arturo-diag-metrics/1``); a "per-layer
+entry" is ``{"step", ["reference",] "overall": X, "layers": {layer: X}}`` and a "series" is
+``{"snapshots": [entry per snapshot], "final": last entry or None}``::
+
+    format        "arturo-diag-metrics/1"
+    run           kind, status, steps, n_step_rows, n_snapshots, snapshot_steps, reference
+                  ("exact" | "hutchinson" | "both" | "none" | "mixed"), compared_against
+                  ("h_exact" | "h_hutchinson" | None | "mixed"), exact_method, hutchinson_samples,
+                  n_parameters, n_tensors, layers, optimizer, var_init, var_init_source, eta_tol,
+                  eta_tol_source, constant_baseline, arturo_diag_version
+    agreement     series of per-layer entries, X = agreement_with_baselines(...)
+                    {estimate, constant, previous_h, constant_value, beats_constant,
+                     beats_constant_summary {all, any, lost_on}, beats_previous_h}
+                  + hutchinson_vs_exact: series of per-layer entries, X = agreement(h_hut, h_exact),
+                    or None
+                  + reference_noise: series of {step, relative_se, median_se_over_abs_h, samples},
+                    or None
+    movement      series of per-layer entries, X = movement(a, h)
+    calibration   series of per-layer entries, X = calibration(a, h, P_aa)
+    lag           summarize_lag(...): metric, window, n_snapshots, max_lag, snapshot_interval,
+                  interval_regular, identifiable, best_k, best_lag_steps, reason,
+                  curves {spearman, relative_error: {k, mean, n, range, noise, argbest,
+                  identifiable, best_k}}
+    trust_region  trust_region_summary(...)
+    health        eta, iterations, kl_ratio, precision, nonpositive (from steps.csv),
+                  collapse_fraction, and a series {snapshots, final} of
+                  {step, precision_q01/q50/q99, precision_nonpositive_share, variance_collapse,
+                   negative_a_share, negative_h_share}
+    training      n_evaluations, final {epoch, step, train_loss, train_accuracy, test_loss,
+                  test_accuracy} or None, best_test_accuracy, best_test_accuracy_epoch
+    findings      [{text, severity ("info" | "warning"), topic}]
 """
 from __future__ import annotations
 
@@ -133,8 +165,8 @@ def analyze_record(record: RunRecord | str | os.PathLike[str], *, collapse_fract
 
     Returns:
         A dict with keys ``format``, ``run``, ``agreement``, ``movement``, ``calibration``,
-        ``lag``, ``trust_region``, ``health``, ``training``, ``findings`` (structure in
-        ``docs/metrics.md`` and in the docstrings of the functions each part comes from). NaN
+        ``lag``, ``trust_region``, ``health``, ``training``, ``findings`` (structure in this
+        module's docstring and in the docstrings of the functions each part comes from). NaN
         marks undefined numbers (written as null by ``atomic_write_json``).
     """
     if not isinstance(record, RunRecord):
