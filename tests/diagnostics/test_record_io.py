@@ -209,3 +209,18 @@ def test_writer_validates_its_input(tmp_path):
     writer.add_snapshot(1, {}, _arrays(0))
     with pytest.raises(ValueError, match="already has a snapshot"):
         writer.add_snapshot(1, {}, _arrays(0))
+
+
+def test_writer_takes_torch_tensors(tmp_path):
+    torch = pytest.importorskip("torch")
+    writer = _writer(tmp_path / "run")
+    writer.add_step({"step": 1, "eta": torch.tensor(0.25, dtype=torch.float32), "iterations": torch.tensor(3)})
+    arrays = {name: {"curvature": torch.full(shape, 0.1, dtype=torch.float32, requires_grad=True)}
+              for name, shape in PARAMETERS.items()}
+    writer.add_snapshot(1, {"kl0_ratio": torch.tensor(2.0)}, arrays)
+    writer.finish()
+    record = RunRecord.load(tmp_path / "run")
+    assert record.steps[["eta", "iterations"]].values.tolist() == [[0.25, 3]]
+    assert record.snapshots["kl0_ratio"].tolist() == [2.0]
+    curvature = record.snapshot(1)["head.weight"]["curvature"]
+    assert curvature.dtype == np.float64 and curvature[0, 0] == np.float32(0.1)
