@@ -97,8 +97,13 @@ class ArturoReference:
 
     # ---------------------------------------------------------------- one step
     @torch.no_grad()
-    def step(self, grads):
-        """One arTuRO step. ``grads[i][j]`` is the gradient of group i's parameter j (or None)."""
+    def step(self, grads, oracle=None):
+        """One arTuRO step. ``grads[i][j]`` is the gradient of group i's parameter j (or None).
+
+        ``oracle`` (the oracle-curvature ablation of ARTURO.md) maps (i, j) to a diagonal Hessian
+        that replaces ``a`` after the filter update, with ``b = g - a*theta`` so that the
+        surrogate still reproduces the observed gradient.
+        """
         self.step_count += 1
         eps = float(self.groups[0]["lr"])  # ARTURO.md: eps from the first group only
         eta_tol = float(self.groups[0]["eta_tol"])
@@ -156,6 +161,9 @@ class ArturoReference:
                 st["filter_cov_ba"] = p_ba - k_b * k_a * s
                 st["filter_cov_aa"] = p_aa - k_a ** 2 * s
                 st["step"] += 1
+                if oracle is not None and key in oracle:
+                    st["curvature"] = oracle[key].detach().to(torch.float64).clone()
+                    st["intercept"] = g - st["curvature"] * theta
 
                 active.append({"key": key, "group": group, "weight": weight, "state": st})
 

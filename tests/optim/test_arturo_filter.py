@@ -96,3 +96,43 @@ def test_curvature_converges_to_the_diagonal_hessian_on_a_noisy_quadratic():
     assert float(opt.state[x]["intercept"].abs().max()) < 0.1
     # the filter's claimed uncertainty shrank from its start
     assert float(opt.state[x]["filter_cov_aa"].max()) < 1e-2
+
+
+def test_oracle_curvature_replaces_the_estimate_after_the_filter():
+    """ARTURO.md "Oracle curvature": a <- h, b <- g - h*theta (theta after decay), then the
+    closed-form step uses them. Without hold only the next step (step 3 here), with hold every
+    step from then on (steps 6-10); fc1.weight only, the other parameters keep the filter's a."""
+    case = Case("mlp", seed=32)
+    lr, wd = 0.05, 0.1
+    opt = Arturo(case.model.parameters(), lr=lr, weight_decay=wd)
+    ref = reference_for(opt, hyper=[dict(DEFAULTS, lr=lr, weight_decay=wd)])
+    weight = case.model.fc1.weight
+    gen = torch.Generator().manual_seed(5)
+    h_once = torch.rand(weight.shape, generator=gen, dtype=F64) * 3 + 0.2
+    h_held = torch.rand(weight.shape, generator=gen, dtype=F64) * 3 + 0.2
+    for k in range(1, 11):
+        if k == 3:
+            opt.set_oracle_curvature({weight: h_once.clone()})
+        if k == 6:
+            opt.set_oracle_curvature({weight: h_held.clone()}, hold=True)
+        h = h_once if k == 3 else h_held if k >= 6 else None
+        x, y = case.minibatch()
+        opt.zero_grad(set_to_none=True)
+        case.loss(x, y).backward()
+        g = gradients(opt)
+        theta = weight.detach() - lr * wd * weight.detach()
+        opt.step()
+        ref.step(g, oracle=None if h is None else {(0, 0): h})
+        for j, p in enumerate(list(case.model.parameters())[1:], start=1):
+            torch.testing.assert_close(
+                opt.state[p]["intercept"], ref.state[(0, j)]["intercept"], rtol=1e-10, atol=1e-12,
+                msg=lambda m: f"step {k}: parameter {j}, absent from the oracle mapping, should "
+                              f"keep the filter's intercept b: {m}")
+        compare_step(opt, ref, f"step {k}")
+        st = opt.state[weight]
+        if h is not None:
+            assert torch.equal(st["curvature"], h), f"step {k}"
+            torch.testing.assert_close(st["curvature"] * theta + st["intercept"], g[0][0],
+                                       rtol=1e-12, atol=1e-14)
+        else:
+            assert not torch.equal(st["curvature"], h_once)
