@@ -108,6 +108,10 @@ def compare_step(opt, ref, when, *, bracket=True):
     """Compare weights, eta and its bracket, iterations, kl_ratio and all state tensors."""
     compare_weights(opt, ref, when)
     last = opt.last_step
+    assert int(last["step"]) == ref.step_count, f"{when} step: got {last['step']}"
+    if "numel" in last:
+        expected_numel = sum(ref.state[key]["mean"].numel() for key in ref.last_active)
+        assert int(last["numel"]) == expected_numel, f"{when} numel: got {last['numel']}"
     _scalar_close(last["eta"], ref.eta, f"{when} eta")
     _scalar_close(opt.eta, ref.eta, f"{when} opt.eta")
     if bracket:

@@ -210,6 +210,7 @@ class ArturoReference:
             entry["weight"].copy_(mu_new)
 
         self.eta_prev = eta
+        self.last_active = [entry["key"] for entry in active]
         self.eta, self.eta_lo, self.eta_hi = eta, lo, hi
         self.iterations = iterations
         self.kl_bound = eps

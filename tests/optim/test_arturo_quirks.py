@@ -289,3 +289,14 @@ def test_negative_curvature_is_counted_not_guarded():
     assert last["guard_acted"] == 0
     compare_step(opt, ref, "negative curvature")
     assert math.isfinite(last["kl_ratio"])
+
+
+def test_mean_starts_from_the_weights_at_the_first_step_not_at_construction():
+    """ARTURO.md "When mu starts": this project copies the weights into mu at the first step, so
+    a checkpoint loaded after building the optimizer is the starting mean."""
+    case = Case("mlp", seed=22)
+    opt = Arturo(case.model.parameters(), weight_decay=0.1)
+    other = Case("mlp", seed=23)
+    case.model.load_state_dict(other.model.state_dict())
+    ref = reference_for(opt, hyper=[dict(DEFAULTS, weight_decay=0.1)])  # copies current weights
+    run_against_reference(case, opt, ref, 3)
