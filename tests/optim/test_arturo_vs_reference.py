@@ -47,6 +47,28 @@ def test_preset_matches_reference(name, kind):
     run_against_reference(case, opt, ref, STEPS)
 
 
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_with_two_groups_decay_and_multistep_lr_matches_reference(name):
+    """Each preset with a second group at 3x the KL bound, weight decay 1e-3 (override) and the
+    paper's schedule shape (x0.006 at two milestones)."""
+    case = Case("cnn", seed=12)
+    first, second = _two_groups(case.model)
+    eps = PRESETS[name]["lr"]
+    opt = Arturo.from_preset(name, [{"params": first}, {"params": second, "lr": 3 * eps}],
+                             weight_decay=1e-3)
+    milestones, gamma = [20, 35], 0.006
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=gamma)
+    hyper = [dict(PRESETS[name], weight_decay=1e-3),
+             dict(PRESETS[name], weight_decay=1e-3, lr=3 * eps)]
+    ref = reference_for(opt, hyper=hyper)
+
+    def lr_of_step(k):
+        drops = sum(1 for m in milestones if m <= k - 1)
+        return [eps * gamma ** drops, 3 * eps * gamma ** drops]
+
+    run_against_reference(case, opt, ref, STEPS, scheduler=scheduler, lr_of_step=lr_of_step)
+
+
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
 def test_defaults_match_reference(kind):
     case = Case(kind, seed=2)
