@@ -18,15 +18,8 @@ Time is P / chunk_size batched HVPs: fine for small models, far too slow for 10^
 H = J^T H_l J + sum_k (dl/df_k) d^2 f_k / d theta^2 (J = df/dtheta), the second term's diagonal
 vanishes when every network output is linear in each single weight: true a.e. for networks
 built from Linear/Conv layers, ReLU-like activations, max/avg pooling, flatten, dropout and
-batch norm in eval mode, with no weight used twice. Then, factorising the loss Hessian with
-respect to the outputs per sample, H_l,n = S_n S_n^T,
-
-    h_i = (1/N) sum_n sum_c ( [J_n^T s_n,c]_i )^2,
-
-computed with per-sample vector-Jacobian products ``vmap``-ed over (sample, factor column):
-  cross-entropy (mean): H_l = diag(p) - p p^T = S S^T with S = diag(sqrt p) - p sqrt(p)^T,
-  so column c is sqrt(p_c) (e_c - p), C columns for C classes;
-  MSE (mean over N*D entries): H_l = (2/(N D)) I, so the columns are the D unit vectors.
+batch norm in eval mode, with no weight used twice. diag(G) itself comes from the loss
+Hessian's factorisation and per-sample Jacobian products, see :mod:`arturo_diag.curvature.ggn`.
 "ggn" refuses (:class:`GGNNotExactError`) any model or loss it cannot prove qualifies; "auto"
 then falls back to "hvp".
 """
@@ -37,11 +30,11 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import vjp, vmap
 
 from arturo_diag.curvature.errors import CurvatureError, GGNNotExactError
+from arturo_diag.curvature.ggn import ggn_diagonal
 from arturo_diag.curvature.hvp import batched_hvp
-from arturo_diag.curvature.functional import LossOfParameters, evaluation_mode, loss_of_parameters
+from arturo_diag.curvature.functional import LossOfParameters, loss_of_parameters
 from arturo_diag.curvature.result import DiagonalHessian, split_like
 
 __all__ = ["METHODS", "PIECEWISE_LINEAR_OPT_IN", "check_ggn_exact", "exact_diagonal"]
@@ -69,8 +62,6 @@ _BATCH_NORMS = frozenset({nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d})
 _CONTAINERS = frozenset({nn.Sequential, nn.ModuleList, nn.ModuleDict})
 
 _DEFAULT_HVP_CHUNK = 64
-# The "ggn" per-sample products of one chunk hold chunk * columns * P numbers.
-_GGN_CHUNK_ELEMENTS = 2**25
 
 
 def exact_diagonal(
@@ -118,7 +109,7 @@ def exact_diagonal(
     if method in ("ggn", "auto"):
         try:
             kind = check_ggn_exact(model, loss_fn, train=train)
-            values = _ggn_diagonal(problem, kind, chunk_size)
+            values = ggn_diagonal(problem, kind, chunk_size)
             return DiagonalHessian(values, "ggn")
         except GGNNotExactError as refusal:
             if method == "ggn":
@@ -247,73 +238,3 @@ def _hvp_diagonal(problem: LossOfParameters, chunk_size: int) -> dict[str, Tenso
             offset += size
         del products
     return split_like(diagonal, names, params)
-
-
-def _ggn_diagonal(
-    problem: LossOfParameters, kind: str, chunk_size: int | None
-) -> dict[str, Tensor]:
-    names, params, loss = problem
-    inputs, targets = loss.inputs, loss.targets
-    n_samples = inputs.shape[0]
-    with torch.no_grad():
-        outputs = loss.outputs(params, inputs[:1])
-    width = outputs[0].numel()
-    if kind == "cross_entropy":
-        _check_class_targets(outputs, targets)
-        scale = 1.0 / n_samples
-    else:
-        if outputs.shape[1:] != targets.shape[1:]:
-            raise GGNNotExactError(
-                f"mse: outputs of shape {tuple(outputs.shape[1:])} per sample and targets of "
-                f"shape {tuple(targets.shape[1:])} per sample differ (the loss would broadcast)"
-            )
-        scale = 2.0 / (n_samples * width)
-    total = sum(p.numel() for p in params)
-    if chunk_size is None:
-        chunk_size = max(1, min(n_samples, _GGN_CHUNK_ELEMENTS // (width * total)))
-
-    def factor_columns(output: Tensor) -> Tensor:
-        # Rows are the columns s_c of S with S S^T = the per-sample loss Hessian / scale.
-        if kind == "cross_entropy":
-            p = torch.softmax(output, dim=-1)
-            root = p.sqrt()
-            return torch.diag(root) - root[:, None] * p[None, :]
-        eye = torch.eye(width, dtype=output.dtype, device=output.device)
-        return eye.reshape(width, *output.shape)
-
-    def squared_products(params: tuple[Tensor, ...], x: Tensor) -> tuple[Tensor, ...]:
-        def output_of(p: tuple[Tensor, ...]) -> Tensor:
-            return loss.outputs(p, x.unsqueeze(0)).squeeze(0)
-
-        output, pullback = vjp(output_of, params)
-        (products,) = vmap(pullback)(factor_columns(output))
-        return tuple((j * j).sum(0) for j in products)
-
-    per_sample = vmap(squared_products, in_dims=(None, 0))
-    sums = [torch.zeros_like(p) for p in params]
-    with evaluation_mode(loss.model, loss.train):
-        for start in range(0, n_samples, chunk_size):
-            chunk = per_sample(params, inputs[start : start + chunk_size])
-            for acc, part in zip(sums, chunk):
-                acc += part.sum(0)
-    return {name: acc.mul_(scale) for name, acc in zip(names, sums)}
-
-
-def _check_class_targets(outputs: Tensor, targets: Tensor) -> None:
-    if outputs.dim() != 2:
-        raise GGNNotExactError(
-            "cross-entropy ggn needs logits of shape (N, C); got outputs of shape "
-            f"{tuple(outputs.shape)} for one sample"
-        )
-    if targets.dim() != 1 or targets.is_floating_point():
-        raise GGNNotExactError(
-            "cross-entropy ggn needs integer class-index targets of shape (N,); got "
-            f"{targets.dtype} of shape {tuple(targets.shape)}"
-        )
-    classes = outputs.shape[1]
-    if targets.numel() and (targets.min() < 0 or targets.max() >= classes):
-        raise CurvatureError(
-            f"targets must be class indices in [0, {classes}); got values in "
-            f"[{int(targets.min())}, {int(targets.max())}]"
-        )
-

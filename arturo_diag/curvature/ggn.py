@@ -1,0 +1,381 @@
+"""The diagonal of the generalised Gauss-Newton matrix, from the loss Hessian's factorisation.
+
+Math: for L(theta) = (1/N) sum_n l(f(x_n; theta), y_n) (N = probe batch size, f = ``model``,
+l = ``loss_fn`` per sample), factor the loss Hessian in the outputs, per sample:
+d^2 l / df^2 (f_n) = scale * S_n S_n^T. Then
+
+    diag(G)_i = scale * sum_n sum_c ( [J_n^T s_n,c]_i )^2,       J_n = df(x_n)/dtheta,
+
+  cross-entropy (mean): scale = 1/N, S = diag(sqrt p) - p sqrt(p)^T, p = softmax(f_n), so the
+  column s_c = sqrt(p_c) (e_c - p) (C columns; S S^T = diag(p) - p p^T);
+  MSE (mean over N*D entries): scale = 2/(N D), S = I (the D unit vectors).
+
+The per-sample Jacobian products J_n^T s_n,c are taken in one of two ways, with equal results:
+
+- layerwise (fast; used when every trainable parameter is the weight or bias of a Linear,
+  Conv1d/Conv2d (groups 1, numeric zero padding) or BatchNorm layer): one forward pass records
+  each such layer's input a and output z; then one backward pass per factor column c gives
+  g = dz for all samples at once (the batch keeps samples apart), and each layer's squared
+  per-sample products follow in closed form: for z_n = W U_n (U_n the unfolded input, K x L;
+  L = 1 for a Linear layer on (N, I) inputs) the product is g U_n^T, squared and summed either
+  directly (batched matmul) or through the Gram form sum_{l,l'} U_il U_il' sum_c g_ol g_ol'
+  (cheaper when L <= the number of columns; for L = 1 it is sum_n (sum_c g_no^2) a_ni^2);
+  batch norm in eval mode is z = w * xhat + b per channel.
+- generic (any model the check admits): ``vmap`` over samples of ``vjp`` of f(x_n), the pullback
+  ``vmap``-ed over the factor columns; every product J_n^T s_n,c is materialised, squared, summed.
+
+Only meaningful as the Hessian diagonal where diag(H) = diag(G) (see
+:func:`arturo_diag.curvature.exact.check_ggn_exact`). Reference: arXiv 2310.20574 (arTuRO).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import vjp, vmap
+
+from arturo_diag.curvature.errors import CurvatureError, GGNNotExactError
+from arturo_diag.curvature.functional import LossOfParameters, evaluation_mode
+
+__all__ = ["ggn_diagonal"]
+
+# Numbers held by one chunk of "generic" products (chunk * columns * P) and by one sub-batch of
+# a layer's per-sample weight products (samples * weight size).
+_GENERIC_CHUNK_ELEMENTS = 2**25
+_CONV_BLOCK_ELEMENTS = 2**24
+# Numbers recorded by one forward pass of the layerwise path (samples * activations).
+_LAYERWISE_CHUNK_ELEMENTS = 2**26
+
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def ggn_diagonal(
+    problem: LossOfParameters,
+    kind: str,
+    chunk_size: int | None = None,
+    *,
+    layerwise: bool = True,
+) -> dict[str, Tensor]:
+    """diag(GGN) of the probe loss, name -> tensor shaped like the parameter.
+
+    Math: diag(G)_i = scale * sum_n sum_c ([J_n^T s_n,c]_i)^2 (module docstring); ``kind`` is
+    "cross_entropy" or "mse", as returned by ``check_ggn_exact``.
+
+    Args:
+        problem: from :func:`arturo_diag.curvature.functional.loss_of_parameters`.
+        kind: the identified loss.
+        chunk_size: samples per pass (default: as many as fit a fixed memory budget).
+        layerwise: use the layerwise path where the model allows it (else always generic).
+
+    Raises:
+        GGNNotExactError: outputs or targets do not fit the loss's factorisation; a layer with
+            parameters is called more than once in one forward pass.
+    """
+    names, params, loss = problem
+    inputs, targets = loss.inputs, loss.targets
+    with torch.no_grad():
+        first = loss.outputs(params, inputs[:1])
+    _check_outputs(kind, first, targets)
+    width = first[0].numel()
+    columns = first.shape[1] if kind == "cross_entropy" else width
+    n_samples = inputs.shape[0]
+    scale = 1.0 / n_samples if kind == "cross_entropy" else 2.0 / (n_samples * width)
+    layers = _layers_of(loss.model, names) if layerwise else None
+    with evaluation_mode(loss.model, loss.train):
+        if layers is None:
+            total = sum(p.numel() for p in params)
+            chunk = chunk_size or max(1, _GENERIC_CHUNK_ELEMENTS // (columns * total))
+            sums = _generic(problem, kind, columns, min(chunk, n_samples))
+        else:
+            chunk = chunk_size or _layerwise_chunk(problem)
+            sums = _layerwise(problem, kind, layers, min(chunk, n_samples))
+    return {name: sums[name].mul_(scale) for name in names}
+
+
+def _check_outputs(kind: str, outputs: Tensor, targets: Tensor) -> None:
+    if kind == "cross_entropy":
+        if outputs.dim() != 2:
+            raise GGNNotExactError(
+                "cross-entropy ggn needs logits of shape (N, C); got outputs of shape "
+                f"{tuple(outputs.shape[1:])} per sample"
+            )
+        if targets.dim() != 1 or targets.is_floating_point():
+            raise GGNNotExactError(
+                "cross-entropy ggn needs integer class-index targets of shape (N,); got "
+                f"{targets.dtype} of shape {tuple(targets.shape)}"
+            )
+        classes = outputs.shape[1]
+        if targets.min() < 0 or targets.max() >= classes:
+            raise CurvatureError(
+                f"targets must be class indices in [0, {classes}); got values in "
+                f"[{int(targets.min())}, {int(targets.max())}]"
+            )
+    elif outputs.shape[1:] != targets.shape[1:]:
+        raise GGNNotExactError(
+            f"mse: outputs of shape {tuple(outputs.shape[1:])} per sample and targets of "
+            f"shape {tuple(targets.shape[1:])} per sample differ (the loss would broadcast)"
+        )
+
+
+def _factor_columns(kind: str, outputs: Tensor) -> Tensor:
+    """Rows c of the result are the factor columns s_c, for a batch: shape (columns, N, *out)."""
+    if kind == "cross_entropy":
+        p = torch.softmax(outputs, dim=-1)
+        root = p.sqrt()
+        # [c, n, k] = sqrt(p_nc) * (delta_ck - p_nk)
+        cols = -root.T[:, :, None] * p[None, :, :]
+        cols += torch.diag_embed(root).permute(1, 0, 2)
+        return cols
+    n, width = outputs.shape[0], outputs[0].numel()
+    eye = torch.eye(width, dtype=outputs.dtype, device=outputs.device)
+    return eye[:, None, :].expand(width, n, width).reshape(width, *outputs.shape)
+
+
+# --- generic path ---------------------------------------------------------------------------
+
+
+def _generic(
+    problem: LossOfParameters, kind: str, columns: int, chunk: int
+) -> dict[str, Tensor]:
+    names, params, loss = problem
+
+    def squared_products(x: Tensor) -> tuple[Tensor, ...]:
+        def output_of(p: tuple[Tensor, ...]) -> Tensor:
+            return loss.outputs(p, x.unsqueeze(0))
+
+        output, pullback = vjp(output_of, params)
+        cols = _factor_columns(kind, output)  # (columns, 1, *out)
+        (products,) = vmap(pullback)(cols)
+        return tuple((j * j).sum(0) for j in products)
+
+    per_sample = vmap(squared_products)
+    sums = [torch.zeros_like(p) for p in params]
+    inputs = loss.inputs
+    for start in range(0, inputs.shape[0], chunk):
+        for acc, part in zip(sums, per_sample(inputs[start : start + chunk])):
+            acc += part.sum(0)
+    return dict(zip(names, sums))
+
+
+# --- layerwise path -------------------------------------------------------------------------
+
+
+def _layers_of(model: nn.Module, names: tuple[str, ...]) -> dict[str, nn.Module] | None:
+    """module name -> module for the layers owning the trainable parameters, or None if some
+    trainable parameter is not the weight or bias of a layer the layerwise path handles."""
+    modules = dict(model.named_modules())
+    layers: dict[str, nn.Module] = {}
+    for name in names:
+        owner, _, attr = name.rpartition(".")
+        module = modules.get(owner)
+        if module is None or attr not in ("weight", "bias") or not _layerwise_supports(module):
+            return None
+        layers[owner] = module
+    return layers
+
+
+def _layerwise_supports(module: nn.Module) -> bool:
+    if type(module) is nn.Linear or type(module) in _BATCH_NORMS:
+        return True
+    if type(module) in (nn.Conv1d, nn.Conv2d):
+        return (
+            module.groups == 1
+            and module.padding_mode == "zeros"
+            and not isinstance(module.padding, str)
+        )
+    return False
+
+
+def _layerwise_chunk(problem: LossOfParameters) -> int:
+    # Samples per pass such that the recorded activations stay within the budget.
+    names, params, loss = problem
+    sizes: list[int] = []
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out: sizes.append(out[0].numel()))
+        for m in loss.model.modules()
+        if not any(True for _ in m.children())
+    ]
+    try:
+        with torch.no_grad():
+            loss.outputs(params, loss.inputs[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return max(1, _LAYERWISE_CHUNK_ELEMENTS // max(1, 3 * sum(sizes)))
+
+
+def _layerwise(
+    problem: LossOfParameters, kind: str, layers: dict[str, nn.Module], chunk: int
+) -> dict[str, Tensor]:
+    names, params, loss = problem
+    sums = {name: torch.zeros_like(p) for name, p in zip(names, params)}
+    for start in range(0, loss.inputs.shape[0], chunk):
+        outputs, records = _recorded_forward(loss, params, layers, loss.inputs[start : start + chunk])
+        cols = _factor_columns(kind, outputs.detach())
+        order = list(layers)
+        squares = [_squares_for(layers[n], records[n][0], len(cols)) for n in order]
+        # One backward pass per factor column, the graph kept in between: measured twice as
+        # fast on CPU as one pass vmap-ed over the columns (is_grads_batched), and it holds one
+        # column's gradients at a time.
+        for c, col in enumerate(cols):
+            grads = torch.autograd.grad(
+                outputs,
+                [records[n][1] for n in order],
+                grad_outputs=col,
+                retain_graph=c + 1 < len(cols),
+                allow_unused=True,
+                materialize_grads=True,
+            )
+            for acc, g in zip(squares, grads):
+                acc.add(g)
+        del outputs, records
+        for name, acc in zip(order, squares):
+            for attr, value in acc.result().items():
+                key = f"{name}.{attr}" if name else attr
+                if key in sums:
+                    sums[key] += value
+    return sums
+
+
+def _recorded_forward(
+    loss, params: tuple[Tensor, ...], layers: dict[str, nn.Module], x: Tensor
+) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]]]:
+    """Outputs on ``x`` and, per layer, (its input, its output as a leaf of the graph)."""
+    calls: dict[str, list[tuple[Tensor, Tensor]]] = {name: [] for name in layers}
+
+    def record(name: str):
+        def hook(_module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+            out = output if output.requires_grad else output.detach().requires_grad_()
+            calls[name].append((args[0].detach(), out))
+            # A copy goes on, so that in-place operations downstream leave ``out`` intact.
+            return out.clone()
+
+        return hook
+
+    hooks = [m.register_forward_hook(record(n)) for n, m in layers.items()]
+    try:
+        with torch.enable_grad():
+            outputs = loss.outputs(params, x)
+    finally:
+        for h in hooks:
+            h.remove()
+    for name, seen in calls.items():
+        if len(seen) != 1:
+            raise GGNNotExactError(
+                f"layer {name or '<root>'} ran {len(seen)} times in one forward pass; ggn needs "
+                "each weight used exactly once"
+            )
+    return outputs, {name: seen[0] for name, seen in calls.items()}
+
+
+def _squares_for(module: nn.Module, a: Tensor, columns: int):
+    if type(module) in _BATCH_NORMS:
+        return _BatchNormSquares(module, a)
+    return _WeightSquares(module, a, columns)
+
+
+class _WeightSquares:
+    """sum over factor columns c and samples n of the squared per-sample gradients of a Linear or
+    convolution layer, whose output per sample is z = W U (+ b): U the (unfolded) input, K x L.
+
+    Per column the per-sample weight gradient is g U^T (g = dz, O x L). Two ways to sum its
+    squares, with the same result:
+      direct: form g U^T for every sample (a batched matmul), square, sum;
+      gram:   sum_c (g U^T)_oi^2 = sum_{l,l'} U_il U_il' M_oll', M = sum_c g g^T (O x L x L per
+              sample), finished by one matrix product over (n, l, l'). Cheaper when L <= the
+              number of columns (always for a Linear layer on (N, I) inputs, where L = 1 and it
+              is sum_n (sum_c g_o^2) a_i^2).
+    """
+
+    def __init__(self, module: nn.Module, a: Tensor, columns: int):
+        self.module = module
+        self.unfolded = _unfold(module, a)  # (N, K, L)
+        n, k, length = self.unfolded.shape
+        o = module.weight.shape[0]
+        self.gram = length <= columns
+        self.bias = torch.zeros(o, dtype=a.dtype, device=a.device) if module.bias is not None else None
+        if self.gram:
+            self.m = torch.zeros(n, o, length, length, dtype=a.dtype, device=a.device)
+        else:
+            self.weight = torch.zeros(o, k, dtype=a.dtype, device=a.device)
+            self.rows = self.unfolded.transpose(1, 2).contiguous()  # (N, L, K)
+            self.block = max(1, _CONV_BLOCK_ELEMENTS // (o * k))
+
+    def add(self, g: Tensor) -> None:
+        g = _as_rows(self.module, g)  # (N, O, L)
+        if self.bias is not None:
+            b = g.sum(-1)
+            self.bias += (b * b).sum(0)
+        if self.gram:
+            self.m += g[:, :, :, None] * g[:, :, None, :]
+            return
+        for start in range(0, g.shape[0], self.block):
+            products = torch.bmm(g[start : start + self.block], self.rows[start : start + self.block])
+            self.weight += products.square_().sum(0)
+
+    def result(self) -> dict[str, Tensor]:
+        if self.gram:
+            u = self.unfolded
+            n, k, length = u.shape
+            pairs = (u[:, :, :, None] * u[:, :, None, :]).reshape(n, k, length * length)
+            m = self.m.reshape(n, -1, length * length)
+            weight = m.permute(1, 0, 2).reshape(m.shape[1], -1) @ pairs.permute(0, 2, 1).reshape(-1, k)
+        else:
+            weight = self.weight
+        out = {"weight": weight.view_as(self.module.weight)}
+        if self.bias is not None:
+            out["bias"] = self.bias
+        return out
+
+
+def _unfold(module: nn.Module, a: Tensor) -> Tensor:
+    """The layer's input as (N, K, L): z_n = W U_n for the flattened weight W (O x K)."""
+    if type(module) is nn.Linear:
+        return a.reshape(a.shape[0], -1, a.shape[-1]).transpose(1, 2)
+    if type(module) is nn.Conv1d:  # as a 2-d convolution of height 1
+        return F.unfold(
+            a.unsqueeze(2),
+            (1, *module.kernel_size),
+            dilation=(1, *module.dilation),
+            padding=(0, *module.padding),
+            stride=(1, *module.stride),
+        )
+    return F.unfold(
+        a, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride
+    )
+
+
+def _as_rows(module: nn.Module, g: Tensor) -> Tensor:
+    """dz as (N, O, L), matching :func:`_unfold`."""
+    if type(module) is nn.Linear:
+        return g.reshape(g.shape[0], -1, g.shape[-1]).transpose(1, 2)
+    return g.reshape(g.shape[0], g.shape[1], -1)
+
+
+class _BatchNormSquares:
+    """Squared per-sample gradients of batch norm in eval mode: z = w * xhat + b per channel, with
+    xhat = (a - running_mean) / sqrt(running_var + eps), so dz/dw = xhat, dz/db = 1."""
+
+    def __init__(self, module: nn.Module, a: Tensor):
+        self.module = module
+        shape = (1, -1) + (1,) * (a.dim() - 2)
+        mean, var = module.running_mean.view(shape), module.running_var.view(shape)
+        self.xhat = ((a - mean) / (var + module.eps).sqrt()).reshape(a.shape[0], a.shape[1], -1)
+        channels = a.shape[1]
+        self.weight = torch.zeros(channels, dtype=a.dtype, device=a.device)
+        self.bias = torch.zeros(channels, dtype=a.dtype, device=a.device)
+
+    def add(self, g: Tensor) -> None:
+        g = g.reshape(g.shape[0], g.shape[1], -1)
+        w = (g * self.xhat).sum(-1)
+        b = g.sum(-1)
+        self.weight += (w * w).sum(0)
+        self.bias += (b * b).sum(0)
+
+    def result(self) -> dict[str, Tensor]:
+        out = {}
+        if self.module.weight is not None:
+            out["weight"] = self.weight
+        if self.module.bias is not None:
+            out["bias"] = self.bias
+        return out
