@@ -33,7 +33,10 @@ def movement(a: Any, h: Any, *, prior: float = INITIAL_CURVATURE, h_floor: float
             (``n_h_zero`` of them excluded); 1 means ``a`` moved by about the size of ``h``.
         never_left_share: share of coordinates with
             ``|a - prior| < 1e-3 * max(|h|, h_floor)``: they "never left the prior".
-        a_q01, a_median, a_q99: quantiles of ``a`` (its 1-99 % range).
+        a_q01, a_median, a_q99: quantiles of ``a`` (its 1-99 % range); h_q01, h_q99 likewise of ``h``.
+        scale_relative_move: ``median |a - prior| / median |h|`` (``h != 0``): the move against the
+            typical size of ``h``. The per-coordinate median above is dominated by the many tiny
+            ``|h|``; this one says whether ``a`` moved on the scale of the curvature at all.
         n, n_h_zero, n_nonfinite: coordinates used, with ``h == 0``, dropped as non-finite.
     """
     a = np.asarray(a, dtype=np.float64).reshape(-1)
@@ -51,8 +54,10 @@ def movement(a: Any, h: Any, *, prior: float = INITIAL_CURVATURE, h_floor: float
     threshold = NEVER_LEFT_RELATIVE * np.maximum(abs_h, h_floor)
     if n:
         q01, q50, q99 = (float(v) for v in np.quantile(a, (0.01, 0.5, 0.99)))
+        h01, h99 = (float(v) for v in np.quantile(h, (0.01, 0.99)))
     else:
-        q01 = q50 = q99 = math.nan
+        q01 = q50 = q99 = h01 = h99 = math.nan
+    typical_h = float(np.median(abs_h[nonzero])) if np.any(nonzero) else math.nan
     return {
         "n": n,
         "median_relative_move": float(np.median(relative)) if relative.size else math.nan,
@@ -60,6 +65,9 @@ def movement(a: Any, h: Any, *, prior: float = INITIAL_CURVATURE, h_floor: float
         "a_q01": q01,
         "a_median": q50,
         "a_q99": q99,
+        "h_q01": h01,
+        "h_q99": h99,
+        "scale_relative_move": (float(np.median(move)) / typical_h) if n and typical_h > 0 else math.nan,
         "n_h_zero": int(n - np.count_nonzero(nonzero)),
         "n_nonfinite": n_nonfinite,
         "prior": float(prior),

@@ -27,3 +27,20 @@ def test_float32_prior_counts_as_never_left():
     result = movement(a, [0.0, 1e-6, 2.0])
     assert result["never_left_share"] == 1.0
     assert math.isnan(movement([], [])["median_relative_move"])
+
+
+def test_scale_relative_move_by_hand():
+    # |a - 0.1| = [0.001, 0.002, 0.003] -> median 0.002; |h| = [1, 2, 4] -> median 2
+    result = movement([0.101, 0.098, 0.103], [1.0, -2.0, 4.0])
+    assert result["scale_relative_move"] == pytest.approx(0.001)
+    assert result["h_q01"] == pytest.approx(-2.0 + 0.01 * 2 * 3.0)  # linear interpolation of [-2, 1, 4]
+    assert result["h_q99"] == pytest.approx(4.0 - 0.01 * 2 * 3.0)
+
+
+def test_findings_warn_when_a_did_not_move_on_the_scale_of_h():
+    from arturo_diag.diagnostics.findings import findings
+
+    overall = movement([0.101, 0.098, 0.103], [1.0, -2.0, 4.0])
+    texts = [f["text"] for f in findings({"movement": {"final": {"step": 7, "overall": overall}}})
+             if f["topic"] == "movement"]
+    assert texts and texts[0].startswith("a barely moved on the scale of h")
