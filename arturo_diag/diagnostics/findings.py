@@ -173,11 +173,12 @@ def _movement(out: _Findings, metrics: Mapping[str, Any]) -> None:
     prior = overall.get("prior", 0.1)
     span = f"a's 1-99% range is [{_num(overall['a_q01'])}, {_num(overall['a_q99'])}]"
     scale = overall.get("scale_relative_move")
-    if _is_number(scale) and scale < 0.1:
+    tiny_scale = _is_number(scale) and scale < 0.1
+    if tiny_scale and not (_is_number(share) and share >= 0.1):
         out.add("movement", "warning",
                 f"a barely moved on the scale of h: the median |a-{prior:g}| is {_num(scale)} times the median |h| "
-                f"at step {final['step']} ({_pct(share)} of coordinates moved by less than 1e-3 |h|); {span} "
-                f"while h's is [{_num(overall.get('h_q01'))}, {_num(overall.get('h_q99'))}].")
+                f"at step {final['step']}; {span} while h's is [{_num(overall.get('h_q01'))}, "
+                f"{_num(overall.get('h_q99'))}].")
     elif _is_number(share) and share >= 0.1:
         out.add("movement", "warning" if share >= 0.5 else "info",
                 f"{_pct(share)} of the coordinates of a never left the prior {prior:g} by step {final['step']} "
