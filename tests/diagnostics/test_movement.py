@@ -40,7 +40,7 @@ def test_scale_relative_move_by_hand():
 def test_findings_warn_when_a_did_not_move_on_the_scale_of_h():
     from arturo_diag.diagnostics.findings import findings
 
-    overall = movement([0.101, 0.098, 0.103, 0.102], [1.0, -2.0, 4.0, 3.0])
+    overall = movement([0.15, 0.05, 0.16, 0.14], [1.0, -2.0, 4.0, 3.0])  # moves ~0.05, |h| ~2.5
     texts = [f["text"] for f in findings({"movement": {"final": {"step": 7, "overall": overall}}})
              if f["topic"] == "movement"]
     assert texts and texts[0].startswith("a barely moved on the scale of h")
