@@ -1,0 +1,119 @@
+"""``render_report(run_dir)``: metrics.json, figures/*.png, report.md and report.html of one run record.
+
+A pure function of the record on disk: it never trains, and rendering the same record twice gives
+byte-identical files. Order of writes (each atomic, :mod:`arturo_diag.diagnostics.io`): first any
+previous ``report.md``/``report.html`` are removed, then ``metrics.json``, then the figures, and
+the two report files last, so a render killed at any point leaves no report that looks complete.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from arturo_diag.diagnostics.analysis import analyze_record, write_metrics
+from arturo_diag.diagnostics.io import atomic_write_bytes, atomic_write_text
+from arturo_diag.diagnostics.record import RunRecord
+from arturo_diag.report import sections
+from arturo_diag.report.document import Block, to_html, to_markdown
+from arturo_diag.report.figures import FIGURES, FigureSkipped, draw_figure
+from arturo_diag.report.format import is_number
+
+__all__ = ["ReportResult", "render_report"]
+
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+METRICS_JSON = "metrics.json"
+FIGURE_DIR = "figures"
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """What :func:`render_report` wrote.
+
+    Attributes:
+        run_dir: the record's directory.
+        markdown, html, metrics_json: paths of ``report.md``, ``report.html``, ``metrics.json``.
+        metrics: the metrics dict of :func:`~arturo_diag.diagnostics.analysis.analyze_record` (NaN
+            where ``metrics.json`` has null).
+        findings: ``metrics["findings"]``, a list of ``{text, severity, topic}``.
+        figures: figure name -> path of its PNG, for the figures drawn (report order).
+        skipped: figure name -> why it was not drawn.
+    """
+
+    run_dir: Path
+    markdown: Path
+    html: Path
+    metrics_json: Path
+    metrics: dict[str, Any] = field(repr=False)
+    findings: list[dict[str, Any]] = field(repr=False)
+    figures: dict[str, Path]
+    skipped: dict[str, str]
+
+
+def _analysis_options(record: RunRecord) -> dict[str, Any]:
+    """Analysis settings the run's config names (``[diagnostics] collapse_fraction``)."""
+    diagnostics = (record.config or {}).get("diagnostics") or {}
+    fraction = diagnostics.get("collapse_fraction") if isinstance(diagnostics, dict) else None
+    return {"collapse_fraction": float(fraction)} if is_number(fraction) and float(fraction) > 0 else {}
+
+
+def render_report(run_dir: str | os.PathLike[str]) -> ReportResult:
+    """Analyse a complete run record and write its report (ARTURO.md, "Diagnostic quantities").
+
+    Writes into ``run_dir``: ``metrics.json`` (the metrics dict), ``figures/NAME.png`` for every
+    figure of :data:`arturo_diag.report.figures.FIGURES` whose data the record has (a figure
+    without its data is listed in the report as skipped, with the reason, and a stale PNG of it is
+    removed), then ``report.html`` (self-contained) and ``report.md``.
+
+    Raises:
+        RecordError: ``run_dir`` is not a complete run record (missing, running, failed,
+            unreadable).
+    """
+    run_dir = Path(run_dir)
+    record = RunRecord.load(run_dir)
+    metrics = analyze_record(record, **_analysis_options(record))
+
+    markdown_path, html_path = run_dir / REPORT_MD, run_dir / REPORT_HTML
+    # from here until the end, no report file exists that could be taken for this render's
+    for path in (markdown_path, html_path):
+        path.unlink(missing_ok=True)
+    metrics_path = run_dir / METRICS_JSON
+    write_metrics(run_dir, metrics)
+
+    figure_dir = run_dir / FIGURE_DIR
+    figures: dict[str, Path] = {}
+    skipped: dict[str, str] = {}
+    drawn: list[tuple[str, str, bytes]] = []
+    for spec in FIGURES:
+        path = figure_dir / f"{spec.name}.png"
+        try:
+            png = draw_figure(spec, record, metrics)
+        except FigureSkipped as skip:
+            skipped[spec.name] = skip.reason
+            path.unlink(missing_ok=True)
+            continue
+        atomic_write_bytes(path, png)
+        figures[spec.name] = path
+        drawn.append((spec.name, spec.caption, png))
+
+    title_path = run_dir.resolve()
+    blocks: list[Block] = []
+    blocks += sections.title_section(record, metrics, title_path)
+    blocks += sections.settings_section(record, metrics)
+    blocks += sections.findings_section(metrics.get("findings") or [])
+    blocks += sections.agreement_section(metrics)
+    blocks += sections.movement_section(metrics)
+    blocks += sections.calibration_section(metrics)
+    blocks += sections.lag_section(metrics)
+    blocks += sections.trust_region_section(metrics)
+    blocks += sections.health_section(metrics)
+    blocks += sections.training_section(metrics)
+    blocks += sections.figures_section(drawn, skipped)
+
+    atomic_write_text(html_path, to_html(blocks, title=f"arTuRO diagnostics: {title_path}"))
+    atomic_write_text(markdown_path, to_markdown(blocks))
+    return ReportResult(run_dir=run_dir, markdown=markdown_path, html=html_path, metrics_json=metrics_path,
+                        metrics=metrics, findings=list(metrics.get("findings") or []), figures=figures,
+                        skipped=skipped)
