@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import typer
 
+from .ablate import ablate
 from .compare import compare
 from .report import report
 
@@ -15,6 +16,7 @@ app = typer.Typer(
 )
 app.command()(compare)
 app.command()(report)
+app.command()(ablate)
 
 
 def main() -> None:

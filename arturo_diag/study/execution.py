@@ -1,0 +1,267 @@
+"""Running a study: every run of the grid in worker processes, resumable, one failure losing nothing else.
+
+``run_study(study, study_dir)``:
+
+1. writes ``STUDY_DIR/study.toml`` (the whole study spelled out; ``load_study`` reads it back);
+2. checks each setup once in this process (data can be read, the model fits it), so bad input
+   fails fast with a :class:`ConfigError`/:class:`DataError` before any run starts;
+3. skips every run whose record is complete *and* was made with the config the study asks for now
+   (``run_status``), and runs the others in ``workers`` spawned processes with one torch thread
+   each; a run that was killed, failed or made with another config is redone from scratch;
+4. a run that raises is recorded as failed (``STUDY_DIR/<run>/study_failure.json``, with the
+   error) and the study goes on; a later ``run_study`` redoes it;
+5. renders the aggregate report (:func:`arturo_diag.study.report.render_study`).
+
+Each finished run also gets its ``metrics.json`` (:func:`arturo_diag.diagnostics.analyze_record`),
+computed in the worker, so the aggregate report only reads files.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from arturo_diag.diagnostics.io import atomic_write_json, atomic_write_text
+from arturo_diag.errors import ConfigError, RecordError
+from arturo_diag.study.config import RunSpec, StudyConfig, expand_grid, study_to_toml
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["run_study", "run_status", "StudyRunResult", "RunOutcome", "StudyProgress", "FAILURE_FILE",
+           "default_workers"]
+
+FAILURE_FILE = "study_failure.json"
+STUDY_FILE = "study.toml"
+
+#: ``progress(event, info)``: "plan" {total, finished, pending, workers}, "run" {setup, variant, seed,
+#: status ("complete" | "failed"), seconds, error, done, total}, "render" {}, "done" {seconds}.
+StudyProgress = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    spec: RunSpec
+    status: str  # "complete" (this time), "skipped" (already complete), "failed"
+    seconds: float = 0.0
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class StudyRunResult:
+    study_dir: Path
+    outcomes: list[RunOutcome]
+    seconds: float
+    report: Any = None  # StudyReport
+
+    @property
+    def failed(self) -> list[RunOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+    @property
+    def ran(self) -> list[RunOutcome]:
+        return [o for o in self.outcomes if o.status == "complete"]
+
+    @property
+    def skipped(self) -> list[RunOutcome]:
+        return [o for o in self.outcomes if o.status == "skipped"]
+
+
+def default_workers() -> int:
+    """min(2, number of CPUs available to this process)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(2, cpus))
+
+
+def _expected_config(spec: RunSpec) -> dict[str, Any]:
+    from arturo_diag.training.config import config_to_toml
+
+    data = tomllib.loads(config_to_toml(spec.config.resolved()))
+    data.get("run", {}).pop("out", None)
+    return data
+
+
+def run_status(spec: RunSpec) -> tuple[str, str]:
+    """Where a run of the grid stands: ``("complete" | "failed" | "stale" | "incomplete" | "missing", detail)``.
+
+    ``complete`` only if its record loads as complete and its config.toml is the config the
+    study asks for (the run directory may be moved: ``out`` is not compared). ``stale``: a complete
+    record made with another config (the study changed since).
+    """
+    from arturo_diag.diagnostics.record import RunRecord
+
+    run_dir = Path(spec.config.out)
+    failure = run_dir / FAILURE_FILE
+    if failure.is_file():
+        import json
+
+        try:
+            return "failed", str(json.loads(failure.read_text(encoding="utf-8")).get("error", "failed"))
+        except (OSError, ValueError):
+            return "failed", "failed (unreadable failure note)"
+    if not (run_dir / "record.json").is_file():
+        return "missing", ""
+    try:
+        record = RunRecord.load(run_dir, allow_incomplete=True)
+    except RecordError as error:
+        return "incomplete", str(error)
+    if not record.complete:
+        return "incomplete", f"status {record.status}"
+    config = dict(record.config)
+    config["run"] = {k: v for k, v in (config.get("run") or {}).items() if k != "out"}
+    if config != _expected_config(spec):
+        return "stale", "made with another config"
+    return "complete", ""
+
+
+# ------------------------------------------------------------------------------------------ workers
+def _watch_parent(parent: int) -> None:
+    # A worker whose study process died (killed, crashed) stops instead of writing on as an orphan.
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            os._exit(3)
+
+
+def _init_worker(parent: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _execute(spec: RunSpec) -> tuple[str, float, str]:
+    """Run one cell (in a worker or in process); returns (status, seconds, error). Never raises
+    for a failing run: the error is recorded in the run directory and returned."""
+    from arturo_diag.diagnostics.analysis import analyze_record, write_metrics
+    from arturo_diag.training.loop import run
+
+    run_dir = Path(spec.config.out)
+    start = time.perf_counter()
+    (run_dir / FAILURE_FILE).unlink(missing_ok=True)
+    try:
+        run(spec.config, overwrite=True)
+        write_metrics(run_dir, analyze_record(run_dir))
+    except Exception as error:  # one failing run must not lose the others
+        message = f"{type(error).__name__}: {error}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / FAILURE_FILE, {"error": message, "traceback": traceback.format_exc(limit=8)})
+        return "failed", time.perf_counter() - start, message
+    return "complete", time.perf_counter() - start, ""
+
+
+def _preflight(study: StudyConfig) -> None:
+    """Read each setup's data and build its model once, so bad input fails before any run."""
+    import torch
+
+    from arturo_diag.training.data import load_dataset, probe_batch
+    from arturo_diag.training.models import build_model
+
+    for setup in study.setups:
+        config = setup.config.resolved()
+        dataset = load_dataset(config.dataset, config.data_dir, seed=study.seeds[0], train_size=config.train_size,
+                               dtype=getattr(torch, config.dtype))
+        build_model(config.model, in_channels=dataset.in_channels, num_classes=dataset.num_classes,
+                    image_size=dataset.image_size)
+        probe_batch(dataset, min(config.probe_size, dataset.num_train), study.seeds[0])
+
+
+def run_study(study: StudyConfig, study_dir: str | os.PathLike[str], *, workers: int | None = None,
+              fresh: bool = False, progress: StudyProgress | None = None, render: bool = True,
+              check_inputs: bool = True) -> StudyRunResult:
+    """Run every unfinished run of ``study`` into ``study_dir`` and render the aggregate report.
+
+    Args:
+        workers: worker processes (default :func:`default_workers`); ``0`` runs everything in this
+            process, one after the other (for debugging and tests).
+        fresh: redo every run, finished or not.
+        progress: receives the events of :data:`StudyProgress`.
+        render: render ``study.md``/``study.html``/``study.json``/CSVs at the end.
+        check_inputs: read each setup's data and build its model once first (bad input fails fast).
+
+    Raises:
+        ConfigError / DataError: bad study or data (before any run starts).
+        RecordError: ``study_dir`` is a run record, not a study directory.
+    """
+    notify = progress or (lambda event, info: None)
+    workers = default_workers() if workers is None else workers
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ConfigError("workers", workers, "a whole number >= 1 (0: in this process)")
+    study_dir = Path(study_dir)
+    if study_dir.exists() and not study_dir.is_dir():
+        raise ConfigError("out", str(study_dir), "a directory (this is a file)")
+    if (study_dir / "record.json").is_file():
+        raise RecordError(f"{study_dir} holds a single run record, not a study; choose another --out")
+    specs = expand_grid(study, study_dir)
+    if check_inputs:
+        _preflight(study)
+    started = time.perf_counter()
+    study_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(study_dir / STUDY_FILE, study_to_toml(study))
+
+    outcomes: dict[tuple[str, str, int], RunOutcome] = {}
+    pending: list[RunSpec] = []
+    for spec in specs:
+        if not fresh and run_status(spec)[0] == "complete":
+            outcomes[spec.key] = RunOutcome(spec, "skipped")
+        else:
+            pending.append(spec)
+    # Seed-major order: an interrupted study has whole seeds rather than whole variants.
+    order = {s.name: i for i, s in enumerate(study.setups)}
+    vorder = {v.name: i for i, v in enumerate(study.variants)}
+    pending.sort(key=lambda s: (order[s.setup], study.seeds.index(s.seed), vorder[s.variant.name]))
+    total = len(specs)
+    notify("plan", {"total": total, "finished": total - len(pending), "pending": len(pending), "workers": workers})
+    done = total - len(pending)
+
+    def record(spec: RunSpec, status: str, seconds: float, error: str) -> None:
+        nonlocal done
+        done += 1
+        outcomes[spec.key] = RunOutcome(spec, status, seconds, error)
+        notify("run", {"setup": spec.setup, "variant": spec.variant.name, "seed": spec.seed, "status": status,
+                       "seconds": seconds, "error": error, "done": done, "total": total})
+
+    if pending and workers == 0:
+        for spec in pending:
+            record(spec, *_execute(spec))
+    elif pending:
+        context = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=context,
+                                    initializer=_init_worker, initargs=(os.getpid(),)) as pool:
+            futures = {pool.submit(_execute, spec): spec for spec in pending}
+            try:
+                for future in cf.as_completed(futures):
+                    spec = futures[future]
+                    try:
+                        status, seconds, error = future.result()
+                    except cf.process.BrokenProcessPool:
+                        status, seconds, error = ("failed", 0.0, "the worker process died while running this "
+                                                  "or a concurrent run; run the study again to retry")
+                        Path(spec.config.out).mkdir(parents=True, exist_ok=True)
+                        atomic_write_json(Path(spec.config.out) / FAILURE_FILE, {"error": error})
+                    record(spec, status, seconds, error)
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+
+    seconds = time.perf_counter() - started
+    report = None
+    if render:
+        from arturo_diag.study.report import render_study
+
+        notify("render", {})
+        report = render_study(study_dir)
+    notify("done", {"seconds": seconds})
+    return StudyRunResult(study_dir, [outcomes[spec.key] for spec in specs], seconds, report)
