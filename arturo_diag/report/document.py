@@ -119,18 +119,23 @@ _ENTITY = re.compile(r"&(?=#?[0-9A-Za-z]+;)")
 _LINE_START_MARKER = re.compile(r"^(\s*)([-+*#>]|\d+[.)])(?=\s|$)")
 
 
-def _md_text(s: str, *, in_table: bool = False) -> str:
+def _md_text(s: str, *, in_table: bool = False, stars: bool | None = None, underscores: bool | None = None) -> str:
     """Escape only what CommonMark would otherwise read as markup, so plain text stays verbatim.
 
     ``|a-h| <= 2 sqrt(P_aa)``, ``h_(t-k)`` and ``eta*`` are left as they are; ``*`` when there are
     two (they could pair into emphasis), word-boundary underscores when one could open emphasis,
     backslashes, backticks, tag-like ``<x``, entities, link brackets and, in tables, ``|`` are
-    backslash-escaped.
+    backslash-escaped. ``stars``/``underscores`` decide those two for a whole line of spans
+    (default: from ``s`` alone).
     """
+    if stars is None:
+        stars = s.count("*") >= 2
+    if underscores is None:
+        underscores = bool(_UNDERSCORE_OPENER.search(s))
     s = s.replace("\\", "\\\\").replace("`", "\\`")
-    if s.count("*") >= 2:
+    if stars:
         s = s.replace("*", "\\*")
-    if _UNDERSCORE_OPENER.search(s):  # only then can an underscore pair into emphasis
+    if underscores:
         s = _UNDERSCORE_AT_BOUNDARY.sub(r"\\_", s)
     s = _TAG_START.sub(r"\\<", s)
     s = _ENTITY.sub(r"\\&", s)
@@ -142,6 +147,10 @@ def _md_text(s: str, *, in_table: bool = False) -> str:
 
 
 def _md_inline(content: Inline, *, in_table: bool = False) -> str:
+    # emphasis can pair across spans, so the escaping decisions are taken on the whole line
+    plain = "".join(value for kind, value in content if kind != "code")
+    options = {"in_table": in_table, "stars": plain.count("*") >= 2,
+               "underscores": bool(_UNDERSCORE_OPENER.search(plain))}
     parts = []
     for kind, value in content:
         if kind == "code":
@@ -149,9 +158,9 @@ def _md_inline(content: Inline, *, in_table: bool = False) -> str:
             padded = f" {value} " if ticks == "``" else value
             parts.append(f"{ticks}{padded}{ticks}")
         elif kind == "strong":
-            parts.append(f"**{_md_text(value, in_table=in_table)}**")
+            parts.append(f"**{_md_text(value, **options)}**")
         else:
-            parts.append(_md_text(value, in_table=in_table))
+            parts.append(_md_text(value, **options))
     return "".join(parts)
 
 

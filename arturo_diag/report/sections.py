@@ -334,20 +334,28 @@ def movement_section(metrics: Mapping[str, Any]) -> list[Block]:
         return blocks + [_not_computed(_no_reference_reason(metrics))]
     overall = final["overall"]
     prior = overall.get("prior", 0.1)
+    scale = overall.get("scale_relative_move")
     blocks.append(Paragraph(
         f"How far a has moved from its initial value {num(prior)} at the final snapshot (step {final['step']}), "
-        f"measured against the size of what it should track: the median of |a - {num(prior)}| / |h| (1 means a "
-        f"moved by about the size of h), the share of coordinates that never left the prior (moved by less than "
-        f"1e-3 |h|), and the 1%-99% range of a. Over all coordinates: median move {num(overall['median_relative_move'])}, "
-        f"{pct(overall['never_left_share'])} never left the prior, a in [{num(overall['a_q01'])}, "
-        f"{num(overall['a_q99'])}]."))
+        f"measured against the size of what it should track: the median over coordinates of |a - {num(prior)}| / |h| "
+        f"(1 means a moved by about the size of h; dominated by the many tiny |h|), the move on the scale of the "
+        f"typical curvature, median |a - {num(prior)}| / median |h|, the share of coordinates that never left the "
+        f"prior (moved by less than 1e-3 |h|), and the 1%-99% ranges of a and h. Over all coordinates: median move "
+        f"{num(overall['median_relative_move'])}"
+        + (f", move on the scale of h {num(scale)}" if "scale_relative_move" in overall else "")
+        + f", {pct(overall['never_left_share'])} never left the prior, a in [{num(overall['a_q01'])}, "
+        f"{num(overall['a_q99'])}]"
+        + (f" while h is in [{num(overall.get('h_q01'))}, {num(overall.get('h_q99'))}]" if "h_q01" in overall else "")
+        + "."))
     rows = []
     for name, entry in [("all coordinates", overall), *(final.get("layers") or {}).items()]:
-        rows.append((name, num(entry.get("median_relative_move")), pct(entry.get("never_left_share")),
-                     num(entry.get("a_q01")), num(entry.get("a_median")), num(entry.get("a_q99")),
-                     count(entry.get("n_h_zero"))))
-    blocks.append(Table(("Layer", f"median |a-{num(prior)}|/|h|", "never left the prior", "a 1%", "a median",
-                         "a 99%", "coordinates with h = 0"), tuple(rows)))
+        rows.append((name, num(entry.get("median_relative_move")), num(entry.get("scale_relative_move")),
+                     pct(entry.get("never_left_share")),
+                     f"[{num(entry.get('a_q01'))}, {num(entry.get('a_q99'))}]", num(entry.get("a_median")),
+                     f"[{num(entry.get('h_q01'))}, {num(entry.get('h_q99'))}]", count(entry.get("n_h_zero"))))
+    blocks.append(Table(("Layer", f"median |a-{num(prior)}|/|h|", f"median |a-{num(prior)}| / median |h|",
+                         "never left the prior", "a 1%-99%", "a median", "h 1%-99%", "coordinates with h = 0"),
+                        tuple(rows)))
     return blocks
 
 
