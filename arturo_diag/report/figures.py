@@ -275,13 +275,14 @@ def plot_scatter(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> Non
     same = np.sign(a) == np.sign(h)
     abs_a, abs_h = np.abs(a), np.abs(h)
     colors, many = _layer_colors(layers)
+    dot, cross = (24, 36) if len(chosen) <= 2000 else (9, 16)
     ax = fig.subplots()
     handles: list[Any] = []
     if many:
         cmap = sns.color_palette("viridis", as_cmap=True)
         for mask, marker in ((same, "o"), (~same, "x")):
             points = ax.scatter(abs_h[mask], abs_a[mask], c=layer_index[mask], cmap=cmap, vmin=0,
-                                vmax=max(len(layers) - 1, 1), marker=marker, s=9 if marker == "o" else 16,
+                                vmax=max(len(layers) - 1, 1), marker=marker, s=dot if marker == "o" else cross,
                                 alpha=0.55, linewidths=0 if marker == "o" else 0.8, rasterized=False)
         colorbar = fig.colorbar(points, ax=ax, pad=0.01)
         colorbar.set_label(f"layer index (0 = {layers[0]}, {len(layers) - 1} = {layers[-1]})")
@@ -293,7 +294,7 @@ def plot_scatter(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> Non
             for mask, marker in ((in_layer & same, "o"), (in_layer & ~same, "x")):
                 if mask.any():
                     ax.scatter(abs_h[mask], abs_a[mask], color=colors[layer], marker=marker,
-                               s=10 if marker == "o" else 18, alpha=0.55, linewidths=0 if marker == "o" else 0.8)
+                               s=dot if marker == "o" else cross, alpha=0.55, linewidths=0 if marker == "o" else 0.8)
             handles.append(Line2D([], [], ls="", marker="o", color=colors[layer], label=layer))
     # y covers |a| and the prior; x covers |h| and the y range, so that the diagonal is visible
     y_low = float(min(abs_a.min(), INITIAL_CURVATURE)) / 1.5

@@ -64,7 +64,7 @@ def step_rows(n_steps: int = 60, *, with_eta: bool = True) -> list[dict]:
 
 def write_record(run_dir, *, reference: str = "exact", finish: bool = True, every: int = 10,
                  parameters: dict | None = None, settings: dict | None = None, optimizer: dict | None = None,
-                 with_eta: bool = True, seed: int = 0):
+                 with_eta: bool = True, drop_fields: tuple = (), seed: int = 0):
     """A run record of 60 steps with snapshots every ``every`` steps (none for reference "none")."""
     rng = np.random.default_rng(seed)
     parameters = parameters or PARAMETERS
@@ -87,7 +87,7 @@ def write_record(run_dir, *, reference: str = "exact", finish: bool = True, ever
             if reference in ("hutchinson", "both"):
                 fields["h_hutchinson"] = h + 0.05 * rng.normal(size=shape)
                 fields["h_hutchinson_se"] = np.full(shape, 0.05)
-            arrays[name] = fields
+            arrays[name] = {key: value for key, value in fields.items() if key not in drop_fields}
         writer.add_snapshot(row["step"], {"kl_bound": row["kl_bound"], "eta": row["eta"],
                                           "kl0_ratio": 3.0 if t % 2 else 0.5,
                                           "eta_star": 0.5 if t % 2 else math.nan, "reference": reference,
