@@ -316,11 +316,11 @@ def plot_scatter(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> Non
                 Line2D([], [], color="black", ls="--", lw=1.0, label=f"{num(INITIAL_CURVATURE)} = prior (initial a)")]
     _legend_outside(ax, handles)
     excluded = int(n_total - np.count_nonzero(usable))
-    shown = (f"{count(len(chosen))} of {count(n_total)} coordinates (random subsample, seed {_SCATTER_SEED})"
-             if subsampled else f"{count(len(chosen))} coordinates")
-    zeros = f"; {count(excluded)} with a = 0 or h = 0 (or non-finite) not drawn" if excluded else ""
-    ax.set_title(f"|a| vs |h| at the final snapshot (step {step})\n{shown}{zeros}; "
-                 f"{pct(float(np.mean(~same)))} of those drawn have opposite signs")
+    shown = (f"{count(len(chosen))} of {count(int(usable.sum()))} drawable coordinates (random subsample, seed "
+             f"{_SCATTER_SEED})" if subsampled else f"{count(len(chosen))} coordinates")
+    zeros = f"{count(excluded)} of {count(n_total)} with a = 0 or h = 0 (or non-finite) not drawn; " if excluded else ""
+    ax.set_title(f"|a| vs |h| at the final snapshot (step {step}): {shown}\n"
+                 f"{zeros}{pct(float(np.mean(~same)))} of those drawn have opposite signs")
 
 
 def plot_calibration(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["NA", "is_number", "num", "pct", "count", "get"]
+__all__ = ["NA", "is_number", "num", "pct", "count", "get", "distinguishing_digits"]
 
 NA = "n/a"
 
@@ -50,7 +50,7 @@ def num(x: Any, digits: int = 3) -> str:
     return f"{mantissa}e{exponent}"
 
 
-def pct(x: Any) -> str:
+def pct(x: Any, digits: int = 3) -> str:
     """A share in [0, 1] as a percentage with up to 3 significant digits (``"62.9%"``, ``"<0.1%"``)."""
     if not is_number(x):
         return NA
@@ -63,7 +63,18 @@ def pct(x: Any) -> str:
         return "<0.1%"
     if 0.999 < x < 1:
         return ">99.9%"
-    return f"{num(100 * x)}%"
+    return f"{num(100 * x, digits)}%"
+
+
+def distinguishing_digits(values: Any, fmt: Any = num, digits: int = 3, most: int = 6) -> int:
+    """The fewest significant digits (from ``digits`` up to ``most``) at which ``fmt`` tells apart
+    every two of ``values`` that differ, so that "7.2214 vs 7.2209" never reads "7.22 vs 7.22"."""
+    finite = sorted({float(v) for v in values if is_number(v)})
+    for d in range(digits, most + 1):
+        shown = [fmt(v, d) for v in finite]
+        if len(set(shown)) == len(shown):
+            return d
+    return most
 
 
 def count(n: Any) -> str:

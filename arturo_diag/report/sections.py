@@ -15,7 +15,7 @@ from typing import Any
 
 from arturo_diag.diagnostics.record import RunRecord
 from arturo_diag.report.document import Block, Bullets, Heading, Image, Paragraph, Table, code, strong, text
-from arturo_diag.report.format import NA, count, get, is_number, num, pct
+from arturo_diag.report.format import NA, count, distinguishing_digits, get, is_number, num, pct
 
 __all__ = [
     "SETTINGS_DEFAULTS",
@@ -58,6 +58,7 @@ _METRIC_ROWS = (
 _METRIC_WORDS = {"spearman": "Spearman", "relative_error": "relative error"}
 _REFERENCE_WORDS = {"h_exact": "the exact diagonal Hessian h", "h_hutchinson": "the Hutchinson estimate of h"}
 _MAX_SNAPSHOT_ROWS = 30
+_MANY_LAYERS = 10  # above this, per-layer agreement is one compact row per layer
 
 
 def _yes_no(value: Any) -> str:
@@ -261,13 +262,14 @@ def agreement_section(metrics: Mapping[str, Any]) -> list[Block]:
         "next to what a constant scores."))
     estimate, constant = overall["estimate"], overall["constant"]
     verdict = overall.get("beats_constant") or {}
+    pair = (estimate["relative_error"], constant["relative_error"])
+    digits = distinguishing_digits(pair)
+    versus = f"({num(pair[0], digits)} vs {num(pair[1], digits)})"
     if verdict.get("relative_error") is not True:
         sentence = (strong(f"The estimate does not beat the {constant_name}"),
-                    text(f" on relative error over all coordinates ({num(estimate['relative_error'])} vs "
-                         f"{num(constant['relative_error'])})."))
+                    text(f" on relative error over all coordinates {versus}."))
     else:
-        sentence = (text(f"The estimate beats the {constant_name} on relative error over all coordinates "
-                         f"({num(estimate['relative_error'])} vs {num(constant['relative_error'])})."),)
+        sentence = (text(f"The estimate beats the {constant_name} on relative error over all coordinates {versus}."),)
     lost = (overall.get("beats_constant_summary") or {}).get("lost_on") or []
     words = {m: label.split(" (")[0] for m, label, _ in _METRIC_ROWS}
     if lost:
@@ -291,21 +293,30 @@ def agreement_section(metrics: Mapping[str, Any]) -> list[Block]:
                           f"{len(entries)} snapshots."),)
     blocks.append(Paragraph(sentence))
 
-    rows = []
-    for name, entry in [("all coordinates", overall), *layers.items()]:
-        n = get(entry, "estimate", "n")
-        label = f"{name} ({count(n)})"
-        for i, (metric, words_, fmt) in enumerate(_METRIC_ROWS):
-            rows.append((label if i == 0 else "", words_,
-                         fmt(get(entry, "estimate", metric)), fmt(get(entry, "constant", metric)),
-                         fmt(get(entry, "previous_h", metric)),
-                         _yes_no(get(entry, "beats_constant", metric)),
-                         _yes_no(get(entry, "beats_previous_h", metric))))
-    blocks.append(Table(("Layer (coordinates)", "Metric", "a (estimate)", constant_name, "previous h",
-                         "a beats constant", "a beats previous h"), tuple(rows),
-                        align=("l", "l", "r", "r", "r", "r", "r"),
-                        caption=f"Agreement at step {step}; the constant has no ranks, so its Spearman is "
-                                "undefined and a beats it when its own Spearman is above 0."))
+    caption = (f"Agreement at step {step}; the constant has no ranks, so its Spearman is undefined and a beats it "
+               "when its own Spearman is above 0.")
+    header = ("Layer (coordinates)", "Metric", "a (estimate)", constant_name, "previous h", "a beats constant",
+              "a beats previous h")
+    long_entries = [("all coordinates", overall)] + (list(layers.items()) if len(layers) <= _MANY_LAYERS else [])
+    blocks.append(Table(header, tuple(_agreement_rows(long_entries)), align=("l", "l", "r", "r", "r", "r", "r"),
+                        caption=caption))
+    if len(layers) > _MANY_LAYERS:
+        rows = []
+        for name, entry in layers.items():
+            cells = [f"{name} ({count(get(entry, 'estimate', 'n'))})"]
+            for metric, kinds, fmt in (("relative_error", ("estimate", "constant", "previous_h"), num),
+                                       ("cosine", ("estimate", "constant", "previous_h"), num),
+                                       ("spearman", ("estimate", "previous_h"), num),
+                                       ("sign_agreement", ("estimate", "constant", "previous_h"), pct)):
+                values = [get(entry, kind, metric) for kind in kinds]
+                digits = distinguishing_digits(values, fmt)
+                cells += [fmt(v, digits) for v in values]
+            rows.append((*cells, _yes_no(get(entry, "beats_constant", "relative_error"))))
+        blocks.append(Table(("Layer (coordinates)", "rel. error a", "const.", "prev. h", "cosine a", "const.",
+                             "prev. h", "Spearman a", "prev. h", "sign agr. a", "const.", "prev. h",
+                             "a beats const. (rel. error)"), tuple(rows),
+                            caption=f"Per layer at step {step} ({len(layers)} layers, one row each; const. = the "
+                                    f"{constant_name})."))
 
     hutchinson = get(block, "hutchinson_vs_exact", "final")
     if hutchinson:
@@ -324,6 +335,19 @@ def agreement_section(metrics: Mapping[str, Any]) -> list[Block]:
             f"of ||h|| (median SE/|h| {num(noise.get('median_se_over_abs_h'))}, "
             f"{_plural(noise.get('samples'), 'sample')}); agreement below that level cannot be resolved."))
     return blocks
+
+
+def _agreement_rows(entries: Sequence[tuple[str, Mapping[str, Any]]]) -> list[tuple[str, ...]]:
+    rows = []
+    for name, entry in entries:
+        label = f"{name} ({count(get(entry, 'estimate', 'n'))})"
+        for i, (metric, words, fmt) in enumerate(_METRIC_ROWS):
+            values = [get(entry, kind, metric) for kind in ("estimate", "constant", "previous_h")]
+            digits = distinguishing_digits(values, fmt)
+            rows.append((label if i == 0 else "", words, *(fmt(v, digits) for v in values),
+                         _yes_no(get(entry, "beats_constant", metric)),
+                         _yes_no(get(entry, "beats_previous_h", metric))))
+    return rows
 
 
 def movement_section(metrics: Mapping[str, Any]) -> list[Block]:

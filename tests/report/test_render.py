@@ -16,7 +16,7 @@ from arturo_diag.report import render as render_module
 from arturo_diag.report import sections
 from arturo_diag.report.document import Bullets, Heading, Paragraph, Table, code, strong, text, to_html, to_markdown
 from arturo_diag.report.figures import FIGURES, FigureSpec
-from arturo_diag.report.format import count, num, pct
+from arturo_diag.report.format import count, distinguishing_digits, num, pct
 
 FIGURE_NAMES = [spec.name for spec in FIGURES]
 SECTIONS = ["Settings", "Findings", "Agreement", "Movement", "Calibration", "Lag", "Trust region", "Health",
@@ -216,6 +216,16 @@ def test_hutchinson_reference_is_reported_with_its_noise(make_record):
     assert "Reference h: a Hutchinson estimate (8 samples)." in title
 
 
+def test_many_layers_get_one_compact_agreement_row_each(make_record):
+    parameters = {f"layers.{i}.weight": (3,) for i in range(12)}
+    metrics = analyze_record(make_record(parameters=parameters))
+    agreement = to_markdown(sections.agreement_section(metrics))
+    assert agreement.count("| all coordinates (36) |") == 1
+    for i in range(12):
+        assert agreement.count(f"| layers.{i} (3) |") == 1
+    assert "12 layers, one row each" in agreement
+
+
 # ---------------------------------------------------------------------------- format/document
 def test_numbers_have_three_significant_digits_and_shares_are_percentages():
     assert [num(x) for x in (6030.85, 0.08871, 7.0, 1.5e-6, 9.996, -7.584, 0.0)] == \
@@ -224,6 +234,8 @@ def test_numbers_have_three_significant_digits_and_shares_are_percentages():
     assert [pct(x) for x in (0, 1, 0.0004, 0.9996, 0.629, 0.05432)] == ["0%", "100%", "<0.1%", ">99.9%",
                                                                          "62.9%", "5.43%"]
     assert count(3658) == "3,658" and count(float("nan")) == "n/a"
+    assert distinguishing_digits([7.22141, 7.22139, 0.5]) == 6 and distinguishing_digits([7.58, 7.22]) == 3
+    assert distinguishing_digits([0.17401, 0.17412], pct) == 4
 
 
 def test_markdown_and_html_render_the_same_blocks_safely():
