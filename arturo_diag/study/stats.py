@@ -13,7 +13,7 @@ Pure functions on plain numbers. Conventions:
   carries that floor (``wilcoxon_min_p``) so a report can say so.
 - Degenerate cases give NaN with a ``note``, never an exception: fewer than 2 pairs; every
   difference zero (identical results: nothing to test); every difference the same non-zero value
-  (zero spread: the t statistic and ``d_z`` are infinite, reported as NaN with the note).
+  up to rounding (zero spread: the t statistic and ``d_z`` are infinite, reported as NaN with the note).
 """
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def paired_comparison(variant: Mapping[Any, float], reference: Mapping[Any, floa
     if nonzero == 0:
         out["note"] = "; ".join(notes + ["identical in every seed: nothing to test"])
         return out
-    if summary["sd"] == 0.0:
+    if summary["sd"] <= 1e-9 * float(np.max(np.abs(d))):  # zero up to rounding (0.1 = 1.1 - 1.0 or 2.1 - 2.0)
         out["note"] = "; ".join(notes + ["the same difference in every seed (zero spread): t and d_z undefined"])
     else:
         with warnings.catch_warnings():
