@@ -94,8 +94,10 @@ def agreement(a: Any, h: Any, *, a_ranks: np.ndarray | None = None,
             ``a = 0`` scores.
         cosine: ``<a,h> / (||a|| ||h||)`` (NaN if either is zero).
         spearman: rank correlation (NaN if either is constant).
-        sign_agreement: share of coordinates with ``sign(a) == sign(h)``, where the sign of 0 is 0:
-            a zero matches only a zero.
+        sign_agreement: share of the coordinates with ``h != 0`` where ``sign(a) == sign(h)``
+            (``a == 0`` matches neither sign). Coordinates with ``h == 0`` have no sign to agree
+            with and are left out (counted in ``n_zero_h``): with many exact zeros in ``h``
+            (dead ReLUs, padding-only taps) counting them would measure the zeros, not the signs.
         log_ratio_q05 ... log_ratio_q95: quantiles of ``log10(|a|/|h|)`` over the coordinates where
             neither is zero (0 means the right magnitude, 1 ten times too large);
         log_ratio_abs_median: median of ``|log10(|a|/|h|)|``, the typical error in orders of
@@ -116,7 +118,8 @@ def agreement(a: Any, h: Any, *, a_ranks: np.ndarray | None = None,
     norm_a = float(np.linalg.norm(a))
     relative_error = float(np.linalg.norm(a - h)) / norm_h if norm_h > 0 else math.nan
     cosine = float(np.dot(a, h)) / (norm_a * norm_h) if norm_a > 0 and norm_h > 0 else math.nan
-    sign_agreement = float(np.mean(np.sign(a) == np.sign(h))) if n else math.nan
+    signed = h != 0
+    sign_agreement = float(np.mean(np.sign(a[signed]) == np.sign(h[signed]))) if np.any(signed) else math.nan
 
     usable = (a != 0) & (h != 0)
     log_ratio = np.log10(np.abs(a[usable])) - np.log10(np.abs(h[usable]))

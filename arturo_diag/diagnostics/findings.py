@@ -171,10 +171,18 @@ def _movement(out: _Findings, metrics: Mapping[str, Any]) -> None:
     overall = final["overall"]
     share, median = overall["never_left_share"], overall["median_relative_move"]
     prior = overall.get("prior", 0.1)
-    span = f"a's 1-99% range is [{_num(overall['a_q01'])}, {_num(overall['a_q99'])}]"
+    a_range = f"[{_num(overall['a_q01'])}, {_num(overall['a_q99'])}]"
+    span = f"a's 1-99% range is {a_range}"
     scale = overall.get("scale_relative_move")
     tiny_scale = _is_number(scale) and scale < 0.1
-    if tiny_scale and not (_is_number(share) and share >= 0.1):
+    spread = overall.get("log_spread_ratio")
+    if _is_number(spread) and spread < 0.1 and not (_is_number(share) and share >= 0.1):
+        out.add("movement", "warning",
+                f"a stayed near its prior {prior:g}: at step {final['step']} its 1-99% range spans "
+                f"{_num(overall['spread_decades_a'])} decades ({a_range}) while |h| "
+                f"spans {_num(overall['spread_decades_h'])} decades; single coordinates moved (median |a-{prior:g}|/|h| "
+                f"{_num(median)}), but a does not follow h's range.")
+    elif tiny_scale and not (_is_number(share) and share >= 0.1):
         out.add("movement", "warning",
                 f"a barely moved on the scale of h: the median |a-{prior:g}| is {_num(scale)} times the median |h| "
                 f"at step {final['step']}; {span} while h's is [{_num(overall.get('h_q01'))}, "
@@ -273,6 +281,8 @@ def _trust_region(out: _Findings, metrics: Mapping[str, Any]) -> None:
         start, end = frozen["kl_ratio_start"], frozen["kl_ratio_end"]
         if _is_number(start) and _is_number(end) and end < start:
             kl_words = f"while K/eps fell to {_num(frozen['kl_ratio_min'])}"
+            if _is_number(frozen.get("kl_ratio_max")) and frozen["kl_ratio_max"] > 1.1:
+                kl_words += f" (and rose to {_num(frozen['kl_ratio_max'])}: the frozen eta neither tracked the bound down nor up)"
         else:
             kl_words = f"while K/eps ranged from {_num(frozen['kl_ratio_min'])} to {_num(frozen['kl_ratio_max'])}"
         total = tr["frozen_runs"]["total_steps"]

@@ -37,6 +37,10 @@ def movement(a: Any, h: Any, *, prior: float = INITIAL_CURVATURE, h_floor: float
         scale_relative_move: ``median |a - prior| / median |h|`` (``h != 0``): the move against the
             typical size of ``h``. The per-coordinate median above is dominated by the many tiny
             ``|h|``; this one says whether ``a`` moved on the scale of the curvature at all.
+        spread_decades_a, spread_decades_h: width in decades of the 1-99 % range of ``log10|a|`` and
+            of ``log10|h|`` (zeros left out); log_spread_ratio: their ratio. An estimate that tracks
+            ``h`` must spread over about as many decades as ``h``; one that stays near 0.1 while ``h``
+            spans many decades has a ratio near 0, however far single coordinates moved.
         n, n_h_zero, n_nonfinite: coordinates used, with ``h == 0``, dropped as non-finite.
     """
     a = np.asarray(a, dtype=np.float64).reshape(-1)
@@ -58,6 +62,8 @@ def movement(a: Any, h: Any, *, prior: float = INITIAL_CURVATURE, h_floor: float
     else:
         q01 = q50 = q99 = h01 = h99 = math.nan
     typical_h = float(np.median(abs_h[nonzero])) if np.any(nonzero) else math.nan
+    spread_a = _decades(np.abs(a))
+    spread_h = _decades(abs_h)
     return {
         "n": n,
         "median_relative_move": float(np.median(relative)) if relative.size else math.nan,
@@ -67,8 +73,20 @@ def movement(a: Any, h: Any, *, prior: float = INITIAL_CURVATURE, h_floor: float
         "a_q99": q99,
         "h_q01": h01,
         "h_q99": h99,
+        "spread_decades_a": spread_a,
+        "spread_decades_h": spread_h,
+        "log_spread_ratio": spread_a / spread_h if spread_h > 0 else math.nan,
         "scale_relative_move": (float(np.median(move)) / typical_h) if n and typical_h > 0 else math.nan,
         "n_h_zero": int(n - np.count_nonzero(nonzero)),
         "n_nonfinite": n_nonfinite,
         "prior": float(prior),
     }
+
+
+def _decades(magnitudes: np.ndarray) -> float:
+    """Width of the 1-99 % range of ``log10`` of the non-zero magnitudes (NaN with fewer than two)."""
+    positive = magnitudes[magnitudes > 0]
+    if positive.size < 2:
+        return math.nan
+    lo, hi = np.quantile(np.log10(positive), (0.01, 0.99))
+    return float(hi - lo)

@@ -36,8 +36,11 @@ def test_agreement_with_zeros_and_signs_by_hand():
     result = agreement(a, h)
     assert result["relative_error"] == pytest.approx(math.sqrt(12 / 5), rel=1e-14)
     assert result["cosine"] == pytest.approx(7 / math.sqrt(105), rel=1e-14)
-    # signs [0,-1,1,1] vs [0,1,0,1]: a zero matches only a zero -> coordinates 0 and 3 agree
+    # h != 0 at coordinates 1 and 3: signs -1 vs 1 (disagree), 1 vs 1 (agree)
     assert result["sign_agreement"] == 0.5
+    # a zero in a never matches a sign; zeros of h are left out
+    assert agreement([0.0, 1.0, 1.0], [1.0, 1.0, 0.0])["sign_agreement"] == 0.5
+    assert math.isnan(agreement([1.0, 2.0], [0.0, 0.0])["sign_agreement"])
     # ranks [2,1,3,4] vs [1.5,3,1.5,4] -> 1.5 / sqrt(5 * 4.5)
     assert result["spearman"] == pytest.approx(1 / math.sqrt(10), rel=1e-12)
     # only coordinates 1 (ratio 1) and 3 (ratio 2) have both non-zero

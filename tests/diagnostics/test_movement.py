@@ -44,3 +44,21 @@ def test_findings_warn_when_a_did_not_move_on_the_scale_of_h():
     texts = [f["text"] for f in findings({"movement": {"final": {"step": 7, "overall": overall}}})
              if f["topic"] == "movement"]
     assert texts and texts[0].startswith("a barely moved on the scale of h")
+
+
+def test_log_spread_by_hand_and_its_finding():
+    from arturo_diag.diagnostics.findings import findings
+
+    # log10|h| = [-4, -2, 0, 1]: linear quantiles at positions 0.03 and 2.97 -> -3.94 and 0.97
+    a = [0.12, 0.13, 0.125, 0.14]  # every coordinate moved by more than 1e-3 |h|
+    h = [1e-4, -1e-2, 1.0, 10.0]
+    result = movement(a, h)
+    assert result["never_left_share"] == 0.0
+    assert result["spread_decades_h"] == pytest.approx(4.91, rel=1e-12)
+    assert result["spread_decades_a"] == pytest.approx(
+        (math.log10(0.13) + 0.97 * (math.log10(0.14) - math.log10(0.13)))
+        - (math.log10(0.12) + 0.03 * (math.log10(0.125) - math.log10(0.12))), rel=1e-12)
+    assert result["log_spread_ratio"] < 0.02
+    texts = [f["text"] for f in findings({"movement": {"final": {"step": 3, "overall": result}}})
+             if f["topic"] == "movement"]
+    assert texts[0].startswith("a stayed near its prior 0.1")
