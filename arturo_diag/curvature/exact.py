@@ -219,22 +219,22 @@ def _hvp_diagonal(problem: LossOfParameters, chunk_size: int) -> dict[str, Tenso
     diagonal = torch.empty(total, dtype=like.dtype, device=like.device)
     for start in range(0, total, chunk_size):
         stop = min(start + chunk_size, total)
-        rows = torch.arange(stop - start, device=like.device)
-        one_hot = torch.zeros(stop - start, total, dtype=like.dtype, device=like.device)
-        one_hot[rows, rows + start] = 1
-        tangents = tuple(
-            t.view(stop - start, *p.shape) for t, p in zip(one_hot.split(sizes, dim=1), params)
-        )
-        products = hessian_times(tangents)
-        del one_hot, tangents
-        # Only the parameters the chunk's one-hot vectors fall into hold diagonal entries.
-        offset = 0
-        for product, size in zip(products, sizes):
+        count = stop - start
+        # e_start .. e_{stop-1}, cut per parameter; each piece contiguous, count x P in all.
+        tangents, hits, offset = [], [], 0
+        for p, size in zip(params, sizes):
+            piece = torch.zeros(count, size, dtype=like.dtype, device=like.device)
             lo, hi = max(start, offset), min(stop, offset + size)
             if lo < hi:
-                flat = product.reshape(stop - start, size)
                 idx = torch.arange(lo, hi, device=like.device)
-                diagonal[lo:hi] = flat[idx - start, idx - offset]
+                piece[idx - start, idx - offset] = 1
+                hits.append((len(tangents), idx, offset))
+            tangents.append(piece.view(count, *p.shape))
             offset += size
+        products = hessian_times(tuple(tangents))
+        del tangents
+        for which, idx, offset in hits:
+            flat = products[which].reshape(count, -1)
+            diagonal[idx] = flat[idx - start, idx - offset]
         del products
     return split_like(diagonal, names, params)

@@ -102,18 +102,25 @@ def hutchinson_diagonal(
     for start in range(0, samples, chunk_size):
         count = min(chunk_size, samples - start)
         # One draw per probe: the stream, hence the result, does not depend on chunk_size.
-        probes = torch.stack(
+        draws = torch.stack(
             [
                 torch.randint(0, 2, (total,), generator=generator, device=draw_device,
                               dtype=torch.int8)
                 for _ in range(count)
             ]
-        ).to(device=like.device, dtype=like.dtype).mul_(2).sub_(1)  # fmt: skip
-        tangents = tuple(
-            t.view(count, *p.shape) for t, p in zip(probes.split(sizes, dim=1), params)
+        ).to(like.device)  # fmt: skip
+        # z = 2 * draw - 1, cut per parameter into contiguous (count, *shape) tangents
+        tangents, offset = [], 0
+        for p, size in zip(params, sizes):
+            z = torch.empty(count, size, dtype=like.dtype, device=like.device)
+            z.copy_(draws[:, offset : offset + size]).mul_(2).sub_(1)
+            tangents.append(z.view(count, *p.shape))
+            offset += size
+        del draws
+        products = hessian_times(tuple(tangents))
+        terms = torch.cat(
+            [(z * h).reshape(count, -1) for z, h in zip(tangents, products)], dim=1
         )
-        products = hessian_times(tangents)
-        terms = probes.mul_(torch.cat([h.reshape(count, -1) for h in products], dim=1))
         del tangents, products
         if shift is None:
             shift = terms.mean(0)
