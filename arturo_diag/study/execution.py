@@ -85,11 +85,16 @@ def default_workers() -> int:
     return max(1, min(2, cpus))
 
 
+# Where a run and its data live: not part of what a run computes, so moving them redoes nothing.
+_LOCATIONS = ("out", "data_dir")
+
+
 def _expected_config(spec: RunSpec) -> dict[str, Any]:
     from arturo_diag.training.config import config_to_toml
 
     data = tomllib.loads(config_to_toml(spec.config.resolved()))
-    data.get("run", {}).pop("out", None)
+    for key in _LOCATIONS:
+        data.get("run", {}).pop(key, None)
     return data
 
 
@@ -97,8 +102,8 @@ def run_status(spec: RunSpec) -> tuple[str, str]:
     """Where a run of the grid stands: ``("complete" | "failed" | "stale" | "incomplete" | "missing", detail)``.
 
     ``complete`` only if its record loads as complete and its config.toml is the config the
-    study asks for (the run directory may be moved: ``out`` is not compared). ``stale``: a complete
-    record made with another config (the study changed since).
+    study asks for (the run and data directories may move: ``out`` and ``data_dir`` are not
+    compared). ``stale``: a complete record made with another config (the study changed since).
     """
     from arturo_diag.diagnostics.record import RunRecord
 
@@ -120,7 +125,7 @@ def run_status(spec: RunSpec) -> tuple[str, str]:
     if not record.complete:
         return "incomplete", f"status {record.status}"
     config = dict(record.config)
-    config["run"] = {k: v for k, v in (config.get("run") or {}).items() if k != "out"}
+    config["run"] = {k: v for k, v in (config.get("run") or {}).items() if k not in _LOCATIONS}
     if config != _expected_config(spec):
         return "stale", "made with another config"
     return "complete", ""

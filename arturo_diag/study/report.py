@@ -199,6 +199,12 @@ def _mean_pm(summary: dict[str, Any], scale: float = 1.0, digits: int = 2) -> st
     return f"{mean:.{digits}f} ± {half:.{digits}f}" if math.isfinite(half) else f"{mean:.{digits}f}"
 
 
+def _optimizer_label(variant: str) -> str:
+    """The paper's row names: arTuRO, SGD, Adam; ablations as 'arTuRO, <variant>'."""
+    labels = {"faithful": "arTuRO", "sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
+    return labels.get(variant, f"arTuRO, {variant}")
+
+
 _FIGURE_CAPTIONS = {
     "curves": "Learning curves: mean over seeds, band = 95 % t interval (dashed: baselines).",
     "eta": "eta per step, median over seeds per arTuRO variant (log scale).",
@@ -247,8 +253,8 @@ def _blocks(data: StudyData, summary: dict[str, Any], findings: list[dict[str, s
         blocks.append(("h3", "Test accuracy (the paper's table)"))
         rows = []
         for row in block["paper_table"]:
-            rows.append([row["optimizer"], _pct(row["test_accuracy_percent"]), _pct(row["half_width_percent"]),
-                         str(row["n"]), _pct(row["paper_percent"])])
+            rows.append([_optimizer_label(row["optimizer"]), _pct(row["test_accuracy_percent"]),
+                         _pct(row["half_width_percent"]), str(row["n"]), _pct(row["paper_percent"])])
         header = ["optimizer", "test accuracy (%)", "± 95 % CI", "seeds", "paper (%)"]
         blocks.append(("table", header, rows))
         if block["paper"]:

@@ -36,6 +36,8 @@ def test_rerun_skips_finished_runs_and_redoes_stale_ones(tmp_path):
     assert [o.status for o in again.outcomes] == ["skipped"] * 4
     assert manifest_times(tmp_path) == before  # nothing was rewritten
 
+    moved = with_overrides(study, data_dir=str(tmp_path / "elsewhere"))  # where the data lives is not a change
+    assert {run_status(spec)[0] for spec in expand_grid(moved, tmp_path)} == {"complete"}
     longer = with_overrides(study, max_steps=3)  # another config: the old records are stale
     assert {run_status(spec)[0] for spec in expand_grid(longer, tmp_path)} == {"stale"}
     redone = run_study(longer, tmp_path, workers=0, render=False)

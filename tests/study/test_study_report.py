@@ -128,7 +128,8 @@ def test_tables_and_documents(rendered):
     assert list(curves.columns) == list(CURVE_COLUMNS) and len(curves) == 25 * 2
     markdown = rendered.markdown.read_text()
     assert "| optimizer | test accuracy (%) | ± 95 % CI | seeds | paper (%) |" in markdown
-    assert f"| faithful | {100 * np.mean(FAITHFUL):.2f} |" in markdown
+    assert f"| arTuRO | {100 * np.mean(FAITHFUL):.2f} |" in markdown
+    assert f"| arTuRO, fixed-eta:1.0 | {100 * np.mean(FIXED):.2f} |" in markdown and "| SGD | " in markdown
     assert "![Learning curves" in markdown and (rendered.study_dir / "figures" / "fmnist_curves.png").is_file()
     html = rendered.html.read_text()
     assert html.count("data:image/png;base64,") == 3  # curves, eta, accuracy: embedded
