@@ -15,7 +15,7 @@ Targets (issue 4): "ggn" on the Fashion-MNIST CNN faster than BackPACK's DiagHes
 < 1.0) and equal to it within 1e-10 in float64; Hutchinson <= 2 gradients per probe with 8 or
 more probes batched; "hvp" memory bounded by chunk_size.
 
-    python bench/curvature.py [--repeats 5] [--threads 2]
+    python bench/curvature.py [--repeats 7] [--threads 2]
 """
 from __future__ import annotations
 
@@ -222,7 +222,7 @@ def agreement(label: str, build: Callable[[], nn.Module], x, y, with_hvp: bool, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

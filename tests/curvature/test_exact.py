@@ -311,3 +311,28 @@ def test_errors_belong_to_the_project_family():
     assert issubclass(GGNNotExactError, CurvatureError)
     assert issubclass(CurvatureError, ArturoDiagError)
     assert issubclass(CurvatureError, ValueError)
+
+
+def test_hvp_works_in_chunks_of_at_most_chunk_size_one_hot_vectors(monkeypatch):
+    import arturo_diag.curvature.exact as exact
+
+    seen = []
+    original = exact.batched_hvp
+
+    def recording(loss, params):
+        products = original(loss, params)
+
+        def run(tangents):
+            seen.append(tangents[0].shape[0])
+            return products(tangents)
+
+        return run
+
+    monkeypatch.setattr(exact, "batched_hvp", recording)
+    model = mlp(1).eval()
+    x, y = batch((4,), classes=3)
+    total = sum(p.numel() for p in model.parameters())
+    assert total == 64
+    result = exact_diagonal(model, nn.CrossEntropyLoss(), x, y, "hvp", chunk_size=10)
+    assert seen == [10] * 6 + [4]  # memory per call: chunk_size x P, never P x P
+    assert_same_diagonal(result, brute_force_diagonal(model, nn.CrossEntropyLoss(), x, y))
