@@ -29,7 +29,7 @@ REFERENCE_VARIANT = "faithful"
 RUN_COLUMNS = (
     "setup", "variant", "family", "seed", "status", "run_dir", "steps", "epochs",
     "test_accuracy", "test_loss", "train_loss", "train_accuracy", "best_test_accuracy",
-    "eta_final", "eta_median", "dual_iterations_mean", "kl_ratio_median",
+    "eta_final", "eta_median", "dual_iterations_mean", "kl_ratio_median", "guard_acted",
     "snapshot_step", "agreement_relative_error", "constant_relative_error", "agreement_spearman",
     "beats_constant", "calibration_coverage", "calibration_sharpness", "num_classes", "error",
 )
@@ -139,6 +139,7 @@ def collect(study_dir: str | Path) -> StudyData:
                 row["eta_median"] = float(eta.median())
                 row["dual_iterations_mean"] = float(_series(steps, "iterations").mean())
                 row["kl_ratio_median"] = float(_series(steps, "kl_ratio").median())
+                row["guard_acted"] = float(_series(steps, "guard_acted").fillna(0).sum())
                 eta_frames.append(pd.DataFrame({"setup": spec.setup, "variant": spec.variant.name, "seed": spec.seed,
                                                 "step": _series(steps, "step").astype("int64"), "eta": eta,
                                                 "kl_bound": _series(steps, "kl_bound")}))

@@ -123,6 +123,14 @@ def study_findings(data: StudyData, summary: dict[str, Any]) -> list[dict[str, s
             if diverged:
                 out.append(_finding(f"{prefix}{variant.name}: non-finite final test loss in {diverged} of {len(done)} "
                                     "seeds (diverged).", "outcome", "warning"))
+            if variant.kind == "guarded":
+                acted = pd.to_numeric(done.guard_acted, errors="coerce")
+                if acted.notna().all() and (acted == 0).all():
+                    out.append(_finding(f"{prefix}guarded: the guard never acted (no curvature estimate below 0 at any "
+                                        "step of any seed), so it equals faithful by construction.", "variant"))
+                elif acted.notna().any():
+                    out.append(_finding(f"{prefix}guarded: the guard clamped {int(acted.sum())} coordinate-steps of "
+                                        f"negative curvature in {int((acted > 0).sum())} of {len(done)} seeds.", "variant"))
             if variant.kind == "fixed-eta":
                 iterations = pd.to_numeric(done.dual_iterations_mean, errors="coerce")
                 trace = data.eta[(data.eta.setup == setup.name) & (data.eta.variant == variant.name)]["eta"]

@@ -10,6 +10,8 @@ import pytest
 
 from arturo_diag.diagnostics.record import RunRecord
 from arturo_diag.study import load_baselines, run_study, study_from_mapping
+from arturo_diag.study.aggregate import collect, summarize
+from arturo_diag.study.findings import study_findings
 
 SETUP = {"model": "mlp", "dataset": "teacher", "steps": 8, "batch_size": 64, "train_size": 64, "probe_size": 64,
          "every": 1, "reference": "exact", "oracle_every": 1, "dtype": "float64", "weight_decay": 0.0, "samples": 16}
@@ -132,3 +134,6 @@ def test_guarded_clamps_exactly_the_negative_curvature_estimates(tmp_path):
     assert guarded.steps["guard_acted"].tolist() == negatives(guarded)
     assert (faithful.steps["guard_acted"] == 0).all()
     assert guarded.manifest["optimizer"]["guard"] is True and faithful.manifest["optimizer"]["guard"] is False
+    data = collect(tmp_path)
+    texts = [f["text"] for f in study_findings(data, summarize(data))]
+    assert f"guarded: the guard clamped {sum(negatives(guarded))} coordinate-steps of negative curvature in 1 of 1 seeds." in texts
