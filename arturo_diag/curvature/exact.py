@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from arturo_diag.curvature.errors import CurvatureError, GGNNotExactError
 from arturo_diag.curvature.ggn import ggn_diagonal
-from arturo_diag.curvature.hvp import batched_hvp
+from arturo_diag.curvature.hvp import batched_hvp, hvp_chunk_size
 from arturo_diag.curvature.functional import LossOfParameters, loss_of_parameters
 from arturo_diag.curvature.result import DiagonalHessian, split_like
 
@@ -61,7 +61,6 @@ _BATCH_NORMS = frozenset({nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d})
 # Containers whose forward is plain composition, or that have no forward at all.
 _CONTAINERS = frozenset({nn.Sequential, nn.ModuleList, nn.ModuleDict})
 
-_DEFAULT_HVP_CHUNK = 64
 
 
 def exact_diagonal(
@@ -88,8 +87,8 @@ def exact_diagonal(
             applies, otherwise "hvp").
         train: evaluate the model in train mode (default: eval mode; the model's own mode is
             restored afterwards).
-        chunk_size: "hvp": one-hot vectors per vmap call (default 64); memory grows linearly in
-            it. "ggn": samples per vmap call (default: as many as keep chunk * columns * P under
+        chunk_size: "hvp": one-hot vectors per vmap call (default: as many as fit about 1 GiB,
+            see :func:`arturo_diag.curvature.hvp.hvp_chunk_size`); memory grows linearly in it. "ggn": samples per vmap call (default: as many as keep chunk * columns * P under
             2**25 numbers).
 
     Returns:
@@ -115,7 +114,9 @@ def exact_diagonal(
             if method == "ggn":
                 raise
             note = f"ggn refused: {refusal}"
-    values = _hvp_diagonal(problem, chunk_size or _DEFAULT_HVP_CHUNK)
+    total = sum(p.numel() for p in problem.params)
+    chunk = chunk_size or hvp_chunk_size(problem.loss, problem.params, total)
+    values = _hvp_diagonal(problem, chunk)
     return DiagonalHessian(values, "hvp", note=note)
 
 

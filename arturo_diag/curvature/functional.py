@@ -29,7 +29,13 @@ from torch.func import functional_call
 
 from arturo_diag.curvature.errors import CurvatureError
 
-__all__ = ["LossOfParameters", "ParameterLoss", "evaluation_mode", "loss_of_parameters"]
+__all__ = [
+    "LossOfParameters",
+    "ParameterLoss",
+    "activation_elements",
+    "evaluation_mode",
+    "loss_of_parameters",
+]
 
 _BATCH_NORM = (nn.modules.batchnorm._BatchNorm,)
 
@@ -188,3 +194,33 @@ def _as_batch(what: str, x: Any, device: torch.device, dtype: torch.dtype) -> Te
 
 def _is_active_dropout(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0
+
+
+def activation_elements(loss: ParameterLoss, params: tuple[Tensor, ...]) -> dict[int, int]:
+    """Numbers each leaf module outputs for ONE sample of the probe batch, keyed by ``id(module)``.
+
+    One forward pass on the first sample, in eval mode and without grad; used to size chunks to a
+    memory budget.
+    """
+    sizes: dict[int, int] = {}
+
+    def record(module: nn.Module):
+        def hook(_module: nn.Module, _args: tuple, output: Any) -> None:
+            outputs = output if isinstance(output, (tuple, list)) else (output,)
+            count = sum(o[0].numel() for o in outputs if isinstance(o, Tensor) and o.dim() > 0)
+            sizes[id(module)] = sizes.get(id(module), 0) + count
+
+        return hook
+
+    leaves = [m for m in loss.model.modules() if not any(True for _ in m.children())]
+    hooks = [m.register_forward_hook(record(m)) for m in leaves]
+    state = dict(zip(loss.names, params))
+    state.update(loss.constants)
+    try:
+        # eval mode: the sizes are the same, and batch norm accepts a single sample
+        with torch.no_grad(), evaluation_mode(loss.model, False):
+            functional_call(loss.model, state, (loss.inputs[:1],))
+    finally:
+        for h in hooks:
+            h.remove()
+    return sizes

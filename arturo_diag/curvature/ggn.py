@@ -35,7 +35,11 @@ from torch import Tensor, nn
 from torch.func import vjp, vmap
 
 from arturo_diag.curvature.errors import CurvatureError, GGNNotExactError
-from arturo_diag.curvature.functional import LossOfParameters, evaluation_mode
+from arturo_diag.curvature.functional import (
+    LossOfParameters,
+    activation_elements,
+    evaluation_mode,
+)
 
 __all__ = ["ggn_diagonal"]
 
@@ -190,22 +194,7 @@ def _layerwise_chunk(problem: LossOfParameters, layers: dict[str, nn.Module], co
     """Samples per pass such that the recorded activations, and the layers' output gradients for
     every factor column, stay within the budget."""
     names, params, loss = problem
-    leaves = [m for m in loss.model.modules() if not any(True for _ in m.children())]
-    sizes: dict[int, int] = {}
-
-    def size_of(module: nn.Module):
-        def hook(_m: nn.Module, _i: tuple, out: Tensor) -> None:
-            sizes[id(module)] = sizes.get(id(module), 0) + out[0].numel()
-
-        return hook
-
-    hooks = [m.register_forward_hook(size_of(m)) for m in leaves]
-    try:
-        with torch.no_grad():
-            loss.outputs(params, loss.inputs[:1])
-    finally:
-        for h in hooks:
-            h.remove()
+    sizes = activation_elements(loss, params)
     activations = sum(sizes.values())
     gradients = columns * sum(sizes.get(id(m), 0) for m in layers.values())
     return max(1, _LAYERWISE_CHUNK_ELEMENTS // max(1, 2 * activations + gradients))

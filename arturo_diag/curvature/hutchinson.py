@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 
 from arturo_diag.curvature.errors import CurvatureError
-from arturo_diag.curvature.hvp import batched_hvp
+from arturo_diag.curvature.hvp import batched_hvp, hvp_chunk_size
 from arturo_diag.curvature.functional import loss_of_parameters
 from arturo_diag.curvature.result import DiagonalHessian, split_like
 
@@ -63,7 +63,9 @@ def hutchinson_diagonal(
             whatever ``chunk_size``. Probes are drawn on the generator's device, in probe order,
             then moved to the parameters' device and dtype. ``None`` uses torch's global
             generator on the CPU.
-        chunk_size: probes per vmap call (default: all ``samples``); each probe's
+        chunk_size: probes per vmap call (default: all ``samples``, or fewer if their
+            tangents would need more than about 1 GiB, see
+            :func:`arturo_diag.curvature.hvp.hvp_chunk_size`); each probe's
             Hessian-vector product is taken forward-over-reverse, and batching them shares
             the primal forward and backward pass.
 
@@ -88,7 +90,7 @@ def hutchinson_diagonal(
             f"generator: got {type(generator).__name__}; allowed: a torch.Generator or None"
         )
     names, params, loss = loss_of_parameters(model, loss_fn, inputs, targets, train=train)
-    chunk_size = min(chunk_size or samples, samples)
+    chunk_size = min(chunk_size or hvp_chunk_size(loss, params, samples), samples)
     like = params[0]
     sizes = [p.numel() for p in params]
     total = sum(sizes)

@@ -17,11 +17,16 @@ from collections.abc import Callable
 from torch import Tensor
 from torch.func import grad, jvp, vjp, vmap
 
-from arturo_diag.curvature.functional import ParameterLoss
+from arturo_diag.curvature.functional import ParameterLoss, activation_elements
 
-__all__ = ["batched_hvp"]
+__all__ = ["batched_hvp", "hvp_chunk_size"]
 
 Tangents = tuple[Tensor, ...]
+
+# Bytes one call of batched HVPs should stay within, roughly. Besides staying clear of memory
+# limits, this keeps the per-call tensors small: on CPU every tensor above glibc's mmap threshold
+# is page-faulted in afresh each time, which measured as a large part of the cost of 32 probes.
+HVP_CHUNK_BYTES = 2**30
 
 
 def batched_hvp(
@@ -53,3 +58,16 @@ def batched_hvp(
         return vmap(pullback)(tangents)[0]
 
     return products
+
+
+def hvp_chunk_size(loss: ParameterLoss, params: tuple[Tensor, ...], limit: int) -> int:
+    """How many vectors one call of :func:`batched_hvp` should take (at most ``limit``).
+
+    Each vector costs about three times the model's activations on the probe batch (its tangents
+    through the forward and the backward pass) plus two parameter-sized tensors; the chunk is
+    sized so that their sum stays within ``HVP_CHUNK_BYTES``.
+    """
+    per_sample = sum(activation_elements(loss, params).values())
+    total = sum(p.numel() for p in params)
+    per_vector = (3 * per_sample * loss.inputs.shape[0] + 2 * total) * params[0].element_size()
+    return max(1, min(limit, HVP_CHUNK_BYTES // max(1, per_vector)))
