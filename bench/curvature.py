@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from arturo_diag.curvature import exact_diagonal, hutchinson_diagonal, loss_of_parameters
-from arturo_diag.curvature.hvp import batched_hvp, hvp_chunk_size
+from arturo_diag.curvature.hvp import batched_hvp, hvp_plan
 from arturo_diag.training.data import load_digits, probe_batch
 from arturo_diag.training.models import FashionCNN, SmallCNN
 
@@ -94,11 +94,13 @@ def backpack_task(twin: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable
     return run
 
 
-def hvp_chunk_task(model: nn.Module, x, y, chunk: int, start: int = 0) -> Callable[[], None]:
+def hvp_chunk_task(
+    model: nn.Module, x, y, chunk: int, start: int = 0, batched: bool = True
+) -> Callable[[], None]:
     """One chunk of the "hvp" method: the one-hot vectors e_start .. e_{start+chunk-1}, cut per
     parameter, through one batched HVP call, as ``exact_diagonal`` runs each chunk."""
     names, params, loss = loss_of_parameters(model, LOSS, x, y)
-    products = batched_hvp(loss, params)
+    products = batched_hvp(loss, params, batched)
 
     def run() -> None:
         tangents, offset = [], 0
@@ -120,14 +122,14 @@ def max_rss_mb() -> float:
 
 
 def memory_section(model: nn.Module, x, y) -> list[str]:
-    """Peak resident memory added by one "hvp" chunk, for growing chunk sizes (run first, while
-    the process's high-water mark is still low)."""
+    """Peak resident memory added by one vmap-ed "hvp" chunk (the memory-hungrier of the two
+    ways), for growing chunk sizes (run first, while the process's high-water mark is low)."""
     lines = []
     total = sum(p.numel() for p in model.parameters())
     base = max_rss_mb()
     previous = None
     for chunk in (4, 16, 64):
-        hvp_chunk_task(model, x, y, chunk)()
+        hvp_chunk_task(model, x, y, chunk, batched=True)()
         extra = max_rss_mb() - base
         per = extra / chunk
         lines.append(f"  chunk_size {chunk:3d}: peak +{extra:7.1f} MB  ({per:5.1f} MB per one-hot vector)")
@@ -147,7 +149,8 @@ def bench_model(label: str, model: nn.Module, x, y, repeats: int, hvp_full: bool
     model.eval()
     total = sum(p.numel() for p in model.parameters())
     problem = loss_of_parameters(model, LOSS, x, y)
-    chunk = hvp_chunk_size(problem.loss, problem.params, total)  # the default of "hvp"
+    plan = hvp_plan(problem.loss, problem.params, total)  # the defaults of "hvp"
+    chunk = plan.chunk
     print(f"\n== {label}: {total:,} parameters, probe batch {x.shape[0]}, float32")
     tasks: dict[str, Callable[[], object]] = {
         "gradient": gradient_task(model, x, y),
@@ -173,7 +176,7 @@ def bench_model(label: str, model: nn.Module, x, y, repeats: int, hvp_full: bool
     hvp_tasks: dict[str, Callable[[], object]] = {"gradient": gradient_task(model, x, y)}
     if hvp_full:
         hvp_tasks["hvp"] = lambda: exact_diagonal(model, LOSS, x, y, "hvp")
-    hvp_tasks["hvp_chunk"] = hvp_chunk_task(model, x, y, chunk, start=total // 2)
+    hvp_tasks["hvp_chunk"] = hvp_chunk_task(model, x, y, chunk, total // 2, plan.batched)
     for group, group_repeats in (
         (hutchinson_tasks, repeats),
         (hvp_tasks, max(3, repeats // 2)),
@@ -193,21 +196,23 @@ def bench_model(label: str, model: nn.Module, x, y, repeats: int, hvp_full: bool
     else:
         print(f"  BackPACK DiagHessian        not run: {BACKPACK_MISSING}")
     if hvp_full:
-        print(f"  hvp exact diagonal          {ratio['hvp']:10.2f} gradients (measured, default chunk_size {chunk})")
+        print(f"  hvp exact diagonal          {ratio['hvp']:10.2f} gradients (measured, default chunk_size {chunk}, {'vmap' if plan.batched else 'loop'})")
         print(f"  hvp, estimated from a chunk {hvp_estimate:10.2f} gradients ({chunks} chunks x one chunk)")
         print(f"  ggn speed-up over hvp       {ratio['hvp'] / ratio['ggn']:10.1f}x (measured)")
     else:
         print(
             f"  hvp exact diagonal          {hvp_estimate:10.0f} gradients (ESTIMATED: {chunks:,} chunks "
-            f"of {chunk} (the default) x the median of one chunk; not run in full)"
+            f"of {chunk} (the default, {'vmap' if plan.batched else 'loop'}) x the median of one chunk; not run in full)"
         )
         print(f"  ggn speed-up over hvp       {hvp_estimate / ratio['ggn']:10.0f}x (estimated)")
     for samples, per_call in HUTCHINSON:
-        used = per_call or min(samples, hvp_chunk_size(problem.loss, problem.params, samples))
+        probe_plan = hvp_plan(problem.loss, problem.params, samples)
+        used = per_call or probe_plan.chunk
+        mode = "vmap" if probe_plan.batched else "loop"
         per_probe = ratio[f"hutchinson_{samples}_{per_call}"] / samples
         how = "default chunking" if per_call is None else "chunk_size set"
         print(
-            f"  Hutchinson, {samples:2d} probes, {used:2d} per vmap call ({how}) "
+            f"  Hutchinson, {samples:2d} probes, {used:2d} per call, {mode} ({how}) "
             f"{per_probe:6.2f} gradients per probe"
         )
     return {"ratio": ratio, "med": med, "twin": twin}
@@ -261,7 +266,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     fashion = FashionCNN()
-    print("\n== memory of one \"hvp\" chunk, Fashion-MNIST CNN, float32")
+    print("\n== memory of one vmap-ed \"hvp\" chunk, Fashion-MNIST CNN, float32")
     for line in memory_section(fashion.eval(), fashion_x, fashion_y):
         print(line)
 

@@ -10,8 +10,8 @@ This h is the reference that arTuRO's filtered curvature ``a`` (ARTURO.md, state
 arXiv 2310.20574) is compared with.
 
 "hvp" works for any twice-differentiable model: h_i = e_i^T (H e_i), with the Hessian-vector
-products taken forward-over-reverse (``jvp`` of ``grad``) and ``vmap``-ed over ``chunk_size``
-one-hot vectors at a time. Memory is O(chunk_size * P); the P x P Hessian is never built.
+products of ``chunk_size`` one-hot vectors at a time sharing one gradient graph (see
+:mod:`arturo_diag.curvature.hvp`: ``vmap``-ed for small models, looped for large ones). Memory is O(chunk_size * P); the P x P Hessian is never built.
 Time is P / chunk_size batched HVPs: fine for small models, far too slow for 10^5 parameters.
 
 "ggn" is exact only where diag(H) = diag(G), G the generalised Gauss-Newton matrix. Writing
@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from arturo_diag.curvature.errors import CurvatureError, GGNNotExactError
 from arturo_diag.curvature.ggn import ggn_diagonal
-from arturo_diag.curvature.hvp import batched_hvp, hvp_chunk_size
+from arturo_diag.curvature.hvp import batched_hvp, hvp_plan
 from arturo_diag.curvature.functional import LossOfParameters, loss_of_parameters
 from arturo_diag.curvature.result import DiagonalHessian, split_like
 
@@ -87,8 +87,8 @@ def exact_diagonal(
             applies, otherwise "hvp").
         train: evaluate the model in train mode (default: eval mode; the model's own mode is
             restored afterwards).
-        chunk_size: "hvp": one-hot vectors per vmap call (default: as many as fit about 1 GiB,
-            see :func:`arturo_diag.curvature.hvp.hvp_chunk_size`); memory grows linearly in it. "ggn": samples per vmap call (default: as many as keep chunk * columns * P under
+        chunk_size: "hvp": one-hot vectors per batched call (default: as many as fit about
+            1 GiB, see :func:`arturo_diag.curvature.hvp.hvp_plan`); memory grows linearly in it. "ggn": samples per vmap call (default: as many as keep chunk * columns * P under
             2**25 numbers).
 
     Returns:
@@ -115,8 +115,8 @@ def exact_diagonal(
                 raise
             note = f"ggn refused: {refusal}"
     total = sum(p.numel() for p in problem.params)
-    chunk = chunk_size or hvp_chunk_size(problem.loss, problem.params, total)
-    values = _hvp_diagonal(problem, chunk)
+    plan = hvp_plan(problem.loss, problem.params, total)
+    values = _hvp_diagonal(problem, chunk_size or plan.chunk, plan.batched)
     return DiagonalHessian(values, "hvp", note=note)
 
 
@@ -211,11 +211,13 @@ def _loss_kind(loss_fn: Callable) -> str:
     )
 
 
-def _hvp_diagonal(problem: LossOfParameters, chunk_size: int) -> dict[str, Tensor]:
+def _hvp_diagonal(
+    problem: LossOfParameters, chunk_size: int, batched: bool = True
+) -> dict[str, Tensor]:
     names, params, loss = problem
     sizes = [p.numel() for p in params]
     total = sum(sizes)
-    hessian_times = batched_hvp(loss, params)
+    hessian_times = batched_hvp(loss, params, batched)
     like = params[0]
     diagonal = torch.empty(total, dtype=like.dtype, device=like.device)
     for start in range(0, total, chunk_size):

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 
 from arturo_diag.curvature.errors import CurvatureError
-from arturo_diag.curvature.hvp import batched_hvp, hvp_chunk_size
+from arturo_diag.curvature.hvp import batched_hvp, hvp_plan
 from arturo_diag.curvature.functional import loss_of_parameters
 from arturo_diag.curvature.result import DiagonalHessian, split_like
 
@@ -63,11 +63,10 @@ def hutchinson_diagonal(
             whatever ``chunk_size``. Probes are drawn on the generator's device, in probe order,
             then moved to the parameters' device and dtype. ``None`` uses torch's global
             generator on the CPU.
-        chunk_size: probes per vmap call (default: all ``samples``, or fewer if their
-            tangents would need more than about 1 GiB, see
-            :func:`arturo_diag.curvature.hvp.hvp_chunk_size`); each probe's
-            Hessian-vector product is taken forward-over-reverse, and batching them shares
-            the primal forward and backward pass.
+        chunk_size: probes per call (default: all ``samples``, or fewer if they would need more
+            than about 1 GiB, see :func:`arturo_diag.curvature.hvp.hvp_plan`). The probes of a
+            call share one gradient graph (its primal forward and backward pass); their
+            Hessian-vector products are ``vmap``-ed for small models and looped for large ones.
 
     Returns:
         ``(estimate, stderr)``: two :class:`DiagonalHessian` with ``method`` "hutchinson" and
@@ -90,11 +89,12 @@ def hutchinson_diagonal(
             f"generator: got {type(generator).__name__}; allowed: a torch.Generator or None"
         )
     names, params, loss = loss_of_parameters(model, loss_fn, inputs, targets, train=train)
-    chunk_size = min(chunk_size or hvp_chunk_size(loss, params, samples), samples)
+    plan = hvp_plan(loss, params, samples)
+    chunk_size = min(chunk_size or plan.chunk, samples)
     like = params[0]
     sizes = [p.numel() for p in params]
     total = sum(sizes)
-    hessian_times = batched_hvp(loss, params)
+    hessian_times = batched_hvp(loss, params, plan.batched)
     draw_device = generator.device if generator is not None else torch.device("cpu")
     # Sums of the terms and of their squares, shifted by the first chunk's mean so that the
     # variance stays accurate when |h| is much larger than its spread.

@@ -319,8 +319,8 @@ def test_hvp_works_in_chunks_of_at_most_chunk_size_one_hot_vectors(monkeypatch):
     seen = []
     original = exact.batched_hvp
 
-    def recording(loss, params):
-        products = original(loss, params)
+    def recording(loss, params, *args):
+        products = original(loss, params, *args)
 
         def run(tangents):
             seen.append(tangents[0].shape[0])
@@ -336,3 +336,18 @@ def test_hvp_works_in_chunks_of_at_most_chunk_size_one_hot_vectors(monkeypatch):
     result = exact_diagonal(model, nn.CrossEntropyLoss(), x, y, "hvp", chunk_size=10)
     assert seen == [10] * 6 + [4]  # memory per call: chunk_size x P, never P x P
     assert_same_diagonal(result, brute_force_diagonal(model, nn.CrossEntropyLoss(), x, y))
+
+
+@pytest.mark.parametrize("loop_above", [0, 2**62])  # every model looped / every model vmap-ed
+def test_hvp_gives_the_same_diagonal_looped_or_vmapped(monkeypatch, loop_above):
+    import arturo_diag.curvature.hvp as hvp
+
+    monkeypatch.setattr(hvp, "LOOP_ABOVE_BYTES", loop_above)
+    model = cnn(4).eval()
+    x, y = batch((1, 8, 8), classes=5)
+    problem = loss_of_parameters(model, nn.CrossEntropyLoss(), x, y)
+    assert hvp.hvp_plan(problem.loss, problem.params, 10**6).batched == (loop_above > 0)
+    expected = brute_force_diagonal(model, nn.CrossEntropyLoss(), x, y)
+    assert_same_diagonal(exact_diagonal(model, nn.CrossEntropyLoss(), x, y, "hvp"), expected)
+    assert_same_diagonal(exact_diagonal(model, F.mse_loss, x, torch.zeros(6, 5, dtype=DTYPE), "hvp"),
+                         brute_force_diagonal(model, F.mse_loss, x, torch.zeros(6, 5, dtype=DTYPE)))

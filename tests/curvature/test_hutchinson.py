@@ -134,3 +134,16 @@ def test_bad_options_raise_a_curvature_error(kwargs, match):
     kwargs = {"generator": torch.Generator(), **kwargs}
     with pytest.raises(CurvatureError, match=match):
         hutchinson_diagonal(model, nn.CrossEntropyLoss(), x, y, **kwargs)
+
+
+def test_looped_and_vmapped_products_give_the_same_estimate(monkeypatch):
+    import arturo_diag.curvature.hvp as hvp
+
+    model = mlp(0).eval()
+    x, y = batch((4,), classes=3)
+    runs = []
+    for loop_above in (0, 2**62):
+        monkeypatch.setattr(hvp, "LOOP_ABOVE_BYTES", loop_above)
+        runs.append(hutchinson_diagonal(model, nn.CrossEntropyLoss(), x, y, 6, torch.Generator().manual_seed(4)))
+    for a, b in zip(runs[0], runs[1]):
+        torch.testing.assert_close(a.flatten(), b.flatten(), atol=1e-13, rtol=0)
