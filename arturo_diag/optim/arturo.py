@@ -442,22 +442,22 @@ class Arturo(Optimizer):
         t = np.dtype(str(theta.dtype).replace("torch.", "")).type
         flat = {k: bucket.flat[k].numpy() for k in _FLAT_KEYS}
         c = t(float(group["reg_weight"]) * float(group["prior_prec"]))
-        floor = t(torch.finfo(theta.dtype).tiny)
-        guard = bool(group["guard"])
+        # the guard's clamp as a lower bound (-inf: no guard), so the loops stay branch-free
+        lower = t(torch.finfo(theta.dtype).tiny) if group["guard"] else t(-np.inf)
         acted = _fused_cpu.prepare(
             theta.numpy(), grad.numpy(), flat["intercept"], flat["curvature"], flat["filter_cov_bb"],
             flat["filter_cov_ba"], flat["filter_cov_aa"], flat["precision"],
             t(_scalar(group["lr"]) * float(group["weight_decay"])), t(group["dynamic_model_noise"]),
-            t(group["measurement_noise"]), c, guard, floor)
+            t(group["measurement_noise"]), c, lower)
         theta_np, numerator_np = theta.numpy(), grad.numpy()
         rho, nu = t(group["reg_weight"]), t(group["nu"])
 
         def kl(eta: float) -> float:
-            return 0.5 * float(_fused_cpu.kl_of_eta(flat["curvature"], flat["precision"], numerator_np, c, guard, floor, t(eta)))
+            return 0.5 * float(_fused_cpu.kl_of_eta(flat["curvature"], flat["precision"], numerator_np, c, lower, t(eta)))
 
         def commit(eta: float) -> tuple[float, int, int]:
             twice_kl, bad_precision, bad_denominator = _fused_cpu.commit(
-                theta_np, flat["precision"], flat["curvature"], numerator_np, c, guard, floor, t(eta), rho, nu)
+                theta_np, flat["precision"], flat["curvature"], numerator_np, c, lower, t(eta), rho, nu)
             torch._foreach_copy_(bucket.params, bucket.slices(theta))
             return 0.5 * float(twice_kl), int(bad_precision), int(bad_denominator)
 
