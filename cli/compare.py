@@ -57,7 +57,7 @@ def compare(
     steps: Annotated[Optional[int], _O(help="Stop after this many steps (overrides --epochs).")] = None,
     batch_size: Annotated[Optional[int], _O(help="Minibatch size (default 64).")] = None,
     train_size: Annotated[Optional[int], _O(help="Use only the first N training examples.")] = None,
-    every: Annotated[Optional[int], _O(help="Snapshot (reference Hessian) every N steps (default 10).")] = None,
+    every: Annotated[Optional[int], _O(help="Snapshot (reference Hessian) every N steps (default 20).")] = None,
     reference: Annotated[Optional[str], _O(help="exact (default), hutchinson, both, or none.")] = None,
     exact_method: Annotated[Optional[str], _O(help="auto (default), ggn or hvp.")] = None,
     samples: Annotated[Optional[int], _O(help="Hutchinson probes per snapshot (default 64).")] = None,
@@ -91,7 +91,7 @@ def compare(
 ) -> None:
     """Train with arTuRO, compare its curvature estimate with the true diagonal Hessian, write a report.
 
-    With no options: the small CNN on scikit-learn's 8x8 digits, exact reference every 10 steps.
+    With no options: the small CNN on scikit-learn's 8x8 digits, exact reference every 20 steps.
     """
     options = {k: v for k, v in locals().items() if k not in ("config", "overwrite")}
     console = Console(stderr=True)

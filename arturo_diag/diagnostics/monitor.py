@@ -34,6 +34,7 @@ __all__ = ["Monitor", "REFERENCES"]
 
 REFERENCES = ("exact", "hutchinson", "both", "none")
 _QUANTILE_SAMPLE = 65536  # precision quantiles per step come from this many fixed coordinates
+_FLUSH_SECONDS = 5.0  # the tables on disk lag the run by at most this (and a snapshot interval)
 _STATE_FIELDS = {"curvature": "curvature", "filter_cov_aa": "filter_cov_aa", "intercept": "intercept",
                  "precision": "precision"}
 
@@ -111,6 +112,7 @@ class Monitor:
         )
         self._extra_manifest = dict(extra_manifest or {})
         self.steps = 0
+        self._last_flush = time.perf_counter()
         self.snapshot_seconds = 0.0
         self.step_seconds = 0.0
         total = self._total = sum(p.numel() for _, p in self.named)
@@ -224,7 +226,10 @@ class Monitor:
                for name, fields in arrays.items()}
         scalars["seconds"] = time.perf_counter() - start
         self.writer.add_snapshot(step, scalars, cpu)
-        self.writer.flush()
+        now = time.perf_counter()
+        if now - self._last_flush >= _FLUSH_SECONDS:  # rewriting the tables costs ~10 ms
+            self.writer.flush()
+            self._last_flush = now
         self.snapshot_seconds += time.perf_counter() - start
         if self.on_snapshot:
             self.on_snapshot(step, "end")
