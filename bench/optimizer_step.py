@@ -49,7 +49,7 @@ def main() -> None:
         "arturo": lambda ps: Arturo.from_preset("fmnist_cnn", ps),
         "arturo_exact": lambda ps: Arturo.from_preset("fmnist_cnn", ps, dual="exact"),
     }
-    models, optimizers, grads = {}, {}, {}
+    models, optimizers = {}, {}
     for name, build in variants.items():
         torch.manual_seed(0)
         model = FashionCNN()

@@ -32,7 +32,7 @@ def ablate(
     """
     console = Console(stderr=True)
     with user_errors():
-        from arturo_diag.study import (default_study, load_study, parse_seeds, parse_variants, run_study,
+        from arturo_diag.study import (default_study, load_study, parse_seeds, parse_variants,
                                        with_overrides)
         from arturo_diag.errors import ConfigError
 

@@ -26,19 +26,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from arturo_diag.errors import ConfigError
 from arturo_diag.study.variants import Baselines, Variant, experiments_dirs, load_baselines, parse_variant
-from arturo_diag.training.config import RunConfig, config_from_mapping
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from arturo_diag.training.config import RunConfig, config_from_mapping, read_toml
 
 __all__ = ["Setup", "StudyConfig", "RunSpec", "study_from_mapping", "load_study", "default_study",
            "study_to_toml", "with_overrides", "expand_grid", "parse_seeds", "parse_variants",
@@ -191,18 +185,7 @@ def study_from_mapping(data: Mapping[str, Any], *, source: str = "study", defaul
 def load_study(path: str | Path) -> StudyConfig:
     """Read a study file (TOML); errors name the file and the field."""
     path = Path(path)
-    try:
-        with path.open("rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError("config", str(path), "an existing study TOML file") from None
-    except IsADirectoryError:
-        raise ConfigError("config", str(path), "a study TOML file, not a directory") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError("config", str(path), f"valid TOML ({error})") from None
-    except OSError as error:
-        raise ConfigError("config", str(path), f"a readable file ({error.strerror})") from None
-    return study_from_mapping(data, source=str(path), default_name=path.stem)
+    return study_from_mapping(read_toml(path, "study TOML file"), source=str(path), default_name=path.stem)
 
 
 def default_study() -> StudyConfig:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -223,19 +223,25 @@ def config_from_mapping(data: Mapping[str, Any], base: RunConfig | None = None, 
     return dataclasses.replace(base or RunConfig(), **changes)
 
 
-def load_config(path: str | Path, base: RunConfig | None = None) -> RunConfig:
-    """Read a TOML config file; errors name the file and the field."""
+def read_toml(path: str | Path, what: str = "TOML file") -> dict[str, Any]:
+    """Parse a TOML file; a missing, unreadable or malformed one is a ConfigError naming it."""
     path = Path(path)
     try:
         with path.open("rb") as f:
-            data = tomllib.load(f)
+            return tomllib.load(f)
     except FileNotFoundError:
-        raise ConfigError("config", str(path), "an existing TOML file") from None
+        raise ConfigError("config", str(path), f"an existing {what}") from None
+    except IsADirectoryError:
+        raise ConfigError("config", str(path), f"a {what}, not a directory") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError("config", str(path), f"valid TOML ({error})") from None
     except OSError as error:
         raise ConfigError("config", str(path), f"a readable file ({error.strerror})") from None
-    return config_from_mapping(data, base, source=str(path))
+
+
+def load_config(path: str | Path, base: RunConfig | None = None) -> RunConfig:
+    """Read a TOML config file; errors name the file and the field."""
+    return config_from_mapping(read_toml(path), base, source=str(path))
 
 
 def _toml_value(value: Any) -> str:
