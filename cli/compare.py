@@ -6,6 +6,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from arturo_diag.training.config import RunConfig, config_from_mapping, load_config
@@ -35,14 +36,21 @@ def run_with_progress(config: RunConfig, console: Console, overwrite: bool):
 
     with progress_display(console) as bar:
         task = bar.add_task("training", total=None, status="")
+        reference = None
 
         def progress(event: str, info: dict[str, Any]) -> None:
+            nonlocal reference
             if event == "start":
                 bar.update(task, total=info["total_steps"])
+                if info.get("snapshots"):
+                    reference = bar.add_task("reference h", total=info["snapshots"], status="")
             elif event == "step":
                 bar.update(task, completed=info["step"], status=f"loss {info['loss']:.4f}")
-            elif event == "snapshot":
-                bar.update(task, status=("reference Hessian at step %d" % info["step"]) if info["phase"] == "start" else "")
+            elif event == "snapshot" and reference is not None:
+                if info["phase"] == "start":
+                    bar.update(reference, status=f"computing at step {info['step']}")
+                else:
+                    bar.update(reference, advance=1, status=f"last at step {info['step']}")
             elif event == "epoch":
                 bar.update(task, status=f"epoch {info['epoch']}: test acc {info['test_accuracy']:.3f}")
 
@@ -106,9 +114,9 @@ def compare(
 
 def summarize(report, result, console: Console) -> None:
     out = Console()
-    out.print(f"[bold]run[/bold] {result.run_dir}  ({result.steps} steps, {result.seconds:.1f} s; "
+    out.print(f"[bold]run[/bold] {escape(str(result.run_dir))}  ({result.steps} steps, {result.seconds:.1f} s; "
               f"diagnostics {result.diagnostics_seconds:.1f} s)")
     for finding in report.findings:
         marker = "[yellow]![/yellow]" if finding.get("severity") == "warning" else "-"
-        out.print(f" {marker} {finding['text']}")
-    out.print(f"[bold]report[/bold] {report.markdown}  {report.html}")
+        out.print(f" {marker} {escape(finding['text'])}")
+    out.print(f"[bold]report[/bold] {escape(f'{report.markdown}  {report.html}')}")

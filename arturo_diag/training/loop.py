@@ -27,7 +27,7 @@ from arturo_diag.training.seeding import make_generator, seed_everything
 
 __all__ = ["run", "build_optimizer", "evaluate", "RunResult", "ProgressCallback"]
 
-#: ``progress(event, info)``: events "start" {total_steps}, "step" {step, loss}, "epoch" {epoch, ...},
+#: ``progress(event, info)``: events "start" {total_steps, snapshots}, "step" {step, loss}, "epoch" {epoch, ...},
 #: "snapshot" {step, phase}, "done" {seconds}.
 ProgressCallback = Callable[[str, dict[str, Any]], None]
 
@@ -121,7 +121,8 @@ def run(config: RunConfig, *, progress: ProgressCallback | None = None, overwrit
                       extra_manifest={"dataset": config.dataset, "model": config.model,
                                       "optimizer_name": config.optimizer, "total_steps": total_steps,
                                       "batches_per_epoch": batches_per_epoch})
-    notify("start", {"total_steps": total_steps, "epochs": epochs, "run_dir": config.out})
+    snapshots = total_steps // config.every if reference != "none" else 0
+    notify("start", {"total_steps": total_steps, "epochs": epochs, "snapshots": snapshots, "run_dir": config.out})
     generator = make_generator(config.seed, "cpu")
     start = time.perf_counter()
     step = 0
