@@ -112,6 +112,7 @@ class Monitor:
         )
         self._extra_manifest = dict(extra_manifest or {})
         self.steps = 0
+        self._previous_eta = math.nan  # steps.csv's eta_prev (the regime classifier needs it)
         self._last_flush = time.perf_counter()
         self.snapshot_seconds = 0.0
         self.step_seconds = 0.0
@@ -147,8 +148,6 @@ class Monitor:
         if self.reference != "none" and self.steps % self.every == 0:
             self.snapshot()
         self._arm_dual_diagnostics()
-
-    _previous_eta: float = math.nan
 
     def _precision_quantiles(self) -> dict[str, float]:
         state = self.optimizer.state
