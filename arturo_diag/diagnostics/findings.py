@@ -174,23 +174,22 @@ def _movement(out: _Findings, metrics: Mapping[str, Any]) -> None:
     a_range = f"[{_num(overall['a_q01'])}, {_num(overall['a_q99'])}]"
     span = f"a's 1-99% range is {a_range}"
     scale = overall.get("scale_relative_move")
-    tiny_scale = _is_number(scale) and scale < 0.1
     spread = overall.get("log_spread_ratio")
-    if _is_number(spread) and spread < 0.1 and not (_is_number(share) and share >= 0.1):
+    if _is_number(share) and share >= 0.1:
+        out.add("movement", "warning" if share >= 0.5 else "info",
+                f"{_pct(share)} of the coordinates of a never left the prior {prior:g} by step {final['step']} "
+                f"(moved by less than 1e-3 |h|); the median move |a-{prior:g}|/|h| is {_num(median)} and {span}.")
+    elif _is_number(spread) and spread < 0.1:
         out.add("movement", "warning",
                 f"a stayed near its prior {prior:g}: at step {final['step']} its 1-99% range spans "
                 f"{_num(overall['spread_decades_a'])} decades ({a_range}) while |h| "
                 f"spans {_num(overall['spread_decades_h'])} decades; single coordinates moved (median |a-{prior:g}|/|h| "
                 f"{_num(median)}), but a does not follow h's range.")
-    elif tiny_scale and not (_is_number(share) and share >= 0.1):
+    elif _is_number(scale) and scale < 0.1:
         out.add("movement", "warning",
                 f"a barely moved on the scale of h: the median |a-{prior:g}| is {_num(scale)} times the median |h| "
                 f"at step {final['step']}; {span} while h's is [{_num(overall.get('h_q01'))}, "
                 f"{_num(overall.get('h_q99'))}].")
-    elif _is_number(share) and share >= 0.1:
-        out.add("movement", "warning" if share >= 0.5 else "info",
-                f"{_pct(share)} of the coordinates of a never left the prior {prior:g} by step {final['step']} "
-                f"(moved by less than 1e-3 |h|); the median move |a-{prior:g}|/|h| is {_num(median)} and {span}.")
     else:
         out.add("movement", "info",
                 f"a has left its prior {prior:g}: the median move |a-{prior:g}|/|h| is {_num(median)} at step "
