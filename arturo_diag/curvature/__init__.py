@@ -7,6 +7,7 @@ the reference that arTuRO's filtered curvature ``a`` is compared with (arXiv 231
 - :func:`exact_diagonal`: exact, by one-hot Hessian-vector products ("hvp") or, for networks
   piecewise linear in each weight with cross-entropy or MSE, by the GGN ("ggn").
 - :func:`hutchinson_diagonal`: Hutchinson's unbiased estimate and its standard error.
+- :func:`gradient_noise`: per-sample gradient mean, variance and Cockpit's GSNR (``noise``).
 - :func:`loss_of_parameters`: the one shared "loss as a function of the parameters".
 
 This package imports nothing of arturo-diag but its error base class.
@@ -20,6 +21,7 @@ from arturo_diag.curvature.functional import (
     loss_of_parameters,
 )
 from arturo_diag.curvature.hutchinson import hutchinson_diagonal
+from arturo_diag.curvature.noise import GradientNoise, gradient_noise
 from arturo_diag.curvature.result import DiagonalHessian
 
 __all__ = [
@@ -27,11 +29,13 @@ __all__ = [
     "CurvatureError",
     "DiagonalHessian",
     "GGNNotExactError",
+    "GradientNoise",
     "LossOfParameters",
     "ParameterLoss",
     "check_ggn_exact",
     "evaluation_mode",
     "exact_diagonal",
+    "gradient_noise",
     "hutchinson_diagonal",
     "loss_of_parameters",
 ]
