@@ -127,8 +127,9 @@ def _check_variants(names: Any, fixed_eta: Any, where: str) -> tuple[Variant, ..
 
 
 def _check_setup(name: str, data: Any, base_baselines: Baselines, where: str) -> Setup:
-    if not _SETUP_NAME.match(name):
-        raise ConfigError(f"{where}", name, "a setup name of letters, digits, '_', '.', '-' (it names a directory)")
+    if not _SETUP_NAME.fullmatch(name):
+        raise ConfigError(f"{where}", name, "a setup name of letters, digits, '_', '.', '-', starting with a letter "
+                          "or digit (it names a directory)")
     if not isinstance(data, Mapping):
         raise ConfigError(where, data, "a table of RunConfig fields")
     data = dict(data)
@@ -164,6 +165,10 @@ def study_from_mapping(data: Mapping[str, Any], *, source: str = "study", defaul
     name = study.get("name", default_name)
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"{source}: [study] name", name, "a non-empty string")
+    if not _SETUP_NAME.fullmatch(name.strip()):
+        # it names the default study directory runs/ablate/NAME: no '/', no '..', nothing hidden
+        raise ConfigError(f"{source}: [study] name", name, "a study name of letters, digits, '_', '.', '-', starting "
+                          "with a letter or digit (it names a directory; without [study] name the file's name is used)")
     description = study.get("description", "")
     if not isinstance(description, str):
         raise ConfigError(f"{source}: [study] description", description, "a string")
