@@ -7,6 +7,9 @@ the reference that arTuRO's filtered curvature ``a`` is compared with (arXiv 231
 - :func:`exact_diagonal`: exact, by one-hot Hessian-vector products ("hvp") or, for networks
   piecewise linear in each weight with cross-entropy or MSE, by the GGN ("ggn").
 - :func:`hutchinson_diagonal`: Hutchinson's unbiased estimate and its standard error.
+- :func:`ggn_diagonal`: the exact GGN diagonal of any model torch.func can trace (the Hessian
+  diagonal where :func:`check_ggn_exact` proves it, labelled so).
+- :func:`hessian_diagonal_cv`: the exact GGN diagonal plus Hutchinson on diag(H - G) only.
 - :func:`gradient_noise`: per-sample gradient mean, variance and Cockpit's GSNR (``noise``).
 - :func:`loss_of_parameters`: the one shared "loss as a function of the parameters".
 
@@ -20,6 +23,8 @@ from arturo_diag.curvature.functional import (
     evaluation_mode,
     loss_of_parameters,
 )
+from arturo_diag.curvature.control_variate import hessian_diagonal_cv
+from arturo_diag.curvature.ggn_general import GGNDiagonal, ggn_diagonal
 from arturo_diag.curvature.hutchinson import hutchinson_diagonal
 from arturo_diag.curvature.noise import GradientNoise, gradient_noise
 from arturo_diag.curvature.result import DiagonalHessian
@@ -28,6 +33,7 @@ __all__ = [
     "PIECEWISE_LINEAR_OPT_IN",
     "CurvatureError",
     "DiagonalHessian",
+    "GGNDiagonal",
     "GGNNotExactError",
     "GradientNoise",
     "LossOfParameters",
@@ -35,6 +41,8 @@ __all__ = [
     "check_ggn_exact",
     "evaluation_mode",
     "exact_diagonal",
+    "ggn_diagonal",
+    "hessian_diagonal_cv",
     "gradient_noise",
     "hutchinson_diagonal",
     "loss_of_parameters",
