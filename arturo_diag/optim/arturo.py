@@ -51,6 +51,13 @@ def load_preset(name: str) -> dict[str, float]:
     raise FileNotFoundError(f"preset: file {name}.toml not found in {', '.join(map(str, _preset_dirs()))}")
 
 
+def _ratio(kl: float, kl_bound: float) -> float:
+    """``K/eps``; with a zero bound: inf for a step that moved, NaN (0/0) for one that did not."""
+    if kl_bound > 0:
+        return kl / kl_bound
+    return math.nan if kl == 0.0 else math.inf
+
+
 def _scalar(value: Any) -> float:
     return float(value.item()) if isinstance(value, Tensor) else float(value)
 
@@ -217,7 +224,13 @@ class Arturo(Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
-        _validate(**self.param_groups[-1])  # a group's own values are checked like the defaults
+        group = self.param_groups[-1]
+        _validate(**group)  # a group's own values are checked like the defaults
+        for p in group["params"]:
+            if p.is_floating_point() and 1.0 / float(group["var_init"]) > torch.finfo(p.dtype).max:
+                raise ValueError(f"var_init: got {group['var_init']!r}; allowed: a number >= "
+                                 f"{1.0 / torch.finfo(p.dtype).max:.3g} for {str(p.dtype).replace('torch.', '')} "
+                                 "parameters (the initial precision 1/var_init must be finite)")
 
     @classmethod
     def from_preset(cls, name: str, params: Iterable[Any], **overrides: Any) -> "Arturo":
@@ -379,7 +392,7 @@ class Arturo(Optimizer):
         extra: dict[str, float] = {}
         if self.dual_diagnostics:
             kl0 = kl_of_eta(0.0)
-            extra["kl0_ratio"] = kl0 / kl_bound if kl_bound > 0 else math.inf
+            extra["kl0_ratio"] = _ratio(kl0, kl_bound)
             extra["eta_star"] = (F.solve_eta_exact(kl_of_eta, kl_bound, self.eta).eta
                                  if (kl0 > kl_bound or not math.isfinite(kl0)) else math.nan)
 
@@ -414,7 +427,7 @@ class Arturo(Optimizer):
             "iterations": solution.iterations,
             "converged": solution.converged,
             "kl_bound": kl_bound,
-            "kl_ratio": float(achieved) / kl_bound if kl_bound > 0 else math.inf,
+            "kl_ratio": _ratio(float(achieved), kl_bound),
             "precision_nonpos": precision_nonpos,
             "denominator_nonpos": denominator_nonpos,
             "guard_acted": guard_acted,

@@ -129,7 +129,12 @@ def decoupled_precision(precision: Tensor, curvature: Tensor, prior_curvature: f
 
 def coupled_precision(precision: Tensor, curvature: Tensor, prior_curvature: float,
                       reg_weight: float, eta: float) -> Tensor:
-    """New precision with the coupled KL (ablation): ``pi'(eta) = (a + c + eta pi) / (rho + eta)``."""
+    """New precision with the coupled KL (ablation): ``pi'(eta) = (a + c + eta pi) / (rho + eta)``.
+
+    At ``eta = inf`` (a zero KL bound: no step) this is its limit ``pi``.
+    """
+    if math.isinf(eta):
+        return precision.clone()
     return (curvature + prior_curvature + eta * precision) / (reg_weight + eta)
 
 
@@ -270,8 +275,14 @@ def solve_eta_exact(kl: Callable[[float], float], kl_bound: float, eta_prev: flo
     and a step that leaves it is replaced by bisection. ``K`` must decrease in ``eta`` on the bracket
     (true when every denominator ``a + c + eta pi`` is positive). A ``K`` that is not finite counts
     as "above the bound".
+
+    A zero bound (``eps = 0``) allows no mean step: the root is ``eta = inf`` (``mu' = mu``), returned
+    as such unless ``K(0)`` is already 0.
     """
     iterations = 0
+    if not kl_bound > 0.0:
+        k0 = kl(0.0)
+        return DualSolution(0.0, 0.0, 0.0, 1) if k0 == 0.0 else DualSolution(math.inf, math.inf, math.inf, 1)
 
     def phi(eta: float) -> float:
         nonlocal iterations
@@ -284,14 +295,17 @@ def solve_eta_exact(kl: Callable[[float], float], kl_bound: float, eta_prev: flo
     def done(value: float) -> bool:
         if not math.isfinite(value):
             return False
-        k = 1.0 / (value + 1.0 / math.sqrt(kl_bound)) ** 2
+        root = value + 1.0 / math.sqrt(kl_bound)  # K^(-1/2); 0 when K is too large to tell from eps's scale
+        if not (root > 0.0 and root ** 2 > 0.0):
+            return False
+        k = 1.0 / root ** 2
         return abs(k / kl_bound - 1.0) <= rtol
 
     f0 = phi(0.0)
     if f0 >= 0.0 or done(f0):
         return DualSolution(0.0, 0.0, 0.0, iterations)
     lo, f_lo = 0.0, f0
-    guess = eta_prev if (eta_prev is not None and eta_prev > 0.0) else 1.0
+    guess = eta_prev if (eta_prev is not None and 0.0 < eta_prev < math.inf) else 1.0
     hi, f_hi = guess, phi(guess)
     while f_hi < 0.0 and not done(f_hi):  # K(hi) > eps: move up
         lo, f_lo = hi, f_hi
