@@ -106,6 +106,9 @@ class RunConfig:
         return kwargs
 
 
+# Largest finite value of each dtype (numpy's finfo = torch's for these two).
+_FLOAT_MAX = {"float32": 3.4028234663852886e38, "float64": 1.7976931348623157e308}
+
 # Baseline learning rates when none is given (study configs name the published ones).
 _BASELINE_LR = {"sgd": 0.01, "adam": 1e-3, "adamw": 1e-3}
 
@@ -178,6 +181,9 @@ def _validate(c: RunConfig) -> None:
         number(name, 0.0)
     for name in ("var_init", "measurement_noise", "start_filter_cov", "eta_tol", "lr_gamma"):
         number(name, 0.0, strict=True)
+    if c.var_init is not None and 1.0 / c.var_init > _FLOAT_MAX[c.dtype]:  # pi = 1/var_init must be finite
+        raise ConfigError("var_init", c.var_init, f"a number >= {1.0 / _FLOAT_MAX[c.dtype]:.3g} with dtype "
+                          f"{c.dtype} (the initial precision 1/var_init must be finite)")
     number("momentum", 0.0, optional=False)
     number("collapse_fraction", 0.0, strict=True, optional=False)
     if not isinstance(c.guard, bool):
