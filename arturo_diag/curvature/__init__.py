@@ -11,6 +11,8 @@ the reference that arTuRO's filtered curvature ``a`` is compared with (arXiv 231
   diagonal where :func:`check_ggn_exact` proves it, labelled so).
 - :func:`hessian_diagonal_cv`: the exact GGN diagonal plus Hutchinson on diag(H - G) only.
 - :func:`gradient_noise`: per-sample gradient mean, variance and Cockpit's GSNR (``noise``).
+- ``spectrum``: :func:`hessian_trace`, :func:`hutchpp_trace`, :func:`top_eigenvalues`,
+  :func:`spectral_density` (SLQ) and :func:`diagonal_share` of the full Hessian, from HVPs.
 - :func:`loss_of_parameters`: the one shared "loss as a function of the parameters".
 
 This package imports nothing of arturo-diag but its error base class.
@@ -28,6 +30,14 @@ from arturo_diag.curvature.ggn_general import GGNDiagonal, ggn_diagonal
 from arturo_diag.curvature.hutchinson import hutchinson_diagonal
 from arturo_diag.curvature.noise import GradientNoise, gradient_noise
 from arturo_diag.curvature.result import DiagonalHessian
+from arturo_diag.curvature.spectrum import (
+    diagonal_share,
+    hessian_operator,
+    hessian_trace,
+    hutchpp_trace,
+    spectral_density,
+    top_eigenvalues,
+)
 
 __all__ = [
     "PIECEWISE_LINEAR_OPT_IN",
@@ -39,11 +49,17 @@ __all__ = [
     "LossOfParameters",
     "ParameterLoss",
     "check_ggn_exact",
+    "diagonal_share",
     "evaluation_mode",
     "exact_diagonal",
     "ggn_diagonal",
     "hessian_diagonal_cv",
     "gradient_noise",
+    "hessian_operator",
+    "hessian_trace",
+    "hutchpp_trace",
     "hutchinson_diagonal",
     "loss_of_parameters",
+    "spectral_density",
+    "top_eigenvalues",
 ]
