@@ -126,6 +126,12 @@ def _check_variants(names: Any, fixed_eta: Any, where: str) -> tuple[Variant, ..
     return tuple(variants)
 
 
+def _printable(key: str) -> str:
+    """A TOML key as written in an error message: quoted if it holds a newline or another control
+    character (the message stays one line)."""
+    return key if key.isprintable() else repr(key)
+
+
 def _check_setup(name: str, data: Any, base_baselines: Baselines, where: str) -> Setup:
     if not _SETUP_NAME.fullmatch(name):
         raise ConfigError(f"{where}", name, "a setup name of letters, digits, '_', '.', '-', starting with a letter "
@@ -183,7 +189,8 @@ def study_from_mapping(data: Mapping[str, Any], *, source: str = "study", defaul
     setups_data = data.get("setups", {"default": {}})
     if not isinstance(setups_data, Mapping) or not setups_data:
         raise ConfigError(f"{source}: setups", setups_data, "one or more [setups.NAME] tables")
-    setups = tuple(_check_setup(str(key), value, base, f"{source}: [setups.{key}]") for key, value in setups_data.items())
+    setups = tuple(_check_setup(str(key), value, base, f"{source}: [setups.{_printable(str(key))}]")
+                   for key, value in setups_data.items())
     return StudyConfig(name.strip(), seeds, variants, setups, description)
 
 
