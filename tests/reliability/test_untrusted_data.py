@@ -189,10 +189,6 @@ def _put(directory: Path, name: str, data: bytes) -> None:
     (directory / name).write_bytes(data)
 
 
-def _fashion_dir(tmp: Path) -> Path:
-    return write_fashion(tmp / "fmnist")
-
-
 def _remove(path: Path) -> None:
     path.unlink()
 
