@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from arturo_diag.training.config import RunConfig, config_from_mapping, load_config
+from arturo_diag.training.config import RunConfig, check_used, config_from_mapping, load_config
 
 from .common import user_errors
 
@@ -17,12 +17,15 @@ _O = typer.Option
 
 
 def build_config(config_file: Optional[Path], options: dict[str, Any]) -> RunConfig:
-    """Defaults, then the TOML file, then the options given on the command line."""
+    """Defaults, then the TOML file, then the options given on the command line; an option that
+    would have no effect (``--fixed-eta`` with ``--optimizer sgd``, ...) is refused."""
     base = load_config(config_file) if config_file is not None else RunConfig()
     given = {k: v for k, v in options.items() if v is not None}
     if "lr_milestones" in given:
         given["lr_milestones"] = tuple(given["lr_milestones"])
-    return config_from_mapping(given, base, source="option")
+    config = config_from_mapping(given, base, source="option")
+    check_used(config)
+    return config
 
 
 def progress_display(console: Console) -> Progress:
@@ -32,8 +35,13 @@ def progress_display(console: Console) -> Progress:
 
 
 def run_with_progress(config: RunConfig, console: Console, overwrite: bool):
-    from arturo_diag.training.loop import run
+    from arturo_diag.training.loop import prepare, run
 
+    # Everything that can be refused (config, data, device, the output directory) is refused here,
+    # before a progress bar is drawn.
+    prepared = prepare(config, overwrite=overwrite)
+    for warning in prepared.warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
     with progress_display(console) as bar:
         task = bar.add_task("training", total=None, status="")
         reference = None
@@ -54,7 +62,7 @@ def run_with_progress(config: RunConfig, console: Console, overwrite: bool):
             elif event == "epoch":
                 bar.update(task, status=f"epoch {info['epoch']}: test acc {info['test_accuracy']:.3f}")
 
-        return run(config, progress=progress, overwrite=overwrite)
+        return run(prepared.config, progress=progress, prepared=prepared)
 
 
 def compare(

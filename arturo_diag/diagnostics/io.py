@@ -21,8 +21,12 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
+from arturo_diag.errors import RecordError
+
 __all__ = [
     "atomic_open",
+    "cannot_write",
+    "make_directory",
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_write_json",
@@ -42,6 +46,25 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
+def cannot_write(path: str | os.PathLike[str], error: OSError) -> RecordError:
+    """The :class:`RecordError` for an OS error writing ``path``: the path and the OS's reason."""
+    return RecordError(f"cannot write {os.fspath(path)} ({error.strerror or error})")
+
+
+def make_directory(path: str | os.PathLike[str], field: str | None = None) -> Path:
+    """``mkdir -p path``; an OS error (a file in the way, read-only, no permission, full disk)
+    becomes a :class:`RecordError` naming ``field`` (e.g. ``"out"``), the path and the reason."""
+    path = Path(path)
+    where = f"{field}: " if field else ""
+    if path.exists() and not path.is_dir():
+        raise RecordError(f"{where}cannot create directory {path} (a file of that name is in the way)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RecordError(f"{where}cannot create directory {path} ({error.strerror or error})") from None
+    return path
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "w", *, encoding: str | None = "utf-8",
                 newline: str | None = None) -> Iterator[IO[Any]]:
@@ -54,8 +77,11 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", *, encoding: str 
     if mode not in ("w", "wb"):
         raise ValueError(f"mode: got {mode!r}; allowed: 'w' or 'wb'")
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as error:
+        raise cannot_write(target, error) from None
     tmp = Path(tmp_name)
     try:
         # mkstemp creates the file 0600; give it the permissions a plain open() would.
@@ -74,6 +100,9 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", *, encoding: str 
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
+    except OSError as error:  # full disk, read-only file system, no permission: the path and the reason
+        tmp.unlink(missing_ok=True)
+        raise cannot_write(target, error) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

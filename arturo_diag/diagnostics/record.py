@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from arturo_diag.errors import RecordError
-from arturo_diag.diagnostics.io import atomic_savez, atomic_write_csv, atomic_write_json, atomic_write_text
+from arturo_diag.diagnostics.io import atomic_savez, atomic_write_csv, atomic_write_json, atomic_write_text, make_directory
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -185,8 +185,8 @@ class RecordWriter:
                 )
             _remove_record_files(self.run_dir)
 
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / _SNAPSHOT_DIR).mkdir(exist_ok=True)
+        make_directory(self.run_dir, "out")  # a RecordError naming the path and the OS's reason
+        make_directory(self.run_dir / _SNAPSHOT_DIR, "out")
         self._steps: list[dict[str, Any]] = []
         self._epochs: list[dict[str, Any]] = []
         self._snapshot_rows: list[dict[str, Any]] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -22,7 +23,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["RunConfig", "load_config", "config_to_toml", "SECTIONS", "ARTURO_KEYS", "OPTIMIZERS"]
+__all__ = ["RunConfig", "load_config", "config_to_toml", "SECTIONS", "ARTURO_KEYS", "OPTIMIZERS", "LIMITS",
+           "unused_fields", "check_used"]
 
 ARTURO_KEYS = ("lr", "reg_weight", "prior_prec", "var_init", "nu", "dynamic_model_noise",
                "measurement_noise", "start_filter_cov", "eta_tol", "weight_decay")
@@ -106,6 +108,14 @@ class RunConfig:
         return kwargs
 
 
+#: Upper bounds of the integer fields, stated in the error: beyond them a run would not end in any
+#: reasonable time or memory (10**7 steps take about 3 hours at 1 ms per step, the small CNN on
+#: digits; a month for a CIFAR ResNet-34 on a CPU; the paper's longest protocol is ~24,000 steps).
+LIMITS = {"epochs": 10**5, "steps": 10**7, "batch_size": 10**6, "train_size": 10**7, "every": 10**7,
+          "samples": 10**5, "probe_size": 10**5, "oracle_every": 10**7}
+#: At most this many steps in one run, epochs x batches per epoch included (checked once the data is known).
+MAX_TOTAL_STEPS = LIMITS["steps"]
+
 # Largest finite value of each dtype (numpy's finfo = torch's for these two).
 _FLOAT_MAX = {"float32": 3.4028234663852886e38, "float64": 1.7976931348623157e308}
 
@@ -146,8 +156,11 @@ def _validate(c: RunConfig) -> None:
         value = getattr(c, name)
         if optional and value is None:
             return
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ConfigError(name, value, f"an integer >= {minimum}" + (" or unset" if optional else ""))
+        maximum = LIMITS.get(name)
+        if (isinstance(value, bool) or not isinstance(value, int) or value < minimum
+                or (maximum is not None and value > maximum)):
+            allowed = f"an integer >= {minimum}" if maximum is None else f"an integer in {minimum}..{maximum:_}"
+            raise ConfigError(name, value, allowed + (" or unset" if optional else ""))
 
     def number(name: str, minimum: float, strict: bool = False, optional: bool = True) -> None:
         value = getattr(c, name)
@@ -173,6 +186,8 @@ def _validate(c: RunConfig) -> None:
     integer("batch_size", 1)
     integer("train_size", 1, optional=True)
     integer("seed", 0)
+    if c.seed >= 2**63:
+        raise ConfigError("seed", c.seed, "an integer in [0, 2**63)")
     integer("every", 1)
     integer("samples", 2)
     integer("probe_size", 1)
@@ -190,8 +205,10 @@ def _validate(c: RunConfig) -> None:
         raise ConfigError("guard", c.guard, "true or false")
     if not isinstance(c.out, str) or not c.out:
         raise ConfigError("out", c.out, "a directory path")
-    if not (c.device == "cpu" or c.device == "cuda" or c.device.startswith("cuda:")):
-        raise ConfigError("device", c.device, "cpu, cuda or cuda:N")
+    if not isinstance(c.device, str) or not re.fullmatch(r"cpu|cuda(:[0-9]{1,4})?", c.device):
+        raise ConfigError("device", c.device, "cpu, cuda or cuda:N (N a device number)")
+    if c.data_dir is not None and (not isinstance(c.data_dir, str) or not c.data_dir):
+        raise ConfigError("data_dir", c.data_dir, "a directory path (a string) or unset")
     milestones = c.lr_milestones
     if not isinstance(milestones, tuple) or not all(isinstance(m, int) and not isinstance(m, bool) and m >= 1
                                                     for m in milestones) or list(milestones) != sorted(set(milestones)):
@@ -202,6 +219,59 @@ def _validate(c: RunConfig) -> None:
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
+_DEFAULTS = {f.name: f.default for f in fields(RunConfig)}
+# arTuRO's own fields: a baseline optimizer (SGD, Adam, AdamW) never reads them.
+_ARTURO_ONLY = ("preset", *(k for k in ARTURO_KEYS if k not in ("lr", "weight_decay")), "kl", "dual", "fixed_eta",
+                "guard", "oracle_every")
+
+
+def unused_fields(config: RunConfig) -> list[tuple[str, Any, str]]:
+    """Fields of an unresolved config set to something other than their default that the run would
+    ignore, as ``(field, value, when it applies)``; e.g. ``fixed_eta`` with ``optimizer = "sgd"``.
+
+    Only values that really have no effect are listed (``every`` and ``probe_size`` only schedule
+    snapshots and are left alone). ``arturo-diag compare`` refuses the first; a study's setups are
+    shared by all its variants, so the grid does not call this.
+    """
+    unused: list[tuple[str, Any, str]] = []
+
+    def given(name: str) -> bool:
+        return getattr(config, name) != _DEFAULTS[name]
+
+    if config.optimizer != "arturo":
+        for name in _ARTURO_ONLY:
+            if given(name):
+                unused.append((name, getattr(config, name),
+                               f"unset with optimizer {config.optimizer} (an arturo option; it would be ignored)"))
+        if config.reference in ("hutchinson", "both"):
+            unused.append(("reference", config.reference,
+                           f"none with optimizer {config.optimizer} (baselines train without reference snapshots)"))
+        for name in ("exact_method", "samples"):
+            if given(name):
+                unused.append((name, getattr(config, name),
+                               f"unset with optimizer {config.optimizer} (baselines take no reference snapshots)"))
+        return unused
+    if given("momentum"):
+        unused.append(("momentum", config.momentum, "unset unless optimizer is sgd (it would be ignored)"))
+    if config.oracle == "none" and given("oracle_every"):
+        unused.append(("oracle_every", config.oracle_every, "unset unless oracle is exact or hutchinson"))
+    if config.fixed_eta is not None:
+        for name in ("dual", "eta_tol"):
+            if given(name):
+                unused.append((name, getattr(config, name), "unset with fixed_eta (no dual solve: eta is fixed)"))
+    elif config.dual == "exact" and given("eta_tol"):
+        unused.append(("eta_tol", config.eta_tol, "unset with dual exact (eta_tol is the bisection's tolerance)"))
+    if given("samples") and config.reference not in ("hutchinson", "both") and config.oracle != "hutchinson":
+        unused.append(("samples", config.samples, "unset unless reference or oracle is hutchinson (or both)"))
+    if given("exact_method") and config.reference not in ("exact", "both") and config.oracle != "exact":
+        unused.append(("exact_method", config.exact_method, "unset unless reference or oracle is exact (or both)"))
+    return unused
+
+
+def check_used(config: RunConfig) -> None:
+    """Raise :class:`ConfigError` for the first of :func:`unused_fields` (an option that would be ignored)."""
+    for name, value, allowed in unused_fields(config):
+        raise ConfigError(name, value, allowed)
 
 
 def config_from_mapping(data: Mapping[str, Any], base: RunConfig | None = None, *, source: str = "config") -> RunConfig:
@@ -229,20 +299,32 @@ def config_from_mapping(data: Mapping[str, Any], base: RunConfig | None = None, 
     return dataclasses.replace(base or RunConfig(), **changes)
 
 
+_MAX_TOML_BYTES = 16 * 2**20
+
+
 def read_toml(path: str | Path, what: str = "TOML file") -> dict[str, Any]:
     """Parse a TOML file; a missing, unreadable or malformed one is a ConfigError naming it."""
     path = Path(path)
     try:
         with path.open("rb") as f:
-            return tomllib.load(f)
+            data = f.read(_MAX_TOML_BYTES + 1)  # bounded: /dev/zero or a huge file is refused, not read
     except FileNotFoundError:
         raise ConfigError("config", str(path), f"an existing {what}") from None
     except IsADirectoryError:
         raise ConfigError("config", str(path), f"a {what}, not a directory") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError("config", str(path), f"valid TOML ({error})") from None
     except OSError as error:
         raise ConfigError("config", str(path), f"a readable file ({error.strerror})") from None
+    if len(data) > _MAX_TOML_BYTES:
+        raise ConfigError("config", str(path), f"a {what} of at most {_MAX_TOML_BYTES // 2**20} MiB")
+    try:
+        text = data.decode("utf-8-sig")  # a leading UTF-8 byte-order mark (Windows editors) is accepted
+    except UnicodeDecodeError as error:
+        raise ConfigError("config", str(path), f"a {what} in UTF-8 (byte 0x{data[error.start]:02x} at offset "
+                          f"{error.start} is not UTF-8: binary or another encoding)") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError("config", str(path), f"valid TOML ({error})") from None
 
 
 def load_config(path: str | Path, base: RunConfig | None = None) -> RunConfig:

@@ -20,12 +20,12 @@ from arturo_diag.curvature import exact_diagonal, hutchinson_diagonal
 from arturo_diag.diagnostics.monitor import Monitor
 from arturo_diag.errors import ConfigError
 from arturo_diag.optim import Arturo
-from arturo_diag.training.config import RunConfig, config_to_toml
+from arturo_diag.training.config import MAX_TOTAL_STEPS, RunConfig, config_to_toml
 from arturo_diag.training.data import ArrayDataset, batches, load_dataset, probe_batch
 from arturo_diag.training.models import build_model
 from arturo_diag.training.seeding import make_generator, seed_everything
 
-__all__ = ["run", "build_optimizer", "evaluate", "RunResult", "ProgressCallback"]
+__all__ = ["run", "prepare", "PreparedRun", "check_against_data", "build_optimizer", "evaluate", "RunResult", "ProgressCallback"]
 
 #: ``progress(event, info)``: events "start" {total_steps, snapshots}, "step" {step, loss}, "epoch" {epoch, ...},
 #: "snapshot" {step, phase}, "done" {seconds}.
@@ -81,16 +81,59 @@ def _oracle_curvature(config: RunConfig, model: nn.Module, x: torch.Tensor, y: t
     return {by_name[name]: tensor for name, tensor in h.items()}
 
 
-def run(config: RunConfig, *, progress: ProgressCallback | None = None, overwrite: bool = False,
-        dataset: ArrayDataset | None = None, kind: str = "compare") -> RunResult:
-    """Train as ``config`` says and write the run record to ``config.out``.
+@dataclass
+class PreparedRun:
+    """A run checked and built up to its first step (:func:`prepare`): the resolved config, the
+    data, the model, the optimizer, and the monitor whose record directory is already created."""
+
+    config: RunConfig
+    dataset: ArrayDataset
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    monitor: Monitor
+    total_steps: int
+    epochs: int
+    batches_per_epoch: int
+    snapshots: int
+    warnings: tuple[str, ...] = ()  # things the run will do that the user may not expect (no snapshot at all, ...)
+
+
+def check_against_data(config: RunConfig, num_train: int, name: str) -> list[str]:
+    """Checks of a resolved config that need the training set's size ``num_train``; returns warnings.
+
+    Raises:
+        ConfigError: a batch larger than the training set, a probe batch larger than it (when there
+            are snapshots), or more than :data:`MAX_TOTAL_STEPS` steps.
+    """
+    if config.batch_size > num_train:
+        raise ConfigError("batch_size", config.batch_size, f"at most {num_train}, the training examples of {name}")
+    snapshots_taken = config.optimizer == "arturo" and config.reference != "none"
+    if snapshots_taken and config.probe_size > num_train:
+        raise ConfigError("probe_size", config.probe_size, f"at most {num_train}, the training examples of {name}")
+    batches_per_epoch = math.ceil(num_train / config.batch_size)
+    total_steps = config.steps if config.steps is not None else config.epochs * batches_per_epoch
+    if total_steps > MAX_TOTAL_STEPS:
+        raise ConfigError("epochs", config.epochs, f"at most {MAX_TOTAL_STEPS // batches_per_epoch:_} "
+                          f"({batches_per_epoch} steps each; a run is at most {MAX_TOTAL_STEPS:_} steps)")
+    warnings = []
+    if snapshots_taken and config.every > total_steps:
+        warnings.append(f"every: {config.every} > {total_steps} steps of the run; no reference snapshot will be "
+                        f"taken (pass --every {total_steps} or less, or --reference none)")
+    return warnings
+
+
+def prepare(config: RunConfig, *, overwrite: bool = False, dataset: ArrayDataset | None = None,
+            kind: str = "compare") -> PreparedRun:
+    """Everything of :func:`run` before the first step: resolve and check the config, load the
+    data, build model and optimizer, create the record directory (``record.json`` says running).
 
     Raises:
         ConfigError / DataError: bad settings or data (before anything is written).
-        RecordError: ``config.out`` holds another run and ``overwrite`` is false.
+        RecordError: ``config.out`` holds another run and ``overwrite`` is false, or cannot be
+            created or written (the path and the OS's reason).
     """
     config = config.resolved()
-    notify = progress or (lambda event, info: None)
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", config.device, "cpu (no CUDA device is available here)")
@@ -99,6 +142,7 @@ def run(config: RunConfig, *, progress: ProgressCallback | None = None, overwrit
     if dataset is None:
         dataset = load_dataset(config.dataset, config.data_dir, seed=config.seed, train_size=config.train_size,
                                dtype=dtype, device=device)
+    warnings = check_against_data(config, dataset.num_train, config.dataset)
     model = build_model(config.model, in_channels=dataset.in_channels, num_classes=dataset.num_classes,
                         image_size=dataset.image_size).to(device=device, dtype=dtype)
     optimizer = build_optimizer(config, model)
@@ -110,18 +154,41 @@ def run(config: RunConfig, *, progress: ProgressCallback | None = None, overwrit
     probe = probe_batch(dataset, min(config.probe_size, dataset.num_train), config.seed)
     loss_fn = nn.functional.cross_entropy
     reference = config.reference if config.optimizer == "arturo" else "none"
-
-    def on_snapshot(step: int, phase: str) -> None:
-        notify("snapshot", {"step": step, "phase": phase})
-
     monitor = Monitor(model, optimizer, loss_fn, probe, every=config.every, reference=reference,
                       out=config.out, samples=config.samples, exact_method=config.exact_method,
                       seed=config.seed, config_toml=config_to_toml(config), kind=kind, overwrite=overwrite,
-                      on_snapshot=on_snapshot,
                       extra_manifest={"dataset": config.dataset, "model": config.model,
                                       "optimizer_name": config.optimizer, "total_steps": total_steps,
                                       "batches_per_epoch": batches_per_epoch})
     snapshots = total_steps // config.every if reference != "none" else 0
+    return PreparedRun(config, dataset, model, optimizer, scheduler, monitor, total_steps, epochs,
+                       batches_per_epoch, snapshots, tuple(warnings))
+
+
+def run(config: RunConfig, *, progress: ProgressCallback | None = None, overwrite: bool = False,
+        dataset: ArrayDataset | None = None, kind: str = "compare", prepared: PreparedRun | None = None) -> RunResult:
+    """Train as ``config`` says and write the run record to ``config.out``.
+
+    ``prepared``: the :func:`prepare` of this config, when the caller checked everything before
+    showing progress (``arturo-diag compare`` does); then ``overwrite``, ``dataset`` and ``kind``
+    were given to :func:`prepare`.
+
+    Raises:
+        ConfigError / DataError: bad settings or data (before anything is written).
+        RecordError: ``config.out`` holds another run and ``overwrite`` is false.
+    """
+    if prepared is None:
+        prepared = prepare(config, overwrite=overwrite, dataset=dataset, kind=kind)
+    config, dataset, model, optimizer = prepared.config, prepared.dataset, prepared.model, prepared.optimizer
+    scheduler, monitor = prepared.scheduler, prepared.monitor
+    total_steps, epochs, snapshots = prepared.total_steps, prepared.epochs, prepared.snapshots
+    loss_fn = nn.functional.cross_entropy
+    notify = progress or (lambda event, info: None)
+
+    def on_snapshot(step: int, phase: str) -> None:
+        notify("snapshot", {"step": step, "phase": phase})
+
+    monitor.on_snapshot = on_snapshot
     notify("start", {"total_steps": total_steps, "epochs": epochs, "snapshots": snapshots, "run_dir": config.out})
     generator = make_generator(config.seed, "cpu")
     start = time.perf_counter()

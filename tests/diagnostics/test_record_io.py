@@ -19,6 +19,7 @@ from arturo_diag.diagnostics.io import (
 )
 from arturo_diag.diagnostics.record import RecordWriter, RunRecord, layer_of, snapshot_filename
 from arturo_diag.errors import RecordError
+from arturo_diag.errors import RecordError
 
 CONFIG = 'name = "tiny"\n[optimizer]\nlr = 0.05\neta_tol = 0.5\nvar_init = 0.01\n'
 PARAMETERS = {"net.0.weight": (2, 3), "net.0.bias": (2,), "head.weight": (1, 2)}
@@ -66,9 +67,10 @@ def test_atomic_write_leaves_no_partial_file_when_the_write_fails(tmp_path, monk
         raise OSError("disk full")
 
     monkeypatch.setattr(record_io.os, "fsync", failing_fsync)
-    with pytest.raises(OSError, match="disk full"):
+    # the OS error becomes a RecordError naming the file and the OS's reason
+    with pytest.raises(RecordError, match="record.json.*disk full"):
         atomic_write_json(target, {"status": "complete"})
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(RecordError, match="new.txt.*disk full"):
         atomic_write_text(tmp_path / "new.txt", "x" * 10_000)
     assert target.read_text() == "old content"
     assert sorted(os.listdir(tmp_path)) == ["record.json"]  # no temporary files left behind
