@@ -15,7 +15,7 @@ _O = typer.Option
 
 
 def ablate(
-    config: Annotated[Optional[Path], _O("--config", help="Study TOML ([study] seeds, variants; [setups.NAME] run fields). Default: the embedded study (digits, every variant, 3 seeds).")] = None,
+    config: Annotated[Optional[Path], _O("--config", help="Study TOML (\\[study] seeds, variants; \\[setups.NAME] run fields). Default: the embedded study (digits, every variant, 3 seeds).")] = None,
     variants: Annotated[Optional[str], _O(help="Comma-separated variants, e.g. faithful,fixed-eta:1.0,coupled-kl,no-drift,oracle-exact,oracle-hutchinson,exact-dual,guarded,sgd,adam,adamw.")] = None,
     seeds: Annotated[Optional[str], _O(help="Comma-separated seeds, e.g. 0,1,2.")] = None,
     workers: Annotated[Optional[int], _O(help="Worker processes, one torch thread each (default: min(2, CPUs)).")] = None,

@@ -102,7 +102,7 @@ def compare(
     device: Annotated[Optional[str], _O(help="cpu (default) or cuda.")] = None,
     dtype: Annotated[Optional[str], _O(help="float32 (default) or float64.")] = None,
     out: Annotated[Optional[str], _O(help="Run directory (default runs/compare).")] = None,
-    config: Annotated[Optional[Path], _O("--config", help="TOML file with any of these fields ([run], [optimizer], [schedule], [diagnostics]).")] = None,
+    config: Annotated[Optional[Path], _O("--config", help="TOML file with any of these fields (\\[run], \\[optimizer], \\[schedule], \\[diagnostics]).")] = None,
     overwrite: Annotated[bool, _O("--overwrite", help="Replace a run record already in --out.")] = False,
 ) -> None:
     """Train with arTuRO, compare its curvature estimate with the true diagonal Hessian, write a report.
