@@ -7,7 +7,12 @@ from typing import Iterator
 
 import typer
 
-from arturo_diag.errors import ArturoDiagError
+from arturo_diag.errors import ArturoDiagError, Diverged
+
+#: Exit codes of every command (README, "Exit codes"): 0 done; 1 an internal error (a bug: a
+#: traceback) or, for ablate, runs that failed; 2 bad input (one ``error:`` line); 3 the run diverged
+#: (NaN/inf; the record and report say where); 130 interrupted.
+EXIT_OK, EXIT_FAILED, EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def fail(message: str, code: int = 2) -> "typer.Exit":
@@ -20,6 +25,8 @@ def user_errors() -> Iterator[None]:
     """Library errors (bad config, data, record) become one line on stderr and exit code 2."""
     try:
         yield
+    except Diverged as error:  # a run that went NaN/inf, not a user's mistake
+        raise fail(f"diverged: {error}", EXIT_DIVERGED) from None
     except ArturoDiagError as error:
         raise fail(str(error)) from None
     except KeyboardInterrupt:

@@ -16,7 +16,9 @@ entry" is ``{"step", ["reference",] "overall": X, "layers": {layer: X}}`` and a 
 ``{"snapshots": [entry per snapshot], "final": last entry or None}``::
 
     format        "arturo-diag-metrics/1"
-    run           kind, status, steps, n_step_rows, n_snapshots, snapshot_steps, reference
+    run           kind, status, divergence (record.json's, of a "diverged" run, else None),
+                  unusable_snapshots ([{step, reason}]: a or h NaN/inf, or h all 0; such a snapshot
+                  is left out of agreement, movement, calibration and lag), steps, n_step_rows, n_snapshots, snapshot_steps, reference
                   ("exact" | "hutchinson" | "both" | "none" | "mixed"), compared_against
                   ("h_exact" | "h_hutchinson" | None | "mixed"), exact_method, hutchinson_samples,
                   n_parameters, n_tensors, layers, optimizer, var_init, var_init_source, eta_tol,
@@ -124,6 +126,22 @@ def _snapshot_value(snapshots: pd.DataFrame, step: int, column: str) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
+def _unusable(a: Mapping[str, np.ndarray], h: Mapping[str, np.ndarray], layers: Mapping[str, str]) -> str | None:
+    """Why a snapshot's a and h cannot be compared (None if they can): NaN/inf in either (a run
+    that was diverging), or h identically 0 (every relative metric would be 0/0)."""
+    for what, arrays in (("the curvature estimate a", a), ("the reference h", h)):
+        bad = {name: int(np.count_nonzero(~np.isfinite(x))) for name, x in arrays.items()}
+        total = sum(bad.values())
+        if total:
+            first = next(name for name, count in bad.items() if count)
+            size = sum(int(np.size(x)) for x in arrays.values())
+            return (f"{what} is NaN/inf in {total} of {size} coordinates (first in layer "
+                    f"{layers.get(first, first)}, {first})")
+    if not any(np.any(x != 0) for x in h.values()):
+        return "the reference h is 0 at every coordinate"
+    return None
+
+
 def _training(epochs: pd.DataFrame) -> dict[str, Any]:
     if len(epochs) == 0:
         return {"n_evaluations": 0, "final": None, "best_test_accuracy": math.nan, "best_test_accuracy_epoch": None}
@@ -175,6 +193,8 @@ def analyze_record(record: RunRecord | str | os.PathLike[str], *, collapse_fract
     eta_tol, eta_tol_source = _setting(record, "eta_tol")
     var_init = float(var_init) if var_init is not None else None
     eta_tol = float(eta_tol)
+    fixed_eta, _ = _setting(record, "fixed_eta")
+    fixed_eta = float(fixed_eta) if isinstance(fixed_eta, (int, float)) and not isinstance(fixed_eta, bool) else None
 
     agreement_entries: list[dict[str, Any]] = []
     hutchinson_entries: list[dict[str, Any]] = []
@@ -183,6 +203,7 @@ def analyze_record(record: RunRecord | str | os.PathLike[str], *, collapse_fract
     calibration_entries: list[dict[str, Any]] = []
     health_entries: list[dict[str, Any]] = []
     labels: list[str] = []
+    unusable: list[dict[str, Any]] = []
     lag = LagAccumulator(max_lag)
     previous: tuple[str, dict[str, np.ndarray]] | None = None  # (reference field, h by parameter)
 
@@ -208,6 +229,11 @@ def analyze_record(record: RunRecord | str | os.PathLike[str], *, collapse_fract
             continue
 
         h = {name: snapshot[name][field] for name in names}
+        problem = _unusable(a, h, record.layers)
+        if problem is not None:  # nothing to compare: say why, rather than report undefined metrics
+            unusable.append({"step": int(step), "reason": problem})
+            previous = None
+            continue
         h_prev = previous[1] if previous is not None and previous[0] == field and set(previous[1]) >= set(h) else None
         agreement_entries.append(_split(per_layer(
             lambda a, h, h_prev: agreement_with_baselines(a, h, h_prev, constant=constant),
@@ -249,6 +275,8 @@ def analyze_record(record: RunRecord | str | os.PathLike[str], *, collapse_fract
         "run": {
             "kind": record.kind,
             "status": record.status,
+            "divergence": record.divergence,
+            "unusable_snapshots": unusable,
             "steps": int(record.manifest.get("steps") or 0),
             "n_step_rows": int(len(steps_table)),
             "n_snapshots": len(record.snapshot_steps),
@@ -276,7 +304,8 @@ def analyze_record(record: RunRecord | str | os.PathLike[str], *, collapse_fract
         "movement": _series(movement_entries),
         "calibration": _series(calibration_entries),
         "lag": summarize_lag(lag.table(), max_lag=max_lag, metric=lag_metric),
-        "trust_region": trust_region_summary(steps_table, record.snapshots, eta_tol=eta_tol, burn_in=burn_in),
+        "trust_region": trust_region_summary(steps_table, record.snapshots, eta_tol=eta_tol, burn_in=burn_in,
+                                             fixed_eta=fixed_eta),
         "health": {
             "eta": eta_health(steps_table),
             "iterations": iteration_histogram(steps_table),

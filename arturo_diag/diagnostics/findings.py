@@ -2,14 +2,15 @@
 
 ``findings(metrics)`` turns the dict of :func:`~arturo_diag.diagnostics.analysis.analyze_record`
 into a list of ``{"text", "severity", "topic"}``; severity is ``"info"`` or ``"warning"``, topic one
-of ``reference``, ``agreement``, ``movement``, ``calibration``, ``lag``, ``trust_region``, ``health``,
+of ``divergence``, ``reference``, ``agreement``, ``movement``, ``calibration``, ``lag``, ``trust_region``, ``health``,
 ``training``. Rules the wording follows (ARTURO.md, "Diagnostic quantities"):
 
 - an agreement number is always given next to what the constant vector 0.1 scores, and an
   estimate that a constant matches or beats is never described as agreeing well;
 - where the lag curve is flat within snapshot noise the text says "No identifiable lag";
 - the eta-floor, 5/3 growth and overshoot quirks of the published bisection are named with their
-  steps and sizes.
+  steps and sizes; a fixed-eta run (trust region off) is described as fixed, never in those words;
+- a diverged run's first finding says where it went NaN/inf (step, quantity, layer).
 
 Pure: the same metrics give the same list.
 """
@@ -69,6 +70,31 @@ class _Findings:
 
     def add(self, topic: str, severity: str, text: str) -> None:
         self.items.append({"text": text, "severity": severity, "topic": topic})
+
+
+def _divergence(out: _Findings, metrics: Mapping[str, Any]) -> None:
+    info = _get(metrics, "run", "divergence")
+    if not isinstance(info, Mapping):
+        return
+    message = info.get("message") or f"non-finite {info.get('quantity')} at step {info.get('step')}"
+    snapshots = _get(metrics, "run", "snapshot_steps") or []
+    covered = (f"the findings below cover steps 1-{info.get('step')}" +
+               (f" (snapshots up to step {max(snapshots)})" if snapshots else " (no snapshot was taken before it)"))
+    out.add("divergence", "warning",
+            f"The run diverged: {message}. Training stopped there; {covered}.")
+
+
+def _unusable(out: _Findings, metrics: Mapping[str, Any]) -> None:
+    entries = _get(metrics, "run", "unusable_snapshots") or []
+    if not entries:
+        return
+    steps = ", ".join(str(entry["step"]) for entry in entries[:8]) + (" ..." if len(entries) > 8 else "")
+    reasons = list(dict.fromkeys(entry["reason"] for entry in entries))
+    reason = reasons[0] + (f" (and {len(reasons) - 1} other reasons)" if len(reasons) > 1 else "")
+    out.add("reference", "warning",
+            f"{_count(len(entries), 'snapshot')} (step{'s' if len(entries) > 1 else ''} {steps}) "
+            f"{'are' if len(entries) > 1 else 'is'} left out of agreement, movement, calibration and lag: "
+            f"{reason}.")
 
 
 def _reference(out: _Findings, metrics: Mapping[str, Any]) -> None:
@@ -254,6 +280,9 @@ def _trust_region(out: _Findings, metrics: Mapping[str, Any]) -> None:
     if not tr.get("available"):
         out.add("trust_region", "info", "No trust-region data (eta) was recorded per step.")
         return
+    if tr.get("fixed_eta") is not None:
+        _fixed_eta(out, metrics, tr)
+        return
     late = tr["regime_share_after_burn_in"]
     burn_in = tr["burn_in"]
     inactive = tr["inactive_share_after_burn_in"]
@@ -321,11 +350,33 @@ def _trust_region(out: _Findings, metrics: Mapping[str, Any]) -> None:
         out.add("trust_region", "info", text + ".")
 
 
+def _fixed_eta(out: _Findings, metrics: Mapping[str, Any], tr: Mapping[str, Any]) -> None:
+    """A fixed-eta run (trust region off): said as such, never in the bisection's regimes."""
+    option = "--fixed-eta" if _get(metrics, "run", "kind") == "compare" else "fixed_eta"
+    kl = _get(metrics, "health", "kl_ratio") or {}
+    text = (f"eta fixed at {tr['fixed_eta']:g} by {option}: no trust region (the dual is never solved and the "
+            "KL bound does not limit the step)")
+    if _is_number(kl.get("q50")):
+        text += f"; the steps' K/eps had median {_num(kl['q50'])} (max {_num(kl.get('max'))})"
+    out.add("trust_region", "info", text + ".")
+    snapshots = tr.get("snapshots") or {}
+    if snapshots.get("n") and _is_number(snapshots.get("binding_share")):
+        text = (f"With the trust region on, the KL bound would have been active (K(0)/eps > 1) at "
+                f"{_pct(snapshots['binding_share'])} of {_count(snapshots['n'], 'snapshot')}")
+        ratio = snapshots.get("eta_over_eta_star_median")
+        if _is_number(ratio):
+            text += f"; the fixed eta was a median {_num(ratio)} times the exact root eta* there"
+        out.add("trust_region", "info", text + ".")
+
+
 def _health(out: _Findings, metrics: Mapping[str, Any]) -> None:
     health = metrics.get("health") or {}
     eta = health.get("eta") or {}
     iterations = health.get("iterations") or {}
-    if eta.get("n"):
+    fixed = _get(metrics, "trust_region", "fixed_eta")
+    if eta.get("n") and fixed is not None:
+        out.add("health", "info", f"eta: {fixed:g} at every step (fixed; no dual solve).")
+    elif eta.get("n"):
         out.add("health", "info",
                 f"eta: median {_num(eta['median'])} (range {_num(eta['min'])} to {_num(eta['max'])}, last "
                 f"{_num(eta['last'])}); the dual solve took {_num(iterations.get('mean'))} K evaluations per "
@@ -389,17 +440,21 @@ def _training(out: _Findings, metrics: Mapping[str, Any]) -> None:
         parts.append(f"train loss {_num(final['train_loss'])}")
     if parts:
         when = f" (epoch {final['epoch']}, step {final['step']})" if final.get("epoch") is not None else ""
-        out.add("training", "info", f"Final evaluation{when}: " + ", ".join(parts) + ".")
+        label = ("Last evaluation before the divergence" if _get(metrics, "run", "divergence")
+                 else "Final evaluation")
+        out.add("training", "info", f"{label}{when}: " + ", ".join(parts) + ".")
 
 
 def findings(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
     """Plain-English findings with numbers, from the metrics dict of ``analyze_record``.
 
     Returns a list of ``{"text": str, "severity": "info" | "warning", "topic": str}`` in a fixed
-    topic order (reference, agreement, movement, calibration, lag, trust_region, health, training).
+    topic order (divergence, reference, agreement, movement, calibration, lag, trust_region, health,
+    training): a diverged run's first finding says where it went NaN/inf.
     Missing parts of ``metrics`` are skipped, not errors.
     """
     out = _Findings()
-    for part in (_reference, _agreement, _movement, _calibration, _lag, _trust_region, _health, _training):
+    for part in (_divergence, _reference, _unusable, _agreement, _movement, _calibration, _lag, _trust_region, _health,
+                 _training):
         part(out, metrics)
     return out.items

@@ -50,7 +50,8 @@ def _column(steps: pd.DataFrame, name: str) -> np.ndarray:
 
 
 def classify_regimes(steps: pd.DataFrame, *, eta_tol: float = 0.5, rtol: float = 1e-6,
-                     overshoot: float = OVERSHOOT, undershoot: float = UNDERSHOOT) -> pd.DataFrame:
+                     overshoot: float = OVERSHOOT, undershoot: float = UNDERSHOOT,
+                     fixed_eta: float | None = None) -> pd.DataFrame:
     """The regime of every step, and the overshoot/undershoot flags.
 
     Args:
@@ -68,6 +69,9 @@ def classify_regimes(steps: pd.DataFrame, *, eta_tol: float = 0.5, rtol: float =
         ``"fixed"`` (0 iterations and ``eta = eta_prev``: the trust-region-off ablation);
         ``"other"``. ``overshoot`` is ``K/eps > 1.1``, ``undershoot`` is ``K/eps < 0.9`` (both
         False where ``kl_ratio`` is NaN).
+        With ``fixed_eta`` (the run's ``fixed_eta`` setting: the trust region was off) every step
+        is ``"fixed"``: no bisection ran, so none of its regimes applies (an eta fixed at 0 is not
+        "growing by 5/3", nor one fixed at 0.25 "frozen at the floor").
     """
     ordered = steps.sort_values("step", kind="stable").reset_index(drop=True)
     eta = _column(ordered, "eta")
@@ -88,6 +92,8 @@ def classify_regimes(steps: pd.DataFrame, *, eta_tol: float = 0.5, rtol: float =
         under = kl_ratio < undershoot
     regime = np.select([first, grew, frozen, bisection, fixed],
                        ["first", "growth_5_3", "frozen", "bisection", "fixed"], default="other")
+    if fixed_eta is not None:
+        regime = np.full(len(ordered), "fixed")
     return pd.DataFrame({
         "step": ordered["step"].astype(int).to_numpy() if len(ordered) else np.array([], dtype=int),
         "regime": regime.astype(object),
@@ -234,7 +240,7 @@ def snapshot_binding(snapshots: pd.DataFrame) -> dict[str, Any]:
 
 def trust_region_summary(steps: pd.DataFrame, snapshots: pd.DataFrame | None = None, *,
                          eta_tol: float = 0.5, burn_in: int | None = None,
-                         rtol: float = 1e-6) -> dict[str, Any]:
+                         rtol: float = 1e-6, fixed_eta: float | None = None) -> dict[str, Any]:
     """Regime shares, runs of inactive steps, overshoot after bound drops, binding at snapshots.
 
     Args:
@@ -242,9 +248,11 @@ def trust_region_summary(steps: pd.DataFrame, snapshots: pd.DataFrame | None = N
         eta_tol: the bisection tolerance from the optimizer's config.
         burn_in: shares are also given over the steps after this step number (default: a tenth
             of the last step, rounded), to see the regime once the first transient is over.
+        fixed_eta: the run's ``fixed_eta`` (None: eta from the dual solve); every step is then
+            ``"fixed"`` (:func:`classify_regimes`) and the result's ``fixed_eta`` says so.
 
     Returns:
-        ``{"available", "n_steps", "eta_tol", "burn_in", "regime_counts", "regime_share",
+        ``{"available", "n_steps", "eta_tol", "fixed_eta", "burn_in", "regime_counts", "regime_share",
         "regime_share_after_burn_in", "inactive_share", "inactive_share_after_burn_in",
         "overshoot_share", "undershoot_share", "overshoot_share_after_burn_in",
         "inactive_runs", "frozen_runs", "growth_runs", "bound_drops", "snapshots"}``; a run
@@ -257,7 +265,7 @@ def trust_region_summary(steps: pd.DataFrame, snapshots: pd.DataFrame | None = N
     if len(steps) == 0 or not has_eta:
         return {"available": False, "reason": "no eta recorded in steps.csv", "n_steps": int(len(steps)),
                 "snapshots": binding}
-    regimes = classify_regimes(steps, eta_tol=eta_tol, rtol=rtol)
+    regimes = classify_regimes(steps, eta_tol=eta_tol, rtol=rtol, fixed_eta=fixed_eta)
     ordered = steps.sort_values("step", kind="stable").reset_index(drop=True)
     step = regimes["step"].to_numpy()
     eta = _column(ordered, "eta")
@@ -278,6 +286,7 @@ def trust_region_summary(steps: pd.DataFrame, snapshots: pd.DataFrame | None = N
         "available": True,
         "n_steps": int(len(regimes)),
         "eta_tol": float(eta_tol),
+        "fixed_eta": None if fixed_eta is None else float(fixed_eta),
         "burn_in": int(burn_in),
         "n_steps_after_burn_in": int(np.count_nonzero(late)),
         "regime_counts": {name: int(np.count_nonzero(regime == name)) for name in REGIMES},

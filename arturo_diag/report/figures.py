@@ -494,6 +494,9 @@ def plot_lag(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> None:
     fig.suptitle(f"Lag of the curvature estimate behind h: {headline}")
 
 
+_KL_CEILING = 1e200
+
+
 def plot_trust_region(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> None:
     """eta per step with its bisection bracket, the inactive steps, and the achieved K/eps.
 
@@ -513,11 +516,14 @@ def plot_trust_region(record: RunRecord, metrics: dict[str, Any], fig: Figure) -
     eta = _col(steps, "eta")
     if not np.isfinite(eta).any():
         raise FigureSkipped("steps.csv records no eta (not an arTuRO run, or an empty run)")
+    eta = np.where(np.isfinite(eta), eta, np.nan)  # inf (a zero KL bound: no step) cannot be drawn
     tr = metrics.get("trust_region") or {}
     eta_tol = float(tr.get("eta_tol") or get(metrics, "run", "eta_tol") or 0.5)
     step = _col(steps, "step")
-    lo, hi, kl = _col(steps, "eta_lo"), _col(steps, "eta_hi"), _col(steps, "kl_ratio")
-    regimes = classify_regimes(steps, eta_tol=eta_tol)["regime"].to_numpy()
+    lo, hi, kl = (np.where(np.isfinite(x), x, np.nan) for x in
+                  (_col(steps, "eta_lo"), _col(steps, "eta_hi"), _col(steps, "kl_ratio")))
+    fixed_eta = tr.get("fixed_eta")
+    regimes = classify_regimes(steps, eta_tol=eta_tol, fixed_eta=fixed_eta)["regime"].to_numpy()
     ax_eta, ax_kl = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
     with np.errstate(invalid="ignore"):
         positive_lo = np.where(lo > 0, lo, np.nan)
@@ -553,7 +559,9 @@ def plot_trust_region(record: RunRecord, metrics: dict[str, Any], fig: Figure) -
     ax_eta.set_title("eta per step, its bisection bracket, and the steps where the bound did not decide it")
 
     with np.errstate(invalid="ignore"):
-        kl_positive = np.where(kl > 0, kl, np.nan)
+        # matplotlib's log ticks overflow on axes reaching past ~1e270: larger ratios (a bound near 0)
+        # are drawn at _KL_CEILING
+        kl_positive = np.where(kl > 0, np.minimum(kl, _KL_CEILING), np.nan)
     if np.isfinite(kl_positive).any():
         ax_kl.plot(step, kl_positive, color=_C["kl"], lw=1.0, label="K(eta)/eps achieved")
         over = kl_positive > OVERSHOOT
@@ -561,6 +569,8 @@ def plot_trust_region(record: RunRecord, metrics: dict[str, Any], fig: Figure) -
             ax_kl.scatter(step[over], kl_positive[over], color=_C["frozen"], s=9, zorder=3, lw=0,
                           label=f"overshoot, K/eps > {num(OVERSHOOT)} ({_steps_words(int(over.sum()))})")
         ax_kl.set_yscale("log")
+        # explicit limits: autoscaling's margin on a range of hundreds of decades (eps = 1e-300) overflows
+        ax_kl.set_ylim(min(float(np.nanmin(kl_positive)), 1.0) / 3, max(float(np.nanmax(kl_positive)), OVERSHOOT) * 3)
     else:
         ax_kl.text(0.5, 0.5, "no K/eps recorded", ha="center", va="center", transform=ax_kl.transAxes)
     ax_kl.axhline(1.0, color="black", lw=1.0, label="1: on the bound")
@@ -580,6 +590,9 @@ def plot_trust_region(record: RunRecord, metrics: dict[str, Any], fig: Figure) -
     _legend_outside(ax_eta)
     _legend_outside(ax_kl)
     share = tr.get("regime_share") or {}
+    if fixed_eta is not None:
+        fig.suptitle(f"Trust region off: eta fixed at {num(fixed_eta)} at every one of {count(len(steps))} steps")
+        return
     fig.suptitle(f"Trust region: bisection active {pct(share.get('bisection'))}, 5/3 growth "
                  f"{pct(share.get('growth_5_3'))}, frozen at the floor {pct(share.get('frozen'))}, overshoot "
                  f"{pct(tr.get('overshoot_share'))} of {count(len(steps))} steps")

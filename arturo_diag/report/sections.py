@@ -472,6 +472,12 @@ def trust_region_section(metrics: Mapping[str, Any]) -> list[Block]:
         return blocks + _binding_blocks(tr.get("snapshots"))
     eta_tol = tr.get("eta_tol")
     burn_in = tr.get("burn_in")
+    if tr.get("fixed_eta") is not None:  # trust region off: the bisection's regimes do not apply
+        blocks.append(Paragraph(
+            f"eta was fixed at {num(tr['fixed_eta'])} at every one of the {_plural(tr.get('n_steps'), 'step')} "
+            "(fixed_eta, the trust-region-off ablation): the dual was never solved and the KL bound did not limit "
+            "the step, so there are no bisection regimes to report."))
+        return blocks + _binding_blocks(tr.get("snapshots"))
     blocks.append(Paragraph(
         f"Each step's regime (ARTURO.md, step 4 and \"the eta floor\", eta_tol = {num(eta_tol)}): bisection active "
         f"(K evaluated and eta moved), 5/3 growth (eta_prev <= {num(0.375 * eta_tol)}: the bracket is already "
