@@ -11,9 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from arturo_diag.training.config import RunConfig, check_used, config_from_mapping, load_config
 
-from arturo_diag.errors import Diverged
-
-from .common import EXIT_DIVERGED, user_errors
+from .common import user_errors
 
 _O = typer.Option
 
@@ -115,29 +113,13 @@ def compare(
     console = Console(stderr=True)
     with user_errors():
         cfg = build_config(config, options)
+        from arturo_diag.diagnostics.lock import keep_locked
         from arturo_diag.report import render_report
 
-        result, diverged = None, None
-        try:
+        with keep_locked(cfg.out):  # no other process between the record and its report
             result = run_with_progress(cfg, console, overwrite)
-        except Diverged as error:  # a result, not a user error: the report says where, exit 3
-            diverged = error
-        report = render_report(result.run_dir if result is not None else cfg.out)
-    if diverged is not None:
-        summarize_diverged(report, diverged, console)
-        raise typer.Exit(code=EXIT_DIVERGED)
+            report = render_report(result.run_dir)
     summarize(report, result, console)
-
-
-def summarize_diverged(report, error: Diverged, console: Console) -> None:
-    """A diverged run: one line on stderr saying where, then the report's findings (the first states it)."""
-    console.print(f"[red]diverged:[/red] {escape(str(error))}; the record is marked diverged", highlight=False)
-    out = Console()
-    out.print(f"[bold]run[/bold] {escape(str(report.run_dir))}  (diverged at step {error.info.get('step')})")
-    for finding in report.findings:
-        marker = "[yellow]![/yellow]" if finding.get("severity") == "warning" else "-"
-        out.print(f" {marker} {escape(finding['text'])}")
-    out.print(f"[bold]report[/bold] {escape(f'{report.markdown}  {report.html}')}")
 
 
 def summarize(report, result, console: Console) -> None:

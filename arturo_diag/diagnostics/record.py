@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from arturo_diag.errors import RecordError
+from arturo_diag.diagnostics.lock import DirectoryLock
 from arturo_diag.diagnostics.io import atomic_savez, atomic_write_csv, atomic_write_json, atomic_write_text, make_directory
 
 if sys.version_info >= (3, 11):
@@ -45,7 +46,10 @@ __all__ = [
     "SNAPSHOT_FIELDS",
     "RecordWriter",
     "RunRecord",
+    "STUDY_MARKERS",
     "layer_of",
+    "looks_like_study_dir",
+    "study_marker",
     "snapshot_filename",
 ]
 
@@ -71,6 +75,9 @@ SNAPSHOT_FIELDS = (
 )
 
 _MANIFEST = "record.json"
+#: Files that make a directory an ablation study's (written by arturo_diag.study; diagnostics may
+#: not import it): a run record is never written into one, nor a study into a run record.
+STUDY_MARKERS = ("study.toml", "study.json")
 _CONFIG = "config.toml"
 _TABLES = {"steps": ("steps.csv", STEP_COLUMNS), "epochs": ("epochs.csv", EPOCH_COLUMNS),
            "snapshots": ("snapshots.csv", SNAPSHOT_COLUMNS)}
@@ -174,7 +181,21 @@ class RecordWriter:
         self._parameters: dict[str, dict[str, Any]] = {}
         for name, shape in parameters.items():
             self._parameters[str(name)] = {"shape": [int(n) for n in shape], "layer": layer_of(str(name))}
+        _refuse_study_dir(self.run_dir)
+        # One writer per run directory (docs/record.md, "Locks"): held from before a previous record
+        # is looked at or removed until the record's last write (see ``_finished``).
+        self._lock = DirectoryLock(self.run_dir)
+        self._lock.acquire()
+        try:
+            _refuse_study_dir(self.run_dir)  # again, now that no one else can write it
+            self._start(kind, config_toml_text, optimizer=optimizer, var_init=var_init, overwrite=overwrite)
+        except BaseException:
+            self._lock.release()
+            raise
 
+    def _start(self, kind: str, config_toml_text: str, *, optimizer: Mapping[str, Any] | None,
+               var_init: float | None, overwrite: bool) -> None:
+        """Under the lock: refuse or remove a previous record, write config.toml and the manifest."""
         manifest_path = self.run_dir / _MANIFEST
         if manifest_path.exists():
             if not overwrite:
@@ -206,6 +227,42 @@ class RecordWriter:
         }
         atomic_write_text(self.run_dir / _CONFIG, config_toml_text)
         self._write_manifest()
+
+    # -- end and lock ---------------------------------------------------------------------------
+    # Every terminal method (finish, fail, ...) ends with ``self._finished = True`` after its last
+    # write: that one assignment releases the run directory's lock.
+    @property
+    def _finished(self) -> bool:
+        return self.__dict__.get("_done", False)
+
+    @_finished.setter
+    def _finished(self, value: bool) -> None:
+        self.__dict__["_done"] = bool(value)
+        if value:
+            self.close()
+
+    def close(self) -> None:
+        """Release the run directory's lock (done by :meth:`finish` and :meth:`fail`). A record not
+        finished stays ``"running"``: incomplete. Idempotent."""
+        lock = self.__dict__.get("_lock")
+        if lock is not None:
+            lock.release()
+
+    def __enter__(self) -> "RecordWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is not None and not self.finished:
+                self.fail(f"{exc_type.__name__}: {exc}")
+        finally:
+            self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
 
     # -- rows ---------------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -317,31 +374,28 @@ class RecordWriter:
         self._write_manifest()
         self._finished = True
 
-    def diverge(self, info: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> None:
-        """Write the tables, then ``record.json`` with status ``"diverged"`` and ``"divergence": info``
-        (last): the run ended at its first non-finite quantity (``step``, ``quantity``, ``parameter``,
-        ``layer``, ``count``, ``kind``, see :class:`arturo_diag.errors.Diverged`). A diverged record is
-        finished: reports render from it. ``extra`` is merged into the manifest as in :meth:`finish`."""
-        self._check_open()
-        extra = dict(extra or {})
-        for reserved in ("format", "status", "divergence"):
-            if reserved in extra:
-                raise ValueError(f"diverge: extra may not set {reserved!r}")
-        self._write_tables()
-        self._manifest["steps"] = self._last_step()
-        self._manifest["snapshot_steps"] = sorted(self._snapshot_steps)
-        self._manifest.update(extra)
-        self._manifest["status"] = "diverged"
-        self._manifest["divergence"] = {key: _plain(value) if value is not None else None
-                                        for key, value in info.items()}
-        self._manifest["finished"] = _now()
-        self._write_manifest()
-        self._finished = True
-
     @property
     def finished(self) -> bool:
         """Whether :meth:`finish` or :meth:`fail` has been called."""
         return self._finished
+
+
+def study_marker(path: str | os.PathLike[str]) -> str | None:
+    """The file that makes ``path`` an ablation study's directory (``study.toml``, ``study.json``), or None."""
+    path = Path(path)
+    return next((name for name in STUDY_MARKERS if (path / name).is_file()), None)
+
+
+def looks_like_study_dir(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` holds an ablation study (``arturo_diag.study`` writes these files)."""
+    return study_marker(path) is not None
+
+
+def _refuse_study_dir(run_dir: Path) -> None:
+    marker = study_marker(run_dir)
+    if marker is not None:
+        raise RecordError(f"{run_dir} is an ablation study's directory (it holds {marker}), not a run's; "
+                          "choose another --out")
 
 
 def _peek_status(manifest_path: Path) -> str:
@@ -629,19 +683,12 @@ class RunRecord:
 
     @property
     def status(self) -> str:
-        """``"complete"``, ``"running"`` (or killed), ``"failed"`` or ``"diverged"`` (see :attr:`divergence`)."""
+        """``"complete"``, ``"running"`` (or killed) or ``"failed"``."""
         return str(self.manifest.get("status"))
 
     @property
     def complete(self) -> bool:
         return self.status == "complete"
-
-    @property
-    def divergence(self) -> dict[str, Any] | None:
-        """``record.json``'s ``"divergence"`` of a ``"diverged"`` record (step, quantity, parameter,
-        layer, count, kind, message), else None."""
-        info = self.manifest.get("divergence")
-        return dict(info) if self.status == "diverged" and isinstance(info, dict) else None
 
     @property
     def kind(self) -> str:
@@ -676,9 +723,7 @@ class RunRecord:
         _check_manifest(manifest_path, manifest)
         status = manifest["status"]
         complete = status == "complete"
-        # a diverged run is finished too (it ended at its first NaN/inf); its tables are checked as
-        # an incomplete record's: it has no final evaluation
-        if not complete and not allow_incomplete and status != "diverged":
+        if not complete and not allow_incomplete:
             raise RecordError(f"{run_dir} is incomplete (status {status}): the run did not finish")
 
         config_path = run_dir / _CONFIG

@@ -14,6 +14,7 @@ from typing import Any
 
 from arturo_diag.diagnostics.analysis import analyze_record, write_metrics
 from arturo_diag.diagnostics.io import atomic_write_bytes, atomic_write_text
+from arturo_diag.diagnostics.lock import DirectoryLock
 from arturo_diag.diagnostics.record import RunRecord
 from arturo_diag.report import sections
 from arturo_diag.report.document import Block, to_html, to_markdown
@@ -69,9 +70,17 @@ def render_report(run_dir: str | os.PathLike[str]) -> ReportResult:
 
     Raises:
         RecordError: ``run_dir`` is not a complete run record (missing, running, failed,
-            unreadable).
+            unreadable), or another process is writing it (its lock, ``docs/record.md``).
     """
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        RunRecord.load(run_dir)  # raises: no such run directory
+    # One writer per directory (docs/record.md, "Locks"): not while the run or another render writes it.
+    with DirectoryLock(run_dir, advice="wait for it to finish", create=False):
+        return _render(run_dir)
+
+
+def _render(run_dir: Path) -> ReportResult:
     record = RunRecord.load(run_dir)
     metrics = analyze_record(record, **_analysis_options(record))
 

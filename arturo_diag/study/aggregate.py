@@ -64,14 +64,19 @@ def _number(value: Any) -> float:
 
 
 def _metrics(run_dir: Path, record: RunRecord) -> dict[str, Any]:
+    """The run's metrics.json (written by the study), else, if it is missing or not well formed,
+    the metrics computed again from the record (a derived file is never trusted over its record)."""
+    from arturo_diag.diagnostics.analysis import METRICS_FORMAT, analyze_record
+
     path = run_dir / "metrics.json"
     if path.is_file():
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            cached = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(cached, dict) and cached.get("format") == METRICS_FORMAT:
+                _curvature_columns(cached)  # the parts read here have their documented shape
+                return cached
+        except (OSError, ValueError, AttributeError, TypeError, RecursionError):
             pass
-    from arturo_diag.diagnostics.analysis import analyze_record
-
     return analyze_record(record)
 
 
@@ -100,6 +105,45 @@ def _series(table: pd.DataFrame, column: str) -> pd.Series:
     return pd.to_numeric(table[column], errors="coerce")
 
 
+def _complete_run(spec: RunSpec, row: dict[str, Any]) -> tuple[list[dict[str, Any]], list[pd.DataFrame]]:
+    """Fill ``row`` with the final numbers of a complete run; return its curve rows and eta frames.
+
+    Raises:
+        RecordError: the record's files are damaged (e.g. a snapshot read for the curvature columns).
+    """
+    curve_rows: list[dict[str, Any]] = []
+    eta_frames: list[pd.DataFrame] = []
+    record = RunRecord.load(spec.config.out)
+    epochs = record.epochs.sort_values("step", kind="stable") if "step" in record.epochs.columns else record.epochs
+    steps = record.steps
+    row["steps"] = int(record.manifest.get("steps") or 0)
+    row["epochs"] = int(len(epochs))
+    if len(epochs):
+        last = epochs.iloc[-1]
+        for column in ("test_accuracy", "test_loss", "train_loss", "train_accuracy"):
+            row[column] = _number(last.get(column))
+        row["best_test_accuracy"] = float(_series(epochs, "test_accuracy").max())
+    eta = _series(steps, "eta")
+    if spec.variant.family == "arturo" and eta.notna().any():
+        row["eta_final"] = float(eta.dropna().iloc[-1])
+        row["eta_median"] = float(eta.median())
+        row["dual_iterations_mean"] = float(_series(steps, "iterations").mean())
+        row["kl_ratio_median"] = float(_series(steps, "kl_ratio").median())
+        row["guard_acted"] = float(_series(steps, "guard_acted").fillna(0).sum())
+        eta_frames.append(pd.DataFrame({"setup": spec.setup, "variant": spec.variant.name, "seed": spec.seed,
+                                        "step": _series(steps, "step").astype("int64"), "eta": eta,
+                                        "kl_bound": _series(steps, "kl_bound")}))
+    if record.parameters:
+        last_shape = list(record.parameters.values())[-1]
+        row["num_classes"] = int(last_shape[0]) if last_shape else math.nan
+    if spec.variant.family == "arturo":
+        row.update(_curvature_columns(_metrics(Path(spec.config.out), record)))
+    for _, epoch_row in epochs.iterrows():
+        curve_rows.append({"setup": spec.setup, "variant": spec.variant.name, "family": spec.variant.family,
+                           "seed": spec.seed, **{c: _number(epoch_row.get(c)) for c in CURVE_COLUMNS[4:]}})
+    return curve_rows, eta_frames
+
+
 def collect(study_dir: str | Path) -> StudyData:
     """Read a study directory (``study.toml`` and the run records under ``runs/``).
 
@@ -123,34 +167,14 @@ def collect(study_dir: str | Path) -> StudyData:
                                "seed": spec.seed, "status": status, "run_dir": spec.relative_dir,
                                "error": detail if status != "complete" else ""}
         if status == "complete":
-            record = RunRecord.load(spec.config.out)
-            epochs = record.epochs.sort_values("step", kind="stable") if "step" in record.epochs.columns else record.epochs
-            steps = record.steps
-            row["steps"] = int(record.manifest.get("steps") or 0)
-            row["epochs"] = int(len(epochs))
-            if len(epochs):
-                last = epochs.iloc[-1]
-                for column in ("test_accuracy", "test_loss", "train_loss", "train_accuracy"):
-                    row[column] = _number(last.get(column))
-                row["best_test_accuracy"] = float(_series(epochs, "test_accuracy").max())
-            eta = _series(steps, "eta")
-            if spec.variant.family == "arturo" and eta.notna().any():
-                row["eta_final"] = float(eta.dropna().iloc[-1])
-                row["eta_median"] = float(eta.median())
-                row["dual_iterations_mean"] = float(_series(steps, "iterations").mean())
-                row["kl_ratio_median"] = float(_series(steps, "kl_ratio").median())
-                row["guard_acted"] = float(_series(steps, "guard_acted").fillna(0).sum())
-                eta_frames.append(pd.DataFrame({"setup": spec.setup, "variant": spec.variant.name, "seed": spec.seed,
-                                                "step": _series(steps, "step").astype("int64"), "eta": eta,
-                                                "kl_bound": _series(steps, "kl_bound")}))
-            if record.parameters:
-                last_shape = list(record.parameters.values())[-1]
-                row["num_classes"] = int(last_shape[0]) if last_shape else math.nan
-            if spec.variant.family == "arturo":
-                row.update(_curvature_columns(_metrics(Path(spec.config.out), record)))
-            for _, epoch_row in epochs.iterrows():
-                curve_rows.append({"setup": spec.setup, "variant": spec.variant.name, "family": spec.variant.family,
-                                   "seed": spec.seed, **{c: _number(epoch_row.get(c)) for c in CURVE_COLUMNS[4:]}})
+            try:
+                run_curves, run_eta = _complete_run(spec, row)
+            except RecordError as error:  # left out, with a finding naming the run and the file
+                row = {key: row[key] for key in ("setup", "variant", "family", "seed", "run_dir")}
+                row.update(status="damaged", error=str(error))
+            else:
+                curve_rows += run_curves
+                eta_frames += run_eta
         run_rows.append(row)
     runs = pd.DataFrame.from_records(run_rows, columns=list(RUN_COLUMNS))
     curves = pd.DataFrame.from_records(curve_rows, columns=list(CURVE_COLUMNS))

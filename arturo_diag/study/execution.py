@@ -18,17 +18,20 @@ computed in the worker, so the aggregate report only reads files.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from arturo_diag.diagnostics.io import atomic_write_json, atomic_write_text
+from arturo_diag.diagnostics.lock import DirectoryLock
 from arturo_diag.errors import ConfigError, RecordError
 from arturo_diag.study.config import RunSpec, StudyConfig, expand_grid, study_to_toml
 
@@ -132,19 +135,42 @@ def run_status(spec: RunSpec) -> tuple[str, str]:
 
 
 # ------------------------------------------------------------------------------------------ workers
+# A worker whose study process died (killed, crashed) must stop at once, not write on as an orphan:
+# a worker that finishes its run takes the next one already queued in the pool's pipe, so polling
+# the parent every 0.5 s alone let orphans start new runs. On Linux the kernel kills a worker
+# when its parent dies (prctl PR_SET_PDEATHSIG; workers are spawned by the thread that calls
+# run_study, which outlives the pool); the polling watchdog stays for other platforms.
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> bool:
+    """Ask the kernel to SIGKILL this process when its parent exits (Linux); whether it could."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 def _watch_parent(parent: int) -> None:
-    # A worker whose study process died (killed, crashed) stops instead of writing on as an orphan.
     while True:
-        time.sleep(0.5)
         if os.getppid() != parent:
             os._exit(3)
+        time.sleep(0.1)
 
 
 def _init_worker(parent: int) -> None:
+    _die_with_parent()
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(3)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     import torch
 
     torch.set_num_threads(1)
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
 
 
 def _execute(spec: RunSpec) -> tuple[str, float, str]:
@@ -155,15 +181,20 @@ def _execute(spec: RunSpec) -> tuple[str, float, str]:
 
     run_dir = Path(spec.config.out)
     start = time.perf_counter()
-    (run_dir / FAILURE_FILE).unlink(missing_ok=True)
     try:
-        run(spec.config, overwrite=True)
-        write_metrics(run_dir, analyze_record(run_dir))
-    except Exception as error:  # one failing run must not lose the others
-        message = f"{type(error).__name__}: {error}"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / FAILURE_FILE, {"error": message, "traceback": traceback.format_exc(limit=8)})
-        return "failed", time.perf_counter() - start, message
+        # the record, its metrics.json or the failure note: one writer from the first to the last
+        with DirectoryLock(run_dir, allow_nested=True):
+            (run_dir / FAILURE_FILE).unlink(missing_ok=True)
+            try:
+                run(spec.config, overwrite=True)
+                write_metrics(run_dir, analyze_record(run_dir))
+            except Exception as error:  # one failing run must not lose the others
+                message = f"{type(error).__name__}: {error}"
+                atomic_write_json(run_dir / FAILURE_FILE,
+                                  {"error": message, "traceback": traceback.format_exc(limit=8)})
+                return "failed", time.perf_counter() - start, message
+    except RecordError as error:  # the run directory is taken (another process) or cannot be written
+        return "failed", time.perf_counter() - start, f"{type(error).__name__}: {error}"
     return "complete", time.perf_counter() - start, ""
 
 
@@ -207,11 +238,58 @@ def run_study(study: StudyConfig, study_dir: str | os.PathLike[str], *, workers:
     study_dir = Path(study_dir)
     if study_dir.exists() and not study_dir.is_dir():
         raise ConfigError("out", str(study_dir), "a directory (this is a file)")
-    if (study_dir / "record.json").is_file():
-        raise RecordError(f"{study_dir} holds a single run record, not a study; choose another --out")
+    _refuse_run_dir(study_dir)
     specs = expand_grid(study, study_dir)
     if check_inputs:
         _preflight(study)
+    # One study process per directory for the whole study (docs/record.md, "Locks"); each run
+    # directory is locked by the worker writing it, the report by render_study (nested here).
+    lock = DirectoryLock(study_dir, allow_nested=True)
+    lock.acquire()
+    try:
+        _refuse_run_dir(study_dir)  # again, now that no one else can write it
+        with _sigterm_as_interrupt():
+            return _run_locked(study, study_dir, specs, workers, fresh, notify, render)
+    finally:
+        lock.release()
+
+
+def _refuse_run_dir(study_dir: Path) -> None:
+    if (study_dir / "record.json").is_file():
+        raise RecordError(f"{study_dir} holds a single run record, not a study; choose another --out")
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill PID``) stops a study like Ctrl-C: pending runs cancelled, workers terminated,
+    finished runs kept, no run left looking complete. Only the main thread can handle signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate_workers(pool: cf.ProcessPoolExecutor) -> None:
+    # concurrent.futures has no public way to stop running work; its processes are terminated so
+    # that no run goes on (and none is marked complete) after the study stopped.
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(5)
+
+
+def _run_locked(study: StudyConfig, study_dir: Path, specs: list[RunSpec], workers: int, fresh: bool,
+                notify: StudyProgress, render: bool) -> StudyRunResult:
     started = time.perf_counter()
     study_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(study_dir / STUDY_FILE, study_to_toml(study))
@@ -259,6 +337,7 @@ def run_study(study: StudyConfig, study_dir: str | os.PathLike[str], *, workers:
                     record(spec, status, seconds, error)
             except BaseException:
                 pool.shutdown(wait=False, cancel_futures=True)
+                _terminate_workers(pool)
                 raise
 
     seconds = time.perf_counter() - started

@@ -24,8 +24,9 @@ from typing import Any, Sequence
 import pandas as pd
 
 from arturo_diag.diagnostics.io import atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text
+from arturo_diag.diagnostics.lock import DirectoryLock
+from arturo_diag.diagnostics.record import looks_like_study_dir
 from arturo_diag.study.aggregate import (CURVE_COLUMNS, REFERENCE_VARIANT, StudyData, collect, summarize)
-from arturo_diag.study.execution import STUDY_FILE
 from arturo_diag.study.findings import study_findings
 from arturo_diag.study.stats import mean_ci
 
@@ -49,7 +50,7 @@ class StudyReport:
 def is_study_dir(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` holds a study (``study.toml`` or ``study.json``), not a single run record."""
     path = Path(path)
-    return path.is_dir() and ((path / STUDY_FILE).is_file() or (path / "study.json").is_file())
+    return path.is_dir() and looks_like_study_dir(path)
 
 
 # ------------------------------------------------------------------------------------------ figures
@@ -409,8 +410,16 @@ def render_study(study_dir: str | os.PathLike[str], *, figures: bool = True) -> 
     ``figures=False`` skips drawing (faster; study.md/.html then have no figures).
 
     Raises:
-        RecordError: ``study_dir`` is not a study directory.
+        RecordError: ``study_dir`` is not a study directory, or another process is writing it
+            (its lock, ``docs/record.md``; run_study holds it and lets this nest).
     """
+    if not Path(study_dir).is_dir():
+        return _render_study(study_dir, figures)  # collect() says what is wrong
+    with DirectoryLock(study_dir, advice="wait for it to finish", create=False):
+        return _render_study(study_dir, figures)
+
+
+def _render_study(study_dir: str | os.PathLike[str], figures: bool) -> StudyReport:
     data = collect(study_dir)
     study_dir = data.study_dir
     summary = summarize(data)

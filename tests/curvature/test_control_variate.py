@@ -46,6 +46,29 @@ def test_estimate_and_stderr_are_the_probe_formula_with_dense_h_and_g():
     torch.testing.assert_close(stderr.flatten(), terms.std(0) / samples**0.5, atol=1e-12, rtol=0)
 
 
+def test_a_user_loss_with_its_output_hessian_uses_that_ggn():
+    # L = mean_n sum_d y_nd sin(f_nd), H_out blocks diag(-y sin f) / N (indefinite)
+    def loss(outputs, targets):
+        return (targets * torch.sin(outputs)).sum(1).mean()
+
+    def output_hessian(outputs, targets):
+        return torch.diag_embed(-targets * torch.sin(outputs)) / outputs.shape[0]
+
+    model = mlp(3, nn.GELU)
+    x, y = batch((4,), targets_shape=(3,), n=6)
+    hessian, ggn, _ = dense_matrices(model, loss, x, y)
+    samples = 5
+    estimate, stderr = hessian_diagonal_cv(
+        model, loss, x, y, samples, torch.Generator().manual_seed(2), output_hessian=output_hessian
+    )
+    g = torch.Generator().manual_seed(2)
+    draws = torch.stack([torch.randint(0, 2, (hessian.shape[0],), generator=g, dtype=torch.int8) for _ in range(samples)])
+    z = draws.to(DTYPE) * 2 - 1
+    terms = z * (z @ (hessian - ggn))
+    torch.testing.assert_close(estimate.flatten(), ggn.diagonal() + terms.mean(0), atol=1e-12, rtol=0)
+    torch.testing.assert_close(stderr.flatten(), terms.std(0) / samples**0.5, atol=1e-12, rtol=0)
+
+
 def test_unbiased_mean_over_seeds_and_honest_stderr():
     model, x, y = _gelu_case()
     truth = _flat_truth(model, x, y)
