@@ -102,11 +102,12 @@ def _expected_config(spec: RunSpec) -> dict[str, Any]:
 
 
 def run_status(spec: RunSpec) -> tuple[str, str]:
-    """Where a run of the grid stands: ``("complete" | "failed" | "stale" | "incomplete" | "missing", detail)``.
+    """Where a run of the grid stands: ``("complete" | "failed" | "stale" | "incomplete" | "damaged" | "missing", detail)``.
 
     ``complete`` only if its record loads as complete and its config.toml is the config the
     study asks for (the run and data directories may move: ``out`` and ``data_dir`` are not
     compared). ``stale``: a complete record made with another config (the study changed since).
+    ``damaged``: a record whose files do not load (the detail names the file and the problem).
     """
     from arturo_diag.diagnostics.record import RunRecord
 
@@ -124,7 +125,7 @@ def run_status(spec: RunSpec) -> tuple[str, str]:
     try:
         record = RunRecord.load(run_dir, allow_incomplete=True)
     except RecordError as error:
-        return "incomplete", str(error)
+        return "damaged", str(error)
     if not record.complete:
         return "incomplete", f"status {record.status}"
     config = dict(record.config)

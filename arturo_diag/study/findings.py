@@ -81,6 +81,12 @@ def study_findings(data: StudyData, summary: dict[str, Any]) -> list[dict[str, s
         more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
         out.append(_finding(f"{len(failed)} of {len(runs)} runs failed and are left out: {listed}{more}.",
                             "execution", "warning"))
+    damaged = runs[runs.status == "damaged"]
+    if len(damaged):
+        listed = "; ".join(f"{r.setup}/{r.variant}/seed{r.seed} ({r.error})" for r in damaged.head(5).itertuples())
+        more = f" and {len(damaged) - 5} more" if len(damaged) > 5 else ""
+        out.append(_finding(f"{len(damaged)} of {len(runs)} runs have a damaged record and are left out of every "
+                            f"number: {listed}{more}. Run the study again to redo them.", "execution", "warning"))
     unfinished = int(sum(counts.get(s, 0) for s in ("missing", "incomplete", "stale")))
     if unfinished:
         out.append(_finding(f"{unfinished} of {len(runs)} runs are not finished (never run, interrupted, or made "

@@ -221,7 +221,7 @@ def _blocks(data: StudyData, summary: dict[str, Any], findings: list[dict[str, s
     blocks: list[tuple] = [("h1", f"Ablation study: {study.name}")]
     if study.description:
         blocks.append(("p", study.description))
-    status = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("complete", "failed", "missing", "incomplete", "stale")
+    status = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("complete", "failed", "damaged", "missing", "incomplete", "stale")
                        if counts.get(s, 0))
     blocks.append(("p", f"{len(runs)} runs: {len(study.variants)} variants x {len(study.seeds)} seeds "
                         f"({', '.join(map(str, study.seeds))}) x {len(study.setups)} setup(s); {status}. "
@@ -379,7 +379,7 @@ def _html(blocks: list[tuple], title: str) -> str:
 # ------------------------------------------------------------------------------------------ render
 def _study_json(data: StudyData, summary: dict[str, Any], findings: list[dict[str, str]]) -> dict[str, Any]:
     study, runs = data.study, data.runs
-    counts = {s: int((runs.status == s).sum()) for s in ("complete", "failed", "missing", "incomplete", "stale")}
+    counts = {s: int((runs.status == s).sum()) for s in ("complete", "failed", "damaged", "missing", "incomplete", "stale")}
     return {
         "format": STUDY_FORMAT,
         "name": study.name,

@@ -97,7 +97,7 @@ def test_findings_in_words_carry_the_paired_numbers(rendered):
 def test_study_json_holds_every_number(rendered):
     data = json.loads(rendered.json.read_text())
     assert data["format"] == "arturo-diag-study/1" and data["counts"] == {
-        "total": 25, "complete": 25, "failed": 0, "missing": 0, "incomplete": 0, "stale": 0}
+        "total": 25, "complete": 25, "failed": 0, "damaged": 0, "missing": 0, "incomplete": 0, "stale": 0}
     block = data["results"]["fmnist"]
     faithful = next(e for e in block["summary"] if e["variant"] == "faithful")
     assert faithful["test_accuracy"]["mean"] == pytest.approx(np.mean(FAITHFUL), abs=1e-12)
