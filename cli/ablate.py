@@ -82,8 +82,10 @@ def _run_with_progress(study, study_dir: Path, workers: Optional[int], fresh: bo
 def _summarize(result) -> None:
     out = Console()
     ran, skipped, failed = len(result.ran), len(result.skipped), len(result.failed)
-    out.print(f"[bold]study[/bold] {escape(str(result.study_dir))}  ({ran} run, {skipped} already done, {failed} failed; "
-              f"{result.seconds:.1f} s)")
+    diverged = len(result.diverged)  # a result (NaN/inf, named in the findings), not a failure: exit 0
+    out.print(f"[bold]study[/bold] {escape(str(result.study_dir))}  ({ran} run, "
+              + (f"{diverged} diverged, " if diverged else "")
+              + f"{skipped} already done, {failed} failed; {result.seconds:.1f} s)")
     report = result.report
     if report is not None:
         for finding in report.findings:

@@ -166,6 +166,11 @@ def collect(study_dir: str | Path) -> StudyData:
         row: dict[str, Any] = {"setup": spec.setup, "variant": spec.variant.name, "family": spec.variant.family,
                                "seed": spec.seed, "status": status, "run_dir": spec.relative_dir,
                                "error": detail if status != "complete" else ""}
+        if status == "diverged":  # counted and named, left out of the statistics (they use complete runs)
+            try:
+                row["steps"] = (RunRecord.load(spec.config.out).divergence or {}).get("step")
+            except RecordError:
+                pass
         if status == "complete":
             try:
                 run_curves, run_eta = _complete_run(spec, row)

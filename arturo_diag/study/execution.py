@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator
 
 from arturo_diag.diagnostics.io import atomic_write_json, atomic_write_text
 from arturo_diag.diagnostics.lock import DirectoryLock
-from arturo_diag.errors import ConfigError, RecordError
+from arturo_diag.errors import ConfigError, Diverged, RecordError
 from arturo_diag.study.config import RunSpec, StudyConfig, expand_grid, study_to_toml
 
 if sys.version_info >= (3, 11):
@@ -47,14 +47,14 @@ FAILURE_FILE = "study_failure.json"
 STUDY_FILE = "study.toml"
 
 #: ``progress(event, info)``: "plan" {total, finished, pending, workers}, "run" {setup, variant, seed,
-#: status ("complete" | "failed"), seconds, error, done, total}, "render" {}, "done" {seconds}.
+#: status ("complete" | "diverged" | "failed"), seconds, error, done, total}, "render" {}, "done" {seconds}.
 StudyProgress = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
 class RunOutcome:
     spec: RunSpec
-    status: str  # "complete" (this time), "skipped" (already complete), "failed"
+    status: str  # "complete" (this time), "diverged" (this time: NaN/inf), "skipped" (already done), "failed"
     seconds: float = 0.0
     error: str = ""
 
@@ -73,6 +73,10 @@ class StudyRunResult:
     @property
     def ran(self) -> list[RunOutcome]:
         return [o for o in self.outcomes if o.status == "complete"]
+
+    @property
+    def diverged(self) -> list[RunOutcome]:
+        return [o for o in self.outcomes if o.status == "diverged"]
 
     @property
     def skipped(self) -> list[RunOutcome]:
@@ -102,11 +106,12 @@ def _expected_config(spec: RunSpec) -> dict[str, Any]:
 
 
 def run_status(spec: RunSpec) -> tuple[str, str]:
-    """Where a run of the grid stands: ``("complete" | "failed" | "stale" | "incomplete" | "damaged" | "missing", detail)``.
+    """Where a run of the grid stands: ``("complete" | "diverged" | "failed" | "stale" | "incomplete" | "damaged" | "missing", detail)``.
 
     ``complete`` only if its record loads as complete and its config.toml is the config the
     study asks for (the run and data directories may move: ``out`` and ``data_dir`` are not
-    compared). ``stale``: a complete record made with another config (the study changed since).
+    compared). ``diverged``: the same, for a run that ended at its first NaN/inf (a result, not redone;
+    the detail is where). ``stale``: a complete record made with another config (the study changed since).
     ``damaged``: a record whose files do not load (the detail names the file and the problem).
     """
     from arturo_diag.diagnostics.record import RunRecord
@@ -126,12 +131,14 @@ def run_status(spec: RunSpec) -> tuple[str, str]:
         record = RunRecord.load(run_dir, allow_incomplete=True)
     except RecordError as error:
         return "damaged", str(error)
-    if not record.complete:
+    if not record.complete and record.status != "diverged":
         return "incomplete", f"status {record.status}"
     config = dict(record.config)
     config["run"] = {k: v for k, v in (config.get("run") or {}).items() if k not in _LOCATIONS}
     if config != _expected_config(spec):
         return "stale", "made with another config"
+    if record.status == "diverged":  # finished: it went NaN/inf (a result; not redone)
+        return "diverged", str((record.divergence or {}).get("message") or "diverged")
     return "complete", ""
 
 
@@ -189,6 +196,9 @@ def _execute(spec: RunSpec) -> tuple[str, float, str]:
             try:
                 run(spec.config, overwrite=True)
                 write_metrics(run_dir, analyze_record(run_dir))
+            except Diverged as error:  # a result, not a failure to retry: its record says where
+                write_metrics(run_dir, analyze_record(run_dir))
+                return "diverged", time.perf_counter() - start, str(error)
             except Exception as error:  # one failing run must not lose the others
                 message = f"{type(error).__name__}: {error}"
                 atomic_write_json(run_dir / FAILURE_FILE,
@@ -298,7 +308,7 @@ def _run_locked(study: StudyConfig, study_dir: Path, specs: list[RunSpec], worke
     outcomes: dict[tuple[str, str, int], RunOutcome] = {}
     pending: list[RunSpec] = []
     for spec in specs:
-        if not fresh and run_status(spec)[0] == "complete":
+        if not fresh and run_status(spec)[0] in ("complete", "diverged"):
             outcomes[spec.key] = RunOutcome(spec, "skipped")
         else:
             pending.append(spec)

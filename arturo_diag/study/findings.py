@@ -87,6 +87,12 @@ def study_findings(data: StudyData, summary: dict[str, Any]) -> list[dict[str, s
         more = f" and {len(damaged) - 5} more" if len(damaged) > 5 else ""
         out.append(_finding(f"{len(damaged)} of {len(runs)} runs have a damaged record and are left out of every "
                             f"number: {listed}{more}. Run the study again to redo them.", "execution", "warning"))
+    diverged = runs[runs.status == "diverged"]
+    if len(diverged):
+        listed = "; ".join(f"{r.setup}/{r.variant}/seed{r.seed}: {r.error}" for r in diverged.head(5).itertuples())
+        more = f" and {len(diverged) - 5} more" if len(diverged) > 5 else ""
+        out.append(_finding(f"{len(diverged)} of {len(runs)} runs diverged (NaN/inf; a result, not retried) and are "
+                            f"left out of the accuracy statistics: {listed}{more}.", "execution", "warning"))
     unfinished = int(sum(counts.get(s, 0) for s in ("missing", "incomplete", "stale")))
     if unfinished:
         out.append(_finding(f"{unfinished} of {len(runs)} runs are not finished (never run, interrupted, or made "
