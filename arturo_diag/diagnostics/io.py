@@ -9,6 +9,7 @@ leaves at most a stray ``.<name>.*.tmp`` file, never a truncated record.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import math
@@ -27,6 +28,8 @@ __all__ = [
     "atomic_open",
     "cannot_write",
     "make_directory",
+    "WriteError",
+    "STOPPING_ERRNOS",
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_write_json",
@@ -46,9 +49,26 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
-def cannot_write(path: str | os.PathLike[str], error: OSError) -> RecordError:
-    """The :class:`RecordError` for an OS error writing ``path``: the path and the OS's reason."""
-    return RecordError(f"cannot write {os.fspath(path)} ({error.strerror or error})")
+class WriteError(RecordError):
+    """The OS refused a write (full disk, read-only file system, no permission, ...): the message
+    names the path and the OS's reason; ``errno`` is the OS error number (None if unknown)."""
+
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
+
+    def __reduce__(self):  # keeps errno across processes (study workers)
+        return (type(self), (str(self), self.errno))
+
+
+#: OS errors after which no write into the same directory can succeed: a study stops on them
+#: rather than failing its runs one by one.
+STOPPING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def cannot_write(path: str | os.PathLike[str], error: OSError) -> WriteError:
+    """The :class:`WriteError` for an OS error writing ``path``: the path and the OS's reason."""
+    return WriteError(f"cannot write {os.fspath(path)} ({error.strerror or error})", error.errno)
 
 
 def make_directory(path: str | os.PathLike[str], field: str | None = None) -> Path:
@@ -57,11 +77,11 @@ def make_directory(path: str | os.PathLike[str], field: str | None = None) -> Pa
     path = Path(path)
     where = f"{field}: " if field else ""
     if path.exists() and not path.is_dir():
-        raise RecordError(f"{where}cannot create directory {path} (a file of that name is in the way)")
+        raise WriteError(f"{where}cannot create directory {path} (a file of that name is in the way)", errno.EEXIST)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise RecordError(f"{where}cannot create directory {path} ({error.strerror or error})") from None
+        raise WriteError(f"{where}cannot create directory {path} ({error.strerror or error})", error.errno) from None
     return path
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from arturo_diag.diagnostics.io import atomic_write_json, atomic_write_text
+from arturo_diag.diagnostics.io import STOPPING_ERRNOS, WriteError, atomic_write_json, atomic_write_text, make_directory
 from arturo_diag.diagnostics.lock import DirectoryLock
 from arturo_diag.errors import ConfigError, Diverged, RecordError
 from arturo_diag.study.config import RunSpec, StudyConfig, expand_grid, study_to_toml
@@ -200,13 +200,22 @@ def _execute(spec: RunSpec) -> tuple[str, float, str]:
                 write_metrics(run_dir, analyze_record(run_dir))
                 return "diverged", time.perf_counter() - start, str(error)
             except Exception as error:  # one failing run must not lose the others
+                if _stops_study(error):
+                    return "stopped", time.perf_counter() - start, str(error)
                 message = f"{type(error).__name__}: {error}"
                 atomic_write_json(run_dir / FAILURE_FILE,
                                   {"error": message, "traceback": traceback.format_exc(limit=8)})
                 return "failed", time.perf_counter() - start, message
     except RecordError as error:  # the run directory is taken (another process) or cannot be written
+        if _stops_study(error):
+            return "stopped", time.perf_counter() - start, str(error)
         return "failed", time.perf_counter() - start, f"{type(error).__name__}: {error}"
     return "complete", time.perf_counter() - start, ""
+
+
+def _stops_study(error: BaseException) -> bool:
+    """A full disk, a read-only file system, no permission: no other run could be written either."""
+    return isinstance(error, (WriteError, OSError)) and getattr(error, "errno", None) in STOPPING_ERRNOS
 
 
 def _preflight(study: StudyConfig) -> None:
@@ -214,6 +223,7 @@ def _preflight(study: StudyConfig) -> None:
     import torch
 
     from arturo_diag.training.data import load_dataset, probe_batch
+    from arturo_diag.training.loop import check_against_data
     from arturo_diag.training.models import build_model
 
     for setup in study.setups:
@@ -223,6 +233,12 @@ def _preflight(study: StudyConfig) -> None:
         build_model(config.model, in_channels=dataset.in_channels, num_classes=dataset.num_classes,
                     image_size=dataset.image_size)
         probe_batch(dataset, min(config.probe_size, dataset.num_train), study.seeds[0])
+        for variant in study.variants:  # a batch or probe larger than the data, too many steps
+            try:
+                check_against_data(setup.config.replace(**variant.changes(setup.baselines.values)).resolved(),
+                                   dataset.num_train, config.dataset)
+            except ConfigError as error:
+                raise ConfigError(f"[setups.{setup.name}] {error.field}", error.value, error.allowed) from None
 
 
 def run_study(study: StudyConfig, study_dir: str | os.PathLike[str], *, workers: int | None = None,
@@ -302,7 +318,7 @@ def _terminate_workers(pool: cf.ProcessPoolExecutor) -> None:
 def _run_locked(study: StudyConfig, study_dir: Path, specs: list[RunSpec], workers: int, fresh: bool,
                 notify: StudyProgress, render: bool) -> StudyRunResult:
     started = time.perf_counter()
-    study_dir.mkdir(parents=True, exist_ok=True)
+    make_directory(study_dir, "out")
     atomic_write_text(study_dir / STUDY_FILE, study_to_toml(study))
 
     outcomes: dict[tuple[str, str, int], RunOutcome] = {}
@@ -322,6 +338,10 @@ def _run_locked(study: StudyConfig, study_dir: Path, specs: list[RunSpec], worke
 
     def record(spec: RunSpec, status: str, seconds: float, error: str) -> None:
         nonlocal done
+        if status == "stopped":  # every later write would fail the same way: stop (workers too), say why
+            finished = sum(o.status in ("complete", "skipped") for o in outcomes.values())
+            raise RecordError(f"out: {error}; the study stopped ({finished} of {total} runs finished, kept); "
+                              "fix that, then run the same command again to resume")
         done += 1
         outcomes[spec.key] = RunOutcome(spec, status, seconds, error)
         notify("run", {"setup": spec.setup, "variant": spec.variant.name, "seed": spec.seed, "status": status,

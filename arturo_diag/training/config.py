@@ -159,7 +159,7 @@ def _validate(c: RunConfig) -> None:
         maximum = LIMITS.get(name)
         if (isinstance(value, bool) or not isinstance(value, int) or value < minimum
                 or (maximum is not None and value > maximum)):
-            allowed = f"an integer >= {minimum}" if maximum is None else f"an integer in {minimum}..{maximum:_}"
+            allowed = f"an integer >= {minimum}" + (f" and <= {maximum:,}" if maximum is not None else "")
             raise ConfigError(name, value, allowed + (" or unset" if optional else ""))
 
     def number(name: str, minimum: float, strict: bool = False, optional: bool = True) -> None:

@@ -114,8 +114,8 @@ def check_against_data(config: RunConfig, num_train: int, name: str) -> list[str
     batches_per_epoch = math.ceil(num_train / config.batch_size)
     total_steps = config.steps if config.steps is not None else config.epochs * batches_per_epoch
     if total_steps > MAX_TOTAL_STEPS:
-        raise ConfigError("epochs", config.epochs, f"at most {MAX_TOTAL_STEPS // batches_per_epoch:_} "
-                          f"({batches_per_epoch} steps each; a run is at most {MAX_TOTAL_STEPS:_} steps)")
+        raise ConfigError("epochs", config.epochs, f"at most {MAX_TOTAL_STEPS // batches_per_epoch:,} "
+                          f"({batches_per_epoch} steps each; a run is at most {MAX_TOTAL_STEPS:,} steps)")
     warnings = []
     if snapshots_taken and config.every > total_steps:
         warnings.append(f"every: {config.every} > {total_steps} steps of the run; no reference snapshot will be "
