@@ -133,7 +133,7 @@ def hessian_diagonal_cv(
         del draws
         tangents = tuple(tangents)
         h_products = hessian_times(tangents)
-        g_products = run.ggn_times(tangents)
+        g_products = run.ggn_times(tangents, plan.batched)
         terms = torch.cat(
             [(z * (h - g)).reshape(count, -1) for z, h, g in zip(tangents, h_products, g_products)],
             dim=1,

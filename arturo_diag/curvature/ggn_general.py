@@ -464,11 +464,20 @@ class _GGNRun:
             diagonal[start:stop] = self.hessian.quadratic(batched(tangents))
         return diagonal
 
-    def ggn_times(self, vectors: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        """G v for a batch of tangents (B, *param): J^T H_out (J v), a JVP then a VJP of the batch."""
-        w = vmap(lambda t: jvp(self.batch_outputs, (self.params,), (t,))[1])(vectors)
+    def ggn_times(self, vectors: tuple[Tensor, ...], batched: bool = True) -> tuple[Tensor, ...]:
+        """G v for a batch of tangents (B, *param): J^T H_out (J v), a JVP then a VJP of the batch.
+
+        ``batched``: vmap over the B vectors, else one at a time (as the HVPs of a large model)."""
         _, pullback = vjp(self.batch_outputs, self.params)
-        return vmap(pullback)(self.hessian.times(w))[0]
+
+        def one(t: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+            w = jvp(self.batch_outputs, (self.params,), (t,))[1]
+            return pullback(self.hessian.times(w))[0]
+
+        if batched:
+            return vmap(one)(vectors)
+        rows = [one(tuple(v[b] for v in vectors)) for b in range(vectors[0].shape[0])]
+        return tuple(torch.stack(parts) for parts in zip(*rows))
 
 
 def _is_hessian(model, loss_fn, train: bool, output_hessian) -> tuple[bool, str]:

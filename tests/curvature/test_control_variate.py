@@ -30,6 +30,28 @@ def _flat_truth(model, x, y, train=False):
     return torch.cat([v.reshape(-1) for v in truth.values()])
 
 
+@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize("case", ["bn_train", "transformer"])
+def test_ggn_vector_products_match_the_dense_ggn(case, batched):
+    from arturo_diag.curvature import loss_of_parameters
+    from arturo_diag.curvature.ggn_general import _GGNRun
+
+    if case == "bn_train":
+        model, (x, y), train = ResidualBNBlock(), batch((2, 4, 4), classes=4, n=5, seed=1), True
+    else:
+        model, (x, y), train = TinyTransformer(), tokens(), False
+    _, ggn, _ = dense_matrices(model, CE, x, y, train=train)
+    problem = loss_of_parameters(model, CE, x, y, train=train)
+    run = _GGNRun(problem, CE, None, None)
+    v = torch.randn(3, ggn.shape[0], generator=torch.Generator().manual_seed(0), dtype=DTYPE)
+    tangents = tuple(
+        part.reshape(3, *p.shape) for part, p in zip(v.split([p.numel() for p in problem.params], 1), problem.params)
+    )
+    products = run.ggn_times(tangents, batched)
+    got = torch.cat([t.reshape(3, -1) for t in products], 1)
+    torch.testing.assert_close(got, v @ ggn, atol=1e-10, rtol=1e-10)
+
+
 def test_estimate_and_stderr_are_the_probe_formula_with_dense_h_and_g():
     model, x, y = _gelu_case()
     hessian, ggn, _ = dense_matrices(model, CE, x, y)
