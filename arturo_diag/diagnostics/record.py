@@ -594,8 +594,8 @@ def _read_table(path: Path, columns: Sequence[str], whole: Sequence[str], *, req
         bad = ~np.isfinite(values) | (values != np.round(values))
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            raise RecordError(f"{path}: line {row + 2}, column {column}: {_short(table[column].iloc[row])} "
-                              "is not a whole number")
+            cell = "an empty cell" if np.isnan(values[row]) else f"{values[row]:g}"
+            raise RecordError(f"{path}: line {row + 2}, column {column}: {cell} is not a whole number")
     return table
 
 
@@ -793,8 +793,8 @@ class RunRecord:
     def _check_array(self, path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
         name = key.rpartition("/")[0]
         if dtype.kind not in "fiu":
-            raise RecordError(f"{path}: {key} holds {'objects' if dtype.hasobject else dtype} values; "
-                              "a snapshot holds float64 arrays")
+            held = "Python objects (dtype object)" if dtype.hasobject else f"{dtype} values"
+            raise RecordError(f"{path}: {key} holds {held}; a snapshot holds float64 arrays")
         if tuple(shape) != self.parameters[name]:
             raise RecordError(f"{path}: {key} has shape {list(shape)}; {_MANIFEST} gives {name} shape "
                               f"{list(self.parameters[name])}")

@@ -193,7 +193,7 @@ CASES = [
      ("step_0000004.npz", "'ghost/curvature'", "no parameter")),
     ("npz-text-array", edit_npz(lambda a: a.__setitem__(f"{PARAMETER}/weight", np.array(["abc"] * 64))),
      ("step_0000004.npz", f"{PARAMETER}/weight", "float64")),
-    ("npz-object-array", object_array, ("step_0000004.npz", f"{PARAMETER}/curvature", "objects")),
+    ("npz-object-array", object_array, ("step_0000004.npz", f"{PARAMETER}/curvature", "Python objects")),
     ("npz-all-nan-h", edit_npz(lambda a: a[f"{PARAMETER}/h_exact"].fill(np.nan)),
      ("step_0000004.npz", f"{PARAMETER}/h_exact is all NaN")),
     ("npz-zip-without-arrays", zip_without_arrays, ("step_0000004.npz", "'notes.txt' is not a .npy array")),
