@@ -36,6 +36,7 @@ is 0 too, and are left out of the means; their number is in ``zero_variance``).
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -161,7 +162,6 @@ def gradient_noise(
         raise CurvatureError(f"gradient noise needs at least 2 samples; the probe batch has {count}")
     chunk = min(chunk_size or _default_chunk(loss, params), count)
     per_sample = vmap(grad(_SampleLoss(loss)), in_dims=(None, 0, 0))
-    like = params[0]
     n_seen = 0
     mean = m2 = None
     for start in range(0, count, chunk):
@@ -259,10 +259,13 @@ def _summaries(names, params, mean, variance, gsnr, count, epsilon) -> dict[str,
         groups.setdefault(layer_name(name), []).append(slice(offset, offset + p.numel()))
         offset += p.numel()
     for layer, parts in groups.items():
-        if all(a.stop == b.start for a, b in zip(parts, parts[1:])):
-            whole = slice(parts[0].start, parts[-1].stop)  # adjacent parameters: one view
-            pick = lambda v: v[whole]  # noqa: E731
-        else:
-            pick = lambda v: torch.cat([v[s] for s in parts])  # noqa: E731
-        result[layer] = _group_summary(pick(mean), pick(variance), pick(gsnr), count, epsilon)
+        picked = [_pick(v, parts) for v in (mean, variance, gsnr)]
+        result[layer] = _group_summary(*picked, count, epsilon)
     return result
+
+
+def _pick(values: Tensor, parts: list[slice]) -> Tensor:
+    """The entries of ``parts``: one view when they are adjacent (a layer's weight and bias)."""
+    if all(a.stop == b.start for a, b in itertools.pairwise(parts)):
+        return values[parts[0].start : parts[-1].stop]
+    return torch.cat([values[s] for s in parts])

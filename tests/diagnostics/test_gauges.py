@@ -14,14 +14,13 @@ from arturo_diag.diagnostics.gauges import (
     trust_region_radius,
 )
 
-
 # --------------------------------------------------------------------------------------------
 # alpha on a 1-D quadratic f(x) = 0.5 h (x - m)^2 + c, from x0, a step s: t = |s|
 
 
 def quad_1d(h=2.5, m=1.0, c=0.3):
-    f = lambda x: 0.5 * h * (x - m) ** 2 + c  # noqa: E731
-    df = lambda x: h * (x - m)  # noqa: E731
+    f = lambda x: 0.5 * h * (x - m) ** 2 + c
+    df = lambda x: h * (x - m)
     return f, df
 
 
@@ -44,7 +43,6 @@ def test_alpha_is_the_fraction_of_the_newton_step_minus_one(x0, fraction, expect
 
 
 def test_degenerate_cases_follow_cockpit():
-    f, df = quad_1d()
     assert alpha_1d(3.0, 0.0) == -1.0  # no step: the start of the valley
     # concave along the step: still going down, reported as -1
     assert alpha_gauge(1.0, 0.0, -1.0, -0.5, -1.5) == -1.0
@@ -80,8 +78,8 @@ def test_alpha_of_a_step_on_a_quadratic_in_many_dimensions():
     b = g.normal(size=(6, 6))
     a = b @ b.T + np.eye(6)
     m = g.normal(size=6)
-    f = lambda x: 0.5 * (x - m) @ a @ (x - m)  # noqa: E731
-    grad = lambda x: a @ (x - m)  # noqa: E731
+    f = lambda x: 0.5 * (x - m) @ a @ (x - m)
+    grad = lambda x: a @ (x - m)
     x0 = g.normal(size=6)
 
     def alpha(step):

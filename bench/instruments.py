@@ -1,0 +1,139 @@
+"""Cost of the instruments of issue 12 (gradient noise, Hessian spectrum), in gradients, in one
+process.
+
+The compare default: SmallCNN (3,658 parameters) on the 8x8 digits, a probe batch of 128, float32,
+CPU. Every cost is (median time of the task) / (median time of one gradient: forward + backward of
+the mean cross-entropy on the same batch), the tasks interleaved within each repeat so that a busy
+machine slows them alike, each timed on the second of two back-to-back calls (as
+bench/curvature.py). The machine's load average is printed at the start and the end.
+
+Targets (issue 12, item 5): per-sample gradients of the probe batch <= 3 gradients; one Lanczos
+HVP <= 2 gradients. The Lanczos HVP is :meth:`HessianOperator.matvec` on a built operator (the
+gradient graph is built once per Lanczos run: its cost is printed separately, and amortised in the
+end-to-end eigsh line).
+
+    python bench/instruments.py [--repeats 15] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.func import grad, vjp, vmap
+
+from arturo_diag.curvature import loss_of_parameters
+from arturo_diag.curvature.hvp import batched_hvp
+from arturo_diag.curvature.noise import _SampleLoss, gradient_noise
+from arturo_diag.curvature.spectrum import (
+    hessian_operator,
+    hessian_trace,
+    spectral_density,
+    top_eigenvalues,
+)
+from arturo_diag.training.data import load_digits, probe_batch
+from arturo_diag.training.models import build_model
+
+PROBE = 128
+LOSS = nn.CrossEntropyLoss()
+
+
+def median_times(tasks: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds per task over ``repeats`` interleaved rounds, second of two calls each."""
+    times: dict[str, list[float]] = {name: [] for name in tasks}
+    for _ in range(repeats):
+        for name, task in tasks.items():
+            task()
+            start = time.perf_counter()
+            task()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; "
+          f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    digits = load_digits(seed=0)
+    x, y = probe_batch(digits, PROBE, seed=0)
+    torch.manual_seed(0)
+    model = build_model("small_cnn", in_channels=1, num_classes=10, image_size=8).eval()
+    total = sum(p.numel() for p in model.parameters())
+    print(f"small_cnn: {total:,} parameters, probe batch {PROBE} of digits, float32")
+
+    _, params, loss = loss_of_parameters(model, LOSS, x, y)
+    vector = torch.randn(total, generator=torch.Generator().manual_seed(1))
+    tangents = tuple(part.view_as(p) for part, p in zip(vector.split([p.numel() for p in params]), params))
+    op = hessian_operator(model, LOSS, x, y)
+    _, pullback = vjp(grad(loss), params)
+    single = batched_hvp(loss, params, True)
+    eight = tuple(torch.stack([t] * 8) for t in tangents)
+    per_sample = vmap(grad(_SampleLoss(loss)), in_dims=(None, 0, 0))
+
+    def gradient() -> None:
+        model.zero_grad(set_to_none=True)
+        LOSS(model(x), y).backward()
+
+    tasks: dict[str, Callable[[], object]] = {
+        "gradient": gradient,
+        "noise": lambda: gradient_noise(model, LOSS, x, y),
+        "per_sample_vmap": lambda: per_sample(params, loss.inputs, loss.targets),
+        "hvp_operator": lambda: op.matvec(vector),
+        "hvp_func_pullback": lambda: pullback(tangents),
+        "hvp_batched_1": lambda: single(tuple(t.unsqueeze(0) for t in tangents)),
+        "hvp_batched_8": lambda: single(eight),
+        "operator_build": lambda: hessian_operator(model, LOSS, x, y),
+    }
+    med = median_times(tasks, args.repeats)
+    unit = med["gradient"]
+    ratio = {name: t / unit for name, t in med.items()}
+    print(f"\n(unit: one gradient = {unit * 1e3:.2f} ms; medians of {args.repeats} interleaved repeats)")
+    print(f"  gradient_noise (per-sample gradients + statistics)  {ratio['noise']:6.2f} gradients")
+    print(f"  per-sample gradients alone (vmap of grad)           {ratio['per_sample_vmap']:6.2f} gradients")
+    print(f"  one Lanczos HVP (HessianOperator.matvec, shared graph, double backward) "
+          f"{ratio['hvp_operator']:6.2f} gradients")
+    print(f"  one HVP, torch.func vjp-of-grad pullback, shared graph {ratio['hvp_func_pullback']:6.2f} gradients")
+    print(f"  one HVP, batched_hvp with 1 vector (graph rebuilt)     {ratio['hvp_batched_1']:6.2f} gradients")
+    print(f"  batched_hvp, 8 vectors vmap-ed, per vector             {ratio['hvp_batched_8'] / 8:6.2f} gradients")
+    print(f"  building the operator (forward + create_graph backward, once per run) "
+          f"{ratio['operator_build']:6.2f} gradients")
+
+    # end to end, once each (the HVP counts are the instruments' own)
+    def timed(fn):
+        start = time.perf_counter()
+        out = fn()
+        return out, time.perf_counter() - start
+
+    top, t_top = timed(lambda: top_eigenvalues(model, LOSS, x, y, k=3))
+    low, t_low = timed(lambda: top_eigenvalues(model, LOSS, x, y, k=1, which="SA"))
+    slq, t_slq = timed(lambda: spectral_density(model, LOSS, x, y, generator=torch.Generator().manual_seed(0)))
+    trace, t_trace = timed(lambda: hessian_trace(model, LOSS, x, y, 32, torch.Generator().manual_seed(0)))
+    print("\nend to end (one call each, float32):")
+    print(f"  top-3 eigenvalues {', '.join(f'{v:.4g}' for v in top.values)}: {top.hvps} HVPs, "
+          f"{t_top:.2f} s = {t_top / unit / max(1, top.hvps):.2f} gradients per HVP")
+    print(f"  most negative eigenvalue {low.values[0]:.4g}: {low.hvps} HVPs, {t_low:.2f} s "
+          f"(converged: {top.converged and low.converged})")
+    print(f"  SLQ density (64 steps x 4 probes): {slq.hvps} HVPs, {t_slq:.2f} s = "
+          f"{t_slq / unit / slq.hvps:.2f} gradients per HVP")
+    print(f"  Hutchinson trace, 32 probes: {trace.value:.4g} +- {trace.stderr:.2g}, {t_trace:.2f} s = "
+          f"{t_trace / unit / 32:.2f} gradients per probe")
+
+    print("\n== targets")
+    for label, value, target in (
+        ("per-sample gradients (gradient_noise) / one gradient", ratio["noise"], 3.0),
+        ("one Lanczos HVP / one gradient", ratio["hvp_operator"], 2.0),
+    ):
+        print(f"  [{'PASS' if value <= target else 'FAIL'}] {label} = {value:.2f} <= {target:g}")
+    print(f"load average at end {os.getloadavg()[0]:.1f} (other processes share the CPUs)")
+
+
+if __name__ == "__main__":
+    main()
