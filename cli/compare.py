@@ -11,7 +11,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from arturo_diag.training.config import RunConfig, check_used, config_from_mapping, load_config
 
-from .common import user_errors
+from arturo_diag.errors import Diverged
+
+from .common import EXIT_DIVERGED, user_errors
 
 _O = typer.Option
 
@@ -108,6 +110,11 @@ def compare(
     """Train with arTuRO, compare its curvature estimate with the true diagonal Hessian, write a report.
 
     With no options: the small CNN on scikit-learn's 8x8 digits, exact reference every 20 steps.
+
+    Exit codes: 0 done; 1 internal error (a bug: a traceback); 2 bad input (one "error:" line,
+    nothing that looks complete); 3 diverged (a NaN/inf loss, gradient, weight or optimizer state:
+    the record is marked diverged and the report's first finding names step, quantity and layer);
+    130 interrupted (the record is left incomplete).
     """
     options = {k: v for k, v in locals().items() if k not in ("config", "overwrite")}
     console = Console(stderr=True)
@@ -117,9 +124,27 @@ def compare(
         from arturo_diag.report import render_report
 
         with keep_locked(cfg.out):  # no other process between the record and its report
-            result = run_with_progress(cfg, console, overwrite)
-            report = render_report(result.run_dir)
+            result, diverged = None, None
+            try:
+                result = run_with_progress(cfg, console, overwrite)
+            except Diverged as error:  # a result, not a user error: the report says where, exit 3
+                diverged = error
+            report = render_report(result.run_dir if result is not None else cfg.out)
+    if diverged is not None:
+        summarize_diverged(report, diverged, console)
+        raise typer.Exit(code=EXIT_DIVERGED)
     summarize(report, result, console)
+
+
+def summarize_diverged(report, error: Diverged, console: Console) -> None:
+    """A diverged run: one line on stderr saying where, then the report's findings (the first states it)."""
+    console.print(f"[red]diverged:[/red] {escape(str(error))}; the record is marked diverged", highlight=False)
+    out = Console()
+    out.print(f"[bold]run[/bold] {escape(str(report.run_dir))}  (diverged at step {error.info.get('step')})")
+    for finding in report.findings:
+        marker = "[yellow]![/yellow]" if finding.get("severity") == "warning" else "-"
+        out.print(f" {marker} {escape(finding['text'])}")
+    out.print(f"[bold]report[/bold] {escape(f'{report.markdown}  {report.html}')}")
 
 
 def summarize(report, result, console: Console) -> None:

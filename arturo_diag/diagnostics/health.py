@@ -67,8 +67,8 @@ def eta_health(steps: pd.DataFrame) -> dict[str, Any]:
     steps = _ordered(steps)
     eta = _column(steps, "eta")
     lo, hi = _column(steps, "eta_lo"), _column(steps, "eta_hi")
-    width = hi - lo
     with np.errstate(invalid="ignore", divide="ignore"):
+        width = hi - lo  # NaN for an infinite bracket (eta = inf: a zero KL bound)
         position = np.where(width > 0, (eta - lo) / width, math.nan)
     finite_eta = _finite(eta)
     return {

@@ -17,6 +17,12 @@ reference diagonal Hessian ``h`` (exact, Hutchinson with its standard error, or 
 is ``docs/record.md``. The monitor never changes what the optimizer does, except that before a
 snapshot step it sets ``optimizer.dual_diagnostics`` so that the step also reports K(0)/eps and the
 exact root ``eta*`` (extra passes that do not change the update).
+
+After every step it also checks the loss, the gradients, the weights and the optimizer's state
+(arTuRO's ``P``, ``a``, ``b``, ``eta``, ``pi``) for NaN/inf, in one fused reduction. At the first
+non-finite one the record is marked ``"diverged"`` (``record.json``'s ``"divergence"`` names the step,
+the quantity, the parameter and its layer) and :meth:`Monitor.step` raises
+:class:`arturo_diag.errors.Diverged` with that message, so the loop stops there.
 """
 from __future__ import annotations
 
@@ -28,7 +34,8 @@ import torch
 from torch import Tensor, nn
 
 from arturo_diag.curvature import exact_diagonal, hutchinson_diagonal
-from arturo_diag.diagnostics.record import RecordWriter
+from arturo_diag.diagnostics.record import RecordWriter, layer_of
+from arturo_diag.errors import Diverged
 
 __all__ = ["Monitor", "REFERENCES"]
 
@@ -37,6 +44,13 @@ _QUANTILE_SAMPLE = 65536  # precision quantiles per step come from this many fix
 _FLUSH_SECONDS = 5.0  # the tables on disk lag the run by at most this (and a snapshot interval)
 _STATE_FIELDS = {"curvature": "curvature", "filter_cov_aa": "filter_cov_aa", "intercept": "intercept",
                  "precision": "precision"}
+# What is checked for NaN/inf after every step, in the order a step computes it (the first one found
+# is named): the gradient, the filter (P, then a and b), eta, the precision, the new weight.
+_FILTER_STATE = ("filter_cov_bb", "filter_cov_ba", "filter_cov_aa", "curvature", "intercept")
+_QUANTITY_WORDS = {"loss": "loss", "gradient": "gradient", "weight": "weight", "eta": "eta",
+                   "curvature": "curvature a", "intercept": "intercept b", "filter_cov_bb": "filter covariance P_bb",
+                   "filter_cov_ba": "filter covariance P_ba", "filter_cov_aa": "filter covariance P_aa",
+                   "precision": "precision pi"}
 
 
 def _minimal_config(every: int, reference: str) -> str:
@@ -128,7 +142,12 @@ class Monitor:
             self.optimizer.dual_diagnostics = self.reference != "none" and (self.steps + 1) % self.every == 0
 
     def step(self, loss: Tensor | float | None = None, *, epoch: int | None = None) -> None:
-        """Record the step the optimizer just took; take a snapshot if one is due."""
+        """Record the step the optimizer just took; take a snapshot if one is due.
+
+        Raises:
+            Diverged: the loss, a gradient, a weight or the optimizer's state is NaN/inf after this
+                step; the record is left ``"diverged"`` (tables written), nothing more can be added.
+        """
         start = time.perf_counter()
         self.steps += 1
         row: dict[str, Any] = {"step": self.steps, "epoch": epoch,
@@ -144,10 +163,73 @@ class Monitor:
         else:
             row["kl_bound"] = float(self.optimizer.param_groups[0]["lr"])
         self.writer.add_step(row)
+        divergence = self._first_non_finite(None if loss is None else row["loss"], last)
+        if divergence is not None:  # the run ends here: the record says where, the caller gets the error
+            self.step_seconds += time.perf_counter() - start
+            self.writer.diverge(divergence, self._manifest_extra())
+            raise Diverged(divergence)
         self.step_seconds += time.perf_counter() - start
         if self.reference != "none" and self.steps % self.every == 0:
             self.snapshot()
         self._arm_dual_diagnostics()
+
+    # ------------------------------------------------------------------ NaN / inf
+    def _checked(self, quantity: str) -> list[tuple[str, Tensor]]:
+        """(parameter name, tensor) of one checked quantity, for the parameters that have it."""
+        out = []
+        state = self.optimizer.state
+        for name, p in self.named:
+            if quantity == "weight":
+                tensor = p.detach()
+            elif quantity == "gradient":
+                tensor = p.grad
+            else:
+                tensor = state[p].get(quantity) if p in state else None
+            if isinstance(tensor, Tensor) and not tensor.is_sparse and tensor.is_floating_point():
+                out.append((name, tensor))
+        return out
+
+    def _first_non_finite(self, loss: float | None, last: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        """The first NaN/inf of this step (None if all is finite); see :class:`arturo_diag.errors.Diverged`.
+
+        One fused reduction over every checked tensor (max |x| per tensor: NaN-propagating, and it
+        cannot overflow) and one synchronisation per step; only when it fails is the first bad
+        quantity and parameter looked for, in the order of ``_FILTER_STATE``'s comment.
+        """
+        if loss is not None and not math.isfinite(loss):
+            return self._divergence("loss", None, torch.tensor([loss], dtype=torch.float64))
+        eta = (last or {}).get("eta")
+        zero_bound = not (last or {}).get("kl_bound", 1.0) > 0
+        eta_bad = (isinstance(eta, (int, float)) and not math.isfinite(eta)
+                   and not (eta == math.inf and zero_bound))  # eps = 0: eta = inf is the exact root (no step)
+        state = [*_FILTER_STATE, "eta", "precision"] if self.is_arturo else []
+        quantities = ["gradient", *state, "weight"]
+        if not eta_bad:
+            tensors = [t for quantity in quantities for _, t in self._checked(quantity)]
+            if not tensors or bool(torch.stack(torch._foreach_norm(tensors, math.inf)).isfinite().all()):
+                return None
+        for quantity in quantities:
+            if quantity == "eta":
+                if eta_bad:
+                    return self._divergence("eta", None, torch.tensor([eta], dtype=torch.float64))
+                continue
+            for name, tensor in self._checked(quantity):
+                if not bool(tensor.isfinite().all()):
+                    return self._divergence(quantity, name, tensor)
+        return None  # pragma: no cover - the fused check and the search agree
+
+    def _divergence(self, quantity: str, name: str | None, tensor: Tensor) -> dict[str, Any]:
+        bad = ~torch.isfinite(tensor)
+        count, nan = int(bad.sum()), int(torch.isnan(tensor).sum())
+        words = f"non-finite {_QUANTITY_WORDS.get(quantity, quantity)} at step {self.steps}"
+        if name is None:  # a scalar: the loss or eta
+            message = f"{words} ({'NaN' if nan else float(tensor.reshape(-1)[0])})"
+        else:
+            what = "NaN" if nan == count else ("inf" if nan == 0 else f"NaN or inf ({nan} NaN)")
+            message = f"{words} in layer {layer_of(name)} ({name}: {count} of {tensor.numel()} coordinates {what})"
+        return {"step": self.steps, "quantity": quantity, "parameter": name,
+                "layer": layer_of(name) if name is not None else None, "count": count, "numel": int(tensor.numel()),
+                "kind": "nan" if nan else "inf", "message": message}
 
     def _precision_quantiles(self) -> dict[str, float]:
         state = self.optimizer.state
@@ -236,9 +318,11 @@ class Monitor:
     # ------------------------------------------------------------------ end
     def finish(self, extra: Mapping[str, Any] | None = None) -> None:
         """Mark the record complete (written last, so a killed run never looks complete)."""
-        manifest = {**self._extra_manifest, "diagnostics_seconds": self.snapshot_seconds + self.step_seconds,
-                    **(extra or {})}
-        self.writer.finish(manifest)
+        self.writer.finish(self._manifest_extra(extra))
+
+    def _manifest_extra(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        return {**self._extra_manifest, "diagnostics_seconds": self.snapshot_seconds + self.step_seconds,
+                **(extra or {})}
 
     def fail(self, reason: str) -> None:
         """Mark the record failed (the tables so far stay readable)."""

@@ -374,6 +374,27 @@ class RecordWriter:
         self._write_manifest()
         self._finished = True
 
+    def diverge(self, info: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> None:
+        """Write the tables, then ``record.json`` with status ``"diverged"`` and ``"divergence": info``
+        (last): the run ended at its first non-finite quantity (``step``, ``quantity``, ``parameter``,
+        ``layer``, ``count``, ``kind``, see :class:`arturo_diag.errors.Diverged`). A diverged record is
+        finished: reports render from it. ``extra`` is merged into the manifest as in :meth:`finish`."""
+        self._check_open()
+        extra = dict(extra or {})
+        for reserved in ("format", "status", "divergence"):
+            if reserved in extra:
+                raise ValueError(f"diverge: extra may not set {reserved!r}")
+        self._write_tables()
+        self._manifest["steps"] = self._last_step()
+        self._manifest["snapshot_steps"] = sorted(self._snapshot_steps)
+        self._manifest.update(extra)
+        self._manifest["status"] = "diverged"
+        self._manifest["divergence"] = {key: _plain(value) if value is not None else None
+                                        for key, value in info.items()}
+        self._manifest["finished"] = _now()
+        self._write_manifest()
+        self._finished = True
+
     @property
     def finished(self) -> bool:
         """Whether :meth:`finish` or :meth:`fail` has been called."""
@@ -683,12 +704,19 @@ class RunRecord:
 
     @property
     def status(self) -> str:
-        """``"complete"``, ``"running"`` (or killed) or ``"failed"``."""
+        """``"complete"``, ``"running"`` (or killed), ``"failed"`` or ``"diverged"`` (see :attr:`divergence`)."""
         return str(self.manifest.get("status"))
 
     @property
     def complete(self) -> bool:
         return self.status == "complete"
+
+    @property
+    def divergence(self) -> dict[str, Any] | None:
+        """``record.json``'s ``"divergence"`` of a ``"diverged"`` record (step, quantity, parameter,
+        layer, count, kind, message), else None."""
+        info = self.manifest.get("divergence")
+        return dict(info) if self.status == "diverged" and isinstance(info, dict) else None
 
     @property
     def kind(self) -> str:
@@ -723,7 +751,9 @@ class RunRecord:
         _check_manifest(manifest_path, manifest)
         status = manifest["status"]
         complete = status == "complete"
-        if not complete and not allow_incomplete:
+        # a diverged run is finished too (it ended at its first NaN/inf); its tables are checked as
+        # an incomplete record's: it has no final evaluation
+        if not complete and not allow_incomplete and status != "diverged":
             raise RecordError(f"{run_dir} is incomplete (status {status}): the run did not finish")
 
         config_path = run_dir / _CONFIG
