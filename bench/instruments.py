@@ -26,12 +26,14 @@ import torch
 from torch import nn
 from torch.func import grad, vjp, vmap
 
-from arturo_diag.curvature import loss_of_parameters
+from arturo_diag.curvature import exact_diagonal, loss_of_parameters
 from arturo_diag.curvature.hvp import batched_hvp
 from arturo_diag.curvature.noise import _SampleLoss, gradient_noise
 from arturo_diag.curvature.spectrum import (
+    diagonal_share,
     hessian_operator,
     hessian_trace,
+    hutchpp_trace,
     spectral_density,
     top_eigenvalues,
 )
@@ -42,8 +44,11 @@ PROBE = 128
 LOSS = nn.CrossEntropyLoss()
 
 
-def median_times(tasks: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds per task over ``repeats`` interleaved rounds, second of two calls each."""
+def median_times(
+    tasks: dict[str, Callable[[], object]], repeats: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(median, minimum) seconds per task over ``repeats`` interleaved rounds, second of two calls
+    each. The minimum is the least disturbed by other processes on a shared machine."""
     times: dict[str, list[float]] = {name: [] for name in tasks}
     for _ in range(repeats):
         for name, task in tasks.items():
@@ -51,7 +56,10 @@ def median_times(tasks: dict[str, Callable[[], object]], repeats: int) -> dict[s
             start = time.perf_counter()
             task()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return (
+        {name: statistics.median(values) for name, values in times.items()},
+        {name: min(values) for name, values in times.items()},
+    )
 
 
 def main() -> None:
@@ -92,19 +100,23 @@ def main() -> None:
         "hvp_batched_8": lambda: single(eight),
         "operator_build": lambda: hessian_operator(model, LOSS, x, y),
     }
-    med = median_times(tasks, args.repeats)
+    med, least = median_times(tasks, args.repeats)
     unit = med["gradient"]
     ratio = {name: t / unit for name, t in med.items()}
-    print(f"\n(unit: one gradient = {unit * 1e3:.2f} ms; medians of {args.repeats} interleaved repeats)")
-    print(f"  gradient_noise (per-sample gradients + statistics)  {ratio['noise']:6.2f} gradients")
-    print(f"  per-sample gradients alone (vmap of grad)           {ratio['per_sample_vmap']:6.2f} gradients")
-    print(f"  one Lanczos HVP (HessianOperator.matvec, shared graph, double backward) "
-          f"{ratio['hvp_operator']:6.2f} gradients")
-    print(f"  one HVP, torch.func vjp-of-grad pullback, shared graph {ratio['hvp_func_pullback']:6.2f} gradients")
-    print(f"  one HVP, batched_hvp with 1 vector (graph rebuilt)     {ratio['hvp_batched_1']:6.2f} gradients")
-    print(f"  batched_hvp, 8 vectors vmap-ed, per vector             {ratio['hvp_batched_8'] / 8:6.2f} gradients")
-    print(f"  building the operator (forward + create_graph backward, once per run) "
-          f"{ratio['operator_build']:6.2f} gradients")
+    low = {name: t / least["gradient"] for name, t in least.items()}
+    print(f"\n(unit: one gradient = {unit * 1e3:.2f} ms median, {least['gradient'] * 1e3:.2f} ms min; "
+          f"ratios of medians over {args.repeats} interleaved repeats, ratios of minima in brackets)")
+    rows = (
+        ("gradient_noise (per-sample gradients + statistics)", "noise", 1),
+        ("per-sample gradients alone (vmap of grad)", "per_sample_vmap", 1),
+        ("one Lanczos HVP (HessianOperator.matvec: shared graph, double backward)", "hvp_operator", 1),
+        ("one HVP, torch.func vjp-of-grad pullback, shared graph", "hvp_func_pullback", 1),
+        ("one HVP, batched_hvp with 1 vector (graph rebuilt)", "hvp_batched_1", 1),
+        ("batched_hvp, 8 vectors vmap-ed, per vector", "hvp_batched_8", 8),
+        ("building the operator (once per Lanczos run)", "operator_build", 1),
+    )
+    for label, name, per in rows:
+        print(f"  {label:74s} {ratio[name] / per:6.2f} [{low[name] / per:5.2f}] gradients")
 
     # end to end, once each (the HVP counts are the instruments' own)
     def timed(fn):
@@ -113,25 +125,37 @@ def main() -> None:
         return out, time.perf_counter() - start
 
     top, t_top = timed(lambda: top_eigenvalues(model, LOSS, x, y, k=3))
-    low, t_low = timed(lambda: top_eigenvalues(model, LOSS, x, y, k=1, which="SA"))
+    bottom, t_low = timed(lambda: top_eigenvalues(model, LOSS, x, y, k=1, which="SA"))
     slq, t_slq = timed(lambda: spectral_density(model, LOSS, x, y, generator=torch.Generator().manual_seed(0)))
     trace, t_trace = timed(lambda: hessian_trace(model, LOSS, x, y, 32, torch.Generator().manual_seed(0)))
-    print("\nend to end (one call each, float32):")
+    plusplus, t_pp = timed(lambda: hutchpp_trace(model, LOSS, x, y, 96, torch.Generator().manual_seed(0)))
+    diagonal = exact_diagonal(model, LOSS, x, y)
+    share, t_share = timed(lambda: diagonal_share(model, LOSS, x, y, diagonal, 64, torch.Generator().manual_seed(0)))
+    noise, t_noise = timed(lambda: gradient_noise(model, LOSS, x, y))
+    print("\nend to end (one call each, float32; the untrained model):")
+    overall = noise.summary["overall"]
+    print(f"  gradient noise: median minibatch-gradient variance {float(overall['minibatch_variance_median']):.3g}, "
+          f"Cockpit mean GSNR {noise.mean_gsnr:.3g}, {t_noise:.3f} s")
     print(f"  top-3 eigenvalues {', '.join(f'{v:.4g}' for v in top.values)}: {top.hvps} HVPs, "
           f"{t_top:.2f} s = {t_top / unit / max(1, top.hvps):.2f} gradients per HVP")
-    print(f"  most negative eigenvalue {low.values[0]:.4g}: {low.hvps} HVPs, {t_low:.2f} s "
-          f"(converged: {top.converged and low.converged})")
+    print(f"  most negative eigenvalue {bottom.values[0]:.4g}: {bottom.hvps} HVPs, {t_low:.2f} s "
+          f"(converged: {top.converged and bottom.converged})")
     print(f"  SLQ density (64 steps x 4 probes): {slq.hvps} HVPs, {t_slq:.2f} s = "
           f"{t_slq / unit / slq.hvps:.2f} gradients per HVP")
     print(f"  Hutchinson trace, 32 probes: {trace.value:.4g} +- {trace.stderr:.2g}, {t_trace:.2f} s = "
           f"{t_trace / unit / 32:.2f} gradients per probe")
+    print(f"  Hutch++ trace, 96 products: {plusplus.value:.4g} +- {plusplus.stderr:.2g}, {t_pp:.2f} s")
+    print(f"  diagonal share ||diag H|| / ||H||_F, 64 probes: {share.share:.3f} +- {share.stderr:.3f} "
+          f"(||H||_F {share.frobenius:.3g}), {t_share:.2f} s")
 
     print("\n== targets")
-    for label, value, target in (
-        ("per-sample gradients (gradient_noise) / one gradient", ratio["noise"], 3.0),
-        ("one Lanczos HVP / one gradient", ratio["hvp_operator"], 2.0),
+    for label, name, target in (
+        ("per-sample gradients (gradient_noise) / one gradient", "noise", 3.0),
+        ("one Lanczos HVP / one gradient", "hvp_operator", 2.0),
     ):
-        print(f"  [{'PASS' if value <= target else 'FAIL'}] {label} = {value:.2f} <= {target:g}")
+        value = ratio[name]
+        print(f"  [{'PASS' if value <= target else 'FAIL'}] {label} = {value:.2f} <= {target:g} "
+              f"(ratio of minima {low[name]:.2f})")
     print(f"load average at end {os.getloadavg()[0]:.1f} (other processes share the CPUs)")
 
 
