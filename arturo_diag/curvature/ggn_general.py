@@ -23,7 +23,13 @@ and each block is factored as H_n = sum_k lambda_nk u_nk u_nk^T:
   the loss as given (normalisation included), factored by ``torch.linalg.eigh`` (lambda = the
   eigenvalues, of any sign: an indefinite H_out gives a GGN that is not positive semi-definite).
 
-Then diag(G)_i = sum_n sum_k lambda_nk ([J^T (e_n (x) u_nk)]_i)^2, computed one of two ways:
+Then diag(G)_i = sum_n sum_k lambda_nk ([J^T (e_n (x) u_nk)]_i)^2, computed one of three ways:
+
+- layerwise (fastest; "auto" takes it where it applies): rows independent, plain mean
+  cross-entropy on (N, C) logits or mean MSE, and every trainable parameter the weight or bias of
+  a Linear, Conv1d/Conv2d or eval-mode BatchNorm layer used once, with any activations, branches
+  or concatenations between them: the closed form of :mod:`arturo_diag.curvature.ggn` (one
+  backward pass of the batch per factor column through the real graph, then per-layer squares);
 
 - reverse (vector-Jacobian products; the default when it takes fewer products): when the rows are
   independent (eval mode), J^T (e_n (x) u) = J_n^T u is a VJP of the one-row function x_n -> f, and
@@ -54,6 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import jvp, vjp, vmap
 
+from arturo_diag.curvature import ggn as _sequential
 from arturo_diag.curvature.errors import CurvatureError, GGNNotExactError
 from arturo_diag.curvature.exact import check_ggn_exact
 from arturo_diag.curvature.functional import (
@@ -67,7 +74,7 @@ __all__ = ["GGN_MEMORY_BYTES", "GGNDiagonal", "OutputHessian", "ggn_diagonal", "
 
 #: Default bytes one batched call of products may hold, roughly.
 GGN_MEMORY_BYTES = 2**29
-MODES = ("auto", "reverse", "forward")
+MODES = ("auto", "layerwise", "reverse", "forward")
 
 OutputHessianFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -80,7 +87,7 @@ class GGNDiagonal(DiagonalHessian):
         (then this is the exact Hessian diagonal); False: it is the GGN diagonal only, and ``note``
         says why.
     coupled: the rows were treated as coupled (whole-batch Jacobian).
-    mode: "reverse" or "forward" (how the Jacobian products were taken).
+    mode: "layerwise", "reverse" or "forward" (how the Jacobian products were taken).
     """
 
     is_hessian: bool = False
@@ -109,7 +116,8 @@ def ggn_diagonal(
         output_hessian: for a loss other than cross-entropy / MSE: ``(outputs, targets) ->
             (N, D, D)``, the blocks d^2 L / dF_n^2 of the loss as given (module docstring).
         coupled: treat the rows as coupled through the batch (None: decide, see module docstring).
-        mode: "reverse", "forward" or "auto" (the one needing fewer products).
+        mode: "layerwise", "reverse", "forward" or "auto" ("layerwise" where it applies, else the
+            one of the other two needing fewer products).
         chunk_size: products (VJPs or JVPs) per ``vmap`` call (default: from ``memory_budget``).
         memory_budget: bytes one call may hold, roughly.
 
@@ -126,7 +134,22 @@ def ggn_diagonal(
     _check_positive("memory_budget", memory_budget)
     problem = loss_of_parameters(model, loss_fn, inputs, targets, train=train)
     run = _GGNRun(problem, loss_fn, output_hessian, coupled)
-    values, used = run.diagonal(mode, chunk_size, memory_budget)
+    kind = run.layerwise_kind(loss_fn, output_hessian) if mode in ("auto", "layerwise") else None
+    values = None
+    if kind is not None:
+        try:
+            values, used = run.layerwise(kind, chunk_size), "layerwise"
+        except GGNNotExactError as refusal:  # e.g. a layer that runs twice
+            if mode == "layerwise":
+                raise CurvatureError(f"mode 'layerwise' does not apply: {refusal}") from refusal
+    elif mode == "layerwise":
+        raise CurvatureError(
+            "mode 'layerwise' does not apply: it needs independent rows, a plain mean "
+            "cross-entropy on (N, C) logits or mean MSE, and every trainable parameter the weight "
+            "or bias of a Linear, Conv1d/Conv2d or BatchNorm layer used once"
+        )
+    if values is None:
+        values, used = run.diagonal("auto" if mode == "layerwise" else mode, chunk_size, memory_budget)
     is_hessian, reason = _is_hessian(model, loss_fn, train, output_hessian)
     if is_hessian:
         note = f"the Hessian diagonal: {reason}"
@@ -339,6 +362,7 @@ def _cross_entropy_weights(outputs: Tensor, targets: Tensor, options: dict) -> T
 
 class _GGNRun:
     def __init__(self, problem: LossOfParameters, loss_fn, output_hessian, coupled):
+        self.problem = problem
         self.names, self.params, self.loss = problem
         self.inputs = self.loss.inputs
         with torch.no_grad():
@@ -348,6 +372,39 @@ class _GGNRun:
         self.outputs = outputs
         self.hessian = output_hessian_factor(loss_fn, outputs, self.loss.targets, output_hessian)
         self.coupled = self._coupled() if coupled is None else bool(coupled)
+
+    def layerwise_kind(self, loss_fn, output_hessian) -> str | None:
+        """The loss kind for :mod:`arturo_diag.curvature.ggn`'s layerwise path, or None where it
+        does not apply (coupled rows, a loss it does not factor, parameters outside its layers,
+        tied parameters)."""
+        if self.coupled or output_hessian is not None:
+            return None
+        spec = _loss_spec(loss_fn)
+        if spec is None or spec[1]["reduction"] != "mean":
+            return None
+        kind, options = spec
+        targets = self.loss.targets
+        if kind == "cross_entropy" and (
+            self.outputs.dim() != 2
+            or options["weight"] is not None
+            or bool((targets == options["ignore_index"]).any())
+        ):
+            return None  # label smoothing leaves the output Hessian as it is
+        model = self.loss.model
+        if len({id(p) for p in model.parameters()}) != len(
+            list(model.named_parameters(remove_duplicate=False))
+        ):
+            return None
+        if _sequential._layers_of(model, self.names) is None:
+            return None
+        return kind
+
+    def layerwise(self, kind: str, chunk_size: int | None) -> Tensor:
+        """The layerwise closed form of :mod:`arturo_diag.curvature.ggn` (any activations between
+        the layers: the backward passes go through the real graph)."""
+        rows = None if chunk_size is None else max(1, chunk_size // self.hessian.columns_per_row)
+        values = _sequential.ggn_diagonal(self.problem, kind, rows)
+        return torch.cat([values[n].reshape(-1) for n in self.names])
 
     def batch_outputs(self, params: tuple[Tensor, ...]) -> Tensor:
         return self.loss.outputs(params, self.inputs)

@@ -87,6 +87,49 @@ def test_is_the_hessian_diagonal_on_networks_linear_in_each_weight(case):
     assert_close_diagonal(result, exact_diagonal(model, loss_fn, x, y, "hvp"))
 
 
+LAYERWISE_CASES = [
+    ("gelu_mlp", lambda: mlp(1, nn.GELU), CE, lambda: batch((4,), classes=3, n=6)),
+    ("gelu_mlp_mse", lambda: mlp(2, nn.GELU), nn.MSELoss(), lambda: batch((4,), targets_shape=(3,), n=5)),
+    ("cat_branches", CatBranches, CE, lambda: batch((4,), classes=3, n=6)),
+    ("residual_bn_eval", ResidualBNBlock, CE, _image_batch),
+]
+
+
+@pytest.mark.parametrize("case", LAYERWISE_CASES, ids=[c[0] for c in LAYERWISE_CASES])
+def test_auto_takes_the_layerwise_closed_form_where_it_applies(case):
+    # parameters all in Linear, Conv2d and eval-mode BatchNorm layers, rows independent
+    _, build, loss_fn, data = case
+    model = build()
+    x, y = data()
+    auto = ggn_diagonal(model, loss_fn, x, y)
+    assert auto.mode == "layerwise"
+    assert_close_diagonal(auto, ggn_diagonal(model, loss_fn, x, y, mode="reverse"))
+    assert_close_diagonal(auto, dense_ggn_diagonal(model, loss_fn, x, y))
+
+
+def test_layerwise_is_refused_where_it_does_not_apply_and_auto_falls_back():
+    x, y = batch((4,), classes=3, n=6)
+    with pytest.raises(CurvatureError, match="layerwise"):
+        ggn_diagonal(layer_norm_net(), CE, x, y, mode="layerwise")
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.inner = nn.Linear(4, 4).to(DTYPE)
+            self.head = nn.Linear(4, 3).to(DTYPE)
+
+        def forward(self, x):
+            return self.head(torch.tanh(self.inner(torch.tanh(self.inner(x)))))
+
+    model = Twice()
+    result = ggn_diagonal(model, CE, x, y)
+    assert result.mode == "reverse"
+    assert_close_diagonal(result, dense_ggn_diagonal(model, CE, x, y))
+    with pytest.raises(CurvatureError, match="layerwise"):
+        ggn_diagonal(model, CE, x, y, mode="layerwise")
+
+
 def test_train_mode_batch_norm_couples_the_rows_through_the_whole_batch_jacobian():
     model = ResidualBNBlock().eval()
     x, y = _image_batch()
