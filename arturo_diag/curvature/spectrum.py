@@ -46,10 +46,13 @@ HVPs: the batched estimators (trace, Hutch++, Frobenius norm) use
 :func:`arturo_diag.curvature.hvp.batched_hvp` (one gradient graph per chunk of vectors, vmap-ed
 for small models). The sequential ones (Lanczos, SLQ) use :class:`HessianOperator`: the gradient
 graph is built once (``torch.autograd.grad(..., create_graph=True)``) and every product is one
-double-backward pass through it (``retain_graph=True``), measured faster on CPU than
-``torch.func``'s ``vjp``-of-``grad`` pullback and than ``jvp``-of-``grad`` (which redoes the
-forward and backward pass per vector); where a double backward is missing it falls back to
-``jvp`` of ``grad``. Rademacher probes are drawn as in
+double-backward pass through it (``retain_graph=True``), measured on CPU about as fast as
+``torch.func``'s ``vjp``-of-``grad`` pullback on a shared graph and 2-3x faster than
+``jvp``-of-``grad`` (which redoes the forward and backward pass per vector); where a double
+backward is missing it falls back to ``jvp`` of ``grad``. On convolutional models a product costs
+about 3 gradients (bench/instruments.py): PyTorch's ``_convolution_double_backward`` computes the
+input gradient of every convolution whenever a weight tangent is given, the first layer's too,
+whose input (the data) needs none. Rademacher probes are drawn as in
 :func:`arturo_diag.curvature.hutchinson_diagonal` (one int8 draw of P entries per probe, in probe
 order), so the same generator state gives the same probes whatever the chunking.
 """
