@@ -34,10 +34,10 @@ def functional_loss(model: torch.nn.Module, data):
     return loss_of, logits_of
 
 
-def quadratic_hessian(dim: int = 6, seed: int = 0, diagonal: bool = False) -> torch.Tensor:
+def quadratic_hessian(dim: int = 6, seed: int = 0, diagonal: bool = False, offdiag: float = 0.5) -> torch.Tensor:
     """A symmetric positive-definite H with off-diagonal mass (or a diagonal one), float64."""
     g = torch.Generator().manual_seed(seed)
     if diagonal:
         return torch.diag(torch.linspace(0.5, 4.0, dim, dtype=torch.float64))
-    a = torch.randn(dim, dim, generator=g, dtype=torch.float64) * 0.5
+    a = torch.randn(dim, dim, generator=g, dtype=torch.float64) * offdiag
     return a @ a.T + torch.diag(torch.linspace(0.5, 2.0, dim, dtype=torch.float64))
