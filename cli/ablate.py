@@ -58,12 +58,17 @@ def _run_with_progress(study, study_dir: Path, workers: Optional[int], fresh: bo
 
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as bar:
+    # The bar is drawn at the first event ("plan"), i.e. once the study, its data and its directory
+    # have been checked: a refused input gets its one error line and no empty bar.
+    bar = Progress(*columns, console=console, transient=False)
+    try:
         task = bar.add_task(f"study {study.name}", total=None, status="")
         failed = 0
 
         def progress(event: str, info: dict[str, Any]) -> None:
             nonlocal failed
+            if not bar.live.is_started:
+                bar.start()
             if event == "plan":
                 bar.update(task, total=info["total"], completed=info["finished"],
                            status=f"{info['finished']} already done, {info['pending']} to run on {info['workers']} worker(s)")
@@ -77,6 +82,9 @@ def _run_with_progress(study, study_dir: Path, workers: Optional[int], fresh: bo
                 bar.update(task, status="done")
 
         return run_study(study, study_dir, workers=workers, fresh=fresh, progress=progress)
+    finally:
+        if bar.live.is_started:
+            bar.stop()
 
 
 def _summarize(result) -> None:

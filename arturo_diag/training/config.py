@@ -238,6 +238,8 @@ def unused_fields(config: RunConfig) -> list[tuple[str, Any, str]]:
     def given(name: str) -> bool:
         return getattr(config, name) != _DEFAULTS[name]
 
+    if config.optimizer != "sgd" and given("momentum"):
+        unused.append(("momentum", config.momentum, "unset unless optimizer is sgd (it would be ignored)"))
     if config.optimizer != "arturo":
         for name in _ARTURO_ONLY:
             if given(name):
@@ -251,8 +253,6 @@ def unused_fields(config: RunConfig) -> list[tuple[str, Any, str]]:
                 unused.append((name, getattr(config, name),
                                f"unset with optimizer {config.optimizer} (baselines take no reference snapshots)"))
         return unused
-    if given("momentum"):
-        unused.append(("momentum", config.momentum, "unset unless optimizer is sgd (it would be ignored)"))
     if config.oracle == "none" and given("oracle_every"):
         unused.append(("oracle_every", config.oracle_every, "unset unless oracle is exact or hutchinson"))
     if config.fixed_eta is not None:
