@@ -36,6 +36,7 @@ from arturo_diag.curvature.functional import loss_of_parameters
 from arturo_diag.curvature.ggn_general import (
     GGN_MEMORY_BYTES,
     OutputHessianFn,
+    _ggn_values,
     _GGNRun,
     _is_hessian,
 )
@@ -94,7 +95,7 @@ def hessian_diagonal_cv(
     problem = loss_of_parameters(model, loss_fn, inputs, targets, train=train)
     names, params, loss = problem
     run = _GGNRun(problem, loss_fn, output_hessian, None)
-    ggn, mode = run.diagonal("auto", None, memory_budget)
+    ggn, mode = _ggn_values(run, loss_fn, output_hessian, "auto", None, memory_budget)
     is_hessian, reason = _is_hessian(model, loss_fn, train, output_hessian)
     like = params[0]
     if is_hessian and not force_residual:

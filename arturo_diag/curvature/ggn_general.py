@@ -115,7 +115,8 @@ def ggn_diagonal(
             (eval mode by default; integer inputs, e.g. token ids, are passed through as they are).
         output_hessian: for a loss other than cross-entropy / MSE: ``(outputs, targets) ->
             (N, D, D)``, the blocks d^2 L / dF_n^2 of the loss as given (module docstring).
-        coupled: treat the rows as coupled through the batch (None: decide, see module docstring).
+        coupled: treat the rows as coupled through the batch (None: decide, see module docstring;
+            False on a model whose rows are coupled gives row-by-row Jacobians, not this GGN).
         mode: "layerwise", "reverse", "forward" or "auto" ("layerwise" where it applies, else the
             one of the other two needing fewer products).
         chunk_size: products (VJPs or JVPs) per ``vmap`` call (default: from ``memory_budget``).
@@ -134,22 +135,7 @@ def ggn_diagonal(
     _check_positive("memory_budget", memory_budget)
     problem = loss_of_parameters(model, loss_fn, inputs, targets, train=train)
     run = _GGNRun(problem, loss_fn, output_hessian, coupled)
-    kind = run.layerwise_kind(loss_fn, output_hessian) if mode in ("auto", "layerwise") else None
-    values = None
-    if kind is not None:
-        try:
-            values, used = run.layerwise(kind, chunk_size), "layerwise"
-        except GGNNotExactError as refusal:  # e.g. a layer that runs twice
-            if mode == "layerwise":
-                raise CurvatureError(f"mode 'layerwise' does not apply: {refusal}") from refusal
-    elif mode == "layerwise":
-        raise CurvatureError(
-            "mode 'layerwise' does not apply: it needs independent rows, a plain mean "
-            "cross-entropy on (N, C) logits or mean MSE, and every trainable parameter the weight "
-            "or bias of a Linear, Conv1d/Conv2d or BatchNorm layer used once"
-        )
-    if values is None:
-        values, used = run.diagonal("auto" if mode == "layerwise" else mode, chunk_size, memory_budget)
+    values, used = _ggn_values(run, loss_fn, output_hessian, mode, chunk_size, memory_budget)
     is_hessian, reason = _is_hessian(model, loss_fn, train, output_hessian)
     if is_hessian:
         note = f"the Hessian diagonal: {reason}"
@@ -535,6 +521,26 @@ class _GGNRun:
             return vmap(one)(vectors)
         rows = [one(tuple(v[b] for v in vectors)) for b in range(vectors[0].shape[0])]
         return tuple(torch.stack(parts) for parts in zip(*rows))
+
+
+def _ggn_values(
+    run: "_GGNRun", loss_fn, output_hessian, mode: str, chunk_size: int | None, budget: int
+) -> tuple[Tensor, str]:
+    """The flat diag(G) and the mode that produced it ("auto": layerwise where it applies)."""
+    kind = run.layerwise_kind(loss_fn, output_hessian) if mode in ("auto", "layerwise") else None
+    if kind is not None:
+        try:
+            return run.layerwise(kind, chunk_size), "layerwise"
+        except GGNNotExactError as refusal:  # e.g. a layer that runs twice
+            if mode == "layerwise":
+                raise CurvatureError(f"mode 'layerwise' does not apply: {refusal}") from refusal
+    elif mode == "layerwise":
+        raise CurvatureError(
+            "mode 'layerwise' does not apply: it needs independent rows, a plain mean "
+            "cross-entropy on (N, C) logits or mean MSE, and every trainable parameter the weight "
+            "or bias of a Linear, Conv1d/Conv2d or BatchNorm layer used once"
+        )
+    return run.diagonal(mode, chunk_size, budget)
 
 
 def _is_hessian(model, loss_fn, train: bool, output_hessian) -> tuple[bool, str]:
