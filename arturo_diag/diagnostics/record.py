@@ -516,7 +516,7 @@ _CONFIG_SCHEMA: dict[str, dict[str, _Rule]] = {
 
 # The tables: columns that must hold numbers (NaN allowed: an empty cell), and those that must hold
 # a whole number in every row.
-_TEXT_COLUMNS = {"reference", "exact_method"}
+_TEXT_COLUMNS = {"reference": ("exact", "hutchinson", "both", "none"), "exact_method": None}  # allowed values
 _WHOLE_COLUMNS = {"steps": ("step",), "epochs": ("epoch", "step"), "snapshots": ("step",)}
 
 # A snapshot's fields that each value of snapshots.csv's ``reference`` requires of every parameter.
@@ -561,7 +561,9 @@ def _check_manifest(path: Path, manifest: Any) -> None:
         raise RecordError(f"{path}: {problem}")
 
 
-def _load_config(path: Path) -> dict[str, Any]:
+def _load_config(path: Path, *, sections: Sequence[str] = ()) -> dict[str, Any]:
+    """config.toml, checked; ``sections``: the tables it must hold (a complete compare run's
+    resolved config has them all)."""
     try:
         config = tomllib.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as error:
@@ -570,6 +572,8 @@ def _load_config(path: Path) -> dict[str, Any]:
         raise RecordError(f"{path}: unreadable config ({error})") from None
     for section, rules in _CONFIG_SCHEMA.items():
         if section not in config:
+            if section in sections:
+                raise RecordError(f"{path}: [{section}] missing (a compare run's config.toml has every field)")
             continue
         if not isinstance(config[section], dict):
             raise RecordError(f"{path}: [{section}] is {_short(config[section])}, not a table")
@@ -602,7 +606,15 @@ def _read_table(path: Path, columns: Sequence[str], whole: Sequence[str], *, req
         raise RecordError(f"{path}: column{'s' if len(missing) > 1 else ''} {', '.join(missing)} missing "
                           f"(docs/record.md: {', '.join(columns)})")
     for column in columns:
-        if column in _TEXT_COLUMNS or pd.api.types.is_numeric_dtype(table[column]):
+        if column in _TEXT_COLUMNS:
+            allowed = _TEXT_COLUMNS[column]
+            odd = table[column].notna() & ~table[column].isin(allowed or ())
+            if allowed and odd.any():
+                row = int(np.flatnonzero(odd.to_numpy())[0])
+                raise RecordError(f"{path}: line {row + 2}, column {column}: {_short(table[column].iloc[row])}; "
+                                  f"allowed: {', '.join(allowed)} or empty")
+            continue
+        if pd.api.types.is_numeric_dtype(table[column]):
             continue
         cells = table[column]
         bad = cells.notna() & pd.to_numeric(cells, errors="coerce").isna()
@@ -759,7 +771,8 @@ class RunRecord:
         config_path = run_dir / _CONFIG
         config: dict[str, Any] = {}
         if config_path.is_file():
-            config = _load_config(config_path)
+            resolved = complete and manifest["kind"] == "compare"
+            config = _load_config(config_path, sections=tuple(_CONFIG_SCHEMA) if resolved else ())
         elif complete:
             raise RecordError(f"{run_dir}: {_CONFIG} is missing")
 
@@ -812,8 +825,9 @@ class RunRecord:
                         continue
                     array = archive[key]
                     self._check_array(path, key, array.shape, array.dtype)
-                    if self.complete and array.size and np.isnan(array).all():
-                        raise RecordError(f"{path}: {key} is all NaN")
+                    if self.complete and array.size and not np.isfinite(array).any():
+                        what = "is all NaN" if np.isnan(array).all() else "holds no finite number"
+                        raise RecordError(f"{path}: {key} {what}")
                     result.setdefault(name, {})[field] = np.asarray(array, dtype=np.float64)
         except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
             raise RecordError(f"{path}: unreadable snapshot ({type(error).__name__}: {error})") from None

@@ -181,6 +181,9 @@ CASES = [
     ("config-nan", edit_text("config.toml", lambda t: t.replace("collapse_fraction = 0.01", "collapse_fraction = nan")),
      ("config.toml", "collapse_fraction", "finite")),
     ("config-missing", remove("config.toml"), ("config.toml is missing",)),
+    ("config-empty", write("config.toml", b""), ("config.toml", "[run] missing")),
+    ("config-section-missing", edit_text("config.toml", lambda t: t.split("[optimizer]")[0]),
+     ("config.toml", "[optimizer] missing")),
     # snapshots/*.npz
     ("npz-truncated", truncate(SNAPSHOT, 0.5), ("step_0000004.npz", "unreadable snapshot")),
     ("npz-wrong-shape", edit_npz(lambda a: a.__setitem__(f"{PARAMETER}/curvature", np.zeros(3))),
@@ -196,6 +199,8 @@ CASES = [
     ("npz-object-array", object_array, ("step_0000004.npz", f"{PARAMETER}/curvature", "Python objects")),
     ("npz-all-nan-h", edit_npz(lambda a: a[f"{PARAMETER}/h_exact"].fill(np.nan)),
      ("step_0000004.npz", f"{PARAMETER}/h_exact is all NaN")),
+    ("npz-all-inf-precision", edit_npz(lambda a: a[f"{PARAMETER}/precision"].fill(np.inf)),
+     ("step_0000004.npz", f"{PARAMETER}/precision holds no finite number")),
     ("npz-zip-without-arrays", zip_without_arrays, ("step_0000004.npz", "'notes.txt' is not a .npy array")),
     ("npz-not-a-zip", write(SNAPSHOT, b"just text\n"), ("step_0000004.npz", "not an npz archive")),
     ("npz-missing", remove(SNAPSHOT), ("step_0000004.npz", "snapshot file missing")),
@@ -218,6 +223,8 @@ CASES = [
     ("snapshots-csv-missing", remove("snapshots.csv"), ("snapshots.csv", "missing")),
     ("snapshots-csv-row-missing", keep_lines("snapshots.csv", 3), ("snapshots.csv", "[2, 4]", "[2, 4, 6]")),
     ("snapshots-csv-extra-row", many(set_key("snapshot_steps", [2, 4])), ("snapshots.csv", "[2, 4, 6]", "[2, 4]")),
+    ("snapshots-csv-unknown-reference", csv_cell("snapshots.csv", 3, "reference", "guess"),
+     ("snapshots.csv", "line 3", "reference", "'guess'", "exact, hutchinson, both, none")),
     ("snapshots-csv-text-in-number", csv_cell("snapshots.csv", 2, "kl0_ratio", "big"),
      ("snapshots.csv", "line 2", "kl0_ratio", "'big'")),
 ]
