@@ -34,56 +34,58 @@ def _run_hutchinson(opt_cls, A, steps, **kw):
     x = torch.nn.Parameter(torch.linspace(-1, 1, A.shape[0], dtype=torch.float64))
     gen = torch.Generator().manual_seed(11)
     opt = opt_cls([x], generator=torch.Generator().manual_seed(12), **kw)
-    est, samples = [], []
+    ema, samples = [], []
+    key = "hessian" if isinstance(opt, SophiaH) else "exp_hessian_diag_sq"
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
         _noisy_quadratic_loss(x, A, gen, 0.1).backward(create_graph=True)
         opt.step()
-        e = adapter_for(opt).estimate(opt, [("x", x)])
-        est.append(e)
+        ema.append(opt.state[x][key].clone())
         samples.append(opt.state[x]["hessian_sample"].clone())
-    return x, est, torch.stack(samples)
+    return adapter_for(opt).estimate(opt, [("x", x)]), torch.stack(ema), torch.stack(samples)
 
 
 def test_sophia_h_ema_converges_to_diag_h_on_a_non_diagonal_quadratic():
     A = quadratic_hessian(6)
     diag, off = A.diagonal(), (A ** 2).sum(1) - A.diagonal() ** 2
-    _, est, samples = _run_hutchinson(SophiaH, A, 6000, lr=1e-3, betas=(0.9, 0.99), gamma=1.0,
+    last, ema, samples = _run_hutchinson(SophiaH, A, 4000, lr=1e-3, betas=(0.9, 0.99), gamma=1.0,
                                       weight_decay=0.0, hessian_interval=1, probe="gaussian")
     # the samples' variance is the Gaussian-probe formula the tolerance rests on
     probe_var = 2 * diag ** 2 + off
     assert torch.allclose(samples.var(dim=0), probe_var, rtol=0.15)
-    late = torch.stack([e.estimate["x"] for e in est[1000:]])        # beta2^1000 ~ 4e-5: no init bias left
+    late = ema[1000:]                                                # beta2^1000 ~ 4e-5: no init bias left
     mean, se = late.mean(dim=0), _batch_se(late)
     assert (se < 0.02 * diag).all(), "the test would not see a 10 % error"
     assert ((mean - diag).abs() <= 5 * se).all(), f"mean {mean} vs diag H {diag} (se {se})"
-    assert est[-1].target == "hessian_diagonal"
+    assert last.target == "hessian_diagonal" and torch.equal(last.estimate["x"], ema[-1])
 
 
 def test_sophia_h_debiased_estimate_removes_the_ema_start():
     A = quadratic_hessian(6, diagonal=True)      # Hutchinson is exact on a diagonal Hessian
-    _, est, _ = _run_hutchinson(SophiaH, A, 5, lr=1e-3, hessian_interval=1, probe="rademacher")
-    assert torch.allclose(est[-1].estimate["x"], (1 - 0.99 ** 5) * A.diagonal(), rtol=1e-12)
-    assert torch.allclose(est[-1].extras["debiased"]["x"], A.diagonal(), rtol=1e-12)
+    last, _, _ = _run_hutchinson(SophiaH, A, 5, lr=1e-3, hessian_interval=1, probe="rademacher")
+    assert torch.allclose(last.estimate["x"], (1 - 0.99 ** 5) * A.diagonal(), rtol=1e-12)
+    assert torch.allclose(last.extras["debiased"]["x"], A.diagonal(), rtol=1e-12)
 
 
 def test_adahessian_rms_converges_to_the_row_norm_not_diag_h():
     """E[(z*Hz)_i^2] = sum_j H_ij^2 (Rademacher): AdaHessian's estimate is |H_ii| only if H is diagonal."""
     A = quadratic_hessian(6, offdiag=1.0)
     row2 = (A ** 2).sum(1)
-    _, est, _ = _run_hutchinson(AdaHessian, A, 6000, lr=1e-3, betas=(0.9, 0.99), spatial_average=False)
-    late = torch.stack([e.extras["second_moment"]["x"] for e in est[1000:]])
+    steps = 4000
+    last, ema, _ = _run_hutchinson(AdaHessian, A, steps, lr=1e-3, betas=(0.9, 0.99), spatial_average=False)
+    late = ema[1000:] / (1 - 0.99 ** torch.arange(1001, steps + 1, dtype=torch.float64))[:, None]
     mean, se = late.mean(dim=0), _batch_se(late)
     assert ((mean - row2).abs() <= 5 * se).all(), f"mean {mean} vs sum_j H_ij^2 {row2} (se {se})"
     gap = row2 - A.diagonal() ** 2
     assert (gap > 5 * se).all(), "this H must make row norm and |diag H| distinguishable"
-    assert (est[-1].estimate["x"] > A.diagonal().abs()).all()
+    assert torch.allclose(last.extras["second_moment"]["x"], late[-1], rtol=1e-14)
+    assert (last.estimate["x"] > A.diagonal().abs()).all()
 
 
 def test_adahessian_is_exact_on_a_diagonal_quadratic():
     A = quadratic_hessian(6, diagonal=True)
-    _, est, _ = _run_hutchinson(AdaHessian, A, 10, lr=1e-3)
-    assert torch.allclose(est[-1].estimate["x"], A.diagonal(), rtol=1e-12)
+    last, _, _ = _run_hutchinson(AdaHessian, A, 10, lr=1e-3)
+    assert torch.allclose(last.estimate["x"], A.diagonal(), rtol=1e-12)
 
 
 def test_sophia_g_gnb_is_unbiased_for_the_ggn_diagonal():
@@ -144,12 +146,13 @@ def test_adam_v_hat_converges_to_the_batch_gradient_second_moment():
     gen = torch.Generator().manual_seed(4)
     s, B = 0.8, 8
     series = []
-    for _ in range(8000):
+    for t in range(1, 6001):
         opt.zero_grad()
         xi = (torch.randn(B, 5, generator=gen, dtype=torch.float64) * s).mean(0)   # batch mean of per-sample noise
         (0.5 * x @ A @ x + xi @ x).backward()
         opt.step()
-        series.append(adapter_for(opt).estimate(opt, [("x", x)]).estimate["x"])
+        series.append(opt.state[x]["exp_avg_sq"] / (1 - 0.99 ** t))
+    assert torch.allclose(adapter_for(opt).estimate(opt, [("x", x)]).estimate["x"], series[-1], rtol=1e-14)
     late = torch.stack(series[1000:])
     mean, se = late.mean(0), _batch_se(late)
     batch_moment = (A @ x0) ** 2 + s ** 2 / B
@@ -168,23 +171,24 @@ def test_ivon_hess_converges_to_diag_h_plus_its_documented_bias():
     ivon = pytest.importorskip("ivon")
     A = quadratic_hessian(4)
     x = torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))
-    b, ess, s, d = 0.95, 100.0, 0.1, 1e-4
+    b, ess, s, d = 0.9, 100.0, 0.1, 1e-4
     opt = ivon.IVON([x], lr=0.0, ess=ess, beta2=b, weight_decay=d, hess_init=1.0)
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(1)  # IVON draws its weight noise from torch's global generator
     series = []
-    for _ in range(20000):
+    for _ in range(8000):
         with opt.sampled_params(train=True):
             opt.zero_grad()
             _noisy_quadratic_loss(x, A, gen, s).backward()
         opt.step()
-        series.append(adapter_for(opt).estimate(opt, [("x", x)]).estimate["x"])
+        series.append(opt.param_groups[0]["hess"].clone())
+    assert torch.equal(adapter_for(opt).estimate(opt, [("x", x)]).estimate["x"], series[-1])
     assert torch.equal(x.detach(), torch.zeros(4, dtype=torch.float64))  # lr 0: the mean stayed at 0
-    late = torch.stack(series[2000:])
+    late = torch.stack(series[1000:])
     mean, se = late.mean(0), _batch_se(late)
     h = mean
     diag = A.diagonal()
     var_f = 2 * diag ** 2 + (A ** 2 * (h[:, None] + d) / (h[None, :] + d)).sum(1) - diag ** 2 + s ** 2 * ess * (h + d)
     bias = 0.5 * (1 - b) * (var_f + late.var(0)) / (h + d)
     assert ((mean - diag - bias).abs() <= 5 * se).all(), f"{mean} vs {diag} + {bias} (se {se})"
-    assert (bias > 3 * se).all(), "the bias this test explains must be visible (leaving it out fails)"
+    assert (bias > 5 * se).all(), "the bias this test explains must be visible (leaving it out fails)"
