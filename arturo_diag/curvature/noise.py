@@ -36,10 +36,11 @@ is 0 too, and are left out of the means; their number is in ``zero_variance``).
 """
 from __future__ import annotations
 
-import itertools
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import grad, vmap
@@ -79,7 +80,8 @@ class GradientNoise:
     variance: name -> s2, the unbiased (ddof 1) per-sample variance per coordinate.
     minibatch_variance: name -> s2 / N, the variance of the batch-mean gradient.
     gsnr: name -> per-coordinate GSNR, Cockpit's gbar^2 / (ddof-0 variance + epsilon).
-    summary: "overall", then each layer (module path, in parameter order) -> 0-d tensors:
+    summary: "overall", then each layer (module path, in parameter order) -> plain numbers
+        (float64 statistics of the tensors above):
         ``coordinates``, ``mean_gsnr`` (Cockpit's mean GSNR over the group's finite entries),
         ``zero_variance`` (coordinates whose per-sample variance is exactly 0),
         ``variance_median``, ``minibatch_variance_median``, ``minibatch_variance_mean``,
@@ -92,7 +94,7 @@ class GradientNoise:
     variance: dict[str, Tensor]
     minibatch_variance: dict[str, Tensor]
     gsnr: dict[str, Tensor]
-    summary: dict[str, dict[str, Tensor]]
+    summary: dict[str, dict[str, float]]
     batch_size: int
     epsilon: float
 
@@ -226,32 +228,28 @@ def _default_chunk(loss: ParameterLoss, params: tuple[Tensor, ...]) -> int:
     return max(1, HVP_CHUNK_BYTES // max(1, activations + row))
 
 
-def _median(values: Tensor) -> Tensor:
-    """The median as numpy defines it (mean of the two middle values for an even count)."""
-    count = values.numel()
-    # selection, not a sort: kthvalue is 1-based
-    upper = values.kthvalue(count // 2 + 1).values
-    return upper if count % 2 else (values.kthvalue(count // 2).values + upper) / 2
-
-
-def _group_summary(mean: Tensor, variance: Tensor, gsnr: Tensor, count: int, epsilon: float) -> dict[str, Tensor]:
+def _group_summary(
+    mean: np.ndarray, variance: np.ndarray, gsnr: np.ndarray, count: int, epsilon: float
+) -> dict[str, float]:
     # with epsilon > 0 every GSNR is finite; with 0, 0/0 and x/0 are left out
-    finite = gsnr if epsilon > 0 else gsnr[torch.isfinite(gsnr)]
-    nan = torch.tensor(float("nan"), dtype=gsnr.dtype, device=gsnr.device)
-    median = _median(variance)
+    finite = gsnr if epsilon > 0 else gsnr[np.isfinite(gsnr)]
+    median = float(np.median(variance))
     return {
-        "coordinates": torch.tensor(mean.numel()),
-        "mean_gsnr": finite.mean() if finite.numel() else nan,
-        "zero_variance": (variance == 0).sum(),
+        "coordinates": int(mean.size),
+        "mean_gsnr": float(finite.mean()) if finite.size else math.nan,
+        "zero_variance": int(np.count_nonzero(variance == 0)),
         "variance_median": median,
         "minibatch_variance_median": median / count,
-        "minibatch_variance_mean": variance.mean() / count,
-        "minibatch_variance_sum": variance.sum() / count,
-        "mean_norm": mean.norm(),
+        "minibatch_variance_mean": float(variance.mean()) / count,
+        "minibatch_variance_sum": float(variance.sum()) / count,
+        "mean_norm": float(np.linalg.norm(mean)),
     }
 
 
-def _summaries(names, params, mean, variance, gsnr, count, epsilon) -> dict[str, dict[str, Tensor]]:
+def _summaries(names, params, mean, variance, gsnr, count, epsilon) -> dict[str, dict[str, float]]:
+    # numpy float64 on the host: a few dozen reductions of P numbers, where torch's per-op
+    # dispatch cost about a gradient of the small CNN
+    mean, variance, gsnr = (v.detach().to(torch.float64).cpu().numpy() for v in (mean, variance, gsnr))
     result = {"overall": _group_summary(mean, variance, gsnr, count, epsilon)}
     groups: dict[str, list[slice]] = {}
     offset = 0
@@ -259,13 +257,6 @@ def _summaries(names, params, mean, variance, gsnr, count, epsilon) -> dict[str,
         groups.setdefault(layer_name(name), []).append(slice(offset, offset + p.numel()))
         offset += p.numel()
     for layer, parts in groups.items():
-        picked = [_pick(v, parts) for v in (mean, variance, gsnr)]
+        picked = [np.concatenate([v[s] for s in parts]) for v in (mean, variance, gsnr)]
         result[layer] = _group_summary(*picked, count, epsilon)
     return result
-
-
-def _pick(values: Tensor, parts: list[slice]) -> Tensor:
-    """The entries of ``parts``: one view when they are adjacent (a layer's weight and bias)."""
-    if all(a.stop == b.start for a, b in itertools.pairwise(parts)):
-        return values[parts[0].start : parts[-1].stop]
-    return torch.cat([values[s] for s in parts])
