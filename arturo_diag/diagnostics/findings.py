@@ -280,6 +280,10 @@ def _trust_region(out: _Findings, metrics: Mapping[str, Any]) -> None:
     if not tr.get("available"):
         out.add("trust_region", "info", "No trust-region data (eta) was recorded per step.")
         return
+    if _get(metrics, "run", "optimizer", "lr") == 0:
+        out.add("trust_region", "warning", "The KL bound eps (lr) is 0: the trust region allows no step of the mean. "
+                "The exact dual takes none (eta = inf); the published bisection stops at the top of its bracket "
+                "(eta near 1e4) and takes a small one.")
     if tr.get("fixed_eta") is not None:
         _fixed_eta(out, metrics, tr)
         return

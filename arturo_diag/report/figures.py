@@ -515,6 +515,8 @@ def plot_trust_region(record: RunRecord, metrics: dict[str, Any], fig: Figure) -
     steps = _steps(record)
     eta = _col(steps, "eta")
     if not np.isfinite(eta).any():
+        if np.isinf(eta).any():
+            raise FigureSkipped("eta is inf at every step: the KL bound is 0, so no step of the mean was allowed")
         raise FigureSkipped("steps.csv records no eta (not an arTuRO run, or an empty run)")
     eta = np.where(np.isfinite(eta), eta, np.nan)  # inf (a zero KL bound: no step) cannot be drawn
     tr = metrics.get("trust_region") or {}
