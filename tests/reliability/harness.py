@@ -115,3 +115,24 @@ def tiny(*extra: Sequence[object] | object) -> list[str]:
 
 def as_args(values: Iterable[object]) -> list[str]:
     return [str(v) for v in values]
+
+
+def start_process(*args: object, cwd: Path | None = None,
+                  env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start ``arturo-diag ARGS`` as a separate Python process without waiting (the process is
+    the command itself: its pid is the one a lock names and a signal reaches); end it with
+    :func:`finish_process`."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    code = "import sys; from cli.app import main; sys.argv[0] = 'arturo-diag'; main()"
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], cwd=cwd, env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish_process(process: subprocess.Popen, timeout: float = 300) -> Outcome:
+    """Wait for a process of :func:`start_process` (killed after ``timeout``) and return its outcome."""
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate()
+    return Outcome(process.returncode, stdout, stderr)
