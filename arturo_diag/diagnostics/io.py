@@ -29,6 +29,8 @@ __all__ = [
     "cannot_write",
     "make_directory",
     "WriteError",
+    "write_error",
+    "remove_file",
     "STOPPING_ERRNOS",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -69,6 +71,20 @@ STOPPING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACC
 def cannot_write(path: str | os.PathLike[str], error: OSError) -> WriteError:
     """The :class:`WriteError` for an OS error writing ``path``: the path and the OS's reason."""
     return WriteError(f"cannot write {os.fspath(path)} ({error.strerror or error})", error.errno)
+
+
+def write_error(error: OSError, path: str | os.PathLike[str]) -> WriteError:
+    """:func:`cannot_write` for an OS error raised somewhere while writing into ``path`` (a
+    directory): names the file the OS names, else ``path``."""
+    return cannot_write(error.filename if error.filename is not None else path, error)
+
+
+def remove_file(path: str | os.PathLike[str]) -> None:
+    """Remove ``path`` if it exists; an OS error (read-only, no permission) is a :class:`WriteError`."""
+    try:
+        Path(path).unlink(missing_ok=True)
+    except OSError as error:
+        raise WriteError(f"cannot remove {os.fspath(path)} ({error.strerror or error})", error.errno) from None
 
 
 def make_directory(path: str | os.PathLike[str], field: str | None = None) -> Path:

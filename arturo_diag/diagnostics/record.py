@@ -30,7 +30,8 @@ import pandas as pd
 
 from arturo_diag.errors import RecordError
 from arturo_diag.diagnostics.lock import DirectoryLock
-from arturo_diag.diagnostics.io import atomic_savez, atomic_write_csv, atomic_write_json, atomic_write_text, make_directory
+from arturo_diag.diagnostics.io import (atomic_savez, atomic_write_csv, atomic_write_json, atomic_write_text,
+                                        make_directory, write_error)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -204,7 +205,10 @@ class RecordWriter:
                     f"{self.run_dir} already holds a run record (status {status}); "
                     "choose another directory or overwrite it explicitly"
                 )
-            _remove_record_files(self.run_dir)
+            try:
+                _remove_record_files(self.run_dir)
+            except OSError as error:  # read-only, no permission: the path and the OS's reason
+                raise write_error(error, self.run_dir) from None
 
         make_directory(self.run_dir, "out")  # a RecordError naming the path and the OS's reason
         make_directory(self.run_dir / _SNAPSHOT_DIR, "out")

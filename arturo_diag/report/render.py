@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from arturo_diag.diagnostics.analysis import analyze_record, write_metrics
-from arturo_diag.diagnostics.io import atomic_write_bytes, atomic_write_text
+from arturo_diag.diagnostics.io import atomic_write_bytes, atomic_write_text, write_error
 from arturo_diag.diagnostics.lock import DirectoryLock
 from arturo_diag.diagnostics.record import RunRecord
 from arturo_diag.report import sections
@@ -77,7 +77,10 @@ def render_report(run_dir: str | os.PathLike[str]) -> ReportResult:
         RunRecord.load(run_dir)  # raises: no such run directory
     # One writer per directory (docs/record.md, "Locks"): not while the run or another render writes it.
     with DirectoryLock(run_dir, advice="wait for it to finish", create=False):
-        return _render(run_dir)
+        try:
+            return _render(run_dir)
+        except OSError as error:  # a stale report file that cannot be removed (read-only, no permission)
+            raise write_error(error, run_dir) from None
 
 
 def _render(run_dir: Path) -> ReportResult:

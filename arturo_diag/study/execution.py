@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from arturo_diag.diagnostics.io import STOPPING_ERRNOS, WriteError, atomic_write_json, atomic_write_text, make_directory
+from arturo_diag.diagnostics.io import (STOPPING_ERRNOS, WriteError, atomic_write_json, atomic_write_text, make_directory,
+                                        remove_file)
 from arturo_diag.diagnostics.lock import DirectoryLock
 from arturo_diag.errors import ConfigError, Diverged, RecordError
 from arturo_diag.study.config import RunSpec, StudyConfig, expand_grid, study_to_toml
@@ -168,11 +169,11 @@ def _watch_parent(parent: int) -> None:
     while True:
         if os.getppid() != parent:
             os._exit(3)
-        time.sleep(0.1)
+        time.sleep(0.5)
 
 
 def _init_worker(parent: int) -> None:
-    _die_with_parent()
+    pass  # TEMP _die_with_parent()
     if os.getppid() != parent:  # the parent died before the request took effect
         os._exit(3)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
@@ -192,7 +193,7 @@ def _execute(spec: RunSpec) -> tuple[str, float, str]:
     try:
         # the record, its metrics.json or the failure note: one writer from the first to the last
         with DirectoryLock(run_dir, allow_nested=True):
-            (run_dir / FAILURE_FILE).unlink(missing_ok=True)
+            remove_file(run_dir / FAILURE_FILE)
             try:
                 run(spec.config, overwrite=True)
                 write_metrics(run_dir, analyze_record(run_dir))
