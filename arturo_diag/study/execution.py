@@ -169,11 +169,11 @@ def _watch_parent(parent: int) -> None:
     while True:
         if os.getppid() != parent:
             os._exit(3)
-        time.sleep(0.5)
+        time.sleep(0.1)
 
 
 def _init_worker(parent: int) -> None:
-    pass  # TEMP _die_with_parent()
+    _die_with_parent()
     if os.getppid() != parent:  # the parent died before the request took effect
         os._exit(3)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
