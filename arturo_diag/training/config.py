@@ -296,7 +296,12 @@ def config_from_mapping(data: Mapping[str, Any], base: RunConfig | None = None, 
             raise ConfigError(f"{source}: {key}", value, "a known field or section")
     if "lr_milestones" in changes and isinstance(changes["lr_milestones"], list):
         changes["lr_milestones"] = tuple(changes["lr_milestones"])
-    return dataclasses.replace(base or RunConfig(), **changes)
+    try:
+        return dataclasses.replace(base or RunConfig(), **changes)
+    except ConfigError as error:  # a bad value of a file: name the file (and the setup) too
+        if source == "option" or error.field not in changes:
+            raise
+        raise ConfigError(f"{source}: {error.field}", error.value, error.allowed) from None
 
 
 _MAX_TOML_BYTES = 16 * 2**20

@@ -124,7 +124,7 @@ def test_a_bad_setup_value_names_the_setup_and_the_field():
     with pytest.raises(ConfigError) as info:
         study_from_mapping({"study": {"seeds": [0], "variants": ["faithful"]}, "setups": {"x": {**TINY, "oracle_every": 0}}},
                            source="s.toml")
-    assert info.value.field == "oracle_every" and "integer >= 1" in str(info.value)
+    assert info.value.field == "s.toml: [setups.x]: oracle_every" and "integer >= 1" in str(info.value)
 
 
 def test_load_study_file_errors(tmp_path):
