@@ -34,5 +34,43 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(code=130) from None
 
 
+try:  # typer >= 0.20 vendors click
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - older typer on click
+    from click.exceptions import UsageError
+
+    try:
+        from click.exceptions import NoArgsIsHelpError
+    except ImportError:
+        NoArgsIsHelpError = ()
+
+
+def usage_error_message(error: Exception) -> str:
+    """A command-line parse error as one line in the ``field: got X; allowed: Y`` form where it is
+    a bad value (``--steps 1e30``), else the parser's own sentence."""
+    from arturo_diag.training.config import LIMITS
+
+    param = getattr(error, "param", None)
+    cause = error.__cause__
+    details = cause.errors() if hasattr(cause, "errors") else None  # pydantic's, with the input
+    message = " ".join(error.format_message().split())
+    if param is not None and details:
+        name = param.name
+        given = details[0].get("input")
+        if "integer" in message:
+            limit = LIMITS.get("steps" if name == "max_steps" else name)
+            allowed = "an integer" + (f" <= {limit:,}" if limit else "")
+        elif "number" in message:
+            allowed = "a number"
+        else:
+            return f"{name}: {message}"
+        return f"{name}: got {given!r}; allowed: {allowed}"
+    return message
+
+
+def is_usage_error(error: BaseException) -> bool:
+    return isinstance(error, UsageError) and not isinstance(error, NoArgsIsHelpError)
+
+
 def stderr_is_terminal() -> bool:
     return sys.stderr.isatty()

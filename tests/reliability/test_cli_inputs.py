@@ -70,6 +70,13 @@ COMPARE_CASES = [
     ("samples-huge", ["--reference", "hutchinson", "--samples", "1000000000"], {}, ["samples", "100,000"]),
     ("every-huge", ["--every", "1000000000"], {}, ["every"]),
     ("probe-size-huge", ["--probe-size", "1000000000"], {}, ["probe_size", "100,000"]),
+    # values the option parser refuses: one line too, with the limit where there is one
+    ("parse-steps-1e30", ["--steps", "1e30"], {}, ["steps", "1e30", "10,000,000"]),
+    ("parse-samples-1e9", ["--samples", "1e9"], {}, ["samples", "1e9", "100,000"]),
+    ("parse-lr-text", ["--lr", "abc"], {}, ["lr", "abc", "a number"]),
+    ("parse-milestone-text", ["--lr-milestones", "x"], {}, ["lr_milestones", "'x'"]),
+    ("parse-unknown-option", ["--stepz", "3"], {}, ["--stepz"]),
+    ("parse-missing-value", ["--steps"], {}, ["--steps", "requires"]),
     # silently changed today: larger than the training set (TINY has 96 examples)
     ("probe-size-above-train", ["--probe-size", "97"], {}, ["probe_size", "96"]),
     ("batch-size-above-train", ["--batch-size", "97"], {}, ["batch_size", "96"]),
@@ -110,7 +117,7 @@ def _write(root, files):
 @pytest.mark.parametrize("options, files, names", [c[1:] for c in COMPARE_CASES], ids=[c[0] for c in COMPARE_CASES])
 def test_compare_refuses_in_one_line(tmp_path, options, files, names):
     _write(tmp_path, files)
-    outcome = invoke("compare", *tiny(*options, "--out", "run"), cwd=tmp_path)
+    outcome = invoke("compare", *tiny("--out", "run", *options), cwd=tmp_path)
     assert_user_error(outcome, *names)
     assert_nothing_complete(tmp_path / "run")
     assert not (tmp_path / "run" / "record.json").exists(), "a record was started for a refused input"
@@ -185,6 +192,8 @@ ABLATE_CASES = [
     ("option-seeds-negative", ["--seeds=-1"], study(), ["seeds"]),
     ("option-variants-unknown", ["--variants", "faithful,nope"], study(), ["variants"]),
     ("option-workers-zero", ["--workers", "0"], study(), ["workers"]),
+    ("option-workers-text", ["--workers", "two"], study(), ["workers", "two"]),
+    ("option-max-steps-float", ["--max-steps", "1e9"], study(), ["max_steps", "1e9"]),
     ("option-max-steps-zero", ["--max-steps", "0"], study(), ["max_steps"]),
     ("option-epochs-huge", ["--epochs", "1000000000"], study(), ["epochs", "100,000"]),
     ("option-data-dir-missing", ["--data-dir", "nowhere"], study(setup=SETUP.replace('"teacher"', '"fashion_mnist"')),
@@ -210,6 +219,12 @@ def test_the_base_study_of_the_cases_is_valid(tmp_path):
     loaded = load_study(tmp_path / "s.toml")
     assert len(expand_grid(loaded, tmp_path / "st")) == 3
     _preflight(loaded)
+
+
+@pytest.mark.parametrize("args, names", [(["report"], ["run_dir"]), (["comapre"], ["comapre", "compare"])],
+                         ids=["report-without-dir", "unknown-command"])
+def test_usage_errors_are_one_line(args, names):
+    assert_user_error(invoke(*args), *names)
 
 
 # -------------------------------------------------------------------------------------------- help
