@@ -305,10 +305,12 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _terminate_workers(pool: cf.ProcessPoolExecutor) -> None:
-    # concurrent.futures has no public way to stop running work; its processes are terminated so
-    # that no run goes on (and none is marked complete) after the study stopped.
-    processes = list((getattr(pool, "_processes", None) or {}).values())
+def _stop_pool(pool: cf.ProcessPoolExecutor) -> None:
+    """Cancel what has not started and terminate the workers: concurrent.futures has no public way
+    to stop running work, and a run already handed to a worker would otherwise still be run (and
+    marked complete) after the study stopped."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # shutdown() forgets them
+    pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         if process.is_alive():
             process.terminate()
@@ -368,8 +370,7 @@ def _run_locked(study: StudyConfig, study_dir: Path, specs: list[RunSpec], worke
                         atomic_write_json(Path(spec.config.out) / FAILURE_FILE, {"error": error})
                     record(spec, status, seconds, error)
             except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
-                _terminate_workers(pool)
+                _stop_pool(pool)
                 raise
 
     seconds = time.perf_counter() - started

@@ -349,6 +349,7 @@ def _alive(pid: int) -> bool:
 KILLS = [
     pytest.param(signal.SIGKILL, -signal.SIGKILL, id="SIGKILL"),
     pytest.param(signal.SIGTERM, 130, id="SIGTERM"),
+    pytest.param(signal.SIGINT, 130, id="SIGINT"),  # Ctrl-C, to the driver alone
 ]
 
 
@@ -360,14 +361,16 @@ def test_a_killed_study_leaves_no_worker_and_starts_no_run(tmp_path, sig, exit_c
     study_dir = tmp_path / "study"
     driver = start_process("ablate", "--config", toml, "--out", study_dir, "--workers", 2, cwd=tmp_path)
     try:
-        wait_for(lambda: len(list(study_dir.glob("runs/**/record.json"))) >= 2, driver, "two runs started")
+        # right when a run is done (metrics.json is a worker's last write) its worker takes the next
+        wait_for(lambda: any(study_dir.glob("runs/*/*/*/metrics.json")), driver, "a run finished", timeout=300)
         workers = _children(driver.pid)
+        signalled = time.time()
         driver.send_signal(sig)
         outcome = finish_process(driver, timeout=60)
     finally:
         if driver.poll() is None:
             driver.kill()
-    started = set(study_dir.glob("runs/*/*/*"))  # every run directory a worker had begun at the kill
+    started = set(study_dir.glob("runs/*/*/*"))  # every run directory a worker had begun when it stopped
     assert outcome.exit_code == exit_code, outcome.stderr
     assert workers, "no worker process was found"
     deadline = time.monotonic() + 5
@@ -377,10 +380,12 @@ def test_a_killed_study_leaves_no_worker_and_starts_no_run(tmp_path, sig, exit_c
     time.sleep(1.0)
     assert set(study_dir.glob("runs/*/*/*")) == started, "a run was started after the study process stopped"
     assert not (study_dir / "study.json").exists()
-    for manifest in study_dir.glob("runs/**/record.json"):  # a complete-looking run is a whole one
-        if json.loads(manifest.read_text()).get("status") == "complete":
+    for manifest in study_dir.glob("runs/**/record.json"):
+        if json.loads(manifest.read_text()).get("status") == "complete":  # only whole runs look complete,
             assert RunRecord.load(manifest.parent).complete
-    if sig == signal.SIGTERM:
+            begun = (manifest.parent / "config.toml").stat().st_mtime  # and none begun after the signal
+            assert begun < signalled, f"{manifest.parent} was run after the study was told to stop"
+    if sig != signal.SIGKILL:
         assert "interrupted" in outcome.stderr
 
 
