@@ -90,18 +90,16 @@ class Second:
     id: str
     args: tuple[object, ...]  # "{dir}" is the first process's directory, "{toml}" a tiny study file
     names: tuple[str, ...]  # what the error line names besides the directory ("{pid}": the first's pid)
-    quiet: bool = True
 
 
 COMPARE_SECONDS = [
     Second("compare --overwrite", ("compare", *tiny("--seed", 1), "--out", "{dir}", "--overwrite"), ("being written", "pid {pid}")),
     Second("report", ("report", "{dir}"), ("being written", "pid {pid}")),
     Second("ablate --out run dir", ("ablate", "--config", "{toml}", "--out", "{dir}", "--workers", 1),
-           ("single run record",), quiet=False),
+           ("single run record",)),
 ]
 ABLATE_SECONDS = [
-    Second("ablate", ("ablate", "--config", "{toml}", "--out", "{dir}", "--workers", 1), ("being written", "pid {pid}"),
-           quiet=False),
+    Second("ablate", ("ablate", "--config", "{toml}", "--out", "{dir}", "--workers", 1), ("being written", "pid {pid}")),
     Second("compare --overwrite into the study", ("compare", *tiny(), "--out", "{dir}", "--overwrite"), ("study.toml",)),
     Second("report", ("report", "{dir}"), ("being written", "pid {pid}")),
 ]
@@ -117,7 +115,7 @@ def _refusals(seconds: list[Second], first, directory: Path, toml: Path, cwd: Pa
     for second in seconds:
         names = [str(directory)] + [n.replace("{pid}", str(first.pid)) for n in second.names]
         try:
-            assert_user_error(outcomes[second.id], *names, quiet=second.quiet)
+            assert_user_error(outcomes[second.id], *names)
         except AssertionError as error:
             raise AssertionError(f"second writer {second.id!r}: {error}") from None
     assert (directory / PLANTED).is_file(), "a refused writer removed a file of the directory"
@@ -203,7 +201,7 @@ def test_ablate_refuses_a_run_directory(tmp_path, finished_run):
     before = sorted(p.name for p in run_dir.iterdir())
     toml = study_toml(tmp_path / "s.toml", seeds=1, variants=("adam",))
     outcome = invoke("ablate", "--config", toml, "--out", run_dir, "--workers", 1)
-    assert_user_error(outcome, str(run_dir), "single run record", quiet=False)
+    assert_user_error(outcome, str(run_dir), "single run record")
     assert sorted(p.name for p in run_dir.iterdir()) == before and not (run_dir / STUDY_FILE).exists()
 
 
