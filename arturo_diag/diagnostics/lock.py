@@ -190,7 +190,8 @@ class DirectoryLock:
                 top = held.stack[-1] if held.stack else None
                 if top is None or not top.allow_nested:
                     raise RecordError(f"{self.directory} is being written by another writer in this process "
-                                      f"(pid {os.getpid()}); {self.advice}")
+                                      f"(pid {os.getpid()}): end that one first (its finish(), fail() or "
+                                      f"close()), or choose another directory")
                 held.stack.append(self)
                 self._key = key
                 return self

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from arturo_diag.diagnostics.lock import LOCK_FILE, DirectoryLock
+from arturo_diag.diagnostics.lock import LOCK_FILE, DirectoryLock, keep_locked
 from arturo_diag.diagnostics.record import STUDY_MARKERS, RecordWriter, RunRecord
 from arturo_diag.errors import RecordError
 from arturo_diag.study import run_study, study_from_mapping
@@ -261,6 +261,34 @@ def test_every_ending_of_a_writer_releases_its_directory(tmp_path, end, status):
     del writer
     assert json.loads((tmp_path / "run" / "record.json").read_text())["status"] == status
     _writer(tmp_path / "run", overwrite=True).finish()  # a rerun takes the directory
+
+
+def _locked_by_someone(directory: Path) -> bool:
+    """Whether the OS lock of ``directory`` is held (asked with a descriptor of our own)."""
+    import fcntl
+
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+@pytest.mark.skipif(os.name != "posix", reason="asks flock directly")
+def test_compare_keeps_its_directory_from_the_record_to_its_report(tmp_path):
+    run_dir = tmp_path / "run"
+    with keep_locked(run_dir):  # what compare does around its run and its report
+        assert not run_dir.exists()  # nothing is created before a writer starts
+        _writer(run_dir).finish()
+        assert _locked_by_someone(run_dir), "released between the record and the report"
+        with DirectoryLock(run_dir, advice="wait"):  # the report's lock nests in it
+            with pytest.raises(RecordError, match="another writer in this process"):
+                _writer(run_dir, overwrite=True)  # but not a second writer beside the report
+        assert _locked_by_someone(run_dir)
+    assert not _locked_by_someone(run_dir)
 
 
 def test_a_refused_writer_holds_nothing(tmp_path):
