@@ -532,7 +532,7 @@ class _GGNRun:
 
 
 def _ggn_values(
-    run: "_GGNRun", loss_fn, output_hessian, mode: str, chunk_size: int | None, budget: int
+    run: _GGNRun, loss_fn, output_hessian, mode: str, chunk_size: int | None, budget: int
 ) -> tuple[Tensor, str]:
     """The flat diag(G) and the mode that produced it ("auto": layerwise where it applies)."""
     kind = run.layerwise_kind(loss_fn, output_hessian) if mode in ("auto", "layerwise") else None

@@ -14,7 +14,11 @@ from general_cases import (
 )
 from torch import nn
 
-from arturo_diag.curvature import CurvatureError, hessian_diagonal_cv, hutchinson_diagonal
+from arturo_diag.curvature import (
+    CurvatureError,
+    hessian_diagonal_cv,
+    hutchinson_diagonal,
+)
 
 CE = nn.CrossEntropyLoss()
 
@@ -156,7 +160,7 @@ def test_no_probe_where_the_residual_diagonal_is_proved_zero():
     assert estimate.samples == 0 and "no probe" in estimate.note
     torch.testing.assert_close(estimate.flatten(), truth, atol=1e-10, rtol=1e-10)
     assert float(stderr.flatten().abs().max()) == 0.0
-    forced, forced_se = hessian_diagonal_cv(model, CE, x, y, 8, g, force_residual=True)
+    _, forced_se = hessian_diagonal_cv(model, CE, x, y, 8, g, force_residual=True)
     assert float(forced_se.flatten().max()) > 1e-6
 
 
