@@ -35,9 +35,10 @@ from .harness import (Outcome, assert_nothing_complete, assert_user_error, finis
                       start_process, tiny)
 
 # A compare that holds its directory for a while (the lock is kept from the record to its report):
-# 180 steps, 3 snapshots (a few seconds on a quiet machine).
-LONG_COMPARE = ("compare", *tiny("--epochs", 60, "--every", 60))
-LONG_STEPS, LONG_EPOCHS, LONG_SNAPSHOTS = 180, 60, [60, 120, 180]
+# 300 steps, 3 snapshots (a few seconds of training on a quiet machine, then the report); the
+# second writers need to start Python and torch meanwhile.
+LONG_COMPARE = ("compare", *tiny("--epochs", 100, "--every", 100))
+LONG_STEPS, LONG_EPOCHS, LONG_SNAPSHOTS = 300, 100, [100, 200, 300]
 
 TINY_SETUP = {"model": "mlp", "dataset": "teacher", "steps": 4, "batch_size": 16, "train_size": 64,
               "probe_size": 16, "every": 2, "reference": "exact"}
