@@ -22,6 +22,11 @@ Where :func:`check_ggn_exact` proves diag(H) = diag(G) (every output linear in e
 MSE), the residual's diagonal is exactly zero; its off-diagonal need not be (a ReLU net's weights of
 different layers interact), so probing it would add noise around zero. Then the result is diag(G)
 with standard error 0 and no probe is drawn, unless ``force_residual=True``.
+Measured (bench/curvature_general.py, 1 thread, float32): the variance falls 1.3x at equal probe
+count on a 1,806-parameter GELU+BN CNN and about 1.8x on a 3,040-parameter transformer block, where
+most of the off-diagonal mass is in H - G (weights of different layers), not in G. A probe costs
+an HVP and a GGN-vector product, 1.7-3.7x a plain Hutchinson probe, so at equal wall time plain
+Hutchinson with more probes was as accurate or better on both.
 Reference: the arTuRO optimizer whose curvature this diagnoses, arXiv 2310.20574.
 """
 from __future__ import annotations
