@@ -80,9 +80,26 @@ def _metrics(run_dir: Path, record: RunRecord) -> dict[str, Any]:
     return analyze_record(record)
 
 
+def _at_last_snapshot(metrics: dict[str, Any], entry: Any) -> Any:
+    """``entry`` if it belongs to the run's last snapshot, else None.
+
+    The analysis skips snapshots it cannot compare (h all 0 or non-finite) and its ``final`` is then
+    an earlier one; the study's columns are "at the final snapshot", so such a run is not assessed.
+    """
+    if not entry:
+        return None
+    steps = (metrics.get("run") or {}).get("snapshot_steps") or []
+    if steps and entry.get("step") != steps[-1]:
+        return None
+    return entry
+
+
 def _curvature_columns(metrics: dict[str, Any]) -> dict[str, Any]:
-    final = (metrics.get("agreement") or {}).get("final") or None
+    final = _at_last_snapshot(metrics, (metrics.get("agreement") or {}).get("final"))
     out: dict[str, Any] = {}
+    steps = (metrics.get("run") or {}).get("snapshot_steps") or []
+    if steps and not final:
+        out["snapshot_step"] = steps[-1]
     if final:
         overall = final.get("overall") or {}
         out["snapshot_step"] = final.get("step")
@@ -91,7 +108,7 @@ def _curvature_columns(metrics: dict[str, Any]) -> dict[str, Any]:
         out["agreement_spearman"] = _number((overall.get("estimate") or {}).get("spearman"))
         verdict = (overall.get("beats_constant") or {}).get("relative_error")
         out["beats_constant"] = math.nan if verdict is None else float(bool(verdict))
-    calibration = (metrics.get("calibration") or {}).get("final") or None
+    calibration = _at_last_snapshot(metrics, (metrics.get("calibration") or {}).get("final"))
     if calibration:
         overall = calibration.get("overall") or {}
         out["calibration_coverage"] = _number(overall.get("coverage"))
