@@ -18,7 +18,6 @@ import json
 import math
 import os
 import re
-import sys
 import zipfile
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,15 +27,11 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 import pandas as pd
 
+from arturo_diag._toml import tomllib
 from arturo_diag.errors import RecordError
 from arturo_diag.diagnostics.lock import DirectoryLock
 from arturo_diag.diagnostics.io import (atomic_savez, atomic_write_csv, atomic_write_json, atomic_write_text,
                                         make_directory, write_error)
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - python 3.10
-    import tomli as tomllib
 
 __all__ = [
     "RECORD_FORMAT",

@@ -30,6 +30,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from arturo_diag._toml import toml_value
 from arturo_diag.errors import ConfigError
 from arturo_diag.study.variants import Baselines, Variant, experiments_dirs, load_baselines, parse_variant
 from arturo_diag.training.config import RunConfig, config_from_mapping, read_toml
@@ -280,28 +281,15 @@ def expand_grid(study: StudyConfig, study_dir: str | Path) -> list[RunSpec]:
 
 
 # --------------------------------------------------------------------------------------------- TOML
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, (tuple, list)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{text}"'
-
-
 def study_to_toml(study: StudyConfig) -> str:
     """TOML text of a study, every setup field and baseline value spelled out; ``load_study`` of it
     gives the same study (written into each study directory as ``study.toml``)."""
     lines = ["# arturo-diag study (written by arturo-diag ablate; re-run with --config this file)", "", "[study]",
-             f"name = {_toml_value(study.name)}"]
+             f"name = {toml_value(study.name)}"]
     if study.description:
-        lines.append(f"description = {_toml_value(study.description)}")
-    lines.append(f"seeds = {_toml_value(list(study.seeds))}")
-    lines.append(f"variants = {_toml_value([v.name for v in study.variants])}")
+        lines.append(f"description = {toml_value(study.description)}")
+    lines.append(f"seeds = {toml_value(list(study.seeds))}")
+    lines.append(f"variants = {toml_value([v.name for v in study.variants])}")
     for setup in study.setups:
         lines += ["", f"[setups.{setup.name}]"]
         for name in _RUN_FIELDS:
@@ -309,9 +297,9 @@ def study_to_toml(study: StudyConfig) -> str:
                 continue
             value = getattr(setup.config, name)
             if value is not None:
-                lines.append(f"{name} = {_toml_value(value)}")
-        lines += ["", f"[setups.{setup.name}.baselines]", f"source = {_toml_value(setup.baselines.source)}"]
+                lines.append(f"{name} = {toml_value(value)}")
+        lines += ["", f"[setups.{setup.name}.baselines]", f"source = {toml_value(setup.baselines.source)}"]
         for opt, values in setup.baselines.values.items():
             lines.append(f"[setups.{setup.name}.baselines.{opt}]")
-            lines += [f"{k} = {_toml_value(float(v))}" for k, v in values.items()]
+            lines += [f"{k} = {toml_value(float(v))}" for k, v in values.items()]
     return "\n".join(lines) + "\n"

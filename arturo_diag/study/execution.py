@@ -33,13 +33,9 @@ from typing import Any, Callable, Iterator
 from arturo_diag.diagnostics.io import (STOPPING_ERRNOS, WriteError, atomic_write_json, atomic_write_text, make_directory,
                                         remove_file)
 from arturo_diag.diagnostics.lock import DirectoryLock
+from arturo_diag._toml import tomllib
 from arturo_diag.errors import ConfigError, Diverged, RecordError
 from arturo_diag.study.config import RunSpec, StudyConfig, expand_grid, study_to_toml
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 __all__ = ["run_study", "run_status", "StudyRunResult", "RunOutcome", "StudyProgress", "FAILURE_FILE",
            "default_workers"]

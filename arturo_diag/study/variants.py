@@ -23,17 +23,12 @@ name                   RunConfig changes
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from arturo_diag._toml import tomllib
 from arturo_diag.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 __all__ = ["Variant", "Baselines", "parse_variant", "VARIANT_KINDS", "ARTURO_VARIANTS", "BASELINE_OPTIMIZERS",
            "load_baselines", "experiments_dirs"]

@@ -11,17 +11,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from arturo_diag._toml import toml_value, tomllib
 from arturo_diag.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from arturo_diag.optim.presets import LR_GAMMA, PRESET_NAMES, PRESETS
 
 __all__ = ["RunConfig", "load_config", "config_to_toml", "SECTIONS", "ARTURO_KEYS", "OPTIMIZERS", "LIMITS",
            "unused_fields", "check_used"]
@@ -33,7 +29,6 @@ REFERENCES = ("exact", "hutchinson", "both", "none")
 EXACT_METHODS = ("auto", "ggn", "hvp")
 ORACLES = ("none", "exact", "hutchinson")
 DTYPES = ("float32", "float64")
-PRESET_NAMES = ("fmnist_cnn", "fmnist_resnet18", "cifar10_cnn", "cifar100_cnn", "cifar10_resnet34", "cifar100_resnet34")
 
 
 @dataclass(frozen=True)
@@ -134,14 +129,14 @@ SECTIONS: dict[str, tuple[str, ...]] = {
 
 
 def _read_preset(name: str) -> dict[str, Any]:
-    from arturo_diag.optim.arturo import _preset_dirs  # the optimizer owns the preset files
+    """A published preset in the shape of its TOML file (``[optimizer]``, ``[schedule]``).
 
-    for directory in _preset_dirs():
-        path = directory / f"{name}.toml"
-        if path.is_file():
-            with path.open("rb") as f:
-                return tomllib.load(f)
-    raise ConfigError("preset", name, "one of " + ", ".join(PRESET_NAMES))
+    The optimizer declares the presets once (:mod:`arturo_diag.optim.presets`); the files in
+    ``experiments/presets/`` are checked copies of it.
+    """
+    if name not in PRESETS:
+        raise ConfigError("preset", name, "one of " + ", ".join(PRESET_NAMES))
+    return {"optimizer": dict(PRESETS[name]), "schedule": {"lr_gamma": LR_GAMMA[name]}}
 
 
 def _validate(c: RunConfig) -> None:
@@ -337,17 +332,6 @@ def load_config(path: str | Path, base: RunConfig | None = None) -> RunConfig:
     return config_from_mapping(read_toml(path), base, source=str(path))
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (tuple, list)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'
-
-
 def config_to_toml(config: RunConfig) -> str:
     """TOML text of a config; unset fields are written as comments so the file stays loadable."""
     lines = ["# arturo-diag run configuration (resolved)"]
@@ -355,5 +339,5 @@ def config_to_toml(config: RunConfig) -> str:
         lines.append(f"\n[{section}]")
         for name in names:
             value = getattr(config, name)
-            lines.append(f"# {name} = (unset)" if value is None else f"{name} = {_toml_value(value)}")
+            lines.append(f"# {name} = (unset)" if value is None else f"{name} = {toml_value(value)}")
     return "\n".join(lines) + "\n"
