@@ -32,7 +32,7 @@ from torch import nn
 
 from arturo_diag.curvature import exact_diagonal, hutchinson_diagonal, loss_of_parameters
 from arturo_diag.curvature.hvp import batched_hvp, hvp_plan
-from arturo_diag.training.data import load_digits, probe_batch
+from arturo_diag.training.datasets import load_digits, probe_batch
 from arturo_diag.training.models import FashionCNN, SmallCNN
 
 try:

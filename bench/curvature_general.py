@@ -36,7 +36,7 @@ from arturo_diag.curvature import (
     hessian_diagonal_cv,
     hutchinson_diagonal,
 )
-from arturo_diag.training.data import load_digits, probe_batch
+from arturo_diag.training.datasets import load_digits, probe_batch
 
 LOSS = nn.CrossEntropyLoss()
 

@@ -38,7 +38,7 @@ from arturo_diag.curvature.spectrum import (
     spectral_density,
     top_eigenvalues,
 )
-from arturo_diag.training.data import load_digits, probe_batch
+from arturo_diag.training.datasets import load_digits, probe_batch
 from arturo_diag.training.models import build_model
 
 PROBE = 128

@@ -2,7 +2,7 @@
 
 - :mod:`arturo_diag.training.models`: ``MLP``, ``SmallCNN``, ``FashionCNN``, CIFAR ResNets and
   ``build_model(name, in_channels=, num_classes=, image_size=)``.
-- :mod:`arturo_diag.training.data`: ``ArrayDataset``, ``load_dataset(name, data_dir, seed=)``,
+- :mod:`arturo_diag.training.datasets`: ``ArrayDataset``, ``load_dataset(name, data_dir, seed=)``,
   ``batches`` and ``probe_batch``.
 - :mod:`arturo_diag.training.seeding`: ``seed_everything`` and ``make_generator``.
 """

@@ -21,7 +21,7 @@ from arturo_diag.diagnostics.monitor import Monitor
 from arturo_diag.errors import ConfigError
 from arturo_diag.optim import Arturo
 from arturo_diag.training.config import MAX_TOTAL_STEPS, RunConfig, config_to_toml
-from arturo_diag.training.data import ArrayDataset, batches, load_dataset, probe_batch
+from arturo_diag.training.datasets import ArrayDataset, batches, load_dataset, probe_batch
 from arturo_diag.training.models import build_model
 from arturo_diag.training.seeding import make_generator, seed_everything
 

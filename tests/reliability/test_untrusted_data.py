@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from arturo_diag.training.data import load_dataset
+from arturo_diag.training.datasets import load_dataset
 
 from .harness import assert_nothing_complete, assert_user_error, invoke
 

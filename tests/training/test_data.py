@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from arturo_diag.errors import ConfigError, DataError
-from arturo_diag.training.data import (
+from arturo_diag.training.datasets import (
     DATASETS,
     ArrayDataset,
     batches,

@@ -12,7 +12,7 @@ from arturo_diag.diagnostics.record import RunRecord
 from arturo_diag.errors import ConfigError, RecordError
 from arturo_diag.optim import Arturo
 from arturo_diag.training.config import RunConfig, config_to_toml
-from arturo_diag.training.data import batches, load_dataset, probe_batch
+from arturo_diag.training.datasets import batches, load_dataset, probe_batch
 from arturo_diag.training.loop import run
 from arturo_diag.training.models import build_model
 from arturo_diag.training.seeding import make_generator, seed_everything
