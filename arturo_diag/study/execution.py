@@ -219,7 +219,7 @@ def _preflight(study: StudyConfig) -> None:
     """Read each setup's data and build its model once, so bad input fails before any run."""
     import torch
 
-    from arturo_diag.training.data import load_dataset, probe_batch
+    from arturo_diag.training.datasets import load_dataset, probe_batch
     from arturo_diag.training.loop import check_against_data
     from arturo_diag.training.models import build_model
 

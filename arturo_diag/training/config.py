@@ -140,7 +140,7 @@ def _read_preset(name: str) -> dict[str, Any]:
 
 
 def _validate(c: RunConfig) -> None:
-    from arturo_diag.training.data import DATASETS
+    from arturo_diag.training.datasets import DATASETS
     from arturo_diag.training.models import MODELS
 
     def one_of(name: str, allowed: tuple[str, ...] | list[str]) -> None:
