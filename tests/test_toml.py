@@ -1,11 +1,10 @@
 """The one TOML writer: what the configs and studies write parses back to the same values."""
 import dataclasses
 import math
-import tomllib
 
 import pytest
 
-from arturo_diag._toml import toml_value
+from arturo_diag._toml import toml_value, tomllib
 from arturo_diag.study.config import default_study, study_from_mapping, study_to_toml
 from arturo_diag.training.config import RunConfig, config_from_mapping, config_to_toml
 
