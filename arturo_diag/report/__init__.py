@@ -7,8 +7,9 @@ and re-rendering a record gives byte-identical files (``arturo-diag report RUN_D
 Modules, one concept each:
 
 - ``render``: :func:`render_report` and :class:`ReportResult` (the order and atomicity of writes);
-- ``figures``: one function per figure (seaborn styling on matplotlib's Agg backend), the
-  registry ``FIGURES`` and deterministic PNG rendering; missing data -> ``FigureSkipped(reason)``;
+- ``figures``: a package, one module per diagnostic topic with its plot function (seaborn styling
+  on matplotlib's Agg backend), ``figures.common`` for the style and deterministic PNG rendering,
+  the registry ``FIGURES``; missing data -> ``FigureSkipped(reason)``;
 - ``sections``: the report's sections from the metrics dict (title, Settings, Findings, Agreement,
   Movement, Calibration, Lag, Trust region, Health, Training, Figures);
 - ``document``: the block structure both ``report.md`` and the self-contained ``report.html`` are

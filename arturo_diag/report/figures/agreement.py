@@ -1,0 +1,87 @@
+"""Figure of the agreement of the curvature estimate a with the reference h, per snapshot and layer."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from arturo_diag.diagnostics.agreement import INITIAL_CURVATURE
+from arturo_diag.diagnostics.record import RunRecord
+from arturo_diag.report.figures.common import (
+    _C,
+    FigureSkipped,
+    FigureSpec,
+    _layer_colors,
+    _layer_label,
+    _legend_outside,
+    _log_if_wide,
+    _no_reference_reason,
+    _series_layers,
+    _values,
+)
+from arturo_diag.report.format import get, is_number, num
+
+__all__ = ["FIGURE", "plot_agreement"]
+
+_REFERENCE_WORDS = {"h_exact": "exact diagonal Hessian h", "h_hutchinson": "Hutchinson estimate of h"}
+
+
+def plot_agreement(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> None:
+    """Agreement of the curvature estimate a with the reference h over training, per layer.
+
+    Top: relative error ``||a-h||/||h||`` (lower is better); bottom: Spearman rank correlation
+    (higher is better); one line per layer and a thick black line for all coordinates, at every
+    snapshot. Beside them the two baselines of ARTURO.md ("Diagnostic quantities"), overall: the
+    constant vector 0.1 (dashed pink; a constant has no ranks, so its Spearman is drawn at 0) and
+    the previous snapshot's h (dotted grey). An estimate above the dashed relative-error line does not
+    beat a constant.
+
+    Needs ``metrics["agreement"]["snapshots"]`` (per snapshot: ``overall`` and ``layers`` ->
+    ``estimate``/``constant``/``previous_h`` -> ``relative_error``, ``spearman``).
+    """
+    entries = get(metrics, "agreement", "snapshots") or []
+    if not entries:
+        raise FigureSkipped(_no_reference_reason(metrics))
+    steps = np.asarray([e["step"] for e in entries], dtype=np.float64)
+    layers = _series_layers(entries)
+    colors, many = _layer_colors(layers)
+    constant_value = get(entries[-1], "overall", "constant_value")
+    constant_value = constant_value if is_number(constant_value) else INITIAL_CURVATURE
+    ax_err, ax_rho = fig.subplots(2, 1, sharex=True)
+    marker = "." if len(steps) <= 60 else None
+    for metric, ax in (("relative_error", ax_err), ("spearman", ax_rho)):
+        for i, layer in enumerate(layers):
+            ax.plot(steps, _values(entries, "layers", layer, "estimate", metric), color=colors[layer],
+                    lw=1.1, marker=marker, ms=4, alpha=0.9, label=_layer_label(layer, i, layers, many))
+        ax.plot(steps, _values(entries, "overall", "estimate", metric), color=_C["overall"], lw=2.4,
+                marker=marker, ms=5, label="all coordinates")
+        previous = _values(entries, "overall", "previous_h", metric)
+        if np.isfinite(previous).any():
+            ax.plot(steps, previous, color="0.45", ls=":", lw=1.6, marker="s", ms=3,
+                    label="baseline: previous snapshot's h")
+    constant = _values(entries, "overall", "constant", "relative_error")
+    # drawn on top: early on a is still 0.1 and the estimate's line lies exactly under it
+    ax_err.plot(steps, constant, color=_C["constant"], ls="--", lw=1.6, zorder=5,
+                label=f"baseline: constant {num(constant_value)}")
+    ax_rho.axhline(0.0, color=_C["constant"], ls="--", lw=1.6, zorder=5,
+                   label=f"baseline: constant {num(constant_value)} (no ranks: 0)")
+    every_err = np.concatenate([_values(entries, "overall", "estimate", "relative_error"), constant] +
+                               [_values(entries, "layers", layer, "estimate", "relative_error") for layer in layers])
+    _log_if_wide(ax_err, every_err, ratio=10.0)
+    ax_err.set_ylabel("relative error ||a-h||/||h||\n(lower is better)")
+    ax_rho.set_ylabel("Spearman rank correlation\n(higher is better)")
+    ax_rho.set_ylim(-1.05, 1.05)
+    ax_rho.set_xlabel("optimizer step (snapshots)")
+    ax_err.set_title("relative error of a against h")
+    ax_rho.set_title("Spearman rank correlation of a with h")
+    _legend_outside(ax_err)
+    _legend_outside(ax_rho)
+    reference = _REFERENCE_WORDS.get(get(entries[-1], "reference"), "reference h")
+    fig.suptitle(f"Agreement of arTuRO's curvature estimate a with the {reference}, per snapshot and layer")
+
+
+#: This figure's entry in :data:`arturo_diag.report.figures.FIGURES`.
+FIGURE = FigureSpec("agreement", plot_agreement, (11.0, 7.0),
+                    "Agreement of a with h per snapshot: relative error and Spearman per layer and overall, beside the "
+                    "constant-0.1 (dashed pink) and previous-snapshot-h (dotted grey) baselines.")
