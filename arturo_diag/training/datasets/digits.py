@@ -29,9 +29,7 @@ def load_digits(
     ``round(test_fraction * n_class)`` examples into the test split (359 of 1,797 at 0.2); both
     splits are then shuffled. The same seed gives the same split.
     """
-    from sklearn.datasets import (
-        load_digits as _sk_load_digits,  # the data ships with sklearn
-    )
+    from sklearn.datasets import load_digits as _sk_load_digits  # the data ships with sklearn
 
     if not 0.0 < test_fraction < 1.0:
         raise ConfigError("test_fraction", test_fraction, "a number strictly between 0 and 1")
