@@ -1,4 +1,5 @@
 """arTuRO as a torch optimizer. Imports nothing else of arturo-diag: copy it out and use it."""
-from .arturo import PRESETS, Arturo, load_preset
+from .arturo import Arturo
+from .presets import LR_GAMMA, PRESET_NAMES, PRESETS, load_preset
 
-__all__ = ["Arturo", "PRESETS", "load_preset"]
+__all__ = ["LR_GAMMA", "PRESETS", "PRESET_NAMES", "Arturo", "load_preset"]

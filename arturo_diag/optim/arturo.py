@@ -1,10 +1,9 @@
 """arTuRO as a ``torch.optim.Optimizer``: orchestration only, the math is in :mod:`.functional`."""
 from __future__ import annotations
 
+import inspect
 import math
-import sys
 from collections import defaultdict
-from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
@@ -14,16 +13,9 @@ from torch.optim import Optimizer
 
 from . import _fused_cpu
 from . import functional as F
+from .presets import load_preset
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-__all__ = ["Arturo", "PRESETS", "load_preset"]
-
-#: Names of the published hyperparameter sets (ARTURO.md, "Published settings").
-PRESETS = ("fmnist_cnn", "fmnist_resnet18", "cifar10_cnn", "cifar100_cnn", "cifar10_resnet34", "cifar100_resnet34")
+__all__ = ["Arturo"]
 
 # The per-coordinate state that lives in one flat buffer per bucket (see `_Bucket`).
 _FLAT_KEYS = ("precision", "curvature", "intercept", "filter_cov_bb", "filter_cov_ba", "filter_cov_aa")
@@ -31,24 +23,7 @@ _FILTER_KEYS = ("intercept", "curvature", "filter_cov_bb", "filter_cov_ba", "fil
 
 _KL_CHOICES = ("decoupled", "coupled")
 _DUAL_CHOICES = ("bisection", "exact")
-
-
-def _preset_dirs() -> list[Path]:
-    here = Path(__file__).resolve()
-    # a source checkout keeps the presets in <repo>/experiments/presets; a wheel bundles them.
-    return [here.parents[2] / "experiments" / "presets", here.parents[1] / "_experiments" / "presets"]
-
-
-def load_preset(name: str) -> dict[str, float]:
-    """The optimizer keywords of a published preset (``experiments/presets/<name>.toml``)."""
-    if name not in PRESETS:
-        raise ValueError(f"preset: unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
-    for directory in _preset_dirs():
-        path = directory / f"{name}.toml"
-        if path.is_file():
-            with path.open("rb") as f:
-                return dict(tomllib.load(f)["optimizer"])
-    raise FileNotFoundError(f"preset: file {name}.toml not found in {', '.join(map(str, _preset_dirs()))}")
+_FUSED_DTYPES = (torch.float32, torch.float64)
 
 
 def _ratio(kl: float, kl_bound: float) -> float:
@@ -169,12 +144,19 @@ class Arturo(Optimizer):
         guard: clamp the curvature used in the update at 0 so precision and denominators stay positive.
         dual_rtol: relative tolerance of ``dual="exact"``.
         fused: run the decoupled step as fused CPU kernels (numba): same formulas, three passes over
-            memory instead of about fifty. ``None`` (default) uses them where they apply (CPU,
-            float32/64, decoupled KL, no oracle, not a parameter's first step) and numba is installed.
+            memory instead of about fifty. ``None`` (default) uses them wherever they apply; ``True``
+            raises (``ValueError`` here, ``RuntimeError`` at a step if the parameters moved) when
+            they cannot apply for the whole run: numba missing, parameters off the CPU or not
+            float32/64, ``kl="coupled"``; ``False`` always runs the eager kernels. Two per-step
+            conditions run eager whatever ``fused`` says: a parameter's first step (its mean is the
+            undecayed copy of the weight and its filter is initialised from this gradient, which
+            the fused kernels, built for mean == decayed weight, do not express) and a step with
+            an oracle curvature (:meth:`set_oracle_curvature`). ``last_step["path"]`` says which ran.
 
     After each :meth:`step`, :attr:`last_step` holds the step's health: ``eta``, the final bracket
     ``eta_lo``/``eta_hi``, ``iterations`` of the dual solve, ``kl_ratio = K(eta)/eps``, and the counts
-    ``precision_nonpos``/``denominator_nonpos`` (and ``guard_acted``). The per-parameter state is
+    ``precision_nonpos``/``denominator_nonpos`` (and ``guard_acted``), and ``path``: ``"fused"`` or
+``"eager"`` (``"mixed"`` when some buckets ran each). The per-parameter state is
     ``mean`` (the weight itself from the first step on), ``precision``, ``curvature`` (``a``),
     ``intercept`` (``b``), ``filter_cov_bb``/``_ba``/``_aa`` and ``step``; the previous ``eta`` is in
     ``state_dict()["arturo"]``. Setting :attr:`dual_diagnostics` adds ``kl0_ratio`` and ``eta_star``.
@@ -204,7 +186,7 @@ class Arturo(Optimizer):
         _validate(lr=lr, reg_weight=reg_weight, prior_prec=prior_prec, var_init=var_init, nu=nu,
                   dynamic_model_noise=dynamic_model_noise, measurement_noise=measurement_noise,
                   start_filter_cov=start_filter_cov, eta_tol=eta_tol, weight_decay=weight_decay,
-                  kl=kl, dual=dual, fixed_eta=fixed_eta, dual_rtol=dual_rtol)
+                  kl=kl, dual=dual, fixed_eta=fixed_eta, dual_rtol=dual_rtol, fused=fused)
         defaults = dict(
             lr=lr, reg_weight=reg_weight, prior_prec=prior_prec, var_init=var_init, nu=nu,
             dynamic_model_noise=dynamic_model_noise, measurement_noise=measurement_noise,
@@ -231,10 +213,15 @@ class Arturo(Optimizer):
                 raise ValueError(f"var_init: got {group['var_init']!r}; allowed: a number >= "
                                  f"{1.0 / torch.finfo(p.dtype).max:.3g} for {str(p.dtype).replace('torch.', '')} "
                                  "parameters (the initial precision 1/var_init must be finite)")
+        if group["fused"] is True:
+            for p in group["params"]:
+                reason = _fused_unsupported(group, p)
+                if reason is not None:
+                    raise ValueError(f"fused: got True; {reason}")
 
     @classmethod
     def from_preset(cls, name: str, params: Iterable[Any], **overrides: Any) -> "Arturo":
-        """Build with a published hyperparameter set (``experiments/presets/<name>.toml``).
+        """Build with a published hyperparameter set (:data:`.presets.PRESETS`).
 
         Names: ``fmnist_cnn``, ``fmnist_resnet18``, ``cifar10_cnn``, ``cifar100_cnn``,
         ``cifar10_resnet34``, ``cifar100_resnet34``. Keywords in ``overrides`` win.
@@ -257,6 +244,12 @@ class Arturo(Optimizer):
         self.__dict__.setdefault("_buckets", {})
         self.__dict__.setdefault("_oracle", {})
         self.__dict__.setdefault("_oracle_hold", False)
+        # a state dict or pickle from before a key existed lacks it (torch's
+        # test_can_load_older_state_dict deletes fused): the constructor's default is the old behaviour
+        for key, value in _CONSTRUCTOR_DEFAULTS.items():
+            self.defaults.setdefault(key, value)
+            for group in self.param_groups:
+                group.setdefault(key, value)
 
     # ------------------------------------------------------------------ state_dict with eta
     def state_dict(self) -> dict[str, Any]:
@@ -363,6 +356,7 @@ class Arturo(Optimizer):
         fixed_eta = first["fixed_eta"]
 
         work: list[_Work] = []
+        paths: set[str] = set()
         guard_acted = 0
         for index, group in enumerate(self.param_groups):
             buckets = self._group_buckets(index, group)
@@ -372,8 +366,10 @@ class Arturo(Optimizer):
                 item = _Work(group, bucket)
                 if self._use_fused(group, bucket, fresh):
                     guard_acted += self._prepare_fused(item)
+                    paths.add("fused")
                 else:
                     guard_acted += self._prepare_eager(item, fresh)
+                    paths.add("eager")
                 work.append(item)
         if not self._oracle_hold:
             self._oracle = {}
@@ -432,6 +428,7 @@ class Arturo(Optimizer):
             "denominator_nonpos": denominator_nonpos,
             "guard_acted": guard_acted,
             "numel": numel,
+            "path": paths.pop() if len(paths) == 1 else "mixed",
             **extra,
         }
         return loss
@@ -440,13 +437,13 @@ class Arturo(Optimizer):
         wanted = group["fused"]
         if wanted is False:
             return False
-        applies = (_fused_cpu.AVAILABLE and bucket.params[0].device.type == "cpu"
-                   and bucket.params[0].dtype in (torch.float32, torch.float64)
-                   and group["kl"] == "decoupled" and not any(fresh)
-                   and not any(p in self._oracle for p in bucket.params))
-        if wanted is True and not _fused_cpu.AVAILABLE:
-            raise RuntimeError("fused=True needs numba (pip install numba)")
-        return applies
+        reason = _fused_unsupported(group, bucket.params[0])
+        if reason is not None:
+            if wanted is True:
+                raise RuntimeError(f"fused=True: {reason}")
+            return False
+        # per-step conditions, eager whatever `fused` says: a first step, an oracle curvature
+        return not any(fresh) and not any(p in self._oracle for p in bucket.params)
 
     def _prepare_fused(self, item: "_Work") -> int:
         """Steps 0-2 with the fused CPU kernels; the eta-dependent parts are `_Work.kl/commit`."""
@@ -549,10 +546,29 @@ class Arturo(Optimizer):
         return fs._replace(curvature=curvature, intercept=intercept)
 
 
+#: Keyword defaults of the constructor: what a group from before a key existed gets for it.
+_CONSTRUCTOR_DEFAULTS: dict[str, Any] = {
+    name: parameter.default for name, parameter in inspect.signature(Arturo.__init__).parameters.items()
+    if parameter.default is not inspect.Parameter.empty}
+
+
+def _fused_unsupported(group: Mapping[str, Any], like: Tensor) -> str | None:
+    """Why the fused kernels cannot run this group's parameters like ``like`` at any step (None: they can)."""
+    if not _fused_cpu.AVAILABLE:
+        return "the fused kernels need numba (pip install numba)"
+    if like.device.type != "cpu":
+        return f"the fused kernels run on the CPU; the parameters are on {like.device}"
+    if like.dtype not in _FUSED_DTYPES:
+        return f"the fused kernels take float32 or float64; the parameters are {str(like.dtype).replace('torch.', '')}"
+    if group["kl"] != "decoupled":
+        return f"the fused kernels run the decoupled KL; kl={group['kl']!r}"
+    return None
+
+
 def _validate(*, lr: Any, reg_weight: float, prior_prec: float, var_init: float, nu: float,
               dynamic_model_noise: float, measurement_noise: float, start_filter_cov: float,
               eta_tol: float, weight_decay: float, kl: str, dual: str, fixed_eta: float | None,
-              dual_rtol: float, **_: Any) -> None:
+              dual_rtol: float, fused: bool | None = None, **_: Any) -> None:
     """Each bad constructor argument raises a ValueError naming it, the value and what is allowed."""
     def need(ok: bool, name: str, value: Any, allowed: str) -> None:
         if not ok:
@@ -580,3 +596,4 @@ def _validate(*, lr: Any, reg_weight: float, prior_prec: float, var_init: float,
     if fixed_eta is not None:
         v = number(fixed_eta)
         need(math.isfinite(v) and v >= 0.0, "fixed_eta", fixed_eta, "None or a finite number >= 0")
+    need(fused is None or isinstance(fused, bool), "fused", fused, "None, True or False")

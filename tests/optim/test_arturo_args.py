@@ -49,10 +49,14 @@ def test_bad_per_group_argument_raises(name, value):
 
 
 def test_unknown_preset_raises_value_error_naming_it():
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(ValueError, match=r"^preset: got 'imagenet_vit'; allowed: fmnist_cnn, "):
         Arturo.from_preset("imagenet_vit", _param())
-    message = str(info.value)
-    assert "imagenet_vit" in message or "preset" in message, message
+
+
+@pytest.mark.parametrize("value", [1, "yes", 0.0])
+def test_fused_must_be_none_or_a_bool(value):
+    with pytest.raises(ValueError, match=r"^fused: got .*; allowed: None, True or False$"):
+        Arturo(_param(), fused=value)
 
 
 @pytest.mark.parametrize("name, value", [("prior_prec", 0.0), ("weight_decay", 0.0),
