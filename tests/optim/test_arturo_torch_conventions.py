@@ -293,3 +293,75 @@ def test_float32_tracks_the_float64_reference(kind, kl, lr):
         for p, q in zip(opt.param_groups[0]["params"], ref.groups[0]["params"]):
             err = ((p.detach().double() - q).abs() / (q.abs() + 1e-3)).max()
             assert float(err) < 1e-3, f"step {k}: {float(err)}"
+
+
+@pytest.mark.parametrize("fused", [None, True, False])
+def test_can_load_older_state_dict(fused):
+    """torch's test_optim.py::test_can_load_older_state_dict, as written there: a state dict whose
+    param groups lack the flags added over time loads and steps (each missing key gets the
+    constructor's default)."""
+    new_flags = ["maximize", "foreach", "fused", "differentiable", "capturable"]
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(4, 2, 1, stride=2), nn.BatchNorm2d(2, eps=1e-05, momentum=0.1))
+    model.to(dtype=torch.float32)
+    x = torch.rand(1, 4, 16, 16, dtype=torch.float32)
+    optimizer = Arturo(model.parameters(), fused=fused)
+
+    def fwd_bwd(optim, mod, i):
+        optim.zero_grad()
+        loss = mod(i).sum()
+        loss.backward()
+        return loss
+
+    for _ in range(3):
+        fwd_bwd(optimizer, model, x)
+        optimizer.step()
+    old_state_dict = copy.deepcopy(optimizer.state_dict())
+    for group in old_state_dict["param_groups"]:
+        for flag in new_flags:
+            if flag in group:
+                del group[flag]
+    optimizer.load_state_dict(old_state_dict)
+    fwd_bwd(optimizer, model, x)
+    optimizer.step()
+    assert optimizer.param_groups[0]["fused"] is None  # the constructor's default, not the instance's
+    assert optimizer.last_step["path"] == "fused"
+
+
+def test_state_dict_lacking_every_optional_key_loads_and_matches():
+    """Every key of Arturo's defaults but lr may be missing from an older state dict; each gets the
+    constructor's default, and the run goes on exactly as if it had been saved with them."""
+    case = Case("mlp", seed=51)
+    opt = Arturo(case.model.parameters())
+    train(case, opt, range(1, 6))
+    saved = copy.deepcopy(opt.state_dict())
+    for group in saved["param_groups"]:
+        for key in list(group):
+            if key not in ("params", "lr"):
+                del group[key]
+    opt2 = Arturo(case.model.parameters())
+    opt2.load_state_dict(saved)
+    assert {k: v for k, v in opt2.param_groups[0].items() if k != "params"} == opt.defaults
+    reference = copy.deepcopy(case)
+    opt_ref = Arturo(reference.model.parameters())
+    opt_ref.load_state_dict(opt.state_dict())
+    train(case, opt2, range(6, 9))
+    train(reference, opt_ref, range(6, 9))
+    assert_bit_identical(weights(case.model), weights(reference.model))
+
+
+def test_an_old_pickle_without_new_keys_unpickles_and_steps():
+    import pickle
+
+    p = nn.Parameter(torch.ones(4))
+    opt = Arturo([p])
+    p.grad = torch.full((4,), 0.1)
+    opt.step()
+    for mapping in (opt.defaults, *opt.param_groups):  # as pickled before fused and guard existed
+        del mapping["fused"], mapping["guard"]
+    revived = pickle.loads(pickle.dumps(opt))
+    assert revived.defaults["fused"] is None and revived.param_groups[0]["guard"] is False
+    p2 = revived.param_groups[0]["params"][0]
+    p2.grad = torch.full((4,), 0.1)
+    revived.step()
+    assert revived.last_step["path"] == "fused"

@@ -33,6 +33,8 @@ def _train(fused, steps=60, **kwargs):
 def test_fused_matches_eager_float64(kwargs):
     m_eager, o_eager, t_eager = _train(False, **kwargs)
     m_fused, o_fused, t_fused = _train(None, **kwargs)
+    assert [s["path"] for s in t_eager] == ["eager"] * len(t_eager)
+    assert [s["path"] for s in t_fused] == ["eager"] + ["fused"] * (len(t_fused) - 1)  # compares what it claims
     for a, b in zip(m_eager.parameters(), m_fused.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     for p_e, p_f in zip(m_eager.parameters(), m_fused.parameters()):
@@ -65,6 +67,7 @@ def _train_indefinite_quadratic(fused, guard, steps=40):
 def test_fused_matches_eager_with_negative_curvature(guard):
     x_e, s_e, t_e = _train_indefinite_quadratic(False, guard)
     x_f, s_f, t_f = _train_indefinite_quadratic(None, guard)
+    assert [s["path"] for s in t_f[1:]] == ["fused"] * (len(t_f) - 1)
     assert (s_e["curvature"] < 0).any()  # the case exercises what it claims to
     torch.testing.assert_close(x_e, x_f, rtol=1e-10, atol=1e-12)
     for key in ("precision", "curvature", "intercept"):
@@ -90,3 +93,74 @@ def test_fused_float32_close_to_eager():
         return model
     for a, b in zip(run(False).parameters(), run(None).parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- which path ran (path pinning)
+def _steps(optimizer, params, steps, generator):
+    paths = []
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, dtype=p.dtype, generator=generator)
+        optimizer.step()
+        paths.append(optimizer.last_step["path"])
+    return paths
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_default_takes_the_fused_path_after_the_first_step(dtype):
+    """Losing the fast path (numba, a condition in _use_fused) must fail a test, not pass quietly."""
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Linear(4, 2)).to(dtype)
+    params = list(model.parameters())
+    optimizer = Arturo(params)
+    assert optimizer.param_groups[0]["fused"] is None
+    paths = _steps(optimizer, params, 5, torch.Generator().manual_seed(0))
+    assert paths == ["eager", "fused", "fused", "fused", "fused"]
+
+
+def test_fused_false_always_runs_eager_and_true_runs_fused():
+    generator = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.zeros(7))]
+    assert _steps(Arturo(params, fused=False), params, 3, generator) == ["eager"] * 3
+    params = [torch.nn.Parameter(torch.zeros(7))]
+    assert _steps(Arturo(params, fused=True), params, 3, generator) == ["eager", "fused", "fused"]
+
+
+def test_a_new_parameter_and_an_oracle_step_run_eager_then_fused_again():
+    """The two per-step conditions: a parameter's first step, a step with an oracle curvature."""
+    generator = torch.Generator().manual_seed(0)
+    first, second = torch.nn.Parameter(torch.zeros(5)), torch.nn.Parameter(torch.zeros(3))
+    optimizer = Arturo([first], fused=True)
+    assert _steps(optimizer, [first], 2, generator) == ["eager", "fused"]
+    optimizer.add_param_group({"params": [second], "lr": 0.01})
+    assert _steps(optimizer, [first, second], 2, generator) == ["mixed", "fused"]
+    optimizer.set_oracle_curvature({first: torch.ones(5), second: torch.ones(3)})
+    assert _steps(optimizer, [first, second], 2, generator) == ["eager", "fused"]
+
+
+def test_fused_true_raises_when_it_cannot_apply_for_the_whole_run(monkeypatch):
+    def param(dtype=torch.float32, device="cpu"):
+        return [torch.nn.Parameter(torch.zeros(3, dtype=dtype, device=device))]
+
+    with pytest.raises(ValueError, match=r"^fused: got True; the fused kernels run the decoupled KL; kl='coupled'$"):
+        Arturo(param(), fused=True, kl="coupled")
+    with pytest.raises(ValueError, match=r"^fused: got True; the fused kernels take float32 or float64; "
+                                         r"the parameters are bfloat16$"):
+        Arturo(param(torch.bfloat16), fused=True)
+    with pytest.raises(ValueError, match=r"^fused: got True; the fused kernels run on the CPU; the parameters "
+                                         r"are on meta$"):
+        Arturo(param(device="meta"), fused=True)
+    # None quietly takes the eager kernels in the same cases
+    for optimizer in (Arturo(param(), kl="coupled"), Arturo(param(torch.bfloat16))):
+        assert _steps(optimizer, optimizer.param_groups[0]["params"], 2, None) == ["eager", "eager"]
+    # a condition that changes after construction raises at the step
+    ps = param()
+    optimizer = Arturo(ps, fused=True)
+    _steps(optimizer, ps, 1, None)
+    optimizer.param_groups[0]["kl"] = "coupled"
+    with pytest.raises(RuntimeError, match=r"^fused=True: the fused kernels run the decoupled KL"):
+        _steps(optimizer, ps, 1, None)
+    monkeypatch.setattr(_fused_cpu, "AVAILABLE", False)
+    with pytest.raises(ValueError, match=r"^fused: got True; the fused kernels need numba \(pip install numba\)$"):
+        Arturo(param(), fused=True)
+    optimizer = Arturo(param())
+    assert _steps(optimizer, optimizer.param_groups[0]["params"], 2, None) == ["eager", "eager"]
