@@ -36,6 +36,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from arturo_diag.curvature._checks import check_chunk_size, check_generator
 from arturo_diag.curvature.errors import CurvatureError
 from arturo_diag.curvature.functional import loss_of_parameters
 from arturo_diag.curvature.ggn_general import (
@@ -89,14 +90,8 @@ def hessian_diagonal_cv(
         raise CurvatureError(
             f"samples: got {samples!r}; allowed: an integer >= 2 (the standard error needs two)"
         )
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-    ):
-        raise CurvatureError(f"chunk_size: got {chunk_size!r}; allowed: a positive integer or None")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise CurvatureError(
-            f"generator: got {type(generator).__name__}; allowed: a torch.Generator or None"
-        )
+    check_chunk_size(chunk_size)
+    check_generator(generator)
     problem = loss_of_parameters(model, loss_fn, inputs, targets, train=train)
     names, params, loss = problem
     run = _GGNRun(problem, loss_fn, output_hessian, None)

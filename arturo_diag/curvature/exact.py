@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from arturo_diag.curvature._checks import check_chunk_size
 from arturo_diag.curvature.errors import CurvatureError, GGNNotExactError
 from arturo_diag.curvature.ggn import ggn_diagonal
 from arturo_diag.curvature.hvp import batched_hvp, hvp_plan
@@ -101,8 +102,7 @@ def exact_diagonal(
     """
     if method not in METHODS:
         raise CurvatureError(f"method: got {method!r}; allowed: {', '.join(METHODS)}")
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise CurvatureError(f"chunk_size: got {chunk_size!r}; allowed: a positive integer or None")
+    check_chunk_size(chunk_size)
     problem = loss_of_parameters(model, loss_fn, inputs, targets, train=train)
     note = None
     if method in ("ggn", "auto"):

@@ -62,6 +62,7 @@ from torch import Tensor, nn
 from torch.func import jvp, vjp, vmap
 
 from arturo_diag.curvature import ggn as _sequential
+from arturo_diag.curvature._checks import check_chunk_size, check_count
 from arturo_diag.curvature.errors import CurvatureError, GGNNotExactError
 from arturo_diag.curvature.exact import check_ggn_exact
 from arturo_diag.curvature.functional import (
@@ -136,8 +137,8 @@ def ggn_diagonal(
     """
     if mode not in MODES:
         raise CurvatureError(f"mode: got {mode!r}; allowed: {', '.join(MODES)}")
-    _check_positive("chunk_size", chunk_size, allow_none=True)
-    _check_positive("memory_budget", memory_budget)
+    check_chunk_size(chunk_size)
+    check_count("memory_budget", memory_budget)
     problem = loss_of_parameters(model, loss_fn, inputs, targets, train=train)
     run = _GGNRun(problem, loss_fn, output_hessian, coupled)
     values, used = _ggn_values(run, loss_fn, output_hessian, mode, chunk_size, memory_budget)
@@ -560,10 +561,3 @@ def _is_hessian(model, loss_fn, train: bool, output_hessian) -> tuple[bool, str]
         return False, str(refusal)
     return True, f"every output is linear in each weight and the loss is {kind}"
 
-
-def _check_positive(what: str, value, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        allowed = "a positive integer or None" if allow_none else "a positive integer"
-        raise CurvatureError(f"{what}: got {value!r}; allowed: {allowed}")

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 
+from arturo_diag.curvature._checks import check_chunk_size, check_generator
 from arturo_diag.curvature.errors import CurvatureError
 from arturo_diag.curvature.hvp import batched_hvp, hvp_plan
 from arturo_diag.curvature.functional import loss_of_parameters
@@ -80,14 +81,8 @@ def hutchinson_diagonal(
         raise CurvatureError(
             f"samples: got {samples!r}; allowed: an integer >= 2 (the standard error needs two)"
         )
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-    ):
-        raise CurvatureError(f"chunk_size: got {chunk_size!r}; allowed: a positive integer or None")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise CurvatureError(
-            f"generator: got {type(generator).__name__}; allowed: a torch.Generator or None"
-        )
+    check_chunk_size(chunk_size)
+    check_generator(generator)
     names, params, loss = loss_of_parameters(model, loss_fn, inputs, targets, train=train)
     plan = hvp_plan(loss, params, samples)
     chunk_size = min(chunk_size or plan.chunk, samples)

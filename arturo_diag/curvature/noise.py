@@ -45,6 +45,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, vmap
 
+from arturo_diag.curvature._checks import check_chunk_size
 from arturo_diag.curvature.errors import CurvatureError
 from arturo_diag.curvature.functional import (
     ParameterLoss,
@@ -142,10 +143,7 @@ def gradient_noise(
             norm using batch statistics, a loss that is not a scalar per sample, bad epsilon or
             chunk size.
     """
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-    ):
-        raise CurvatureError(f"chunk_size: got {chunk_size!r}; allowed: a positive integer or None")
+    check_chunk_size(chunk_size)
     if not isinstance(epsilon, (int, float)) or isinstance(epsilon, bool) or not epsilon >= 0:
         raise CurvatureError(f"epsilon: got {epsilon!r}; allowed: a number >= 0")
     coupled = [

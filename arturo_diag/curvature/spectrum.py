@@ -66,6 +66,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from arturo_diag.curvature._checks import check_chunk_size, check_count, check_generator
 from arturo_diag.curvature.errors import CurvatureError
 from arturo_diag.curvature.functional import LossOfParameters, loss_of_parameters
 from arturo_diag.curvature.hvp import batched_hvp, hvp_plan
@@ -275,18 +276,9 @@ def hessian_operator(
 # Probes and batched products
 
 
-def _check_count(name: str, value, least: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise CurvatureError(f"{name}: got {value!r}; allowed: an integer >= {least}")
-
-
 def _check_common(generator, chunk_size) -> None:
-    if chunk_size is not None:
-        _check_count("chunk_size", chunk_size, 1)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise CurvatureError(
-            f"generator: got {type(generator).__name__}; allowed: a torch.Generator or None"
-        )
+    check_chunk_size(chunk_size)
+    check_generator(generator)
 
 
 def _rademacher(generator: torch.Generator | None, count: int, total: int) -> Tensor:
@@ -354,7 +346,7 @@ def hessian_trace(
     With the same generator state the probes are those of ``hutchinson_diagonal``, so the value
     equals the sum of that diagonal estimate.
     """
-    _check_count("samples", samples, 2)
+    check_count("samples", samples, 2)
     _check_common(generator, chunk_size)
     problem = loss_of_parameters(model, loss_fn, inputs, targets, train=train)
     quad, _, hvps = _probe_terms(problem, samples, generator, chunk_size)
@@ -392,7 +384,7 @@ def hutchpp_trace(
     (none when k = P: then Q = I, the estimate is exact and ``hvps`` = P). All random vectors are
     Rademacher from ``generator``, the sketch first.
     """
-    _check_count("samples", samples, 4)
+    check_count("samples", samples, 4)
     _check_common(generator, chunk_size)
     problem = loss_of_parameters(model, loss_fn, inputs, targets, train=train)
     total = sum(p.numel() for p in problem.params)
@@ -462,7 +454,7 @@ def top_eigenvalues(
 
     if which not in _WHICH:
         raise CurvatureError(f"which: got {which!r}; allowed: {', '.join(_WHICH)}")
-    _check_count("k", k, 1)
+    check_count("k", k, 1)
     _check_common(generator, None)
     op = operator or hessian_operator(model, loss_fn, inputs, targets, train=train)
     if k >= op.dimension:
@@ -523,9 +515,9 @@ def spectral_density(
     """
     from scipy.linalg import eigh_tridiagonal
 
-    _check_count("lanczos_steps", lanczos_steps, 1)
-    _check_count("probes", probes, 1)
-    _check_count("grid_points", grid_points, 2)
+    check_count("lanczos_steps", lanczos_steps, 1)
+    check_count("probes", probes, 1)
+    check_count("grid_points", grid_points, 2)
     _check_common(generator, None)
     if sigma is not None and not (isinstance(sigma, (int, float)) and sigma > 0):
         raise CurvatureError(f"sigma: got {sigma!r}; allowed: a positive number or None")
@@ -613,7 +605,7 @@ def diagonal_share(
     ``diagonal``: name -> tensor per trainable parameter (a ``DiagonalHessian``, e.g. from
     ``exact_diagonal``), or one flat vector of P entries in parameter order.
     """
-    _check_count("samples", samples, 2)
+    check_count("samples", samples, 2)
     _check_common(generator, chunk_size)
     problem = loss_of_parameters(model, loss_fn, inputs, targets, train=train)
     flat = _flat_diagonal(diagonal, problem)
