@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from typing import Iterator
 
 import typer
@@ -70,7 +69,3 @@ def usage_error_message(error: Exception) -> str:
 
 def is_usage_error(error: BaseException) -> bool:
     return isinstance(error, UsageError) and not isinstance(error, NoArgsIsHelpError)
-
-
-def stderr_is_terminal() -> bool:
-    return sys.stderr.isatty()

@@ -39,7 +39,6 @@ __all__ = [
     "STEP_COLUMNS",
     "EPOCH_COLUMNS",
     "SNAPSHOT_COLUMNS",
-    "SNAPSHOT_FIELDS",
     "RecordWriter",
     "RunRecord",
     "STUDY_MARKERS",
@@ -63,11 +62,6 @@ EPOCH_COLUMNS = ("epoch", "step", "train_loss", "train_accuracy", "test_loss", "
 SNAPSHOT_COLUMNS = (
     "step", "kl_bound", "eta", "kl0_ratio", "eta_star", "reference", "exact_method",
     "hutchinson_samples", "probe_loss", "seconds",
-)
-# Known array fields of a snapshot: a, P_aa, b, pi, theta, and the references h.
-SNAPSHOT_FIELDS = (
-    "curvature", "filter_cov_aa", "intercept", "precision", "weight",
-    "h_exact", "h_hutchinson", "h_hutchinson_se",
 )
 
 _MANIFEST = "record.json"

@@ -261,21 +261,3 @@ def summarize(data: StudyData) -> dict[str, Any]:
         out[setup.name] = {"summary": summary, "comparisons": comparisons, "paper_table": table,
                            "paper": paper["label"] if paper else None}
     return out
-
-
-def mean_curves(curves: pd.DataFrame, column: str) -> pd.DataFrame:
-    """Per (setup, variant, epoch): mean and t interval of ``column`` over seeds."""
-    rows = []
-    for (setup, variant, epoch), group in curves.groupby(["setup", "variant", "epoch"], sort=True):
-        summary = mean_ci(pd.to_numeric(group[column], errors="coerce").tolist())
-        rows.append({"setup": setup, "variant": variant, "epoch": int(epoch), "mean": summary["mean"],
-                     "ci_low": summary["ci_low"], "ci_high": summary["ci_high"], "n": summary["n"]})
-    return pd.DataFrame(rows, columns=["setup", "variant", "epoch", "mean", "ci_low", "ci_high", "n"])
-
-
-def is_finite(value: Any) -> bool:
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
-
