@@ -19,7 +19,7 @@ import pandas as pd
 from arturo_diag.diagnostics.record import RunRecord
 from arturo_diag.errors import RecordError
 from arturo_diag.study.config import RunSpec, StudyConfig, expand_grid, load_study
-from arturo_diag.study.execution import STUDY_FILE, run_status
+from arturo_diag.study.status import STUDY_FILE, run_status
 from arturo_diag.study.stats import holm, mean_ci, paired_comparison
 
 __all__ = ["StudyData", "collect", "summarize", "RUN_COLUMNS", "CURVE_COLUMNS", "ETA_COLUMNS", "REFERENCE_VARIANT",

@@ -33,15 +33,13 @@ from typing import Any, Callable, Iterator
 from arturo_diag.diagnostics.io import (STOPPING_ERRNOS, WriteError, atomic_write_json, atomic_write_text, make_directory,
                                         remove_file)
 from arturo_diag.diagnostics.lock import DirectoryLock
-from arturo_diag._toml import tomllib
 from arturo_diag.errors import ConfigError, Diverged, RecordError
 from arturo_diag.study.config import RunSpec, StudyConfig, expand_grid, study_to_toml
+from arturo_diag.study.status import FAILURE_FILE, STUDY_FILE, run_status
 
 __all__ = ["run_study", "run_status", "StudyRunResult", "RunOutcome", "StudyProgress", "FAILURE_FILE",
            "default_workers"]
 
-FAILURE_FILE = "study_failure.json"
-STUDY_FILE = "study.toml"
 
 #: ``progress(event, info)``: "plan" {total, finished, pending, workers}, "run" {setup, variant, seed,
 #: status ("complete" | "diverged" | "failed"), seconds, error, done, total}, "render" {}, "done" {seconds}.
@@ -87,56 +85,6 @@ def default_workers() -> int:
     except AttributeError:  # pragma: no cover - not Linux
         cpus = os.cpu_count() or 1
     return max(1, min(2, cpus))
-
-
-# Where a run and its data live: not part of what a run computes, so moving them redoes nothing.
-_LOCATIONS = ("out", "data_dir")
-
-
-def _expected_config(spec: RunSpec) -> dict[str, Any]:
-    from arturo_diag.training.config import config_to_toml
-
-    data = tomllib.loads(config_to_toml(spec.config.resolved()))
-    for key in _LOCATIONS:
-        data.get("run", {}).pop(key, None)
-    return data
-
-
-def run_status(spec: RunSpec) -> tuple[str, str]:
-    """Where a run of the grid stands: ``("complete" | "diverged" | "failed" | "stale" | "incomplete" | "damaged" | "missing", detail)``.
-
-    ``complete`` only if its record loads as complete and its config.toml is the config the
-    study asks for (the run and data directories may move: ``out`` and ``data_dir`` are not
-    compared). ``diverged``: the same, for a run that ended at its first NaN/inf (a result, not redone;
-    the detail is where). ``stale``: a complete record made with another config (the study changed since).
-    ``damaged``: a record whose files do not load (the detail names the file and the problem).
-    """
-    from arturo_diag.diagnostics.record import RunRecord
-
-    run_dir = Path(spec.config.out)
-    failure = run_dir / FAILURE_FILE
-    if failure.is_file():
-        import json
-
-        try:
-            return "failed", str(json.loads(failure.read_text(encoding="utf-8")).get("error", "failed"))
-        except (OSError, ValueError):
-            return "failed", "failed (unreadable failure note)"
-    if not (run_dir / "record.json").is_file():
-        return "missing", ""
-    try:
-        record = RunRecord.load(run_dir, allow_incomplete=True)
-    except RecordError as error:
-        return "damaged", str(error)
-    if not record.complete and record.status != "diverged":
-        return "incomplete", f"status {record.status}"
-    config = dict(record.config)
-    config["run"] = {k: v for k, v in (config.get("run") or {}).items() if k not in _LOCATIONS}
-    if config != _expected_config(spec):
-        return "stale", "made with another config"
-    if record.status == "diverged":  # finished: it went NaN/inf (a result; not redone)
-        return "diverged", str((record.divergence or {}).get("message") or "diverged")
-    return "complete", ""
 
 
 # ------------------------------------------------------------------------------------------ workers
