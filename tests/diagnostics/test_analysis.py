@@ -2,74 +2,33 @@
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
+from records import PARAMETERS, step_rows, write_record
 
 from arturo_diag.diagnostics.analysis import analyze_record, write_metrics
 from arturo_diag.diagnostics.io import jsonable
 from arturo_diag.diagnostics.record import RecordWriter, RunRecord
 from arturo_diag.errors import RecordError
 
-PARAMETERS = {"net.0.weight": (4, 3), "net.0.bias": (4,), "net.2.weight": (2, 4), "net.2.bias": (2,)}
 CONFIG = "[optimizer]\nlr = 0.1\neta_tol = 0.5\nvar_init = 0.01\n"
 TOP_LEVEL = ["format", "run", "agreement", "movement", "calibration", "lag", "trust_region", "health",
              "training", "findings"]
 
 
-def _step_rows():
-    """60 steps: first, 5/3 growth (2-5), a jump, frozen at 0.254 (7-30), bisection; bound drop at 40."""
-    rows = [dict(step=1, eta=0.02, eta_prev=math.nan, iterations=14, kl_ratio=1.0, kl_bound=0.1)]
-    eta = 0.02
-    for step in range(2, 6):
-        rows.append(dict(step=step, eta=eta * 5 / 3, eta_prev=eta, iterations=0, kl_ratio=0.5, kl_bound=0.1))
-        eta *= 5 / 3
-    rows.append(dict(step=6, eta=0.254, eta_prev=eta, iterations=2, kl_ratio=1.0, kl_bound=0.1))
-    for step in range(7, 31):
-        rows.append(dict(step=step, eta=0.254, eta_prev=0.254, iterations=1, kl_ratio=0.9 * 0.9 ** (step - 7),
-                         kl_bound=0.1))
-    overshoot = {40: 78.0, 41: 30.0, 42: 9.0, 43: 2.0}
-    for step in range(31, 61):
-        bound = 0.1 if step < 40 else 0.0006
-        rows.append(dict(step=step, eta=1.0, eta_prev=1.0 if step > 31 else 0.254, iterations=3,
-                         kl_ratio=overshoot.get(step, 1.0), kl_bound=bound))
-    for row in rows:
-        row.update(epoch=1 + (row["step"] - 1) // 30, loss=1.0 / row["step"], eta_lo=row["eta"] * 0.9,
-                   eta_hi=row["eta"] * 1.2, precision_nonpos=1 if row["step"] == 45 else 0,
-                   denominator_nonpos=0, guard_acted=0, numel=26)
-    return rows
-
-
 def _write_record(run_dir, *, estimate, reference="both", seed=0):
     """A finished record with snapshots every 10 steps; ``estimate(h, t)`` gives a from h."""
-    rng = np.random.default_rng(seed)
-    writer = RecordWriter(run_dir, "monitor", CONFIG, PARAMETERS, optimizer={"lr": 0.1, "eta_tol": 0.5},
-                          var_init=0.01)
-    for row in _step_rows():
-        writer.add_step(row)
-        if row["step"] % 10:
-            continue
-        t = row["step"] // 10
-        arrays = {}
-        for name, shape in PARAMETERS.items():
-            h = rng.normal(size=shape) + 0.05 * t
-            fields = {"curvature": estimate(h, t), "filter_cov_aa": np.full(shape, 4.0),
-                      "precision": np.where(rng.random(shape) < 0.25, 1e5, 100.0), "weight": rng.normal(size=shape)}
-            if reference in ("exact", "both"):
-                fields["h_exact"] = h
-            if reference in ("hutchinson", "both"):
-                fields["h_hutchinson"] = h + 0.3 * rng.normal(size=shape)
-                fields["h_hutchinson_se"] = np.full(shape, 0.3)
-            arrays[name] = fields
-        writer.add_snapshot(row["step"], {"kl_bound": row["kl_bound"], "eta": row["eta"],
-                                          "kl0_ratio": 3.0 if t % 2 else 0.5,
-                                          "eta_star": 0.5 if t % 2 else math.nan, "reference": reference,
-                                          "exact_method": "hvp" if reference != "hutchinson" else "",
-                                          "hutchinson_samples": 8, "probe_loss": 0.5, "seconds": 0.1}, arrays)
-    writer.add_epoch(dict(epoch=1, step=30, train_loss=0.6, train_accuracy=0.8, test_loss=0.7, test_accuracy=0.75))
-    writer.add_epoch(dict(epoch=2, step=60, train_loss=0.4, train_accuracy=0.9, test_loss=0.5, test_accuracy=0.85))
-    writer.finish({"seconds": 1.0})
+
+    def arrays(rng, shape, t):
+        h = rng.normal(size=shape) + 0.05 * t
+        return h, {"curvature": estimate(h, t), "filter_cov_aa": np.full(shape, 4.0),
+                   "precision": np.where(rng.random(shape) < 0.25, 1e5, 100.0), "weight": rng.normal(size=shape)}
+
+    steps = step_rows(loss=lambda step: 1.0 / step, late_eta=lambda step: 1.0, quantiles=False)
+    write_record(run_dir, arrays=arrays, steps=steps, kind="monitor", config=CONFIG, parameters=PARAMETERS,
+                 optimizer={"lr": 0.1, "eta_tol": 0.5}, reference=reference, hutchinson_noise=0.3, seed=seed,
+                 finish={"seconds": 1.0})
     return RunRecord.load(run_dir)
 
 

@@ -1,14 +1,12 @@
-"""Small synthetic run records for the report tests, written with RecordWriter."""
+"""Small synthetic run records for the report tests: tests/records.py with the report's arrays and config."""
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
+import records
+from records import PARAMETERS, step_rows
 
-from arturo_diag.diagnostics.record import RecordWriter
-
-PARAMETERS = {"net.0.weight": (4, 3), "net.0.bias": (4,), "net.2.weight": (2, 4), "net.2.bias": (2,)}
+__all__ = ["PARAMETERS", "config_toml", "step_rows", "write_record"]
 OPTIMIZER = {"name": "Arturo", "lr": 0.1, "eta_tol": 0.5, "var_init": 0.01, "kl": "decoupled",
              "dual": "bisection", "fixed_eta": None, "guard": False, "dynamic_model_noise": 0.01}
 
@@ -33,73 +31,24 @@ def config_toml(**optimizer) -> str:
     return "\n".join(lines)
 
 
-def step_rows(n_steps: int = 60, *, with_eta: bool = True) -> list[dict]:
-    """60 steps: first, 5/3 growth (2-5), a jump, frozen at 0.254 (7-30), bisection, bound drop at 40."""
-    rows = []
-    eta = 0.02
-    for step in range(1, n_steps + 1):
-        bound = 0.1 if step < 40 else 0.0006
-        if step == 1:
-            row = dict(eta=eta, eta_prev=math.nan, iterations=14, kl_ratio=1.0)
-        elif step <= 5:
-            row = dict(eta=eta * 5 / 3, eta_prev=eta, iterations=0, kl_ratio=0.5)
-            eta *= 5 / 3
-        elif step == 6:
-            row = dict(eta=0.254, eta_prev=eta, iterations=2, kl_ratio=1.0)
-        elif step <= 30:
-            row = dict(eta=0.254, eta_prev=0.254, iterations=1, kl_ratio=0.9 * 0.9 ** (step - 7))
-        else:
-            row = dict(eta=1.0 + 0.01 * (step % 3), eta_prev=1.0 + 0.01 * ((step - 1) % 3) if step > 31 else 0.254,
-                       iterations=3, kl_ratio={40: 78.0, 41: 30.0, 42: 9.0, 43: 2.0}.get(step, 1.0))
-        row.update(step=step, epoch=1 + (step - 1) // 30, loss=2.0 / (1 + 0.1 * step), kl_bound=bound,
-                   eta_lo=row["eta"] * 0.9, eta_hi=row["eta"] * 1.2,
-                   precision_nonpos=1 if step == 45 else 0, denominator_nonpos=0, guard_acted=0,
-                   precision_q01=100.0 + step, precision_q50=120.0 + 2 * step, precision_q99=200.0 + 50 * step,
-                   numel=26)
-        if not with_eta:
-            row = {key: row[key] for key in ("step", "epoch", "loss")}
-        rows.append(row)
-    return rows
+def _arrays(rng, shape, t):
+    h = np.abs(rng.normal(size=shape)) * 10.0 ** rng.uniform(-3, 0, size=shape)
+    h[..., 0] *= -1  # some negative curvature
+    a = 0.1 + 0.5 * t / 6 * (h - 0.1) + 0.01 * rng.normal(size=shape)
+    return h, {"curvature": a, "filter_cov_aa": np.full(shape, 0.04), "intercept": rng.normal(size=shape),
+               "precision": np.full(shape, 100.0 + t), "weight": rng.normal(size=shape)}
 
 
 def write_record(run_dir, *, reference: str = "exact", finish: bool = True, every: int = 10,
                  parameters: dict | None = None, settings: dict | None = None, optimizer: dict | None = None,
                  with_eta: bool = True, drop_fields: tuple = (), seed: int = 0):
     """A run record of 60 steps with snapshots every ``every`` steps (none for reference "none")."""
-    rng = np.random.default_rng(seed)
-    parameters = parameters or PARAMETERS
-    writer = RecordWriter(run_dir, "compare", config_toml(**(settings or {})), parameters,
-                          optimizer=OPTIMIZER if optimizer is None else optimizer, var_init=0.01)
-    for row in step_rows(with_eta=with_eta):
-        writer.add_step(row)
-        if reference == "none" or row["step"] % every:
-            continue
-        t = row["step"] // every
-        arrays = {}
-        for name, shape in parameters.items():
-            h = np.abs(rng.normal(size=shape)) * 10.0 ** rng.uniform(-3, 0, size=shape)
-            h[..., 0] *= -1  # some negative curvature
-            a = 0.1 + 0.5 * t / 6 * (h - 0.1) + 0.01 * rng.normal(size=shape)
-            fields = {"curvature": a, "filter_cov_aa": np.full(shape, 0.04), "intercept": rng.normal(size=shape),
-                      "precision": np.full(shape, 100.0 + t), "weight": rng.normal(size=shape)}
-            if reference in ("exact", "both"):
-                fields["h_exact"] = h
-            if reference in ("hutchinson", "both"):
-                fields["h_hutchinson"] = h + 0.05 * rng.normal(size=shape)
-                fields["h_hutchinson_se"] = np.full(shape, 0.05)
-            arrays[name] = {key: value for key, value in fields.items() if key not in drop_fields}
-        writer.add_snapshot(row["step"], {"kl_bound": row["kl_bound"], "eta": row["eta"],
-                                          "kl0_ratio": 3.0 if t % 2 else 0.5,
-                                          "eta_star": 0.5 if t % 2 else math.nan, "reference": reference,
-                                          "exact_method": "hvp" if reference != "hutchinson" else "",
-                                          "hutchinson_samples": 8, "probe_loss": 0.5, "seconds": 0.1}, arrays)
-    writer.add_epoch(dict(epoch=1, step=30, train_loss=0.6, train_accuracy=0.8, test_loss=0.7, test_accuracy=0.75))
-    writer.add_epoch(dict(epoch=2, step=60, train_loss=0.4, train_accuracy=0.9, test_loss=0.5, test_accuracy=0.85))
-    if finish:
-        writer.finish({"model": "mlp", "dataset": "teacher", "optimizer_name": "arturo", "seconds": 1.0})
-    else:
-        writer.flush()
-    return run_dir
+    return records.write_record(
+        run_dir, arrays=_arrays, steps=step_rows(with_eta=with_eta), kind="compare",
+        config=config_toml(**(settings or {})), parameters=parameters,
+        optimizer=OPTIMIZER if optimizer is None else optimizer, reference=reference, every=every,
+        drop_fields=drop_fields, seed=seed,
+        finish={"model": "mlp", "dataset": "teacher", "optimizer_name": "arturo", "seconds": 1.0} if finish else None)
 
 
 @pytest.fixture
