@@ -20,6 +20,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from arturo_diag.numbers import sig
+
 __all__ = ["findings"]
 
 _METRIC_WORDS = {
@@ -36,7 +38,7 @@ def _is_number(x: Any) -> bool:
 
 
 def _num(x: Any) -> str:
-    return f"{x:.3g}" if _is_number(x) else "undefined"
+    return sig(x, 3, undefined="undefined")
 
 
 def _pct(x: Any) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from arturo_diag.numbers import sig
 from arturo_diag.study.aggregate import REFERENCE_VARIANT, StudyData
 
 __all__ = ["study_findings", "ALPHA"]
@@ -21,7 +22,7 @@ ALPHA = 0.05
 
 
 def _p(p: float) -> str:
-    return f"{p:.2g}" if math.isfinite(p) else "n/a"
+    return sig(p, 2)
 
 
 def _finding(text: str, topic: str, severity: str = "info") -> dict[str, str]:

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from arturo_diag.numbers import NA, fixed, sig
 from arturo_diag.diagnostics.io import atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text
 from arturo_diag.diagnostics.lock import DirectoryLock
 from arturo_diag.diagnostics.record import looks_like_study_dir
@@ -184,20 +185,18 @@ def _fmt(value: Any, digits: int = 3) -> str:
         value = float(value)
     except (TypeError, ValueError):
         return "" if value is None else str(value)
-    if not math.isfinite(value):
-        return "n/a"
-    return f"{value:.{digits}g}"
+    return sig(value, digits)
 
 
 def _pct(value: float, digits: int = 2) -> str:
-    return f"{value:.{digits}f}" if math.isfinite(value) else "n/a"
+    return fixed(value, digits)
 
 
 def _mean_pm(summary: dict[str, Any], scale: float = 1.0, digits: int = 2) -> str:
     mean, half = summary["mean"] * scale, summary["half_width"] * scale
     if not math.isfinite(mean):
-        return "n/a"
-    return f"{mean:.{digits}f} ± {half:.{digits}f}" if math.isfinite(half) else f"{mean:.{digits}f}"
+        return NA
+    return f"{fixed(mean, digits)} ± {fixed(half, digits)}" if math.isfinite(half) else fixed(mean, digits)
 
 
 def _optimizer_label(variant: str) -> str:
