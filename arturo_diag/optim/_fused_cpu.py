@@ -3,8 +3,8 @@
 The eager path in :mod:`.functional` runs some fifty elementwise passes per step, each allocating
 a temporary; on a CPU that is memory- and page-fault bound (about 9x Adam's step). These numba
 kernels compute the same formulas (ARTURO.md steps 0-5) in three fused loops: prepare (weight
-decay, filter predict and update, the eta-independent dual terms), one reduction per trial ``eta``,
-and commit. ``tests/optim/test_fused.py`` checks them against the eager kernels in float64.
+decay, filter predict and update, the eta-independent dual terms; it reads the weights and fresh
+gradients where they are, no gather pass), one reduction per trial ``eta``, and commit. ``tests/optim/test_fused.py`` checks them against the eager kernels in float64.
 
 Scalars are passed in the arrays' dtype so float32 stays float32 arithmetic, as in the eager path.
 """
@@ -33,41 +33,52 @@ if AVAILABLE:
     _jit = numba.njit(cache=True, fastmath={"reassoc"}, nogil=True, parallel=True)
 
     @_jit
-    def prepare(theta, grad, intercept, curvature, cov_bb, cov_ba, cov_aa, precision,
-                decay, q, r, c, lower):  # pragma: no cover - compiled
-        """Steps 0-2 and the dual's numerator, in place.
+    def prepare(thetas, grads, chunk_param, chunk_lo, chunk_hi, chunk_base, theta, numerator, intercept,
+                curvature, cov_bb, cov_ba, cov_aa, decay, q, r, c, lower):  # pragma: no cover - compiled
+        """Steps 0-2 and the dual's numerator, reading each parameter's weights and gradient in place.
 
-        ``theta <- theta - decay*theta`` (``decay = lr_group*wd``; theta is then the mean ``mu``),
-        filter predict and update of ``(b, a, P)``; ``grad`` is overwritten with the numerator
-        ``s = b + (a + c) mu`` (``a`` clamped at ``lower``: the guard's floor, or -inf without guard). Returns how many
-        coordinates the guard changed.
+        ``thetas``/``grads`` are the parameters' own flat arrays (a tuple, one per parameter); the
+        chunk table maps them onto the bucket's flat buffers (chunk ``k`` is elements
+        ``chunk_lo[k]:chunk_hi[k]`` of parameter ``chunk_param[k]``, at ``chunk_base[k]`` in the flat
+        buffers), so no gather pass copies them first. Writes ``theta <- w - decay*w``
+        (``decay = lr_group*wd``; theta is then the mean ``mu``), the filter predict and update of
+        ``(b, a, P)``, and the numerator ``s = b + (a + c) mu`` (``a`` clamped at ``lower``: the
+        guard's floor, or -inf without guard). Returns how many coordinates the guard changed.
+        Elementwise only (no float reduction), so the chunking cannot change a number.
         """
         acted = 0
-        for i in numba.prange(theta.shape[0]):
-            t = theta[i]
-            t = t - decay * t
-            theta[i] = t
-            bb = cov_bb[i] + q
-            ba = cov_ba[i]
-            aa = cov_aa[i] + q
-            u_b = bb + t * ba
-            u_a = ba + t * aa
-            s = u_b + t * u_a + r
-            k_b = u_b / s
-            k_a = u_a / s
-            b = intercept[i]
-            a = curvature[i]
-            d = grad[i] - (a * t + b)
-            b = b + k_b * d
-            a = a + k_a * d
-            intercept[i] = b
-            curvature[i] = a
-            cov_bb[i] = bb - k_b * u_b
-            cov_ba[i] = ba - k_b * u_a
-            cov_aa[i] = aa - k_a * u_a
-            acted += np.int64(a < lower)
-            a = lower if a < lower else a  # NaN stays NaN, as in torch.clamp
-            grad[i] = b + (a + c) * t
+        for k in numba.prange(chunk_param.shape[0]):
+            weights = thetas[chunk_param[k]]
+            gradient = grads[chunk_param[k]]
+            base = chunk_base[k] - chunk_lo[k]
+            for j_signed in range(chunk_lo[k], chunk_hi[k]):
+                # unsigned indices: no negative-index wraparound test, so the loop vectorises
+                j = np.uintp(j_signed)
+                i = np.uintp(base + j_signed)
+                t = weights[j]
+                t = t - decay * t
+                theta[i] = t
+                bb = cov_bb[i] + q
+                ba = cov_ba[i]
+                aa = cov_aa[i] + q
+                u_b = bb + t * ba
+                u_a = ba + t * aa
+                s = u_b + t * u_a + r
+                k_b = u_b / s
+                k_a = u_a / s
+                b = intercept[i]
+                a = curvature[i]
+                d = gradient[j] - (a * t + b)
+                b = b + k_b * d
+                a = a + k_a * d
+                intercept[i] = b
+                curvature[i] = a
+                cov_bb[i] = bb - k_b * u_b
+                cov_ba[i] = ba - k_b * u_a
+                cov_aa[i] = aa - k_a * u_a
+                acted += np.int64(a < lower)
+                a = lower if a < lower else a  # NaN stays NaN, as in torch.clamp
+                numerator[i] = b + (a + c) * t
         return acted
 
     @_jit

@@ -53,7 +53,8 @@ class _Bucket:
         self.numel = self.offsets[-1]
         self.flat: dict[str, Tensor] = {}
         self.views: dict[str, list[Tensor]] = {}
-        self.scratch: tuple[Tensor, Tensor] | None = None  # (weights, gradients) for the fused path
+        self.scratch: tuple[Tensor, Tensor] | None = None  # (mean, numerator) for the fused path
+        self.chunks: tuple[np.ndarray, ...] = ()  # the fused prepare's work table (see fused_buffers)
 
     def slices(self, flat: Tensor) -> list[Tensor]:
         return [flat[lo:hi].view_as(p) for lo, hi, p in zip(self.offsets[:-1], self.offsets[1:], self.params)]
@@ -74,16 +75,19 @@ class _Bucket:
                     return False
         return True
 
-    def gather_into_scratch(self) -> tuple[Tensor, Tensor]:
-        """Copy weights and gradients into two reusable flat buffers (no allocation per step)."""
+    #: elements per chunk of the fused prepare's work table (its prange runs over chunks)
+    CHUNK = 16384
+
+    def fused_buffers(self) -> tuple[Tensor, Tensor, tuple[np.ndarray, ...]]:
+        """Two reusable flat buffers (mean, numerator) and the chunk table of the fused prepare."""
         if self.scratch is None:
             like = self.params[0]
             self.scratch = (torch.empty(self.numel, dtype=like.dtype, device=like.device),
                             torch.empty(self.numel, dtype=like.dtype, device=like.device))
-        theta, grad = self.scratch
-        torch.cat([p.reshape(-1) for p in self.params], out=theta)
-        torch.cat([p.grad.reshape(-1) for p in self.params], out=grad)
-        return theta, grad
+            rows = [(j, lo, min(lo + self.CHUNK, n), self.offsets[j] + lo)
+                    for j, n in enumerate(self.numels) for lo in range(0, n, self.CHUNK)]
+            self.chunks = tuple(np.ascontiguousarray(np.array(column, dtype=np.int64)) for column in zip(*rows))
+        return self.scratch[0], self.scratch[1], self.chunks
 
     def gather(self, tensors: list[Tensor]) -> Tensor:
         return torch.cat([t.reshape(-1) for t in tensors]) if len(tensors) > 1 else tensors[0].reshape(-1)
@@ -448,18 +452,22 @@ class Arturo(Optimizer):
     def _prepare_fused(self, item: "_Work") -> int:
         """Steps 0-2 with the fused CPU kernels; the eta-dependent parts are `_Work.kl/commit`."""
         group, bucket = item.group, item.bucket
-        theta, grad = bucket.gather_into_scratch()
+        theta, numerator, chunks = bucket.fused_buffers()
         t = np.dtype(str(theta.dtype).replace("torch.", "")).type
         flat = {k: bucket.flat[k].numpy() for k in _FLAT_KEYS}
         c = t(float(group["reg_weight"]) * float(group["prior_prec"]))
         # the guard's clamp as a lower bound (-inf: no guard), so the loops stay branch-free
         lower = t(torch.finfo(theta.dtype).tiny) if group["guard"] else t(-np.inf)
+        theta_np, numerator_np = theta.numpy(), numerator.numpy()
+        # the weights and the fresh gradients are read where they are (reshape copies only a
+        # non-contiguous one)
+        weights = tuple(p.detach().reshape(-1).numpy() for p in bucket.params)
+        grads = tuple(p.grad.reshape(-1).numpy() for p in bucket.params)
         acted = _fused_cpu.prepare(
-            theta.numpy(), grad.numpy(), flat["intercept"], flat["curvature"], flat["filter_cov_bb"],
-            flat["filter_cov_ba"], flat["filter_cov_aa"], flat["precision"],
+            weights, grads, *chunks, theta_np, numerator_np, flat["intercept"], flat["curvature"],
+            flat["filter_cov_bb"], flat["filter_cov_ba"], flat["filter_cov_aa"],
             t(_scalar(group["lr"]) * float(group["weight_decay"])), t(group["dynamic_model_noise"]),
             t(group["measurement_noise"]), c, lower)
-        theta_np, numerator_np = theta.numpy(), grad.numpy()
         rho, nu = t(group["reg_weight"]), t(group["nu"])
 
         def kl(eta: float) -> float:
