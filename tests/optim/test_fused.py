@@ -164,3 +164,28 @@ def test_fused_true_raises_when_it_cannot_apply_for_the_whole_run(monkeypatch):
         Arturo(param(), fused=True)
     optimizer = Arturo(param())
     assert _steps(optimizer, optimizer.param_groups[0]["params"], 2, None) == ["eager", "eager"]
+
+
+def test_fused_reads_non_contiguous_weights_and_gradients_like_eager():
+    """The fused prepare reads each parameter and gradient in place; a channels-last weight and a
+    transposed gradient take its copy path and must give the eager numbers."""
+    def run(fused):
+        generator = torch.Generator().manual_seed(5)
+        weight = torch.nn.Parameter(torch.randn(4, 3, 3, 3, dtype=torch.float64, generator=generator)
+                                    .to(memory_format=torch.channels_last))
+        matrix = torch.nn.Parameter(torch.randn(6, 5, dtype=torch.float64, generator=generator))
+        optimizer = Arturo([weight, matrix], fused=fused, weight_decay=0.01)
+        paths = []
+        for _ in range(6):
+            weight.grad = torch.randn(weight.shape, dtype=torch.float64, generator=generator).to(
+                memory_format=torch.channels_last)
+            matrix.grad = torch.randn(5, 6, dtype=torch.float64, generator=generator).t()
+            optimizer.step()
+            paths.append(optimizer.last_step["path"])
+        assert not weight.is_contiguous() and not matrix.grad.is_contiguous()
+        return [weight.detach().clone(), matrix.detach().clone()], paths
+
+    (eager, eager_paths), (fused, fused_paths) = run(False), run(True)
+    assert fused_paths == ["eager"] + ["fused"] * 5 and eager_paths == ["eager"] * 6
+    for a, b in zip(eager, fused):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
