@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from arturo_diag.optim import Arturo
-from arturo_diag.optim import _fused_cpu
+from arturo_diag.optim import Arturo, _fused_cpu
 
 pytestmark = pytest.mark.skipif(not _fused_cpu.AVAILABLE, reason="numba not installed")
 

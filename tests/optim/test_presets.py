@@ -38,9 +38,9 @@ PUBLISHED = {
 def test_the_table_is_arturo_md():
     assert PRESET_NAMES == tuple(PUBLISHED)
     for name, (eps, rho, q, r, wd) in PUBLISHED.items():
-        assert dict(PRESETS[name]) == dict(lr=eps, reg_weight=rho, prior_prec=0.0015, var_init=0.01, nu=1.3,
-                                           dynamic_model_noise=q, measurement_noise=r, start_filter_cov=5e-5,
-                                           eta_tol=0.5, weight_decay=wd), name
+        assert dict(PRESETS[name]) == {"lr": eps, "reg_weight": rho, "prior_prec": 0.0015, "var_init": 0.01,
+                                       "nu": 1.3, "dynamic_model_noise": q, "measurement_noise": r,
+                                       "start_filter_cov": 5e-5, "eta_tol": 0.5, "weight_decay": wd}, name
         assert LR_GAMMA[name] == 0.006
 
 
