@@ -77,7 +77,7 @@ if AVAILABLE:
                 cov_ba[i] = ba - k_b * u_a
                 cov_aa[i] = aa - k_a * u_a
                 acted += np.int64(a < lower)
-                a = lower if a < lower else a  # NaN stays NaN, as in torch.clamp
+                a = lower if a < lower else a  # noqa: FURB136 - NaN stays NaN, as in torch.clamp (max would not)
                 numerator[i] = b + (a + c) * t
         return acted
 
@@ -87,7 +87,7 @@ if AVAILABLE:
         acc = numerator.dtype.type(0.0)
         for i in numba.prange(numerator.shape[0]):
             a = curvature[i]
-            a = lower if a < lower else a
+            a = lower if a < lower else a  # noqa: FURB136 - NaN stays NaN (max would not)
             pi = precision[i]
             num = numerator[i]
             den = a + c + eta * pi
@@ -106,7 +106,7 @@ if AVAILABLE:
         scale = reg_weight + nu
         for i in numba.prange(theta.shape[0]):
             a = curvature[i]
-            a = lower if a < lower else a
+            a = lower if a < lower else a  # noqa: FURB136 - NaN stays NaN (max would not)
             pi = precision[i]
             tot = a + c
             den = tot + eta * pi

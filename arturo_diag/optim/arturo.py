@@ -4,7 +4,8 @@ from __future__ import annotations
 import inspect
 import math
 from collections import defaultdict
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -224,7 +225,7 @@ class Arturo(Optimizer):
                     raise ValueError(f"fused: got True; {reason}")
 
     @classmethod
-    def from_preset(cls, name: str, params: Iterable[Any], **overrides: Any) -> "Arturo":
+    def from_preset(cls, name: str, params: Iterable[Any], **overrides: Any) -> Arturo:
         """Build with a published hyperparameter set (:data:`.presets.PRESETS`).
 
         Names: ``fmnist_cnn``, ``fmnist_resnet18``, ``cifar10_cnn``, ``cifar100_cnn``,
@@ -449,7 +450,7 @@ class Arturo(Optimizer):
         # per-step conditions, eager whatever `fused` says: a first step, an oracle curvature
         return not any(fresh) and not any(p in self._oracle for p in bucket.params)
 
-    def _prepare_fused(self, item: "_Work") -> int:
+    def _prepare_fused(self, item: _Work) -> int:
         """Steps 0-2 with the fused CPU kernels; the eta-dependent parts are `_Work.kl/commit`."""
         group, bucket = item.group, item.bucket
         theta, numerator, chunks = bucket.fused_buffers()
@@ -482,7 +483,7 @@ class Arturo(Optimizer):
         item.kl, item.commit = kl, commit
         return int(acted)
 
-    def _prepare_eager(self, item: "_Work", fresh: list[bool]) -> int:
+    def _prepare_eager(self, item: _Work, fresh: list[bool]) -> int:
         """Steps 0-2 with the eager kernels of `functional` (any device, dtype, KL and ablation)."""
         group, bucket = item.group, item.bucket
         lr_g = _scalar(group["lr"])

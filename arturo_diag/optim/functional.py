@@ -26,7 +26,8 @@ Optimization", arXiv 2310.20574.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
