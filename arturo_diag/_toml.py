@@ -2,6 +2,7 @@
 writer of TOML literals, :func:`toml_value`, used by every file arturo-diag writes (a run's
 ``config.toml``, a study's ``study.toml``), so that what is written parses back to the same values.
 """
+
 from __future__ import annotations
 
 import sys

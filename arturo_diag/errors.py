@@ -3,6 +3,7 @@
 The library raises these; the CLI turns each into a one-line message and exit code 2.
 Nothing in the library prints.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -6,6 +6,7 @@ The one owner of how a number reads: :func:`num` (3 significant digits, plain no
 a placeholder for an undefined value (``"n/a"`` unless told). Below every part of the package:
 imports nothing of it, so ``diagnostics``, ``report`` and ``study`` all can use it.
 """
+
 from __future__ import annotations
 
 import math

@@ -19,6 +19,7 @@ the measured wall time beside the model's prediction, as a check of the extrapol
 
     python bench/ablate.py --paper-setups [--only fmnist_cnn,cifar10_resnet34] [--curvature-examples 16]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 STUDIES = REPO / "experiments" / "studies"
 # num_train, num_test, input shape, classes
-SHAPES = {"fashion_mnist": (60000, 10000, (1, 28, 28), 10), "cifar10": (50000, 10000, (3, 32, 32), 10),
-          "cifar100": (50000, 10000, (3, 32, 32), 100)}
+SHAPES = {
+    "fashion_mnist": (60000, 10000, (1, 28, 28), 10),
+    "cifar10": (50000, 10000, (3, 32, 32), 10),
+    "cifar100": (50000, 10000, (3, 32, 32), 100),
+}
 
 
 def default_study(workers_list: list[int], rounds: int) -> None:
@@ -56,15 +60,20 @@ def default_study(workers_list: list[int], rounds: int) -> None:
                 result = run_study(study, tmp, workers=workers)
                 seconds = time.perf_counter() - start
             times[workers].append(seconds)
-            print(f"round {round_}: default study, --workers {workers}: {seconds:7.1f} s wall ({len(result.outcomes)} runs, "
-                  f"{len(result.failed)} failed; 1-min load average {load_before:.1f} before, "
-                  f"{os.getloadavg()[0]:.1f} after, on {os.cpu_count()} CPUs)", flush=True)
+            print(
+                f"round {round_}: default study, --workers {workers}: {seconds:7.1f} s wall ({len(result.outcomes)} runs, "
+                f"{len(result.failed)} failed; 1-min load average {load_before:.1f} before, "
+                f"{os.getloadavg()[0]:.1f} after, on {os.cpu_count()} CPUs)",
+                flush=True,
+            )
     median = {w: statistics.median(t) for w, t in times.items()}
     if 1 in median:
         for workers in workers_list:
             if workers != 1:
-                print(f"speed-up of --workers {workers} over --workers 1 (medians): {median[1] / median[workers]:.2f}x "
-                      "(target >= 1.6x)")
+                print(
+                    f"speed-up of --workers {workers} over --workers 1 (medians): {median[1] / median[workers]:.2f}x "
+                    "(target >= 1.6x)"
+                )
     if 2 in median:
         print(f"default study with --workers 2: median {median[2]:.1f} s (target <= 300 s on 2 cores)")
 
@@ -106,8 +115,11 @@ def _measure(setup, repeats: int, curvature_examples: int | None = None) -> dict
 
     out: dict[str, float] = {}
     baselines = setup.baselines.values
-    for name, changes in (("faithful", {}), ("sgd", {"optimizer": "sgd", **baselines["sgd"]}),
-                          ("adam", {"optimizer": "adam", **baselines["adam"]})):
+    for name, changes in (
+        ("faithful", {}),
+        ("sgd", {"optimizer": "sgd", **baselines["sgd"]}),
+        ("adam", {"optimizer": "adam", **baselines["adam"]}),
+    ):
         net = model()
         optimizer = build_optimizer(config.replace(**changes).resolved(), net)
 
@@ -121,27 +133,41 @@ def _measure(setup, repeats: int, curvature_examples: int | None = None) -> dict
     net = model()
     few = 2
     if curvature_examples is None:
-        probe = (x[:config.probe_size], y[:config.probe_size])
-        out["snapshot"] = _timed(lambda: exact_diagonal(net, loss_fn, *probe, method=config.exact_method),
-                                 max(1, repeats // 2))
+        probe = (x[: config.probe_size], y[: config.probe_size])
+        out["snapshot"] = _timed(
+            lambda: exact_diagonal(net, loss_fn, *probe, method=config.exact_method), max(1, repeats // 2)
+        )
         out["oracle_exact"] = _timed(lambda: exact_diagonal(net, loss_fn, x, y, method=config.exact_method), 1)
-        per_probe = _timed(lambda: hutchinson_diagonal(net, loss_fn, x, y, few, torch.Generator().manual_seed(1)), 1) / few
+        per_probe = (
+            _timed(lambda: hutchinson_diagonal(net, loss_fn, x, y, few, torch.Generator().manual_seed(1)), 1) / few
+        )
         how = f"scaled from {few} probes"
     else:
         n = curvature_examples
         sub = (x[:n], y[:n])
-        per_example = _timed(lambda: exact_diagonal(net, loss_fn, *sub, method=config.exact_method), 1, warmup=False) / n
+        per_example = (
+            _timed(lambda: exact_diagonal(net, loss_fn, *sub, method=config.exact_method), 1, warmup=False) / n
+        )
         out["snapshot"] = per_example * config.probe_size
         out["oracle_exact"] = per_example * config.batch_size
-        per_probe = _timed(lambda: hutchinson_diagonal(net, loss_fn, *sub, few, torch.Generator().manual_seed(1)),
-                           1, warmup=False) / few * config.batch_size / n
+        per_probe = (
+            _timed(
+                lambda: hutchinson_diagonal(net, loss_fn, *sub, few, torch.Generator().manual_seed(1)), 1, warmup=False
+            )
+            / few
+            * config.batch_size
+            / n
+        )
         how = f"scaled from {few} probes on {n} examples"
         print(f"  (exact diagonal timed once on {n} examples, scaled linearly in the number of examples)", flush=True)
     print(f"  snapshot (exact h, probe {config.probe_size}): {out['snapshot']:.2f} s", flush=True)
     print(f"  oracle exact (minibatch {config.batch_size}): {out['oracle_exact']:.2f} s", flush=True)
     out["oracle_hutchinson"] = per_probe * config.samples
-    print(f"  oracle Hutchinson: {per_probe:.2f} s per probe x {config.samples} = {out['oracle_hutchinson']:.1f} s "
-          f"({how})", flush=True)
+    print(
+        f"  oracle Hutchinson: {per_probe:.2f} s per probe x {config.samples} = {out['oracle_hutchinson']:.1f} s "
+        f"({how})",
+        flush=True,
+    )
     images = torch.randn(1024, *shape, generator=generator)
     labels = torch.randint(0, classes, (1024,), generator=generator)
     per_example = _timed(lambda: evaluate(net, images, labels), 1) / 1024
@@ -162,13 +188,19 @@ def _extrapolate(setup, m: dict[str, float], seeds: int) -> dict[str, float]:
         "faithful": steps * m["step_faithful"] + snapshots * m["snapshot"] + base,
         "sgd": steps * m["step_sgd"] + base,
         "adam": steps * m["step_adam"] + base,
-        "oracle-exact": steps * m["step_faithful"] + oracle_calls * m["oracle_exact"] + snapshots * m["snapshot"] + base,
-        "oracle-hutchinson": (steps * m["step_faithful"] + oracle_calls * m["oracle_hutchinson"]
-                              + snapshots * m["snapshot"] + base),
+        "oracle-exact": steps * m["step_faithful"]
+        + oracle_calls * m["oracle_exact"]
+        + snapshots * m["snapshot"]
+        + base,
+        "oracle-hutchinson": (
+            steps * m["step_faithful"] + oracle_calls * m["oracle_hutchinson"] + snapshots * m["snapshot"] + base
+        ),
     }
     # 11 variants: 6 cost about a faithful run (fixed-eta, coupled, no-drift, exact-dual, guarded and
     # faithful itself), the two oracles, SGD, Adam and AdamW (as Adam).
-    study = seeds * (6 * run["faithful"] + run["oracle-exact"] + run["oracle-hutchinson"] + run["sgd"] + 2 * run["adam"])
+    study = seeds * (
+        6 * run["faithful"] + run["oracle-exact"] + run["oracle-hutchinson"] + run["sgd"] + 2 * run["adam"]
+    )
     return {"steps": steps, **{f"run_{k}": v for k, v in run.items()}, "study_core_seconds": study}
 
 
@@ -199,9 +231,11 @@ def _check_fmnist_pipeline(setup, m: dict[str, float]) -> None:
         result = run(config, overwrite=True)
         wall = time.perf_counter() - start
     predicted = steps * m["step_faithful"] + (steps // every) * m["snapshot"] + m["eval_epoch"]
-    print(f"  check: real pipeline, {result.steps} steps + {steps // every} snapshots + 1 evaluation on synthetic "
-          f"IDX files: {wall:.1f} s measured (incl. reading the files) vs {predicted:.1f} s from the component times",
-          flush=True)
+    print(
+        f"  check: real pipeline, {result.steps} steps + {steps // every} snapshots + 1 evaluation on synthetic "
+        f"IDX files: {wall:.1f} s measured (incl. reading the files) vs {predicted:.1f} s from the component times",
+        flush=True,
+    )
 
 
 def paper_setups(only: list[str] | None, repeats: int, curvature_examples: int | None = None) -> None:
@@ -221,13 +255,17 @@ def paper_setups(only: list[str] | None, repeats: int, curvature_examples: int |
             _check_fmnist_pipeline(setup, m)
         e = _extrapolate(setup, m, len(study.seeds))
         rows.append((name, setup, m, e, len(study.seeds)))
-    print("\n| setup | step: arTuRO / SGD / Adam (s) | snapshot (s) | oracle exact / Hutchinson (s) | eval per epoch (s) "
-          "| steps per run | one faithful run, 1 core (extrapolated) | whole study, 2 workers (extrapolated) |")
+    print(
+        "\n| setup | step: arTuRO / SGD / Adam (s) | snapshot (s) | oracle exact / Hutchinson (s) | eval per epoch (s) "
+        "| steps per run | one faithful run, 1 core (extrapolated) | whole study, 2 workers (extrapolated) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, setup, m, e, seeds in rows:
-        print(f"| {name} | {m['step_faithful']:.3f} / {m['step_sgd']:.3f} / {m['step_adam']:.3f} | {m['snapshot']:.2f} "
-              f"| {m['oracle_exact']:.2f} / {m['oracle_hutchinson']:.1f} | {m['eval_epoch']:.1f} | {e['steps']} "
-              f"| {_duration(e['run_faithful'])} | {_duration(e['study_core_seconds'] / 2)} |")
+        print(
+            f"| {name} | {m['step_faithful']:.3f} / {m['step_sgd']:.3f} / {m['step_adam']:.3f} | {m['snapshot']:.2f} "
+            f"| {m['oracle_exact']:.2f} / {m['oracle_hutchinson']:.1f} | {m['eval_epoch']:.1f} | {e['steps']} "
+            f"| {_duration(e['run_faithful'])} | {_duration(e['study_core_seconds'] / 2)} |"
+        )
 
 
 def _duration(seconds: float) -> str:
@@ -247,8 +285,12 @@ def main() -> None:
     parser.add_argument("--paper-setups", action="store_true", help="measure and extrapolate the paper setups instead")
     parser.add_argument("--only", default=None, help="comma-separated paper study names")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per step (ResNet-34: 1)")
-    parser.add_argument("--curvature-examples", type=int, default=None,
-                        help="time exact/Hutchinson Hessians once on this many examples and scale linearly")
+    parser.add_argument(
+        "--curvature-examples",
+        type=int,
+        default=None,
+        help="time exact/Hutchinson Hessians once on this many examples and scale linearly",
+    )
     args = parser.parse_args()
     if args.paper_setups:
         paper_setups(args.only.split(",") if args.only else None, args.repeats, args.curvature_examples)

@@ -10,6 +10,7 @@ Targets (issue 5): wall time <= 60 s on 2 cores; diagnostics <= 30 % of the defa
 
     python bench/compare.py [--repeats 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,12 @@ def main() -> None:
         start = time.perf_counter()
         cli = Path(sys.executable).with_name("arturo-diag")
         command = [str(cli)] if cli.exists() else [sys.executable, "-m", "cli.app"]
-        subprocess.run([*command, "compare", "--out", os.path.join(tmp, "cli")], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [*command, "compare", "--out", os.path.join(tmp, "cli")],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wall = time.perf_counter() - start
         print(f"arturo-diag compare (defaults, report included): {wall:.1f} s wall   target <= 60 s")
 
@@ -47,8 +52,10 @@ def main() -> None:
             full.append(result.seconds)
             share.append(result.diagnostics_seconds / result.seconds)
             pure.append(run(RunConfig(out=os.path.join(tmp, f"pure{i}"), reference="none")).seconds)
-        print(f"training loop with diagnostics / pure training = "
-              f"{statistics.median(full) / statistics.median(pure):.2f}x  (medians of {args.repeats})")
+        print(
+            f"training loop with diagnostics / pure training = "
+            f"{statistics.median(full) / statistics.median(pure):.2f}x  (medians of {args.repeats})"
+        )
         print(f"diagnostics share of the default run = {100 * statistics.median(share):.0f} %   target <= 30 %")
 
 

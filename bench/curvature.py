@@ -18,6 +18,7 @@ more probes batched; "hvp" memory bounded by chunk_size.
 
     python bench/curvature.py [--repeats 5] [--threads 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -94,9 +95,7 @@ def backpack_task(twin: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable
     return run
 
 
-def hvp_chunk_task(
-    model: nn.Module, x, y, chunk: int, start: int = 0, batched: bool = True
-) -> Callable[[], None]:
+def hvp_chunk_task(model: nn.Module, x, y, chunk: int, start: int = 0, batched: bool = True) -> Callable[[], None]:
     """One chunk of the "hvp" method: the one-hot vectors e_start .. e_{start+chunk-1}, cut per
     parameter, through one batched HVP call, as ``exact_diagonal`` runs each chunk."""
     names, params, loss = loss_of_parameters(model, LOSS, x, y)
@@ -168,10 +167,8 @@ def bench_model(label: str, model: nn.Module, x, y, repeats: int, hvp_full: bool
     generator = torch.Generator().manual_seed(0)
     hutchinson_tasks: dict[str, Callable[[], object]] = {"gradient": gradient_task(model, x, y)}
     for samples, per_call in HUTCHINSON:
-        hutchinson_tasks[f"hutchinson_{samples}_{per_call}"] = (
-            lambda s=samples, c=per_call: hutchinson_diagonal(
-                model, LOSS, x, y, s, generator, chunk_size=c
-            )
+        hutchinson_tasks[f"hutchinson_{samples}_{per_call}"] = lambda s=samples, c=per_call: hutchinson_diagonal(
+            model, LOSS, x, y, s, generator, chunk_size=c
         )
     hvp_tasks: dict[str, Callable[[], object]] = {"gradient": gradient_task(model, x, y)}
     if hvp_full:
@@ -196,7 +193,9 @@ def bench_model(label: str, model: nn.Module, x, y, repeats: int, hvp_full: bool
     else:
         print(f"  BackPACK DiagHessian        not run: {BACKPACK_MISSING}")
     if hvp_full:
-        print(f"  hvp exact diagonal          {ratio['hvp']:10.2f} gradients (measured, default chunk_size {chunk}, {'vmap' if plan.batched else 'loop'})")
+        print(
+            f"  hvp exact diagonal          {ratio['hvp']:10.2f} gradients (measured, default chunk_size {chunk}, {'vmap' if plan.batched else 'loop'})"
+        )
         print(f"  hvp, estimated from a chunk {hvp_estimate:10.2f} gradients ({chunks} chunks x one chunk)")
         print(f"  ggn speed-up over hvp       {ratio['hvp'] / ratio['ggn']:10.1f}x (measured)")
     else:
@@ -230,9 +229,7 @@ def agreement(label: str, build: Callable[[], nn.Module], x, y, with_hvp: bool, 
         run_backpack = backpack_task(twin, x, y)
         reference = run_backpack()
         names = list(ggn)
-        out["backpack"] = max(
-            float((ggn[n] - reference[t]).abs().max()) for n, t in zip(names, reference)
-        )
+        out["backpack"] = max(float((ggn[n] - reference[t]).abs().max()) for n, t in zip(names, reference))
         print(f"  max |ggn - BackPACK DiagHessian|  {out['backpack']:.3g}")
         med = median_times(
             {"ggn": lambda: exact_diagonal(model, LOSS, x, y, "ggn"), "backpack": run_backpack},
@@ -253,8 +250,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; "
-          f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; "
+        f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
     if BACKPACK_MISSING is not None:
         print(f"BackPACK not importable ({BACKPACK_MISSING}); its comparisons are skipped")
 
@@ -266,16 +265,16 @@ def main() -> None:
 
     torch.manual_seed(0)
     fashion = FashionCNN()
-    print("\n== memory of one vmap-ed \"hvp\" chunk, Fashion-MNIST CNN, float32")
+    print('\n== memory of one vmap-ed "hvp" chunk, Fashion-MNIST CNN, float32')
     for line in memory_section(fashion.eval(), fashion_x, fashion_y):
         print(line)
 
-    fashion_result = bench_model(
-        "Fashion-MNIST CNN", fashion, fashion_x, fashion_y, args.repeats, hvp_full=False
-    )
+    fashion_result = bench_model("Fashion-MNIST CNN", fashion, fashion_x, fashion_y, args.repeats, hvp_full=False)
     torch.manual_seed(0)
     small = SmallCNN()
-    small_result = bench_model("SmallCNN (compare default), digits", small, digits_x, digits_y, args.repeats, hvp_full=True)
+    small_result = bench_model(
+        "SmallCNN (compare default), digits", small, digits_x, digits_y, args.repeats, hvp_full=True
+    )
 
     def rebuilt(model: nn.Module) -> Callable[[], nn.Module]:
         def build() -> nn.Module:
@@ -294,16 +293,22 @@ def main() -> None:
         r32 = fashion_result["med"]["ggn"] / fashion_result["med"]["backpack"]
         checks.append((f"ggn / BackPACK time, Fashion-MNIST CNN, float32 = {r32:.3f} < 1.0", r32 < 1.0))
         checks.append(
-            (f"ggn / BackPACK time, Fashion-MNIST CNN, float64 = {fashion64['time_ratio']:.3f} < 1.0",
-             fashion64["time_ratio"] < 1.0)
+            (
+                f"ggn / BackPACK time, Fashion-MNIST CNN, float64 = {fashion64['time_ratio']:.3f} < 1.0",
+                fashion64["time_ratio"] < 1.0,
+            )
         )
         checks.append(
-            (f"max |ggn - BackPACK|, float64 = {fashion64['backpack']:.2g} <= 1e-10 (Fashion-MNIST CNN)",
-             fashion64["backpack"] <= 1e-10)
+            (
+                f"max |ggn - BackPACK|, float64 = {fashion64['backpack']:.2g} <= 1e-10 (Fashion-MNIST CNN)",
+                fashion64["backpack"] <= 1e-10,
+            )
         )
         checks.append(
-            (f"max |ggn - BackPACK|, float64 = {small64['backpack']:.2g} <= 1e-10 (SmallCNN)",
-             small64["backpack"] <= 1e-10)
+            (
+                f"max |ggn - BackPACK|, float64 = {small64['backpack']:.2g} <= 1e-10 (SmallCNN)",
+                small64["backpack"] <= 1e-10,
+            )
         )
     checks.append((f"max |ggn - hvp|, float64 = {small64['hvp']:.2g} <= 1e-10 (SmallCNN)", small64["hvp"] <= 1e-10))
     for label, result in (("Fashion-MNIST CNN", fashion_result), ("SmallCNN", small_result)):
@@ -311,8 +316,7 @@ def main() -> None:
             per = result["ratio"][f"hutchinson_{samples}_{per_call}"] / samples
             how = "default chunking" if per_call is None else f"{per_call} per call"
             checks.append(
-                (f"Hutchinson {samples} probes ({how}): {per:.2f} gradients per probe <= 2 ({label})",
-                 per <= 2.0)
+                (f"Hutchinson {samples} probes ({how}): {per:.2f} gradients per probe <= 2 ({label})", per <= 2.0)
             )
     for label, ok in checks:
         print(f"  [{'PASS' if ok else 'FAIL'}] {label}")

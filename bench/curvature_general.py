@@ -17,6 +17,7 @@ bench/curvature.py); "hvp" (seconds per call) is timed once per repeat after one
 On a machine whose cores other jobs hold, 2 threads measured up to 100x slower small operations
 (OpenMP threads waiting for each other); ``--threads 1`` then gives the steadier ratios.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,9 +70,7 @@ class Transformer(nn.Module):
         t = tokens.shape[1]
         h = self.embed(tokens) + self.position[:t]
         q, k, v = self.qkv(self.norm1(h)).chunk(3, dim=-1)
-        scores = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).masked_fill(
-            ~self.mask[:t, :t], float("-inf")
-        )
+        scores = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).masked_fill(~self.mask[:t, :t], float("-inf"))
         h = h + self.proj(torch.softmax(scores, dim=-1) @ v)
         h = h + self.fc2(F.gelu(self.fc1(self.norm2(h))))
         return self.head(self.norm_out(h)).transpose(1, 2)
@@ -148,8 +147,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; "
-          f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; "
+        f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
     checks: list[tuple[str, bool]] = []
 
     # (i) GELU + BN CNN on the digits, eval mode
@@ -172,20 +173,27 @@ def main() -> None:
     speedup_min = slow.least["hvp"] / slow.least["ggn"]
     print("  (medians; minima in brackets)")
     print(f"  one gradient                {fast['gradient'] * 1e3:9.2f} ms  [{fast.least['gradient'] * 1e3:.2f} ms]")
-    print(f"  ggn_diagonal                {fast['ggn'] * 1e3:9.2f} ms = {fast['ggn'] / fast['gradient']:8.1f} gradients"
-          f"  [{fast.least['ggn'] / fast.least['gradient']:.1f}]")
-    print(f"  hvp exact_diagonal          {slow['hvp']:9.2f} s  [{slow.least['hvp']:.2f} s] "
-          f"({slow['ggn'] * 1e3:.1f} ms ggn beside it)")
+    print(
+        f"  ggn_diagonal                {fast['ggn'] * 1e3:9.2f} ms = {fast['ggn'] / fast['gradient']:8.1f} gradients"
+        f"  [{fast.least['ggn'] / fast.least['gradient']:.1f}]"
+    )
+    print(
+        f"  hvp exact_diagonal          {slow['hvp']:9.2f} s  [{slow.least['hvp']:.2f} s] "
+        f"({slow['ggn'] * 1e3:.1f} ms ggn beside it)"
+    )
     print(f"  hvp / ggn_diagonal          {speedup:9.1f}x  [{speedup_min:.1f}x]")
-    checks.append((f"hvp / ggn_diagonal on the GELU+BN CNN = {speedup:.1f}x (minima {speedup_min:.1f}x) >= 50x",
-                   speedup >= 50))
+    checks.append(
+        (f"hvp / ggn_diagonal on the GELU+BN CNN = {speedup:.1f}x (minima {speedup_min:.1f}x) >= 50x", speedup >= 50)
+    )
     cnn64 = gelu_bn_cnn().double()
     cnn64.load_state_dict(cnn.state_dict())
     cnn64.eval()
     hvp64 = exact_diagonal(cnn64, LOSS, x.double(), y, "hvp").flatten()
     ggn64 = ggn_diagonal(cnn64, LOSS, x.double(), y).flatten()
-    print(f"  float64: ||diag G - diag H|| / ||diag H|| = {float((ggn64 - hvp64).norm() / hvp64.norm()):.3f} "
-          "(GELU: the GGN is not the Hessian)")
+    print(
+        f"  float64: ||diag G - diag H|| / ||diag H|| = {float((ggn64 - hvp64).norm() / hvp64.norm()):.3f} "
+        "(GELU: the GGN is not the Hessian)"
+    )
 
     # (ii) transformer, (iii) ResNet block with train-mode BN
     torch.manual_seed(0)
@@ -210,8 +218,10 @@ def main() -> None:
             args.repeats,
         )  # fmt: skip
         print(f"  one gradient                {med['gradient'] * 1e3:9.2f} ms  [{med.least['gradient'] * 1e3:.2f} ms]")
-        print(f"  ggn_diagonal                {med['ggn'] * 1e3:9.2f} ms = {med['ggn'] / med['gradient']:8.1f} gradients"
-              f"  [{med.least['ggn'] / med.least['gradient']:.1f}]")
+        print(
+            f"  ggn_diagonal                {med['ggn'] * 1e3:9.2f} ms = {med['ggn'] / med['gradient']:8.1f} gradients"
+            f"  [{med.least['ggn'] / med.least['gradient']:.1f}]"
+        )
 
     # (iv) variance reduction on (i)
     print(f"\n== (iv) control variate vs plain Hutchinson, GELU+BN CNN (i), float32, medians over {args.seeds} seeds")
@@ -230,13 +240,17 @@ def main() -> None:
             h_err.append(relative_error(plain, truth))
         e_cv, e_h = statistics.median(cv_err), statistics.median(h_err)
         t_ratio = statistics.median(cv_t) / statistics.median(h_t)
-        print(f"  {samples:6d}  {e_cv:10.3f}  {e_h:18.3f}  {e_h / e_cv:11.2f}x  {(e_h / e_cv) ** 2:13.1f}x  {t_ratio:12.2f}")
+        print(
+            f"  {samples:6d}  {e_cv:10.3f}  {e_h:18.3f}  {e_h / e_cv:11.2f}x  {(e_h / e_cv) ** 2:13.1f}x  {t_ratio:12.2f}"
+        )
         if samples == 64:
             checks.append((f"CV error below Hutchinson's at 64 probes ({e_cv:.3f} < {e_h:.3f})", e_cv < e_h))
             # equal wall time: Hutchinson with t_ratio x as many probes, error ~ 1/sqrt(probes)
             equal_time = e_h / math.sqrt(t_ratio)
-            print(f"          (equal wall time instead: Hutchinson with {t_ratio:.2f}x the probes, "
-                  f"error about {equal_time:.3f}, extrapolated as 1/sqrt(probes))")
+            print(
+                f"          (equal wall time instead: Hutchinson with {t_ratio:.2f}x the probes, "
+                f"error about {equal_time:.3f}, extrapolated as 1/sqrt(probes))"
+            )
 
     print("\n== targets")
     for label, ok in checks:

@@ -15,6 +15,7 @@ end-to-end eigsh line).
 
     python bench/instruments.py [--repeats 15] [--threads 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,9 +46,7 @@ PROBE = 128
 LOSS = nn.CrossEntropyLoss()
 
 
-def median_times(
-    tasks: dict[str, Callable[[], object]], repeats: int
-) -> tuple[dict[str, float], dict[str, float]]:
+def median_times(tasks: dict[str, Callable[[], object]], repeats: int) -> tuple[dict[str, float], dict[str, float]]:
     """Median wall-clock and median CPU seconds (``time.process_time``: this process's threads)
     per task over ``repeats`` interleaved rounds, the second of two calls each. On a shared,
     overloaded machine the CPU time is the one other processes barely disturb (waiting for a core
@@ -73,8 +72,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; "
-          f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; "
+        f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
     digits = load_digits(seed=0)
     x, y = probe_batch(digits, PROBE, seed=0)
     torch.manual_seed(0)
@@ -109,8 +110,10 @@ def main() -> None:
     unit = med["gradient"]
     ratio = {name: t / unit for name, t in med.items()}
     low = {name: t / cpu["gradient"] for name, t in cpu.items()}
-    print(f"\n(unit: one gradient = {unit * 1e3:.2f} ms wall, {cpu['gradient'] * 1e3:.2f} ms CPU; ratios of "
-          f"median wall times over {args.repeats} interleaved repeats, of median CPU times in brackets)")
+    print(
+        f"\n(unit: one gradient = {unit * 1e3:.2f} ms wall, {cpu['gradient'] * 1e3:.2f} ms CPU; ratios of "
+        f"median wall times over {args.repeats} interleaved repeats, of median CPU times in brackets)"
+    )
     rows = (
         ("gradient_noise (per-sample gradients + statistics)", "noise", 1),
         ("per-sample gradients alone (vmap of grad)", "per_sample_vmap", 1),
@@ -139,19 +142,31 @@ def main() -> None:
     noise, t_noise = timed(lambda: gradient_noise(model, LOSS, x, y))
     print("\nend to end (one call each, float32; the untrained model):")
     overall = noise.summary["overall"]
-    print(f"  gradient noise: median minibatch-gradient variance {float(overall['minibatch_variance_median']):.3g}, "
-          f"Cockpit mean GSNR {noise.mean_gsnr:.3g}, {t_noise:.3f} s")
-    print(f"  top-3 eigenvalues {', '.join(f'{v:.4g}' for v in top.values)}: {top.hvps} HVPs, "
-          f"{t_top:.2f} s = {t_top / unit / max(1, top.hvps):.2f} gradients per HVP")
-    print(f"  most negative eigenvalue {bottom.values[0]:.4g}: {bottom.hvps} HVPs, {t_low:.2f} s "
-          f"(converged: {top.converged and bottom.converged})")
-    print(f"  SLQ density (64 steps x 4 probes): {slq.hvps} HVPs, {t_slq:.2f} s = "
-          f"{t_slq / unit / slq.hvps:.2f} gradients per HVP")
-    print(f"  Hutchinson trace, 32 probes: {trace.value:.4g} +- {trace.stderr:.2g}, {t_trace:.2f} s = "
-          f"{t_trace / unit / 32:.2f} gradients per probe")
+    print(
+        f"  gradient noise: median minibatch-gradient variance {float(overall['minibatch_variance_median']):.3g}, "
+        f"Cockpit mean GSNR {noise.mean_gsnr:.3g}, {t_noise:.3f} s"
+    )
+    print(
+        f"  top-3 eigenvalues {', '.join(f'{v:.4g}' for v in top.values)}: {top.hvps} HVPs, "
+        f"{t_top:.2f} s = {t_top / unit / max(1, top.hvps):.2f} gradients per HVP"
+    )
+    print(
+        f"  most negative eigenvalue {bottom.values[0]:.4g}: {bottom.hvps} HVPs, {t_low:.2f} s "
+        f"(converged: {top.converged and bottom.converged})"
+    )
+    print(
+        f"  SLQ density (64 steps x 4 probes): {slq.hvps} HVPs, {t_slq:.2f} s = "
+        f"{t_slq / unit / slq.hvps:.2f} gradients per HVP"
+    )
+    print(
+        f"  Hutchinson trace, 32 probes: {trace.value:.4g} +- {trace.stderr:.2g}, {t_trace:.2f} s = "
+        f"{t_trace / unit / 32:.2f} gradients per probe"
+    )
     print(f"  Hutch++ trace, 96 products: {plusplus.value:.4g} +- {plusplus.stderr:.2g}, {t_pp:.2f} s")
-    print(f"  diagonal share ||diag H|| / ||H||_F, 64 probes: {share.share:.3f} +- {share.stderr:.3f} "
-          f"(||H||_F {share.frobenius:.3g}), {t_share:.2f} s")
+    print(
+        f"  diagonal share ||diag H|| / ||H||_F, 64 probes: {share.share:.3f} +- {share.stderr:.3f} "
+        f"(||H||_F {share.frobenius:.3g}), {t_share:.2f} s"
+    )
 
     print("\n== targets")
     for label, name, target in (
@@ -159,8 +174,10 @@ def main() -> None:
         ("one Lanczos HVP / one gradient", "hvp_operator", 2.0),
     ):
         value = ratio[name]
-        print(f"  [{'PASS' if value <= target else 'FAIL'}] {label} = {value:.2f} <= {target:g} "
-              f"(CPU-time ratio {low[name]:.2f})")
+        print(
+            f"  [{'PASS' if value <= target else 'FAIL'}] {label} = {value:.2f} <= {target:g} "
+            f"(CPU-time ratio {low[name]:.2f})"
+        )
     print(f"load average at end {os.getloadavg()[0]:.1f} (other processes share the CPUs)")
 
 

@@ -17,6 +17,7 @@ loop; optimizer state <= 3.5x Adam's bytes.
 
     python bench/optimizer_step.py [--repeats 200] [--loop-repeats 100]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,16 +86,25 @@ def synthetic(repeats: int) -> tuple[dict[str, float], list[int], dict[str, int]
             times[name].append(one_step(name, i))
         iterations.append(optimizers["arturo"].last_step["iterations"])
     nbytes = {name: state_bytes(optimizers[name], params[name]) for name in VARIANTS}
-    return ({name: statistics.median(t) for name, t in times.items()}, iterations, nbytes,
-            sum(p.numel() for p in params["adam"]))
+    return (
+        {name: statistics.median(t) for name, t in times.items()},
+        iterations,
+        nbytes,
+        sum(p.numel() for p in params["adam"]),
+    )
 
 
 def in_loop(repeats: int, batch_size: int) -> tuple[dict[str, float], dict[str, float], list[int]]:
     """Median step seconds (and whole-iteration seconds) inside a training loop."""
     models, optimizers = build()
     generator = torch.Generator().manual_seed(2)
-    batches = [(torch.rand(batch_size, 1, 28, 28, generator=generator),
-                torch.randint(0, 10, (batch_size,), generator=generator)) for _ in range(4)]
+    batches = [
+        (
+            torch.rand(batch_size, 1, 28, 28, generator=generator),
+            torch.randint(0, 10, (batch_size,), generator=generator),
+        )
+        for _ in range(4)
+    ]
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def one_iteration(name: str, i: int) -> tuple[float, float]:
@@ -121,8 +131,11 @@ def in_loop(repeats: int, batch_size: int) -> tuple[dict[str, float], dict[str, 
         iterations.append(optimizers["arturo"].last_step["iterations"])
     if optimizers["arturo"].last_step["path"] != "fused":
         print(f"note: arTuRO ran its {optimizers['arturo'].last_step['path']} path (numba missing?)")
-    return ({n: statistics.median(t) for n, t in steps.items()}, {n: statistics.median(t) for n, t in whole.items()},
-            iterations)
+    return (
+        {n: statistics.median(t) for n, t in steps.items()},
+        {n: statistics.median(t) for n, t in whole.items()},
+        iterations,
+    )
 
 
 def main() -> None:
@@ -139,22 +152,34 @@ def main() -> None:
     loop_median, loop_whole, loop_iterations = in_loop(args.loop_repeats, args.batch_size)
     load_after = os.getloadavg()
 
-    print(f"Fashion-MNIST CNN: {n:,} parameters, float32, {args.threads} threads on {os.cpu_count()} CPUs; "
-          f"load average (1, 5, 15 min) before {', '.join(f'{v:.2f}' for v in load_before)}, "
-          f"after {', '.join(f'{v:.2f}' for v in load_after)}")
-    print(f"synthetic: {args.repeats} interleaved rounds; training loop: {args.loop_repeats} rounds of batch "
-          f"{args.batch_size}")
-    print(f"arTuRO bisection iterations per step: synthetic median {statistics.median(iterations)}, max "
-          f"{max(iterations)}; training loop median {statistics.median(loop_iterations)}, max {max(loop_iterations)}")
+    print(
+        f"Fashion-MNIST CNN: {n:,} parameters, float32, {args.threads} threads on {os.cpu_count()} CPUs; "
+        f"load average (1, 5, 15 min) before {', '.join(f'{v:.2f}' for v in load_before)}, "
+        f"after {', '.join(f'{v:.2f}' for v in load_after)}"
+    )
+    print(
+        f"synthetic: {args.repeats} interleaved rounds; training loop: {args.loop_repeats} rounds of batch "
+        f"{args.batch_size}"
+    )
+    print(
+        f"arTuRO bisection iterations per step: synthetic median {statistics.median(iterations)}, max "
+        f"{max(iterations)}; training loop median {statistics.median(loop_iterations)}, max {max(loop_iterations)}"
+    )
     print(f"{'':>13}  {'synthetic step':>15}  {'in-loop step':>13}  {'in-loop iteration':>18}  state bytes")
-    print(f"{'adam':>13}  {median['adam'] * 1e3:>12.2f} ms  {loop_median['adam'] * 1e3:>10.2f} ms  "
-          f"{loop_whole['adam'] * 1e3:>15.2f} ms  {nbytes['adam'] / n:.1f} B/param")
+    print(
+        f"{'adam':>13}  {median['adam'] * 1e3:>12.2f} ms  {loop_median['adam'] * 1e3:>10.2f} ms  "
+        f"{loop_whole['adam'] * 1e3:>15.2f} ms  {nbytes['adam'] / n:.1f} B/param"
+    )
     for name in ("arturo", "arturo_exact"):
-        print(f"{name:>13}  {median[name] / median['adam']:>14.2f}x  {loop_median[name] / loop_median['adam']:>12.2f}x  "
-              f"{loop_whole[name] / loop_whole['adam']:>17.2f}x  {nbytes[name] / nbytes['adam']:.2f}x "
-              f"({nbytes[name] / n:.1f} B/param)")
-    print("ratios to Adam's medians; targets: faithful step <= 2.5x synthetic, <= 1.5x in the training loop; "
-          "state <= 3.5x")
+        print(
+            f"{name:>13}  {median[name] / median['adam']:>14.2f}x  {loop_median[name] / loop_median['adam']:>12.2f}x  "
+            f"{loop_whole[name] / loop_whole['adam']:>17.2f}x  {nbytes[name] / nbytes['adam']:.2f}x "
+            f"({nbytes[name] / n:.1f} B/param)"
+        )
+    print(
+        "ratios to Adam's medians; targets: faithful step <= 2.5x synthetic, <= 1.5x in the training loop; "
+        "state <= 3.5x"
+    )
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """`arturo-diag ablate`: variants x seeds (x setups) in worker processes, one aggregate report."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -15,14 +16,27 @@ _O = typer.Option
 
 
 def ablate(
-    config: Annotated[Optional[Path], _O("--config", help="Study TOML (\\[study] seeds, variants; \\[setups.NAME] run fields). Default: the embedded study (digits, every variant, 3 seeds).")] = None,
-    variants: Annotated[Optional[str], _O(help="Comma-separated variants, e.g. faithful,fixed-eta:1.0,coupled-kl,no-drift,oracle-exact,oracle-hutchinson,exact-dual,guarded,sgd,adam,adamw.")] = None,
-    seeds: Annotated[Optional[str], _O(help="Comma-separated seeds, e.g. 0,1,2.")] = None,
-    workers: Annotated[Optional[int], _O(help="Worker processes, one torch thread each (default: min(2, CPUs)).")] = None,
-    epochs: Annotated[Optional[int], _O(help="Set every setup's epochs (shortens a study).")] = None,
-    max_steps: Annotated[Optional[int], _O(help="Cap every run at this many steps.")] = None,
-    data_dir: Annotated[Optional[str], _O(help="Folder with the Fashion-MNIST / CIFAR files of the paper setups.")] = None,
-    out: Annotated[Optional[Path], _O(help="Study directory (default runs/ablate/STUDY_NAME). Re-running resumes it.")] = None,
+    config: Annotated[
+        Path | None,
+        _O(
+            "--config",
+            help="Study TOML (\\[study] seeds, variants; \\[setups.NAME] run fields). Default: the embedded study (digits, every variant, 3 seeds).",
+        ),
+    ] = None,
+    variants: Annotated[
+        str | None,
+        _O(
+            help="Comma-separated variants, e.g. faithful,fixed-eta:1.0,coupled-kl,no-drift,oracle-exact,oracle-hutchinson,exact-dual,guarded,sgd,adam,adamw."
+        ),
+    ] = None,
+    seeds: Annotated[str | None, _O(help="Comma-separated seeds, e.g. 0,1,2.")] = None,
+    workers: Annotated[int | None, _O(help="Worker processes, one torch thread each (default: min(2, CPUs)).")] = None,
+    epochs: Annotated[int | None, _O(help="Set every setup's epochs (shortens a study).")] = None,
+    max_steps: Annotated[int | None, _O(help="Cap every run at this many steps.")] = None,
+    data_dir: Annotated[str | None, _O(help="Folder with the Fashion-MNIST / CIFAR files of the paper setups.")] = None,
+    out: Annotated[
+        Path | None, _O(help="Study directory (default runs/ablate/STUDY_NAME). Re-running resumes it.")
+    ] = None,
     fresh: Annotated[bool, _O("--fresh", help="Redo every run, even finished ones.")] = False,
 ) -> None:
     """Run an ablation study (which part of arTuRO matters?) and write study.md / study.html / study.json.
@@ -32,16 +46,20 @@ def ablate(
     """
     console = Console(stderr=True)
     with user_errors():
-        from arturo_diag.study import (default_study, load_study, parse_seeds, parse_variants,
-                                       with_overrides)
         from arturo_diag.errors import ConfigError
+        from arturo_diag.study import default_study, load_study, parse_seeds, parse_variants, with_overrides
 
         if workers is not None and workers < 1:
             raise ConfigError("workers", workers, "a whole number >= 1")
         study = load_study(config) if config is not None else default_study()
-        study = with_overrides(study, variants=parse_variants(variants) if variants is not None else None,
-                               seeds=parse_seeds(seeds) if seeds is not None else None,
-                               epochs=epochs, max_steps=max_steps, data_dir=data_dir)
+        study = with_overrides(
+            study,
+            variants=parse_variants(variants) if variants is not None else None,
+            seeds=parse_seeds(seeds) if seeds is not None else None,
+            epochs=epochs,
+            max_steps=max_steps,
+            data_dir=data_dir,
+        )
         study_dir = out if out is not None else Path("runs") / "ablate" / study.name
         try:
             result = _run_with_progress(study, study_dir, workers, fresh, console)
@@ -49,15 +67,24 @@ def ablate(
             raise fail("interrupted: finished runs are kept; run the same command again to resume", 130) from None
     _summarize(result)
     if result.failed:
-        raise fail(f"{len(result.failed)} of {len(result.outcomes)} runs failed (listed in study.md); "
-                   "run the same command again to retry them", 1)
+        raise fail(
+            f"{len(result.failed)} of {len(result.outcomes)} runs failed (listed in study.md); "
+            "run the same command again to retry them",
+            1,
+        )
 
 
-def _run_with_progress(study, study_dir: Path, workers: Optional[int], fresh: bool, console: Console):
+def _run_with_progress(study, study_dir: Path, workers: int | None, fresh: bool, console: Console):
     from arturo_diag.study import run_study
 
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     # The bar is drawn at the first event ("plan"), i.e. once the study, its data and its directory
     # have been checked: a refused input gets its one error line and no empty bar.
     bar = Progress(*columns, console=console, transient=False)
@@ -70,8 +97,12 @@ def _run_with_progress(study, study_dir: Path, workers: Optional[int], fresh: bo
             if not bar.live.is_started:
                 bar.start()
             if event == "plan":
-                bar.update(task, total=info["total"], completed=info["finished"],
-                           status=f"{info['finished']} already done, {info['pending']} to run on {info['workers']} worker(s)")
+                bar.update(
+                    task,
+                    total=info["total"],
+                    completed=info["finished"],
+                    status=f"{info['finished']} already done, {info['pending']} to run on {info['workers']} worker(s)",
+                )
             elif event == "run":
                 failed += info["status"] == "failed"
                 label = f"{info['setup']}/{info['variant']}/seed{info['seed']} {info['status']}"
@@ -91,9 +122,11 @@ def _summarize(result) -> None:
     out = Console()
     ran, skipped, failed = len(result.ran), len(result.skipped), len(result.failed)
     diverged = len(result.diverged)  # a result (NaN/inf, named in the findings), not a failure: exit 0
-    out.print(f"[bold]study[/bold] {escape(str(result.study_dir))}  ({ran} run, "
-              + (f"{diverged} diverged, " if diverged else "")
-              + f"{skipped} already done, {failed} failed; {result.seconds:.1f} s)")
+    out.print(
+        f"[bold]study[/bold] {escape(str(result.study_dir))}  ({ran} run, "
+        + (f"{diverged} diverged, " if diverged else "")
+        + f"{skipped} already done, {failed} failed; {result.seconds:.1f} s)"
+    )
     report = result.report
     if report is not None:
         for finding in report.findings:

@@ -1,4 +1,5 @@
 """The typer application: composes the commands, each in its own module."""
+
 from __future__ import annotations
 
 import typer
@@ -8,6 +9,7 @@ from .ablate import ablate
 from .common import fail, is_usage_error, usage_error_message
 from .compare import compare
 from .report import report
+
 
 class _Commands(typer.core.TyperGroup):
     """The command group; a bad option of a command (``--steps 1e30``, ``--stepz``) is one

@@ -1,24 +1,24 @@
 """`arturo-diag compare`: train with arTuRO, snapshot its curvature against the true Hessian, report."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from arturo_diag.training.config import RunConfig, check_used, config_from_mapping, load_config
-
 from arturo_diag.errors import Diverged
+from arturo_diag.training.config import RunConfig, check_used, config_from_mapping, load_config
 
 from .common import EXIT_DIVERGED, user_errors
 
 _O = typer.Option
 
 
-def build_config(config_file: Optional[Path], options: dict[str, Any]) -> RunConfig:
+def build_config(config_file: Path | None, options: dict[str, Any]) -> RunConfig:
     """Defaults, then the TOML file, then the options given on the command line; an option that
     would have no effect (``--fixed-eta`` with ``--optimizer sgd``, ...) is refused."""
     base = load_config(config_file) if config_file is not None else RunConfig()
@@ -31,9 +31,16 @@ def build_config(config_file: Optional[Path], options: dict[str, Any]) -> RunCon
 
 
 def progress_display(console: Console) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=console, transient=False)
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
 
 
 def run_with_progress(config: RunConfig, console: Console, overwrite: bool):
@@ -68,43 +75,59 @@ def run_with_progress(config: RunConfig, console: Console, overwrite: bool):
 
 
 def compare(
-    model: Annotated[Optional[str], _O(help="Network: small_cnn (default), mlp, fashion_cnn, resnet18, resnet34.")] = None,
-    dataset: Annotated[Optional[str], _O(help="digits (built in, default), teacher (synthetic), fashion_mnist, cifar10, cifar100.")] = None,
-    data_dir: Annotated[Optional[str], _O(help="Folder with the files of fashion_mnist/cifar10/cifar100 (nothing is downloaded).")] = None,
-    epochs: Annotated[Optional[int], _O(help="Training epochs (default 12).")] = None,
-    steps: Annotated[Optional[int], _O(help="Stop after this many steps (overrides --epochs).")] = None,
-    batch_size: Annotated[Optional[int], _O(help="Minibatch size (default 64).")] = None,
-    train_size: Annotated[Optional[int], _O(help="Use only the first N training examples.")] = None,
-    every: Annotated[Optional[int], _O(help="Snapshot (reference Hessian) every N steps (default 20).")] = None,
-    reference: Annotated[Optional[str], _O(help="exact (default), hutchinson, both, or none.")] = None,
-    exact_method: Annotated[Optional[str], _O(help="auto (default), ggn or hvp.")] = None,
-    samples: Annotated[Optional[int], _O(help="Hutchinson probes per snapshot (default 64).")] = None,
-    probe_size: Annotated[Optional[int], _O(help="Examples in the fixed probe batch (default 128).")] = None,
-    preset: Annotated[Optional[str], _O(help="Published arTuRO hyperparameters: fmnist_cnn (default), cifar10_cnn, ...")] = None,
-    optimizer: Annotated[Optional[str], _O(help="arturo (default); sgd, adam, adamw train without snapshots.")] = None,
-    lr: Annotated[Optional[float], _O(help="KL bound eps (arTuRO's lr); the preset's if unset.")] = None,
-    reg_weight: Annotated[Optional[float], _O(help="rho, weight of the KL to the prior.")] = None,
-    prior_prec: Annotated[Optional[float], _O(help="lam, precision of the prior.")] = None,
-    var_init: Annotated[Optional[float], _O(help="Initial variance of every weight.")] = None,
-    nu: Annotated[Optional[float], _O(help="Weight of the covariance part of the KL.")] = None,
-    dynamic_model_noise: Annotated[Optional[float], _O(help="q, the filter's drift (0: no drift).")] = None,
-    measurement_noise: Annotated[Optional[float], _O(help="r, noise of one stochastic gradient.")] = None,
-    start_filter_cov: Annotated[Optional[float], _O(help="P0, initial filter variance.")] = None,
-    eta_tol: Annotated[Optional[float], _O(help="Bisection stops when its bracket is narrower.")] = None,
-    weight_decay: Annotated[Optional[float], _O(help="Decoupled weight decay (scaled by lr).")] = None,
-    kl: Annotated[Optional[str], _O(help="decoupled (published) or coupled (ablation).")] = None,
-    dual: Annotated[Optional[str], _O(help="bisection (published) or exact.")] = None,
-    fixed_eta: Annotated[Optional[float], _O(help="Fix eta (trust region off; ablation).")] = None,
-    guard: Annotated[Optional[bool], _O("--guard/--no-guard", help="Keep precision and denominators positive.")] = None,
-    oracle: Annotated[Optional[str], _O(help="none (default), exact or hutchinson: replace a by the minibatch's diagonal Hessian.")] = None,
-    oracle_every: Annotated[Optional[int], _O(help="Oracle curvature every N steps.")] = None,
-    lr_milestones: Annotated[Optional[list[int]], _O(help="Epoch at which lr is multiplied by --lr-gamma (repeatable).")] = None,
-    lr_gamma: Annotated[Optional[float], _O(help="Factor at each milestone (the preset's 0.006 if unset).")] = None,
-    seed: Annotated[Optional[int], _O(help="Seed of data split, init, batches and probes (default 0).")] = None,
-    device: Annotated[Optional[str], _O(help="cpu (default) or cuda.")] = None,
-    dtype: Annotated[Optional[str], _O(help="float32 (default) or float64.")] = None,
-    out: Annotated[Optional[str], _O(help="Run directory (default runs/compare).")] = None,
-    config: Annotated[Optional[Path], _O("--config", help="TOML file with any of these fields (\\[run], \\[optimizer], \\[schedule], \\[diagnostics]).")] = None,
+    model: Annotated[str | None, _O(help="Network: small_cnn (default), mlp, fashion_cnn, resnet18, resnet34.")] = None,
+    dataset: Annotated[
+        str | None, _O(help="digits (built in, default), teacher (synthetic), fashion_mnist, cifar10, cifar100.")
+    ] = None,
+    data_dir: Annotated[
+        str | None, _O(help="Folder with the files of fashion_mnist/cifar10/cifar100 (nothing is downloaded).")
+    ] = None,
+    epochs: Annotated[int | None, _O(help="Training epochs (default 12).")] = None,
+    steps: Annotated[int | None, _O(help="Stop after this many steps (overrides --epochs).")] = None,
+    batch_size: Annotated[int | None, _O(help="Minibatch size (default 64).")] = None,
+    train_size: Annotated[int | None, _O(help="Use only the first N training examples.")] = None,
+    every: Annotated[int | None, _O(help="Snapshot (reference Hessian) every N steps (default 20).")] = None,
+    reference: Annotated[str | None, _O(help="exact (default), hutchinson, both, or none.")] = None,
+    exact_method: Annotated[str | None, _O(help="auto (default), ggn or hvp.")] = None,
+    samples: Annotated[int | None, _O(help="Hutchinson probes per snapshot (default 64).")] = None,
+    probe_size: Annotated[int | None, _O(help="Examples in the fixed probe batch (default 128).")] = None,
+    preset: Annotated[
+        str | None, _O(help="Published arTuRO hyperparameters: fmnist_cnn (default), cifar10_cnn, ...")
+    ] = None,
+    optimizer: Annotated[str | None, _O(help="arturo (default); sgd, adam, adamw train without snapshots.")] = None,
+    lr: Annotated[float | None, _O(help="KL bound eps (arTuRO's lr); the preset's if unset.")] = None,
+    reg_weight: Annotated[float | None, _O(help="rho, weight of the KL to the prior.")] = None,
+    prior_prec: Annotated[float | None, _O(help="lam, precision of the prior.")] = None,
+    var_init: Annotated[float | None, _O(help="Initial variance of every weight.")] = None,
+    nu: Annotated[float | None, _O(help="Weight of the covariance part of the KL.")] = None,
+    dynamic_model_noise: Annotated[float | None, _O(help="q, the filter's drift (0: no drift).")] = None,
+    measurement_noise: Annotated[float | None, _O(help="r, noise of one stochastic gradient.")] = None,
+    start_filter_cov: Annotated[float | None, _O(help="P0, initial filter variance.")] = None,
+    eta_tol: Annotated[float | None, _O(help="Bisection stops when its bracket is narrower.")] = None,
+    weight_decay: Annotated[float | None, _O(help="Decoupled weight decay (scaled by lr).")] = None,
+    kl: Annotated[str | None, _O(help="decoupled (published) or coupled (ablation).")] = None,
+    dual: Annotated[str | None, _O(help="bisection (published) or exact.")] = None,
+    fixed_eta: Annotated[float | None, _O(help="Fix eta (trust region off; ablation).")] = None,
+    guard: Annotated[bool | None, _O("--guard/--no-guard", help="Keep precision and denominators positive.")] = None,
+    oracle: Annotated[
+        str | None, _O(help="none (default), exact or hutchinson: replace a by the minibatch's diagonal Hessian.")
+    ] = None,
+    oracle_every: Annotated[int | None, _O(help="Oracle curvature every N steps.")] = None,
+    lr_milestones: Annotated[
+        list[int] | None, _O(help="Epoch at which lr is multiplied by --lr-gamma (repeatable).")
+    ] = None,
+    lr_gamma: Annotated[float | None, _O(help="Factor at each milestone (the preset's 0.006 if unset).")] = None,
+    seed: Annotated[int | None, _O(help="Seed of data split, init, batches and probes (default 0).")] = None,
+    device: Annotated[str | None, _O(help="cpu (default) or cuda.")] = None,
+    dtype: Annotated[str | None, _O(help="float32 (default) or float64.")] = None,
+    out: Annotated[str | None, _O(help="Run directory (default runs/compare).")] = None,
+    config: Annotated[
+        Path | None,
+        _O(
+            "--config",
+            help="TOML file with any of these fields (\\[run], \\[optimizer], \\[schedule], \\[diagnostics]).",
+        ),
+    ] = None,
     overwrite: Annotated[bool, _O("--overwrite", help="Replace a run record already in --out.")] = False,
 ) -> None:
     """Train with arTuRO, compare its curvature estimate with the true diagonal Hessian, write a report.
@@ -149,8 +172,10 @@ def summarize_diverged(report, error: Diverged, console: Console) -> None:
 
 def summarize(report, result, console: Console) -> None:
     out = Console()
-    out.print(f"[bold]run[/bold] {escape(str(result.run_dir))}  ({result.steps} steps, {result.seconds:.1f} s; "
-              f"diagnostics {result.diagnostics_seconds:.1f} s)")
+    out.print(
+        f"[bold]run[/bold] {escape(str(result.run_dir))}  ({result.steps} steps, {result.seconds:.1f} s; "
+        f"diagnostics {result.diagnostics_seconds:.1f} s)"
+    )
     for finding in report.findings:
         marker = "[yellow]![/yellow]" if finding.get("severity") == "warning" else "-"
         out.print(f" {marker} {escape(finding['text'])}")

@@ -3,6 +3,7 @@
 DIR is a run directory (compare, the Monitor, one run of a study) or a study directory written by
 `arturo-diag ablate` (it holds study.toml / study.json): then the aggregate report is re-rendered.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,7 +17,9 @@ from .common import user_errors
 
 
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory (compare, the Monitor) or a study directory (ablate).")],
+    run_dir: Annotated[
+        Path, typer.Argument(help="A run directory (compare, the Monitor) or a study directory (ablate).")
+    ],
 ) -> None:
     """Re-render report.md/.html, figures and metrics.json of a run, or study.md/.html/.json of a study."""
     with user_errors():

@@ -1,4 +1,5 @@
 """Shared test settings: one torch thread per worker (the suite runs with pytest -n 2)."""
+
 import torch
 
 torch.set_num_threads(1)

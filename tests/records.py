@@ -8,6 +8,7 @@ added from h as ``reference`` asks ("exact", "hutchinson", "both"; "none" writes
 bound drop with overshoot). Importable from any test directory (``from records import ...``:
 tests/conftest.py puts ``tests/`` on the path).
 """
+
 from __future__ import annotations
 
 import math
@@ -18,12 +19,20 @@ import numpy as np
 from arturo_diag.diagnostics.record import RecordWriter
 
 PARAMETERS = {"net.0.weight": (4, 3), "net.0.bias": (4,), "net.2.weight": (2, 4), "net.2.bias": (2,)}
-EPOCHS = (dict(epoch=1, step=30, train_loss=0.6, train_accuracy=0.8, test_loss=0.7, test_accuracy=0.75),
-          dict(epoch=2, step=60, train_loss=0.4, train_accuracy=0.9, test_loss=0.5, test_accuracy=0.85))
+EPOCHS = (
+    dict(epoch=1, step=30, train_loss=0.6, train_accuracy=0.8, test_loss=0.7, test_accuracy=0.75),
+    dict(epoch=2, step=60, train_loss=0.4, train_accuracy=0.9, test_loss=0.5, test_accuracy=0.85),
+)
 
 
-def step_rows(n_steps: int = 60, *, with_eta: bool = True, loss: Callable[[int], float] | None = None,
-              late_eta: Callable[[int], float] | None = None, quantiles: bool = True) -> list[dict]:
+def step_rows(
+    n_steps: int = 60,
+    *,
+    with_eta: bool = True,
+    loss: Callable[[int], float] | None = None,
+    late_eta: Callable[[int], float] | None = None,
+    quantiles: bool = True,
+) -> list[dict]:
     """60 steps: first, 5/3 growth (2-5), a jump, frozen at 0.254 (7-30), bisection, bound drop at 40.
 
     ``loss(step)`` (default 2 / (1 + 0.1 step)), ``late_eta(step)`` the eta of steps 31.. (default
@@ -45,14 +54,25 @@ def step_rows(n_steps: int = 60, *, with_eta: bool = True, loss: Callable[[int],
         elif step <= 30:
             row = dict(eta=0.254, eta_prev=0.254, iterations=1, kl_ratio=0.9 * 0.9 ** (step - 7))
         else:
-            row = dict(eta=late_eta(step), eta_prev=late_eta(step - 1) if step > 31 else 0.254,
-                       iterations=3, kl_ratio={40: 78.0, 41: 30.0, 42: 9.0, 43: 2.0}.get(step, 1.0))
-        row.update(step=step, epoch=1 + (step - 1) // 30, loss=loss(step), kl_bound=bound,
-                   eta_lo=row["eta"] * 0.9, eta_hi=row["eta"] * 1.2,
-                   precision_nonpos=1 if step == 45 else 0, denominator_nonpos=0, guard_acted=0)
+            row = dict(
+                eta=late_eta(step),
+                eta_prev=late_eta(step - 1) if step > 31 else 0.254,
+                iterations=3,
+                kl_ratio={40: 78.0, 41: 30.0, 42: 9.0, 43: 2.0}.get(step, 1.0),
+            )
+        row.update(
+            step=step,
+            epoch=1 + (step - 1) // 30,
+            loss=loss(step),
+            kl_bound=bound,
+            eta_lo=row["eta"] * 0.9,
+            eta_hi=row["eta"] * 1.2,
+            precision_nonpos=1 if step == 45 else 0,
+            denominator_nonpos=0,
+            guard_acted=0,
+        )
         if quantiles:
-            row.update(precision_q01=100.0 + step, precision_q50=120.0 + 2 * step,
-                       precision_q99=200.0 + 50 * step)
+            row.update(precision_q01=100.0 + step, precision_q50=120.0 + 2 * step, precision_q99=200.0 + 50 * step)
         row["numel"] = 26
         if not with_eta:
             row = {key: row[key] for key in ("step", "epoch", "loss")}
@@ -60,11 +80,24 @@ def step_rows(n_steps: int = 60, *, with_eta: bool = True, loss: Callable[[int],
     return rows
 
 
-def write_record(run_dir, *, arrays: Callable, steps: list[dict] | None = None, kind: str = "compare",
-                 config: str = "", parameters: Mapping[str, tuple] | None = None,
-                 optimizer: Mapping | None = None, var_init: float | None = 0.01, reference: str = "exact",
-                 every: int = 10, hutchinson_noise: float = 0.05, drop_fields: tuple = (), seed: int = 0,
-                 epochs=EPOCHS, finish: Mapping | None = None):
+def write_record(
+    run_dir,
+    *,
+    arrays: Callable,
+    steps: list[dict] | None = None,
+    kind: str = "compare",
+    config: str = "",
+    parameters: Mapping[str, tuple] | None = None,
+    optimizer: Mapping | None = None,
+    var_init: float | None = 0.01,
+    reference: str = "exact",
+    every: int = 10,
+    hutchinson_noise: float = 0.05,
+    drop_fields: tuple = (),
+    seed: int = 0,
+    epochs=EPOCHS,
+    finish: Mapping | None = None,
+):
     """Write the record and return ``run_dir``; ``finish=None`` leaves it incomplete (flushed only).
 
     Per snapshot and parameter, in this order of draws from ``numpy.random.default_rng(seed)``:
@@ -88,11 +121,21 @@ def write_record(run_dir, *, arrays: Callable, steps: list[dict] | None = None, 
                 fields["h_hutchinson"] = h + hutchinson_noise * rng.normal(size=shape)
                 fields["h_hutchinson_se"] = np.full(shape, hutchinson_noise)
             snapshot[name] = {key: value for key, value in fields.items() if key not in drop_fields}
-        writer.add_snapshot(row["step"], {"kl_bound": row["kl_bound"], "eta": row["eta"],
-                                          "kl0_ratio": 3.0 if t % 2 else 0.5,
-                                          "eta_star": 0.5 if t % 2 else math.nan, "reference": reference,
-                                          "exact_method": "hvp" if reference != "hutchinson" else "",
-                                          "hutchinson_samples": 8, "probe_loss": 0.5, "seconds": 0.1}, snapshot)
+        writer.add_snapshot(
+            row["step"],
+            {
+                "kl_bound": row["kl_bound"],
+                "eta": row["eta"],
+                "kl0_ratio": 3.0 if t % 2 else 0.5,
+                "eta_star": 0.5 if t % 2 else math.nan,
+                "reference": reference,
+                "exact_method": "hvp" if reference != "hutchinson" else "",
+                "hutchinson_samples": 8,
+                "probe_loss": 0.5,
+                "seconds": 0.1,
+            },
+            snapshot,
+        )
     for epoch in epochs:
         writer.add_epoch(dict(epoch))
     if finish is not None:

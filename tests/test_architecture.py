@@ -11,6 +11,7 @@ An edge A -> B means that executing A's import statements executes B: ``from P i
 ``P`` (and ``P.N`` when N is a submodule), and importing ``a.b.c`` also runs the packages ``a.b``
 that are not already ancestors of A (a module's own parent package runs before it anyway).
 """
+
 from __future__ import annotations
 
 import ast
@@ -119,6 +120,7 @@ def _part(name: str) -> str:
 def _describe(cycle: list[str], graph: dict[str, set[str]]) -> str:
     return "; ".join(f"{m} -> {', '.join(sorted(graph[m] & set(cycle)))}" for m in cycle)
 
+
 def test_the_graph_sees_imports_inside_functions():
     # study/execution.py imports the training loop inside a function only
     assert "arturo_diag.training.loop" in GRAPH["arturo_diag.study.execution"]
@@ -129,8 +131,9 @@ def test_no_import_cycle():
 
 
 def _violations(part: str, allowed) -> list[str]:
-    return sorted(f"{m} imports {t}" for m, targets in GRAPH.items() if _part(m) == part
-                  for t in targets if not allowed(t))
+    return sorted(
+        f"{m} imports {t}" for m, targets in GRAPH.items() if _part(m) == part for t in targets if not allowed(t)
+    )
 
 
 def test_optim_imports_nothing_of_the_project():

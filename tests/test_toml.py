@@ -1,4 +1,5 @@
 """The one TOML writer: what the configs and studies write parses back to the same values."""
+
 import dataclasses
 import math
 
@@ -8,8 +9,23 @@ from arturo_diag._toml import toml_value, tomllib
 from arturo_diag.study.config import default_study, study_from_mapping, study_to_toml
 from arturo_diag.training.config import RunConfig, config_from_mapping, config_to_toml
 
-STRINGS = ['plain', 'say "hi"', "back\\slash", "C:\\runs\\new", "two\nlines", "tab\there", "cr\rlf",
-           "bell\x07", "nul\x00", "del\x7f", "unicode: η ≤ 1e-3, ünï, 日本, 🙂", "", "'single'", "\\\"", "\u2028"]
+STRINGS = [
+    "plain",
+    'say "hi"',
+    "back\\slash",
+    "C:\\runs\\new",
+    "two\nlines",
+    "tab\there",
+    "cr\rlf",
+    "bell\x07",
+    "nul\x00",
+    "del\x7f",
+    "unicode: η ≤ 1e-3, ünï, 日本, 🙂",
+    "",
+    "'single'",
+    '\\"',
+    "\u2028",
+]
 FLOATS = [0.0, -0.0, 1.0, 1e-300, 5e-324, 1.7976931348623157e308, 0.1, 1 / 3, -2.5e-08, 1e16, 123456789.125]
 INTS = [0, 1, -1, 2**53 + 1, 10**18]
 
@@ -43,7 +59,7 @@ def test_non_finite_floats_are_written_as_toml_nan_and_inf():
 
 def test_bools_and_lists():
     assert (toml_value(True), toml_value(False)) == ("true", "false")
-    value = [1, 2.5, "a\"b", True, [0, 1e-300]]
+    value = [1, 2.5, 'a"b', True, [0, 1e-300]]
     assert _round_trip(value) == value
     assert _round_trip((0, 1, 2)) == [0, 1, 2]
 

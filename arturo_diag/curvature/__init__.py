@@ -17,6 +17,8 @@ the reference that arTuRO's filtered curvature ``a`` is compared with (arXiv 231
 
 This package imports nothing of arturo-diag but its error base class.
 """
+
+from arturo_diag.curvature.control_variate import hessian_diagonal_cv
 from arturo_diag.curvature.errors import CurvatureError, GGNNotExactError
 from arturo_diag.curvature.exact import PIECEWISE_LINEAR_OPT_IN, check_ggn_exact, exact_diagonal
 from arturo_diag.curvature.functional import (
@@ -25,7 +27,6 @@ from arturo_diag.curvature.functional import (
     evaluation_mode,
     loss_of_parameters,
 )
-from arturo_diag.curvature.control_variate import hessian_diagonal_cv
 from arturo_diag.curvature.ggn_general import GGNDiagonal, ggn_diagonal
 from arturo_diag.curvature.hutchinson import hutchinson_diagonal
 from arturo_diag.curvature.noise import GradientNoise, gradient_noise

@@ -29,6 +29,7 @@ an HVP and a GGN-vector product, 1.7-3.7x a plain Hutchinson probe, so at equal 
 Hutchinson with more probes was as accurate or better on both.
 Reference: the arTuRO optimizer whose curvature this diagnoses, arXiv 2310.20574.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -87,9 +88,7 @@ def hessian_diagonal_cv(
             a loss whose output Hessian is unknown.
     """
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
-        raise CurvatureError(
-            f"samples: got {samples!r}; allowed: an integer >= 2 (the standard error needs two)"
-        )
+        raise CurvatureError(f"samples: got {samples!r}; allowed: an integer >= 2 (the standard error needs two)")
     check_chunk_size(chunk_size)
     check_generator(generator)
     problem = loss_of_parameters(model, loss_fn, inputs, targets, train=train)

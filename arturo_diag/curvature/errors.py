@@ -3,6 +3,7 @@
 Both belong to the project's one exception family (:class:`arturo_diag.errors.ArturoDiagError`),
 so the CLI turns them into a one-line message and exit code 2.
 """
+
 from __future__ import annotations
 
 from arturo_diag.errors import ArturoDiagError

@@ -23,6 +23,7 @@ Hessian's factorisation and per-sample Jacobian products, see :mod:`arturo_diag.
 "ggn" refuses (:class:`GGNNotExactError`) any model or loss it cannot prove qualifies; "auto"
 then falls back to "hvp".
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -33,9 +34,9 @@ from torch import Tensor, nn
 
 from arturo_diag.curvature._checks import check_chunk_size
 from arturo_diag.curvature.errors import CurvatureError, GGNNotExactError
+from arturo_diag.curvature.functional import LossOfParameters, loss_of_parameters
 from arturo_diag.curvature.ggn import ggn_diagonal
 from arturo_diag.curvature.hvp import batched_hvp, hvp_plan
-from arturo_diag.curvature.functional import LossOfParameters, loss_of_parameters
 from arturo_diag.curvature.result import DiagonalHessian, split_like
 
 __all__ = ["METHODS", "PIECEWISE_LINEAR_OPT_IN", "check_ggn_exact", "exact_diagonal"]
@@ -61,7 +62,6 @@ _PIECEWISE_LINEAR_LEAVES = frozenset(
 _BATCH_NORMS = frozenset({nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d})
 # Containers whose forward is plain composition, or that have no forward at all.
 _CONTAINERS = frozenset({nn.Sequential, nn.ModuleList, nn.ModuleDict})
-
 
 
 def exact_diagonal(
@@ -120,9 +120,7 @@ def exact_diagonal(
     return DiagonalHessian(values, "hvp", note=note)
 
 
-def check_ggn_exact(
-    model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], train: bool = False
-) -> str:
+def check_ggn_exact(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], train: bool = False) -> str:
     """Prove that diag(H) = diag(GGN) for ``model`` with ``loss_fn``, or raise.
 
     Every module of ``model`` must be a whitelisted piecewise-linear layer (exact type), batch
@@ -201,9 +199,7 @@ def _loss_kind(loss_fn: Callable) -> str:
         return "cross_entropy"
     if type(loss_fn) is nn.MSELoss:
         if loss_fn.reduction != "mean":
-            raise GGNNotExactError(
-                f"ggn supports nn.MSELoss only with reduction='mean'; got {loss_fn.reduction!r}"
-            )
+            raise GGNNotExactError(f"ggn supports nn.MSELoss only with reduction='mean'; got {loss_fn.reduction!r}")
         return "mse"
     raise GGNNotExactError(
         f"ggn cannot identify the loss {loss_fn!r}; it supports nn.CrossEntropyLoss(), "
@@ -211,9 +207,7 @@ def _loss_kind(loss_fn: Callable) -> str:
     )
 
 
-def _hvp_diagonal(
-    problem: LossOfParameters, chunk_size: int, batched: bool = True
-) -> dict[str, Tensor]:
+def _hvp_diagonal(problem: LossOfParameters, chunk_size: int, batched: bool = True) -> dict[str, Tensor]:
     names, params, loss = problem
     sizes = [p.numel() for p in params]
     total = sum(sizes)

@@ -17,6 +17,7 @@ written), and active dropout is refused because the Hessian of a random function
 
 Reference: the arTuRO optimizer whose curvature this diagnoses, arXiv 2310.20574.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -103,8 +104,7 @@ class ParameterLoss:
         if not isinstance(loss, Tensor) or loss.dim() != 0:
             shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
             raise CurvatureError(
-                f"loss_fn must return a scalar tensor (the mean loss over the probe batch); "
-                f"got {shape}"
+                f"loss_fn must return a scalar tensor (the mean loss over the probe batch); got {shape}"
             )
         return loss
 
@@ -146,9 +146,7 @@ def loss_of_parameters(
         raise CurvatureError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not trainable:
-        raise CurvatureError(
-            f"{type(model).__name__} has no parameter that requires grad; nothing to differentiate"
-        )
+        raise CurvatureError(f"{type(model).__name__} has no parameter that requires grad; nothing to differentiate")
     dtypes = {p.dtype for _, p in trainable}
     devices = {p.device for _, p in trainable}
     if len(dtypes) > 1 or len(devices) > 1:
@@ -165,8 +163,7 @@ def loss_of_parameters(
         raise CurvatureError("empty probe batch: inputs have 0 rows")
     if targets.shape[0] != inputs.shape[0]:
         raise CurvatureError(
-            f"targets have {targets.shape[0]} rows but inputs have {inputs.shape[0]}; "
-            "they must match row for row"
+            f"targets have {targets.shape[0]} rows but inputs have {inputs.shape[0]}; they must match row for row"
         )
     if train:
         active = [n for n, m in model.named_modules() if _is_active_dropout(m)]

@@ -27,6 +27,7 @@ The per-sample Jacobian products J_n^T s_n,c are taken in one of two ways, with 
 Only meaningful as the Hessian diagonal where diag(H) = diag(G) (see
 :func:`arturo_diag.curvature.exact.check_ggn_exact`). Reference: arXiv 2310.20574 (arTuRO).
 """
+
 from __future__ import annotations
 
 import torch
@@ -138,9 +139,7 @@ def _factor_columns(kind: str, outputs: Tensor) -> Tensor:
 # --- generic path ---------------------------------------------------------------------------
 
 
-def _generic(
-    problem: LossOfParameters, kind: str, columns: int, chunk: int
-) -> dict[str, Tensor]:
+def _generic(problem: LossOfParameters, kind: str, columns: int, chunk: int) -> dict[str, Tensor]:
     names, params, loss = problem
 
     def squared_products(x: Tensor) -> tuple[Tensor, ...]:
@@ -182,11 +181,7 @@ def _layerwise_supports(module: nn.Module) -> bool:
     if type(module) is nn.Linear or type(module) in _BATCH_NORMS:
         return True
     if type(module) in (nn.Conv1d, nn.Conv2d):
-        return (
-            module.groups == 1
-            and module.padding_mode == "zeros"
-            and not isinstance(module.padding, str)
-        )
+        return module.groups == 1 and module.padding_mode == "zeros" and not isinstance(module.padding, str)
     return False
 
 
@@ -200,9 +195,7 @@ def _layerwise_chunk(problem: LossOfParameters, layers: dict[str, nn.Module], co
     return max(1, _LAYERWISE_CHUNK_ELEMENTS // max(1, 2 * activations + gradients))
 
 
-def _layerwise(
-    problem: LossOfParameters, kind: str, layers: dict[str, nn.Module], chunk: int
-) -> dict[str, Tensor]:
+def _layerwise(problem: LossOfParameters, kind: str, layers: dict[str, nn.Module], chunk: int) -> dict[str, Tensor]:
     names, params, loss = problem
     sums = {name: torch.zeros_like(p) for name, p in zip(names, params)}
     order = list(layers)

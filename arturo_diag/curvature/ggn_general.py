@@ -51,6 +51,7 @@ Memory: each ``vmap`` call is sized so that its products and cotangents stay wit
 ``memory_budget`` bytes, roughly, and within 64 MiB, which measured faster on CPU. Reference: arXiv 2310.20574 (arTuRO), whose
 curvature estimate this diagnoses; the closed-form Sequential path is :mod:`arturo_diag.curvature.ggn`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -267,8 +268,7 @@ def output_hessian_factor(
         if not isinstance(blocks, Tensor) or tuple(blocks.shape) != (n, width, width):
             got = tuple(blocks.shape) if isinstance(blocks, Tensor) else type(blocks).__name__
             raise CurvatureError(
-                f"output_hessian must return the per-row blocks d^2 L / dF_n^2 of shape "
-                f"{(n, width, width)}; got {got}"
+                f"output_hessian must return the per-row blocks d^2 L / dF_n^2 of shape {(n, width, width)}; got {got}"
             )
         return _DenseHessian(outputs, blocks.to(outputs.dtype))
     spec = _loss_spec(loss_fn)
@@ -312,9 +312,7 @@ def _loss_spec(loss_fn: Callable) -> tuple[str, dict] | None:
 
 def _cross_entropy_weights(outputs: Tensor, targets: Tensor, options: dict) -> Tensor:
     if outputs.dim() < 2:
-        raise CurvatureError(
-            f"cross-entropy needs logits of shape (N, C, ...); got {tuple(outputs.shape)}"
-        )
+        raise CurvatureError(f"cross-entropy needs logits of shape (N, C, ...); got {tuple(outputs.shape)}")
     if targets.is_floating_point() or targets.shape != outputs.shape[:1] + outputs.shape[2:]:
         raise CurvatureError(
             "cross-entropy ggn_diagonal needs integer class-index targets of shape "
@@ -322,9 +320,7 @@ def _cross_entropy_weights(outputs: Tensor, targets: Tensor, options: dict) -> T
             f"{tuple(targets.shape)} (probability targets: pass output_hessian)"
         )
     if options["reduction"] not in ("mean", "sum"):
-        raise CurvatureError(
-            f"cross-entropy: reduction must be 'mean' or 'sum'; got {options['reduction']!r}"
-        )
+        raise CurvatureError(f"cross-entropy: reduction must be 'mean' or 'sum'; got {options['reduction']!r}")
     classes = outputs.shape[1]
     keep = targets != options["ignore_index"]
     index = torch.where(keep, targets, torch.zeros_like(targets))
@@ -334,11 +330,7 @@ def _cross_entropy_weights(outputs: Tensor, targets: Tensor, options: dict) -> T
             f"[{int(index[keep].min())}, {int(index[keep].max())}]"
         )
     weight = options["weight"]
-    weight = (
-        torch.ones(classes, dtype=outputs.dtype, device=outputs.device)
-        if weight is None
-        else weight.to(outputs)
-    )
+    weight = torch.ones(classes, dtype=outputs.dtype, device=outputs.device) if weight is None else weight.to(outputs)
     target_weight = weight[index] * keep
     eps = float(options["label_smoothing"])
     # d^2/dz^2 of -(1 - eps) w_y log p_y - (eps / C) sum_c w_c log p_c is
@@ -377,15 +369,11 @@ class _GGNRun:
         kind, options = spec
         targets = self.loss.targets
         if kind == "cross_entropy" and (
-            self.outputs.dim() != 2
-            or options["weight"] is not None
-            or bool((targets == options["ignore_index"]).any())
+            self.outputs.dim() != 2 or options["weight"] is not None or bool((targets == options["ignore_index"]).any())
         ):
             return None  # label smoothing leaves the output Hessian as it is
         model = self.loss.model
-        if len({id(p) for p in model.parameters()}) != len(
-            list(model.named_parameters(remove_duplicate=False))
-        ):
+        if len({id(p) for p in model.parameters()}) != len(list(model.named_parameters(remove_duplicate=False))):
             return None
         if _sequential._layers_of(model, self.names) is None:
             return None
@@ -413,9 +401,7 @@ class _GGNRun:
             return False
         try:
             with torch.no_grad():
-                rows = vmap(lambda x: self.loss.outputs(self.params, x.unsqueeze(0)).squeeze(0))(
-                    self.inputs
-                )
+                rows = vmap(lambda x: self.loss.outputs(self.params, x.unsqueeze(0)).squeeze(0))(self.inputs)
         except Exception:  # noqa: BLE001 - a model that cannot run row by row is treated as coupled
             return True
         tol = 1e-10 if self.outputs.dtype == torch.float64 else 1e-4
@@ -510,8 +496,7 @@ class _GGNRun:
             eye = torch.zeros(count, total, dtype=like.dtype, device=like.device)
             eye[torch.arange(count), torch.arange(start, stop)] = 1
             tangents = tuple(
-                part.reshape(count, *p.shape).contiguous()
-                for part, p in zip(eye.split(sizes, dim=1), params)
+                part.reshape(count, *p.shape).contiguous() for part, p in zip(eye.split(sizes, dim=1), params)
             )
             diagonal[start:stop] = self.hessian.quadratic(batched(tangents))
         return diagonal
@@ -560,4 +545,3 @@ def _is_hessian(model, loss_fn, train: bool, output_hessian) -> tuple[bool, str]
     except GGNNotExactError as refusal:
         return False, str(refusal)
     return True, f"every output is linear in each weight and the loss is {kind}"
-

@@ -22,6 +22,7 @@ variance; it estimates the standard deviation of h_hat_i across independent runs
 The curvature arTuRO filters (ARTURO.md, ``a``; arXiv 2310.20574) is compared with this
 estimate when the exact diagonal is too expensive.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -29,11 +30,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-
 from arturo_diag.curvature._checks import check_chunk_size, check_generator
 from arturo_diag.curvature.errors import CurvatureError
-from arturo_diag.curvature.hvp import batched_hvp, hvp_plan
 from arturo_diag.curvature.functional import loss_of_parameters
+from arturo_diag.curvature.hvp import batched_hvp, hvp_plan
 from arturo_diag.curvature.result import DiagonalHessian, split_like
 
 __all__ = ["hutchinson_diagonal"]
@@ -78,9 +78,7 @@ def hutchinson_diagonal(
         CurvatureError: bad input (see :func:`loss_of_parameters`), samples < 2, bad chunk size.
     """
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
-        raise CurvatureError(
-            f"samples: got {samples!r}; allowed: an integer >= 2 (the standard error needs two)"
-        )
+        raise CurvatureError(f"samples: got {samples!r}; allowed: an integer >= 2 (the standard error needs two)")
     check_chunk_size(chunk_size)
     check_generator(generator)
     names, params, loss = loss_of_parameters(model, loss_fn, inputs, targets, train=train)
@@ -115,9 +113,7 @@ def hutchinson_diagonal(
             offset += size
         del draws
         products = hessian_times(tuple(tangents))
-        terms = torch.cat(
-            [(z * h).reshape(count, -1) for z, h in zip(tangents, products)], dim=1
-        )
+        terms = torch.cat([(z * h).reshape(count, -1) for z, h in zip(tangents, products)], dim=1)
         del tangents, products
         if shift is None:
             shift = terms.mean(0)
@@ -132,4 +128,3 @@ def hutchinson_diagonal(
         DiagonalHessian(split_like(estimate, names, params), "hutchinson", samples=samples),
         DiagonalHessian(split_like(stderr, names, params), "hutchinson-stderr", samples=samples),
     )
-

@@ -15,6 +15,7 @@ If the double backward is not available for some operator, forward-over-reverse 
 (``vmap`` of ``jvp`` of ``grad``); that path in turn cannot differentiate ``F.mse_loss`` with
 reduction "mean" (pytorch issue #123996), which reverse-over-reverse can.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

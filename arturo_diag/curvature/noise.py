@@ -34,6 +34,7 @@ epsilon is absolute: where v_i is far below 1e-5 it, not the noise, sets the rat
 ``epsilon=0`` for the plain ratio (coordinates with v_i = 0 then give inf, or nan where gbar_i
 is 0 too, and are left out of the means; their number is in ``zero_variance``).
 """
+
 from __future__ import annotations
 
 import math
@@ -146,11 +147,15 @@ def gradient_noise(
     check_chunk_size(chunk_size)
     if not isinstance(epsilon, (int, float)) or isinstance(epsilon, bool) or not epsilon >= 0:
         raise CurvatureError(f"epsilon: got {epsilon!r}; allowed: a number >= 0")
-    coupled = [
-        name or "<root>"
-        for name, m in model.named_modules()
-        if isinstance(m, _BATCH_NORM) and (train or not m.track_running_stats or m.running_mean is None)
-    ] if isinstance(model, nn.Module) else []
+    coupled = (
+        [
+            name or "<root>"
+            for name, m in model.named_modules()
+            if isinstance(m, _BATCH_NORM) and (train or not m.track_running_stats or m.running_mean is None)
+        ]
+        if isinstance(model, nn.Module)
+        else []
+    )
     if coupled:
         raise CurvatureError(
             "batch norm normalising with batch statistics couples the samples, so per-sample "
@@ -211,8 +216,7 @@ class _SampleLoss:
         if not isinstance(value, Tensor) or value.dim() != 0:
             shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
             raise CurvatureError(
-                "loss_fn must return a scalar tensor for a batch of one sample (a mean over the "
-                f"batch); got {shape}"
+                f"loss_fn must return a scalar tensor for a batch of one sample (a mean over the batch); got {shape}"
             )
         return value
 

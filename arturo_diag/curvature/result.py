@@ -1,4 +1,5 @@
 """The value every curvature function returns: a diagonal, per parameter, with its provenance."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
@@ -44,15 +45,10 @@ class DiagonalHessian(Mapping[str, Tensor]):
     def __repr__(self) -> str:
         total = sum(v.numel() for v in self.tensors.values())
         extra = f", samples={self.samples}" if self.samples is not None else ""
-        return (
-            f"DiagonalHessian(method={self.method!r}, parameters={len(self)}, "
-            f"entries={total}{extra})"
-        )
+        return f"DiagonalHessian(method={self.method!r}, parameters={len(self)}, entries={total}{extra})"
 
 
-def split_like(
-    flat: Tensor, names: tuple[str, ...], params: tuple[Tensor, ...]
-) -> dict[str, Tensor]:
+def split_like(flat: Tensor, names: tuple[str, ...], params: tuple[Tensor, ...]) -> dict[str, Tensor]:
     """Cut a flat vector into views shaped like ``params``, keyed by ``names``."""
     parts = flat.split([p.numel() for p in params])
     return {name: part.view_as(p) for name, part, p in zip(names, parts, params)}

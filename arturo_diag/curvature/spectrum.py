@@ -56,6 +56,7 @@ whose input (the data) needs none. Rademacher probes are drawn as in
 :func:`arturo_diag.curvature.hutchinson_diagonal` (one int8 draw of P entries per probe, in probe
 order), so the same generator state gives the same probes whatever the chunking.
 """
+
 from __future__ import annotations
 
 import math
@@ -242,9 +243,7 @@ class HessianOperator:
                     raise
                 self._use_forward()
                 return self.matvec(vector)
-            products = tuple(
-                torch.zeros_like(leaf) if p is None else p for p, leaf in zip(products, self._leaves)
-            )
+            products = tuple(torch.zeros_like(leaf) if p is None else p for p, leaf in zip(products, self._leaves))
         else:
             products = self._forward(tangents)
         self.hvps += 1
@@ -258,8 +257,7 @@ class HessianOperator:
             flat = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64).reshape(-1))
             return self.matvec(flat).to(torch.float64).cpu().numpy()
 
-        return LinearOperator((self.dimension, self.dimension), matvec=matvec, rmatvec=matvec,
-                              dtype=np.float64)
+        return LinearOperator((self.dimension, self.dimension), matvec=matvec, rmatvec=matvec, dtype=np.float64)
 
 
 def hessian_operator(
@@ -458,9 +456,7 @@ def top_eigenvalues(
     _check_common(generator, None)
     op = operator or hessian_operator(model, loss_fn, inputs, targets, train=train)
     if k >= op.dimension:
-        raise CurvatureError(
-            f"k: got {k}; allowed: fewer than the {op.dimension} parameters (Lanczos needs k < P)"
-        )
+        raise CurvatureError(f"k: got {k}; allowed: fewer than the {op.dimension} parameters (Lanczos needs k < P)")
     if tol is None:
         tol = 0.0 if op.dtype == torch.float64 else 1e-4
     generator = generator or torch.Generator().manual_seed(0)
@@ -626,25 +622,18 @@ def _flat_diagonal(diagonal, problem: LossOfParameters) -> Tensor:
     total = sum(p.numel() for p in params)
     if isinstance(diagonal, Tensor):
         if diagonal.numel() != total:
-            raise CurvatureError(
-                f"diagonal: got {diagonal.numel()} entries; the model has {total} trainable ones"
-            )
+            raise CurvatureError(f"diagonal: got {diagonal.numel()} entries; the model has {total} trainable ones")
         return diagonal.detach().reshape(-1).to(torch.float64).cpu()
     if not isinstance(diagonal, Mapping):
-        raise CurvatureError(
-            f"diagonal: got {type(diagonal).__name__}; allowed: a mapping name -> tensor or a tensor"
-        )
+        raise CurvatureError(f"diagonal: got {type(diagonal).__name__}; allowed: a mapping name -> tensor or a tensor")
     if list(diagonal) != list(names):
         raise CurvatureError(
-            f"diagonal: its parameters {list(diagonal)} are not the model's trainable ones "
-            f"{list(names)} (in order)"
+            f"diagonal: its parameters {list(diagonal)} are not the model's trainable ones {list(names)} (in order)"
         )
     parts = []
     for name, p in zip(names, params):
         value = diagonal[name]
         if tuple(value.shape) != tuple(p.shape):
-            raise CurvatureError(
-                f"diagonal[{name!r}]: shape {tuple(value.shape)}; the parameter's is {tuple(p.shape)}"
-            )
+            raise CurvatureError(f"diagonal[{name!r}]: shape {tuple(value.shape)}; the parameter's is {tuple(p.shape)}")
         parts.append(value.detach().reshape(-1).to(torch.float64).cpu())
     return torch.cat(parts)

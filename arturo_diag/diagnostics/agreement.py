@@ -9,6 +9,7 @@ a constant would score.
 All functions are pure: numpy arrays in (any shape; flattened, computed in float64), plain
 Python floats and dicts out. NaN marks a number that is undefined (e.g. Spearman of a constant).
 """
+
 from __future__ import annotations
 
 import math
@@ -81,8 +82,9 @@ def spearman(a: Any, h: Any, *, a_ranks: np.ndarray | None = None, h_ranks: np.n
     return _pearson(ranks(a) if a_ranks is None else a_ranks, ranks(h) if h_ranks is None else h_ranks)
 
 
-def agreement(a: Any, h: Any, *, a_ranks: np.ndarray | None = None,
-              h_ranks: np.ndarray | None = None) -> dict[str, float]:
+def agreement(
+    a: Any, h: Any, *, a_ranks: np.ndarray | None = None, h_ranks: np.ndarray | None = None
+) -> dict[str, float]:
     """How well ``a`` matches the reference ``h`` (ARTURO.md, "Diagnostic quantities").
 
     Coordinates where ``a`` or ``h`` is not finite are dropped and counted (``n_nonfinite``);
@@ -147,8 +149,9 @@ def agreement(a: Any, h: Any, *, a_ranks: np.ndarray | None = None,
     return result
 
 
-def _beats(estimate: Mapping[str, float], baseline: Mapping[str, float], *,
-           baseline_is_constant: bool) -> dict[str, bool | None]:
+def _beats(
+    estimate: Mapping[str, float], baseline: Mapping[str, float], *, baseline_is_constant: bool
+) -> dict[str, bool | None]:
     verdict: dict[str, bool | None] = {}
     for metric, larger_is_better in AGREEMENT_METRICS.items():
         mine, theirs = estimate[metric], baseline[metric]
@@ -170,8 +173,9 @@ def _summary(verdict: Mapping[str, bool | None]) -> dict[str, Any]:
     }
 
 
-def agreement_with_baselines(a: Any, h: Any, h_prev: Any | None = None,
-                             constant: float = INITIAL_CURVATURE) -> dict[str, Any]:
+def agreement_with_baselines(
+    a: Any, h: Any, h_prev: Any | None = None, constant: float = INITIAL_CURVATURE
+) -> dict[str, Any]:
     """:func:`agreement` of ``a`` with ``h`` beside the same numbers for two baselines.
 
     Baselines (ARTURO.md, "Diagnostic quantities"): the constant vector ``constant`` (default 0.1,
@@ -208,8 +212,9 @@ def agreement_with_baselines(a: Any, h: Any, h_prev: Any | None = None,
     }
 
 
-def per_layer(fn: Callable[..., Any], arrays_by_param: Mapping[str, Any],
-              layers: Mapping[str, str] | None = None) -> dict[str, Any]:
+def per_layer(
+    fn: Callable[..., Any], arrays_by_param: Mapping[str, Any], layers: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """Apply ``fn`` to all coordinates ("overall") and to each layer's coordinates.
 
     ``arrays_by_param`` maps parameter name -> the arrays ``fn`` takes, either a sequence (passed

@@ -45,6 +45,7 @@ entry" is ``{"step", ["reference",] "overall": X, "layers": {layer: X}}`` and a 
                   test_accuracy} or None, best_test_accuracy, best_test_accuracy_epoch
     findings      [{text, severity ("info" | "warning"), topic}]
 """
+
 from __future__ import annotations
 
 import copy
@@ -84,11 +85,11 @@ def _setting(record: RunRecord, name: str) -> tuple[Any, str]:
     """A setting from the manifest, the manifest's optimizer, the config's [optimizer], or the default."""
     manifest_optimizer = record.manifest.get("optimizer") or {}
     config_optimizer = record.config.get("optimizer") or {}
-    for value, source in ((record.manifest.get(name), "record.json"),
-                          (manifest_optimizer.get(name) if isinstance(manifest_optimizer, Mapping) else None,
-                           "record.json optimizer"),
-                          (config_optimizer.get(name) if isinstance(config_optimizer, Mapping) else None,
-                           "config.toml [optimizer]")):
+    for value, source in (
+        (record.manifest.get(name), "record.json"),
+        (manifest_optimizer.get(name) if isinstance(manifest_optimizer, Mapping) else None, "record.json optimizer"),
+        (config_optimizer.get(name) if isinstance(config_optimizer, Mapping) else None, "config.toml [optimizer]"),
+    ):
         if value is not None:
             return value, source
     return _DEFAULT_SETTINGS.get(name), "default"
@@ -135,8 +136,10 @@ def _unusable(a: Mapping[str, np.ndarray], h: Mapping[str, np.ndarray], layers: 
         if total:
             first = next(name for name, count in bad.items() if count)
             size = sum(int(np.size(x)) for x in arrays.values())
-            return (f"{what} is NaN/inf in {total} of {size} coordinates (first in layer "
-                    f"{layers.get(first, first)}, {first})")
+            return (
+                f"{what} is NaN/inf in {total} of {size} coordinates (first in layer "
+                f"{layers.get(first, first)}, {first})"
+            )
     if not any(np.any(x != 0) for x in h.values()):
         return "the reference h is 0 at every coordinate"
     return None
@@ -152,8 +155,10 @@ def _training(epochs: pd.DataFrame) -> dict[str, Any]:
         value = pd.to_numeric(pd.Series([row.get(column)]), errors="coerce").iloc[0]
         return float(value)
 
-    final = {column: number(last, column) for column in
-             ("epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy")}
+    final = {
+        column: number(last, column)
+        for column in ("epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
+    }
     for column in ("epoch", "step"):
         if math.isfinite(final[column]):
             final[column] = int(final[column])
@@ -164,13 +169,23 @@ def _training(epochs: pd.DataFrame) -> dict[str, Any]:
         best_epoch = int(best_epoch) if math.isfinite(best_epoch) else None
     else:
         best, best_epoch = math.nan, None
-    return {"n_evaluations": int(len(epochs)), "final": final, "best_test_accuracy": best,
-            "best_test_accuracy_epoch": best_epoch}
+    return {
+        "n_evaluations": int(len(epochs)),
+        "final": final,
+        "best_test_accuracy": best,
+        "best_test_accuracy_epoch": best_epoch,
+    }
 
 
-def analyze_record(record: RunRecord | str | os.PathLike[str], *, collapse_fraction: float = 0.01,
-                   max_lag: int = 5, lag_metric: str = "spearman", burn_in: int | None = None,
-                   constant: float = INITIAL_CURVATURE) -> dict[str, Any]:
+def analyze_record(
+    record: RunRecord | str | os.PathLike[str],
+    *,
+    collapse_fraction: float = 0.01,
+    max_lag: int = 5,
+    lag_metric: str = "spearman",
+    burn_in: int | None = None,
+    constant: float = INITIAL_CURVATURE,
+) -> dict[str, Any]:
     """Every diagnostic of one run record (ARTURO.md, "Diagnostic quantities"), as a dict.
 
     Args:
@@ -210,20 +225,36 @@ def analyze_record(record: RunRecord | str | os.PathLike[str], *, collapse_fract
     for step in record.snapshot_steps:
         snapshot = record.snapshot(step)
         names = [name for name, fields in snapshot.items() if "curvature" in fields]
-        has = {field: bool(names) and all(field in snapshot[name] for name in names)
-               for field in ("h_exact", "h_hutchinson", "h_hutchinson_se", "filter_cov_aa", "precision")}
-        label = ("both" if has["h_exact"] and has["h_hutchinson"] else "exact" if has["h_exact"]
-                 else "hutchinson" if has["h_hutchinson"] else "none")
+        has = {
+            field: bool(names) and all(field in snapshot[name] for name in names)
+            for field in ("h_exact", "h_hutchinson", "h_hutchinson_se", "filter_cov_aa", "precision")
+        }
+        label = (
+            "both"
+            if has["h_exact"] and has["h_hutchinson"]
+            else "exact"
+            if has["h_exact"]
+            else "hutchinson"
+            if has["h_hutchinson"]
+            else "none"
+        )
         labels.append(label)
         field = {"both": "h_exact", "exact": "h_exact", "hutchinson": "h_hutchinson"}.get(label)
         a = {name: snapshot[name]["curvature"] for name in names}
 
         precision_all = [fields["precision"] for fields in snapshot.values() if "precision" in fields]
-        health_entries.append({"step": int(step), **snapshot_health(
-            precision=_concat(precision_all) if precision_all else None,
-            curvature=_concat(list(a.values())) if a else None,
-            reference=_concat([snapshot[n][field] for n in names]) if field else None,
-            var_init=var_init, fraction=collapse_fraction)})
+        health_entries.append(
+            {
+                "step": int(step),
+                **snapshot_health(
+                    precision=_concat(precision_all) if precision_all else None,
+                    curvature=_concat(list(a.values())) if a else None,
+                    reference=_concat([snapshot[n][field] for n in names]) if field else None,
+                    var_init=var_init,
+                    fraction=collapse_fraction,
+                ),
+            }
+        )
         if field is None:
             previous = None
             continue
@@ -235,31 +266,68 @@ def analyze_record(record: RunRecord | str | os.PathLike[str], *, collapse_fract
             previous = None
             continue
         h_prev = previous[1] if previous is not None and previous[0] == field and set(previous[1]) >= set(h) else None
-        agreement_entries.append(_split(per_layer(
-            lambda a, h, h_prev: agreement_with_baselines(a, h, h_prev, constant=constant),
-            {name: {"a": a[name], "h": h[name], "h_prev": None if h_prev is None else h_prev[name]} for name in names},
-            record.layers), step, reference=field))
-        movement_entries.append(_split(per_layer(
-            lambda a, h: movement(a, h, prior=constant), {name: (a[name], h[name]) for name in names},
-            record.layers), step, reference=field))
+        agreement_entries.append(
+            _split(
+                per_layer(
+                    lambda a, h, h_prev: agreement_with_baselines(a, h, h_prev, constant=constant),
+                    {
+                        name: {"a": a[name], "h": h[name], "h_prev": None if h_prev is None else h_prev[name]}
+                        for name in names
+                    },
+                    record.layers,
+                ),
+                step,
+                reference=field,
+            )
+        )
+        movement_entries.append(
+            _split(
+                per_layer(
+                    lambda a, h: movement(a, h, prior=constant),
+                    {name: (a[name], h[name]) for name in names},
+                    record.layers,
+                ),
+                step,
+                reference=field,
+            )
+        )
         if has["filter_cov_aa"]:
-            calibration_entries.append(_split(per_layer(
-                calibration, {name: (a[name], h[name], snapshot[name]["filter_cov_aa"]) for name in names},
-                record.layers), step, reference=field))
+            calibration_entries.append(
+                _split(
+                    per_layer(
+                        calibration,
+                        {name: (a[name], h[name], snapshot[name]["filter_cov_aa"]) for name in names},
+                        record.layers,
+                    ),
+                    step,
+                    reference=field,
+                )
+            )
         if label == "both":
-            hutchinson_entries.append(_split(per_layer(
-                agreement, {name: (snapshot[name]["h_hutchinson"], snapshot[name]["h_exact"]) for name in names},
-                record.layers), step))
+            hutchinson_entries.append(
+                _split(
+                    per_layer(
+                        agreement,
+                        {name: (snapshot[name]["h_hutchinson"], snapshot[name]["h_exact"]) for name in names},
+                        record.layers,
+                    ),
+                    step,
+                )
+            )
         if has["h_hutchinson"] and has["h_hutchinson_se"]:
             h_hat = _concat([snapshot[n]["h_hutchinson"] for n in names])
             se = _concat([snapshot[n]["h_hutchinson_se"] for n in names])
             nonzero = h_hat != 0
-            noise_entries.append({
-                "step": int(step),
-                "relative_se": _relative_norm(se, h_hat),
-                "median_se_over_abs_h": float(np.median(se[nonzero] / np.abs(h_hat[nonzero]))) if nonzero.any() else math.nan,
-                "samples": _snapshot_value(record.snapshots, step, "hutchinson_samples"),
-            })
+            noise_entries.append(
+                {
+                    "step": int(step),
+                    "relative_se": _relative_norm(se, h_hat),
+                    "median_se_over_abs_h": float(np.median(se[nonzero] / np.abs(h_hat[nonzero])))
+                    if nonzero.any()
+                    else math.nan,
+                    "samples": _snapshot_value(record.snapshots, step, "hutchinson_samples"),
+                }
+            )
         lag.add(step, _concat(list(a.values())), _concat(list(h.values())))
         previous = (field, h)
 
@@ -283,8 +351,12 @@ def analyze_record(record: RunRecord | str | os.PathLike[str], *, collapse_fract
             "snapshot_steps": [int(s) for s in record.snapshot_steps],
             "reference": run_reference,
             "compared_against": compared[0] if len(compared) == 1 else (None if not compared else "mixed"),
-            "exact_method": _snapshot_value(record.snapshots, last_snapshot, "exact_method") if last_snapshot is not None else None,
-            "hutchinson_samples": _snapshot_value(record.snapshots, last_snapshot, "hutchinson_samples") if last_snapshot is not None else None,
+            "exact_method": _snapshot_value(record.snapshots, last_snapshot, "exact_method")
+            if last_snapshot is not None
+            else None,
+            "hutchinson_samples": _snapshot_value(record.snapshots, last_snapshot, "hutchinson_samples")
+            if last_snapshot is not None
+            else None,
             "n_parameters": int(sum(int(np.prod(shape)) for shape in record.parameters.values())),
             "n_tensors": len(record.parameters),
             "layers": list(dict.fromkeys(record.layers[name] for name in record.parameters)),
@@ -304,8 +376,9 @@ def analyze_record(record: RunRecord | str | os.PathLike[str], *, collapse_fract
         "movement": _series(movement_entries),
         "calibration": _series(calibration_entries),
         "lag": summarize_lag(lag.table(), max_lag=max_lag, metric=lag_metric),
-        "trust_region": trust_region_summary(steps_table, record.snapshots, eta_tol=eta_tol, burn_in=burn_in,
-                                             fixed_eta=fixed_eta),
+        "trust_region": trust_region_summary(
+            steps_table, record.snapshots, eta_tol=eta_tol, burn_in=burn_in, fixed_eta=fixed_eta
+        ),
         "health": {
             "eta": eta_health(steps_table),
             "iterations": iteration_histogram(steps_table),

@@ -6,6 +6,7 @@ sharpness is the median of ``|a-h| / sqrt(P_aa)`` (about 0.67 when calibrated). 
 is not enough: a claimed uncertainty far wider than the error gives 100 % coverage that means
 nothing, which is why both are reported and interpreted together.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,8 +51,10 @@ def interpret_calibration(coverage: float, sharpness: float) -> str:
         return "vacuous"
     if coverage < COVERAGE_OVERCONFIDENT or sharpness > SHARPNESS_OVERCONFIDENT:
         return "overconfident"
-    if (COVERAGE_CALIBRATED[0] <= coverage <= COVERAGE_CALIBRATED[1]
-            and SHARPNESS_CALIBRATED[0] <= sharpness <= SHARPNESS_CALIBRATED[1]):
+    if (
+        COVERAGE_CALIBRATED[0] <= coverage <= COVERAGE_CALIBRATED[1]
+        and SHARPNESS_CALIBRATED[0] <= sharpness <= SHARPNESS_CALIBRATED[1]
+    ):
         return "calibrated"
     return "miscalibrated"
 

@@ -12,6 +12,7 @@ plain floats in dicts, "overall" first, then each layer (module path,
 :func:`arturo_diag.diagnostics.agreement.per_layer` groups them. ARTURO.md names the symbols:
 ``pi`` the precision, ``eps`` the KL bound (the group's ``lr``), ``var_init``.
 """
+
 from __future__ import annotations
 
 import math

@@ -8,6 +8,7 @@ collapse: the variance shrunk below a set fraction of ``var_init``.
 
 Step-level numbers come from ``steps.csv``; coordinate-level ones from snapshot arrays.
 """
+
 from __future__ import annotations
 
 import math
@@ -194,8 +195,14 @@ def curvature_signs(a: Any | None, h: Any | None) -> dict[str, Any]:
     return result
 
 
-def snapshot_health(*, precision: Any | None, curvature: Any | None, reference: Any | None,
-                    var_init: float | None, fraction: float = 0.01) -> dict[str, Any]:
+def snapshot_health(
+    *,
+    precision: Any | None,
+    curvature: Any | None,
+    reference: Any | None,
+    var_init: float | None,
+    fraction: float = 0.01,
+) -> dict[str, Any]:
     """Coordinate-level health at one snapshot: precision quantiles, variance collapse, signs."""
     result: dict[str, Any] = {}
     if precision is not None:

@@ -6,6 +6,7 @@ the destination's directory, flushed and fsynced, then moved over the destinatio
 either the old file or the complete new one, never a partial write, and a run killed mid-write
 leaves at most a stray ``.<name>.*.tmp`` file, never a truncated record.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -102,8 +103,9 @@ def make_directory(path: str | os.PathLike[str], field: str | None = None) -> Pa
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "w", *, encoding: str | None = "utf-8",
-                newline: str | None = None) -> Iterator[IO[Any]]:
+def atomic_open(
+    path: str | os.PathLike[str], mode: str = "w", *, encoding: str | None = "utf-8", newline: str | None = None
+) -> Iterator[IO[Any]]:
     """Open a temporary file next to ``path``; on clean exit fsync it and move it onto ``path``.
 
     If the body raises, the temporary file is removed and ``path`` is left as it was (absent or

@@ -22,6 +22,7 @@ Definitions used here:
 Memory: :class:`LagAccumulator` keeps only the last ``K+1`` references, so a long run is
 processed snapshot by snapshot.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,8 +42,9 @@ LAG_METRICS: dict[str, bool] = {"spearman": True, "relative_error": False}
 _WORDS = {"spearman": "Spearman", "relative_error": "relative error"}
 
 
-def lag_pair(a: Any, h: Any, *, a_ranks: np.ndarray | None = None,
-             h_ranks: np.ndarray | None = None) -> dict[str, float]:
+def lag_pair(
+    a: Any, h: Any, *, a_ranks: np.ndarray | None = None, h_ranks: np.ndarray | None = None
+) -> dict[str, float]:
     """The agreement numbers of one (``a_t``, ``h_{t-k}``) pair: Spearman and relative error.
 
     Coordinates where either is non-finite are dropped. ``a_ranks``/``h_ranks`` are optional
@@ -114,8 +116,13 @@ def _nan_stat(fn, values: np.ndarray) -> float:
     return float(fn(values)) if values.size else math.nan
 
 
-def _curve(table: pd.DataFrame, metric: str, larger_is_better: bool, lag_max: int, window: str,
-           ) -> dict[str, Any]:
+def _curve(
+    table: pd.DataFrame,
+    metric: str,
+    larger_is_better: bool,
+    lag_max: int,
+    window: str,
+) -> dict[str, Any]:
     rows = table[table["k"] <= lag_max]
     if window == "common":
         rows = rows[rows["t"] >= lag_max]
@@ -146,8 +153,9 @@ def _curve(table: pd.DataFrame, metric: str, larger_is_better: bool, lag_max: in
     }
 
 
-def summarize_lag(table: pd.DataFrame, *, max_lag: int | None = None, metric: str = "spearman",
-                  window: str = "common") -> dict[str, Any]:
+def summarize_lag(
+    table: pd.DataFrame, *, max_lag: int | None = None, metric: str = "spearman", window: str = "common"
+) -> dict[str, Any]:
     """Lag curves, best lag and whether it is identifiable, from a :func:`lag_table`.
 
     Args:
@@ -197,12 +205,16 @@ def summarize_lag(table: pd.DataFrame, *, max_lag: int | None = None, metric: st
     result["curves"] = curves
     chosen = curves[metric]
     if chosen["argbest"] is None:
-        result["reason"] = f"no identifiable lag: the {_WORDS[metric]} of a_t with h_(t-k) is undefined (a or h constant)"
+        result["reason"] = (
+            f"no identifiable lag: the {_WORDS[metric]} of a_t with h_(t-k) is undefined (a or h constant)"
+        )
         return result
     if not chosen["identifiable"]:
-        result["reason"] = (f"no identifiable lag: the lag curve is flat within snapshot noise "
-                            f"({_WORDS[metric]} range {chosen['range']:.3g} over k = 0..{lag_max} "
-                            f"vs snapshot noise {chosen['noise']:.3g})")
+        result["reason"] = (
+            f"no identifiable lag: the lag curve is flat within snapshot noise "
+            f"({_WORDS[metric]} range {chosen['range']:.3g} over k = 0..{lag_max} "
+            f"vs snapshot noise {chosen['noise']:.3g})"
+        )
         return result
     best_k = int(chosen["best_k"])
     pairs = table[table["k"] == best_k]
@@ -213,22 +225,32 @@ def summarize_lag(table: pd.DataFrame, *, max_lag: int | None = None, metric: st
     if best_k == 0:
         others = [m for m in means[1:] if math.isfinite(m)]
         runner_up = (max if LAG_METRICS[metric] else min)(others) if others else math.nan
-        reason = (f"a_t agrees best with the same snapshot's h: {_WORDS[metric]} {means[0]:.3g} at k = 0 vs "
-                  f"{runner_up:.3g} at best for k = 1..{lag_max}")
+        reason = (
+            f"a_t agrees best with the same snapshot's h: {_WORDS[metric]} {means[0]:.3g} at k = 0 vs "
+            f"{runner_up:.3g} at best for k = 1..{lag_max}"
+        )
     else:
-        reason = (f"a_t agrees best with h_(t-{best_k}): {_WORDS[metric]} {means[best_k]:.3g} vs {means[0]:.3g} "
-                  f"at k = 0")
-    result.update({
-        "identifiable": True,
-        "best_k": best_k,
-        "best_lag_steps": lag_steps,
-        "reason": f"{reason} (curve range {chosen['range']:.3g} > snapshot noise {chosen['noise']:.3g})",
-    })
+        reason = f"a_t agrees best with h_(t-{best_k}): {_WORDS[metric]} {means[best_k]:.3g} vs {means[0]:.3g} at k = 0"
+    result.update(
+        {
+            "identifiable": True,
+            "best_k": best_k,
+            "best_lag_steps": lag_steps,
+            "reason": f"{reason} (curve range {chosen['range']:.3g} > snapshot noise {chosen['noise']:.3g})",
+        }
+    )
     return result
 
 
-def lag_analysis(steps: Iterable[int], a_seq: Iterable[Any], h_seq: Iterable[Any], *, max_lag: int = 5,
-                 metric: str = "spearman", window: str = "common") -> dict[str, Any]:
+def lag_analysis(
+    steps: Iterable[int],
+    a_seq: Iterable[Any],
+    h_seq: Iterable[Any],
+    *,
+    max_lag: int = 5,
+    metric: str = "spearman",
+    window: str = "common",
+) -> dict[str, Any]:
     """:func:`summarize_lag` of :func:`lag_table` for in-memory sequences of snapshots."""
     table = lag_table(zip(steps, a_seq, h_seq), max_lag)
     return summarize_lag(table, max_lag=max_lag, metric=metric, window=window)

@@ -24,6 +24,7 @@ Whoever takes a directory's lock from nobody removes the stray temporary files o
 (``.{name}.XXXXXXXX.tmp``, :mod:`arturo_diag.diagnostics.io`) in it and in its ``snapshots/``
 and ``figures/``: no live writer can own them.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,8 +33,9 @@ import os
 import re
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from arturo_diag.diagnostics.io import make_directory
 from arturo_diag.errors import RecordError
@@ -155,8 +157,14 @@ class DirectoryLock:
             OS's reason).
     """
 
-    def __init__(self, directory: str | os.PathLike[str], *, allow_nested: bool = False,
-                 advice: str = _WRITING, create: bool = True) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        allow_nested: bool = False,
+        advice: str = _WRITING,
+        create: bool = True,
+    ) -> None:
         self.directory = Path(directory)
         self.allow_nested = allow_nested
         self.advice = advice
@@ -173,7 +181,7 @@ class DirectoryLock:
         return self.directory / LOCK_FILE
 
     # ------------------------------------------------------------------ acquire
-    def acquire(self) -> "DirectoryLock":
+    def acquire(self) -> DirectoryLock:
         if self.held:
             raise RuntimeError(f"{self.directory}: this lock is already held")
         if self.create:
@@ -189,9 +197,11 @@ class DirectoryLock:
             if held is not None:
                 top = held.stack[-1] if held.stack else None
                 if top is None or not top.allow_nested:
-                    raise RecordError(f"{self.directory} is being written by another writer in this process "
-                                      f"(pid {os.getpid()}): end that one first (its finish(), fail() or "
-                                      f"close()), or choose another directory")
+                    raise RecordError(
+                        f"{self.directory} is being written by another writer in this process "
+                        f"(pid {os.getpid()}): end that one first (its finish(), fail() or "
+                        f"close()), or choose another directory"
+                    )
                 held.stack.append(self)
                 self._key = key
                 return self
@@ -205,8 +215,9 @@ class DirectoryLock:
         return self
 
     def _refuse(self, holder: str) -> RecordError:
-        return RecordError(f"{self.directory} is being written by another arturo-diag process"
-                           f"{_holder_text(holder)}; {self.advice}")
+        return RecordError(
+            f"{self.directory} is being written by another arturo-diag process{_holder_text(holder)}; {self.advice}"
+        )
 
     def _cannot(self, error: OSError) -> RecordError:
         return RecordError(f"cannot lock {self.path} ({error.strerror or error})")
@@ -287,7 +298,7 @@ class DirectoryLock:
             del _HELD[key]
         _release_os(held)
 
-    def __enter__(self) -> "DirectoryLock":
+    def __enter__(self) -> DirectoryLock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:

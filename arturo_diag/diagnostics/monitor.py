@@ -24,11 +24,13 @@ non-finite one the record is marked ``"diverged"`` (``record.json``'s ``"diverge
 the quantity, the parameter and its layer) and :meth:`Monitor.step` raises
 :class:`arturo_diag.errors.Diverged` with that message, so the loop stops there.
 """
+
 from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -42,15 +44,27 @@ __all__ = ["Monitor", "REFERENCES"]
 REFERENCES = ("exact", "hutchinson", "both", "none")
 _QUANTILE_SAMPLE = 65536  # precision quantiles per step come from this many fixed coordinates
 _FLUSH_SECONDS = 5.0  # the tables on disk lag the run by at most this (and a snapshot interval)
-_STATE_FIELDS = {"curvature": "curvature", "filter_cov_aa": "filter_cov_aa", "intercept": "intercept",
-                 "precision": "precision"}
+_STATE_FIELDS = {
+    "curvature": "curvature",
+    "filter_cov_aa": "filter_cov_aa",
+    "intercept": "intercept",
+    "precision": "precision",
+}
 # What is checked for NaN/inf after every step, in the order a step computes it (the first one found
 # is named): the gradient, the filter (P, then a and b), eta, the precision, the new weight.
 _FILTER_STATE = ("filter_cov_bb", "filter_cov_ba", "filter_cov_aa", "curvature", "intercept")
-_QUANTITY_WORDS = {"loss": "loss", "gradient": "gradient", "weight": "weight", "eta": "eta",
-                   "curvature": "curvature a", "intercept": "intercept b", "filter_cov_bb": "filter covariance P_bb",
-                   "filter_cov_ba": "filter covariance P_ba", "filter_cov_aa": "filter covariance P_aa",
-                   "precision": "precision pi"}
+_QUANTITY_WORDS = {
+    "loss": "loss",
+    "gradient": "gradient",
+    "weight": "weight",
+    "eta": "eta",
+    "curvature": "curvature a",
+    "intercept": "intercept b",
+    "filter_cov_bb": "filter covariance P_bb",
+    "filter_cov_ba": "filter covariance P_ba",
+    "filter_cov_aa": "filter covariance P_aa",
+    "precision": "precision pi",
+}
 
 
 def _minimal_config(every: int, reference: str) -> str:
@@ -117,12 +131,19 @@ class Monitor:
             raise ValueError("optimizer: it holds none of the model's parameters")
         self.is_arturo = hasattr(optimizer, "last_step") and hasattr(optimizer, "dual_diagnostics")
         group = optimizer.param_groups[0]
-        settings = {k: (float(v) if isinstance(v, Tensor) else v) for k, v in group.items() if k not in ("params", "param_names")}
+        settings = {
+            k: (float(v) if isinstance(v, Tensor) else v)
+            for k, v in group.items()
+            if k not in ("params", "param_names")
+        }
         self.writer = RecordWriter(
-            out, kind, config_toml or _minimal_config(every, reference),
+            out,
+            kind,
+            config_toml or _minimal_config(every, reference),
             {name: tuple(p.shape) for name, p in self.named},
             optimizer={"name": type(optimizer).__name__, **settings},
-            var_init=settings.get("var_init"), overwrite=overwrite,
+            var_init=settings.get("var_init"),
+            overwrite=overwrite,
         )
         self._extra_manifest = dict(extra_manifest or {})
         self.steps = 0
@@ -132,8 +153,9 @@ class Monitor:
         self.step_seconds = 0.0
         total = self._total = sum(p.numel() for _, p in self.named)
         generator = torch.Generator().manual_seed(seed)
-        self._quantile_index = (torch.randperm(total, generator=generator)[:_QUANTILE_SAMPLE]
-                                if total > _QUANTILE_SAMPLE else None)
+        self._quantile_index = (
+            torch.randperm(total, generator=generator)[:_QUANTILE_SAMPLE] if total > _QUANTILE_SAMPLE else None
+        )
         self._arm_dual_diagnostics()
 
     # ------------------------------------------------------------------ per step
@@ -150,12 +172,25 @@ class Monitor:
         """
         start = time.perf_counter()
         self.steps += 1
-        row: dict[str, Any] = {"step": self.steps, "epoch": epoch,
-                               "loss": float(loss) if loss is not None else math.nan}
+        row: dict[str, Any] = {
+            "step": self.steps,
+            "epoch": epoch,
+            "loss": float(loss) if loss is not None else math.nan,
+        }
         last = getattr(self.optimizer, "last_step", None) if self.is_arturo else None
         if last is not None:
-            for key in ("kl_bound", "eta", "eta_lo", "eta_hi", "iterations", "kl_ratio", "precision_nonpos",
-                        "denominator_nonpos", "guard_acted", "numel"):
+            for key in (
+                "kl_bound",
+                "eta",
+                "eta_lo",
+                "eta_hi",
+                "iterations",
+                "kl_ratio",
+                "precision_nonpos",
+                "denominator_nonpos",
+                "guard_acted",
+                "numel",
+            ):
                 row[key] = last.get(key)
             row["eta_prev"] = self._previous_eta
             self._previous_eta = last.get("eta")
@@ -200,8 +235,9 @@ class Monitor:
             return self._divergence("loss", None, torch.tensor([loss], dtype=torch.float64))
         eta = (last or {}).get("eta")
         zero_bound = not (last or {}).get("kl_bound", 1.0) > 0
-        eta_bad = (isinstance(eta, (int, float)) and not math.isfinite(eta)
-                   and not (eta == math.inf and zero_bound))  # eps = 0: eta = inf is the exact root (no step)
+        eta_bad = (
+            isinstance(eta, (int, float)) and not math.isfinite(eta) and not (eta == math.inf and zero_bound)
+        )  # eps = 0: eta = inf is the exact root (no step)
         state = [*_FILTER_STATE, "eta", "precision"] if self.is_arturo else []
         quantities = ["gradient", *state, "weight"]
         if not eta_bad:
@@ -227,9 +263,16 @@ class Monitor:
         else:
             what = "NaN" if nan == count else ("inf" if nan == 0 else f"NaN or inf ({nan} NaN)")
             message = f"{words} in layer {layer_of(name)} ({name}: {count} of {tensor.numel()} coordinates {what})"
-        return {"step": self.steps, "quantity": quantity, "parameter": name,
-                "layer": layer_of(name) if name is not None else None, "count": count, "numel": int(tensor.numel()),
-                "kind": "nan" if nan else "inf", "message": message}
+        return {
+            "step": self.steps,
+            "quantity": quantity,
+            "parameter": name,
+            "layer": layer_of(name) if name is not None else None,
+            "count": count,
+            "numel": int(tensor.numel()),
+            "kind": "nan" if nan else "inf",
+            "message": message,
+        }
 
     def _precision_quantiles(self) -> dict[str, float]:
         state = self.optimizer.state
@@ -264,16 +307,18 @@ class Monitor:
         arrays: dict[str, dict[str, Tensor]] = {name: {} for name, _ in self.named}
         info: dict[str, Any] = {"exact_method": "", "hutchinson_samples": math.nan}
         if self.reference in ("exact", "both"):
-            exact = exact_diagonal(self.model, self.loss_fn, self.probe_inputs, self.probe_targets,
-                                   method=self.exact_method)
+            exact = exact_diagonal(
+                self.model, self.loss_fn, self.probe_inputs, self.probe_targets, method=self.exact_method
+            )
             info["exact_method"] = exact.method
             for name, _ in self.named:
                 arrays[name]["h_exact"] = exact[name]
         if self.reference in ("hutchinson", "both"):
             device = self.named[0][1].device
             generator = torch.Generator(device=device).manual_seed(self.seed + step)
-            estimate, stderr = hutchinson_diagonal(self.model, self.loss_fn, self.probe_inputs,
-                                                   self.probe_targets, self.samples, generator)
+            estimate, stderr = hutchinson_diagonal(
+                self.model, self.loss_fn, self.probe_inputs, self.probe_targets, self.samples, generator
+            )
             info["hutchinson_samples"] = self.samples
             for name, _ in self.named:
                 arrays[name]["h_hutchinson"] = estimate[name]
@@ -303,8 +348,10 @@ class Monitor:
             "probe_loss": self._probe_loss(),
             **info,
         }
-        cpu = {name: {f: t.detach().to("cpu", torch.float64).numpy() for f, t in fields.items()}
-               for name, fields in arrays.items()}
+        cpu = {
+            name: {f: t.detach().to("cpu", torch.float64).numpy() for f, t in fields.items()}
+            for name, fields in arrays.items()
+        }
         scalars["seconds"] = time.perf_counter() - start
         self.writer.add_snapshot(step, scalars, cpu)
         now = time.perf_counter()
@@ -321,15 +368,18 @@ class Monitor:
         self.writer.finish(self._manifest_extra(extra))
 
     def _manifest_extra(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        return {**self._extra_manifest, "diagnostics_seconds": self.snapshot_seconds + self.step_seconds,
-                **(extra or {})}
+        return {
+            **self._extra_manifest,
+            "diagnostics_seconds": self.snapshot_seconds + self.step_seconds,
+            **(extra or {}),
+        }
 
     def fail(self, reason: str) -> None:
         """Mark the record failed (the tables so far stay readable)."""
         if not self.writer.finished:
             self.writer.fail(reason)
 
-    def __enter__(self) -> "Monitor":
+    def __enter__(self) -> Monitor:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

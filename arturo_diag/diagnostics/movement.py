@@ -3,6 +3,7 @@
 ARTURO.md, "Diagnostic quantities": an estimate that never left its prior says so. The move of a
 coordinate is measured against the size of what it should track, ``|h|``.
 """
+
 from __future__ import annotations
 
 import math

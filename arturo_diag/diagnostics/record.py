@@ -11,6 +11,7 @@ and rewrites it with status ``"complete"`` as the very last act of :meth:`Record
 so a run killed at any point leaves a directory that says it is incomplete. Every file is
 written atomically (:mod:`arturo_diag.diagnostics.io`).
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -20,18 +21,24 @@ import os
 import re
 import zipfile
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from arturo_diag._toml import tomllib
-from arturo_diag.errors import RecordError
+from arturo_diag.diagnostics.io import (
+    atomic_savez,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+    make_directory,
+    write_error,
+)
 from arturo_diag.diagnostics.lock import DirectoryLock
-from arturo_diag.diagnostics.io import (atomic_savez, atomic_write_csv, atomic_write_json, atomic_write_text,
-                                        make_directory, write_error)
+from arturo_diag.errors import RecordError
 
 __all__ = [
     "RECORD_FORMAT",
@@ -54,14 +61,36 @@ RECORD_KINDS = ("compare", "monitor")
 # Column orders of docs/record.md; a table always has these columns (NaN where a row lacks one),
 # followed by any extra columns in the order they were first seen.
 STEP_COLUMNS = (
-    "step", "epoch", "loss", "kl_bound", "eta", "eta_lo", "eta_hi", "iterations", "kl_ratio",
-    "eta_prev", "precision_nonpos", "denominator_nonpos", "guard_acted", "precision_q01",
-    "precision_q50", "precision_q99", "numel",
+    "step",
+    "epoch",
+    "loss",
+    "kl_bound",
+    "eta",
+    "eta_lo",
+    "eta_hi",
+    "iterations",
+    "kl_ratio",
+    "eta_prev",
+    "precision_nonpos",
+    "denominator_nonpos",
+    "guard_acted",
+    "precision_q01",
+    "precision_q50",
+    "precision_q99",
+    "numel",
 )
 EPOCH_COLUMNS = ("epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
 SNAPSHOT_COLUMNS = (
-    "step", "kl_bound", "eta", "kl0_ratio", "eta_star", "reference", "exact_method",
-    "hutchinson_samples", "probe_loss", "seconds",
+    "step",
+    "kl_bound",
+    "eta",
+    "kl0_ratio",
+    "eta_star",
+    "reference",
+    "exact_method",
+    "hutchinson_samples",
+    "probe_loss",
+    "seconds",
 )
 
 _MANIFEST = "record.json"
@@ -69,14 +98,25 @@ _MANIFEST = "record.json"
 #: not import it): a run record is never written into one, nor a study into a run record.
 STUDY_MARKERS = ("study.toml", "study.json")
 _CONFIG = "config.toml"
-_TABLES = {"steps": ("steps.csv", STEP_COLUMNS), "epochs": ("epochs.csv", EPOCH_COLUMNS),
-           "snapshots": ("snapshots.csv", SNAPSHOT_COLUMNS)}
+_TABLES = {
+    "steps": ("steps.csv", STEP_COLUMNS),
+    "epochs": ("epochs.csv", EPOCH_COLUMNS),
+    "snapshots": ("snapshots.csv", SNAPSHOT_COLUMNS),
+}
 _SNAPSHOT_DIR = "snapshots"
 _SNAPSHOT_RE = re.compile(r"^step_(\d{7,})\.npz$")
 # Files of a record and of its reports; removed when a directory is overwritten, so that nothing
 # of the previous run can be mistaken for the new one's.
-_RECORD_FILES = (_MANIFEST, _CONFIG, "steps.csv", "epochs.csv", "snapshots.csv", "metrics.json",
-                 "report.md", "report.html")
+_RECORD_FILES = (
+    _MANIFEST,
+    _CONFIG,
+    "steps.csv",
+    "epochs.csv",
+    "snapshots.csv",
+    "metrics.json",
+    "report.md",
+    "report.html",
+)
 
 
 def layer_of(name: str) -> str:
@@ -183,8 +223,15 @@ class RecordWriter:
             self._lock.release()
             raise
 
-    def _start(self, kind: str, config_toml_text: str, *, optimizer: Mapping[str, Any] | None,
-               var_init: float | None, overwrite: bool) -> None:
+    def _start(
+        self,
+        kind: str,
+        config_toml_text: str,
+        *,
+        optimizer: Mapping[str, Any] | None,
+        var_init: float | None,
+        overwrite: bool,
+    ) -> None:
         """Under the lock: refuse or remove a previous record, write config.toml and the manifest."""
         manifest_path = self.run_dir / _MANIFEST
         if manifest_path.exists():
@@ -241,7 +288,7 @@ class RecordWriter:
         if lock is not None:
             lock.release()
 
-    def __enter__(self) -> "RecordWriter":
+    def __enter__(self) -> RecordWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -382,8 +429,9 @@ class RecordWriter:
         self._manifest["snapshot_steps"] = sorted(self._snapshot_steps)
         self._manifest.update(extra)
         self._manifest["status"] = "diverged"
-        self._manifest["divergence"] = {key: _plain(value) if value is not None else None
-                                        for key, value in info.items()}
+        self._manifest["divergence"] = {
+            key: _plain(value) if value is not None else None for key, value in info.items()
+        }
         self._manifest["finished"] = _now()
         self._write_manifest()
         self._finished = True
@@ -408,8 +456,9 @@ def looks_like_study_dir(path: str | os.PathLike[str]) -> bool:
 def _refuse_study_dir(run_dir: Path) -> None:
     marker = study_marker(run_dir)
     if marker is not None:
-        raise RecordError(f"{run_dir} is an ablation study's directory (it holds {marker}), not a run's; "
-                          "choose another --out")
+        raise RecordError(
+            f"{run_dir} is an ablation study's directory (it holds {marker}), not a run's; choose another --out"
+        )
 
 
 def _peek_status(manifest_path: Path) -> str:
@@ -475,15 +524,22 @@ _NUMBER = _Rule(_finite, "a finite number")
 _POSITIVE = _Rule(lambda v: _finite(v) and v > 0, "a finite number > 0")
 _FLAG = _Rule(lambda v: isinstance(v, bool), "true or false")
 _OBJECT = _Rule(lambda v: isinstance(v, dict), "an object")
-_STEP_LIST = _Rule(lambda v: isinstance(v, list) and all(_whole(s) and s >= 0 for s in v) and len(set(v)) == len(v),
-                   "a list of distinct whole numbers >= 0")
-_SHAPE = _Rule(lambda v: isinstance(v, list) and all(_whole(n) and n >= 0 for n in v),
-               "a list of whole numbers >= 0")
+_STEP_LIST = _Rule(
+    lambda v: isinstance(v, list) and all(_whole(s) and s >= 0 for s in v) and len(set(v)) == len(v),
+    "a list of distinct whole numbers >= 0",
+)
+_SHAPE = _Rule(lambda v: isinstance(v, list) and all(_whole(n) and n >= 0 for n in v), "a list of whole numbers >= 0")
 _PARAMETERS = _Rule(lambda v: isinstance(v, dict), 'an object: parameter name -> {"shape": [...], "layer": "..."}')
 
 # record.json: required keys, then keys checked when present (others pass: "seconds", "divergence", ...)
-_MANIFEST_REQUIRED = {"status": _one_of(*RECORD_STATUSES), "kind": _one_of(*RECORD_KINDS), "steps": _COUNT,
-                      "snapshot_steps": _STEP_LIST, "parameters": _PARAMETERS, "optimizer": _OBJECT}
+_MANIFEST_REQUIRED = {
+    "status": _one_of(*RECORD_STATUSES),
+    "kind": _one_of(*RECORD_KINDS),
+    "steps": _COUNT,
+    "snapshot_steps": _STEP_LIST,
+    "parameters": _PARAMETERS,
+    "optimizer": _OBJECT,
+}
 _MANIFEST_OPTIONAL = {"var_init": _optional(_POSITIVE)}
 _MANIFEST_OPTIMIZER = {"lr": _optional(_NUMBER), "var_init": _optional(_POSITIVE), "eta_tol": _optional(_POSITIVE)}
 _PARAMETER_REQUIRED = {"shape": _SHAPE}
@@ -492,19 +548,52 @@ _PARAMETER_OPTIONAL = {"layer": _TEXT}
 # config.toml: the fields of the resolved config that a report reads, by section (others pass: a
 # Monitor's config is the user's own TOML). Unset fields are comments, so there is no null here.
 _CONFIG_SCHEMA: dict[str, dict[str, _Rule]] = {
-    "run": {"model": _TEXT, "dataset": _TEXT, "data_dir": _TEXT, "epochs": _COUNT, "steps": _COUNT,
-            "batch_size": _POSITIVE_COUNT, "train_size": _POSITIVE_COUNT, "seed": _WHOLE, "device": _TEXT,
-            "dtype": _TEXT, "out": _TEXT},
-    "optimizer": {"optimizer": _TEXT, "preset": _TEXT, "lr": _NUMBER, "reg_weight": _NUMBER, "prior_prec": _NUMBER,
-                  "var_init": _POSITIVE, "nu": _NUMBER, "dynamic_model_noise": _NUMBER,
-                  "measurement_noise": _NUMBER, "start_filter_cov": _NUMBER, "eta_tol": _POSITIVE,
-                  "weight_decay": _NUMBER, "kl": _TEXT, "dual": _TEXT, "fixed_eta": _NUMBER, "guard": _FLAG,
-                  "oracle": _TEXT, "oracle_every": _POSITIVE_COUNT, "momentum": _NUMBER},
-    "schedule": {"lr_milestones": _Rule(lambda v: isinstance(v, list) and all(_whole(m) for m in v),
-                                        "a list of whole numbers"),
-                 "lr_gamma": _NUMBER},
-    "diagnostics": {"every": _POSITIVE_COUNT, "reference": _TEXT, "exact_method": _TEXT, "samples": _COUNT,
-                    "probe_size": _POSITIVE_COUNT, "collapse_fraction": _NUMBER},
+    "run": {
+        "model": _TEXT,
+        "dataset": _TEXT,
+        "data_dir": _TEXT,
+        "epochs": _COUNT,
+        "steps": _COUNT,
+        "batch_size": _POSITIVE_COUNT,
+        "train_size": _POSITIVE_COUNT,
+        "seed": _WHOLE,
+        "device": _TEXT,
+        "dtype": _TEXT,
+        "out": _TEXT,
+    },
+    "optimizer": {
+        "optimizer": _TEXT,
+        "preset": _TEXT,
+        "lr": _NUMBER,
+        "reg_weight": _NUMBER,
+        "prior_prec": _NUMBER,
+        "var_init": _POSITIVE,
+        "nu": _NUMBER,
+        "dynamic_model_noise": _NUMBER,
+        "measurement_noise": _NUMBER,
+        "start_filter_cov": _NUMBER,
+        "eta_tol": _POSITIVE,
+        "weight_decay": _NUMBER,
+        "kl": _TEXT,
+        "dual": _TEXT,
+        "fixed_eta": _NUMBER,
+        "guard": _FLAG,
+        "oracle": _TEXT,
+        "oracle_every": _POSITIVE_COUNT,
+        "momentum": _NUMBER,
+    },
+    "schedule": {
+        "lr_milestones": _Rule(lambda v: isinstance(v, list) and all(_whole(m) for m in v), "a list of whole numbers"),
+        "lr_gamma": _NUMBER,
+    },
+    "diagnostics": {
+        "every": _POSITIVE_COUNT,
+        "reference": _TEXT,
+        "exact_method": _TEXT,
+        "samples": _COUNT,
+        "probe_size": _POSITIVE_COUNT,
+        "collapse_fraction": _NUMBER,
+    },
 }
 
 # The tables: columns that must hold numbers (NaN allowed: an empty cell), and those that must hold
@@ -513,8 +602,11 @@ _TEXT_COLUMNS = {"reference": ("exact", "hutchinson", "both", "none"), "exact_me
 _WHOLE_COLUMNS = {"steps": ("step",), "epochs": ("epoch", "step"), "snapshots": ("step",)}
 
 # A snapshot's fields that each value of snapshots.csv's ``reference`` requires of every parameter.
-_REFERENCE_FIELDS = {"exact": ("h_exact",), "hutchinson": ("h_hutchinson", "h_hutchinson_se"),
-                     "both": ("h_exact", "h_hutchinson", "h_hutchinson_se")}
+_REFERENCE_FIELDS = {
+    "exact": ("h_exact",),
+    "hutchinson": ("h_hutchinson", "h_hutchinson_se"),
+    "both": ("h_exact", "h_hutchinson", "h_hutchinson_se"),
+}
 _NPZ_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip with members, an empty zip
 
 
@@ -523,8 +615,9 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _problem(data: Mapping[str, Any], required: Mapping[str, _Rule], optional: Mapping[str, _Rule],
-             where: str = "") -> str | None:
+def _problem(
+    data: Mapping[str, Any], required: Mapping[str, _Rule], optional: Mapping[str, _Rule], where: str = ""
+) -> str | None:
     """The first key of ``data`` that is missing (of ``required``) or breaks its rule, in words."""
     for key in required:
         if key not in data:
@@ -596,16 +689,20 @@ def _read_table(path: Path, columns: Sequence[str], whole: Sequence[str], *, req
         raise RecordError(f"{path}: unreadable table ({error})") from None
     missing = [column for column in columns if column not in table.columns]
     if missing:
-        raise RecordError(f"{path}: column{'s' if len(missing) > 1 else ''} {', '.join(missing)} missing "
-                          f"(docs/record.md: {', '.join(columns)})")
+        raise RecordError(
+            f"{path}: column{'s' if len(missing) > 1 else ''} {', '.join(missing)} missing "
+            f"(docs/record.md: {', '.join(columns)})"
+        )
     for column in columns:
         if column in _TEXT_COLUMNS:
             allowed = _TEXT_COLUMNS[column]
             odd = table[column].notna() & ~table[column].isin(allowed or ())
             if allowed and odd.any():
                 row = int(np.flatnonzero(odd.to_numpy())[0])
-                raise RecordError(f"{path}: line {row + 2}, column {column}: {_short(table[column].iloc[row])}; "
-                                  f"allowed: {', '.join(allowed)} or empty")
+                raise RecordError(
+                    f"{path}: line {row + 2}, column {column}: {_short(table[column].iloc[row])}; "
+                    f"allowed: {', '.join(allowed)} or empty"
+                )
             continue
         if pd.api.types.is_numeric_dtype(table[column]):
             continue
@@ -632,27 +729,31 @@ def _check_agreement(run_dir: Path, manifest: Mapping[str, Any], tables: Mapping
     path = run_dir / _TABLES["steps"][0]
     steps = tables["steps"]["step"].to_numpy(dtype=np.float64)
     if len(steps) != n:
-        raise RecordError(f"{path}: {len(steps)} row{'s' if len(steps) != 1 else ''}, "
-                          f"but {_MANIFEST} says the run took {n} steps")
+        raise RecordError(
+            f"{path}: {len(steps)} row{'s' if len(steps) != 1 else ''}, but {_MANIFEST} says the run took {n} steps"
+        )
     wrong = np.flatnonzero(steps != np.arange(1, n + 1))
     if wrong.size:
         row = int(wrong[0])
-        raise RecordError(f"{path}: line {row + 2} is step {steps[row]:g}; expected step {row + 1} "
-                          f"(one row per step, 1 to {n})")
+        raise RecordError(
+            f"{path}: line {row + 2} is step {steps[row]:g}; expected step {row + 1} (one row per step, 1 to {n})"
+        )
     path = run_dir / _TABLES["epochs"][0]
     evaluated = tables["epochs"]["step"].to_numpy(dtype=np.float64)
     if manifest["kind"] == "compare":
         if not len(evaluated):
-            raise RecordError(f"{path}: no evaluation rows; a complete compare run is evaluated at its end "
-                              f"(step {n})")
+            raise RecordError(f"{path}: no evaluation rows; a complete compare run is evaluated at its end (step {n})")
         if evaluated.max() > n or evaluated[-1] != n:
-            raise RecordError(f"{path}: the last evaluation is at step {evaluated[-1]:g}, but {_MANIFEST} says "
-                              f"the run took {n} steps")
+            raise RecordError(
+                f"{path}: the last evaluation is at step {evaluated[-1]:g}, but {_MANIFEST} says the run took {n} steps"
+            )
     path = run_dir / _TABLES["snapshots"][0]
     rows = sorted(int(s) for s in tables["snapshots"]["step"])
     if rows != sorted(manifest["snapshot_steps"]):
-        raise RecordError(f"{path}: rows at steps {_short(rows)}, but {_MANIFEST} lists snapshots at steps "
-                          f"{_short(sorted(manifest['snapshot_steps']))}")
+        raise RecordError(
+            f"{path}: rows at steps {_short(rows)}, but {_MANIFEST} lists snapshots at steps "
+            f"{_short(sorted(manifest['snapshot_steps']))}"
+        )
 
 
 def _npz_header(archive: zipfile.ZipFile, member: str) -> tuple[tuple[int, ...], np.dtype] | None:
@@ -728,7 +829,7 @@ class RunRecord:
         return str(self.manifest.get("kind"))
 
     @classmethod
-    def load(cls, run_dir: str | os.PathLike[str], *, allow_incomplete: bool = False) -> "RunRecord":
+    def load(cls, run_dir: str | os.PathLike[str], *, allow_incomplete: bool = False) -> RunRecord:
         """Load the record in ``run_dir``.
 
         Every file is checked against docs/record.md (types, columns, numbers) and, for a complete
@@ -748,7 +849,9 @@ class RunRecord:
             raise RecordError(f"{run_dir}: {what}")
         manifest_path = run_dir / _MANIFEST
         if not manifest_path.is_file():
-            raise RecordError(f"{run_dir} is not a run record (no {_MANIFEST}); the run did not start or did not finish")
+            raise RecordError(
+                f"{run_dir} is not a run record (no {_MANIFEST}); the run did not start or did not finish"
+            )
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (OSError, ValueError, RecursionError) as error:
@@ -769,8 +872,10 @@ class RunRecord:
         elif complete:
             raise RecordError(f"{run_dir}: {_CONFIG} is missing")
 
-        tables = {key: _read_table(run_dir / filename, columns, _WHOLE_COLUMNS[key], required=complete)
-                  for key, (filename, columns) in _TABLES.items()}
+        tables = {
+            key: _read_table(run_dir / filename, columns, _WHOLE_COLUMNS[key], required=complete)
+            for key, (filename, columns) in _TABLES.items()
+        }
 
         if complete:
             _check_agreement(run_dir, manifest, tables)
@@ -781,8 +886,7 @@ class RunRecord:
         else:
             # A killed run's manifest lags behind; its snapshot files are each complete (atomic).
             snapshot_steps = _snapshot_steps_on_disk(run_dir / _SNAPSHOT_DIR)
-        return cls(run_dir, manifest, config, tables["steps"], tables["epochs"], tables["snapshots"],
-                   snapshot_steps)
+        return cls(run_dir, manifest, config, tables["steps"], tables["epochs"], tables["snapshots"], snapshot_steps)
 
     def snapshot_path(self, step: int) -> Path:
         return self.run_dir / snapshot_filename(step)
@@ -802,9 +906,7 @@ class RunRecord:
         """
         step = int(step)
         if step not in self.snapshot_steps:
-            raise RecordError(
-                f"{self.run_dir}: no snapshot at step {step}; snapshots at steps {self.snapshot_steps}"
-            )
+            raise RecordError(f"{self.run_dir}: no snapshot at step {step}; snapshots at steps {self.snapshot_steps}")
         wanted = None if fields is None else set(fields)
         path = self.snapshot_path(step)
         result: dict[str, dict[str, np.ndarray]] = {}
@@ -833,8 +935,9 @@ class RunRecord:
             held = "Python objects (dtype object)" if dtype.hasobject else f"{dtype} values"
             raise RecordError(f"{path}: {key} holds {held}; a snapshot holds float64 arrays")
         if tuple(shape) != self.parameters[name]:
-            raise RecordError(f"{path}: {key} has shape {list(shape)}; {_MANIFEST} gives {name} shape "
-                              f"{list(self.parameters[name])}")
+            raise RecordError(
+                f"{path}: {key} has shape {list(shape)}; {_MANIFEST} gives {name} shape {list(self.parameters[name])}"
+            )
 
     def _snapshot_keys(self, path: Path, step: int, archive: zipfile.ZipFile) -> dict[str, tuple[str, str]]:
         """Key -> (parameter, field) of every array of a snapshot, each checked from its header."""
@@ -864,8 +967,9 @@ class RunRecord:
             for field in _REFERENCE_FIELDS.get(reference if isinstance(reference, str) else "", ()):
                 for name, held in present.items():
                     if field not in held:
-                        raise RecordError(f"{path}: {name}/{field} missing; snapshots.csv says reference "
-                                          f"{reference!r} at step {step}")
+                        raise RecordError(
+                            f"{path}: {name}/{field} missing; snapshots.csv says reference {reference!r} at step {step}"
+                        )
         return keys
 
 

@@ -17,6 +17,7 @@ In general the windows are ``eta_prev <= 3/8 eta_tol`` and ``(3/8, 3/4] * eta_to
 "Diagnostic quantities" asks for the share of steps in each regime and for overshoot
 (``K/eps > 1.1``); this module computes them from ``steps.csv`` and ``snapshots.csv``.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,9 +50,15 @@ def _column(steps: pd.DataFrame, name: str) -> np.ndarray:
     return pd.to_numeric(steps[name], errors="coerce").to_numpy(dtype=np.float64)
 
 
-def classify_regimes(steps: pd.DataFrame, *, eta_tol: float = 0.5, rtol: float = 1e-6,
-                     overshoot: float = OVERSHOOT, undershoot: float = UNDERSHOOT,
-                     fixed_eta: float | None = None) -> pd.DataFrame:
+def classify_regimes(
+    steps: pd.DataFrame,
+    *,
+    eta_tol: float = 0.5,
+    rtol: float = 1e-6,
+    overshoot: float = OVERSHOOT,
+    undershoot: float = UNDERSHOOT,
+    fixed_eta: float | None = None,
+) -> pd.DataFrame:
     """The regime of every step, and the overshoot/undershoot flags.
 
     Args:
@@ -90,16 +97,21 @@ def classify_regimes(steps: pd.DataFrame, *, eta_tol: float = 0.5, rtol: float =
         fixed = (iterations == 0) & stayed
         over = kl_ratio > overshoot
         under = kl_ratio < undershoot
-    regime = np.select([first, grew, frozen, bisection, fixed],
-                       ["first", "growth_5_3", "frozen", "bisection", "fixed"], default="other")
+    regime = np.select(
+        [first, grew, frozen, bisection, fixed],
+        ["first", "growth_5_3", "frozen", "bisection", "fixed"],
+        default="other",
+    )
     if fixed_eta is not None:
         regime = np.full(len(ordered), "fixed")
-    return pd.DataFrame({
-        "step": ordered["step"].astype(int).to_numpy() if len(ordered) else np.array([], dtype=int),
-        "regime": regime.astype(object),
-        "overshoot": over,
-        "undershoot": under,
-    })
+    return pd.DataFrame(
+        {
+            "step": ordered["step"].astype(int).to_numpy() if len(ordered) else np.array([], dtype=int),
+            "regime": regime.astype(object),
+            "overshoot": over,
+            "undershoot": under,
+        }
+    )
 
 
 def _shares(regimes: pd.Series) -> dict[str, float]:
@@ -131,18 +143,20 @@ def _run_summary(mask: np.ndarray, step: np.ndarray, eta: np.ndarray, kl_ratio: 
     described = []
     for first, last in runs:
         span = slice(first, last + 1)
-        described.append({
-            "start_step": int(step[first]),
-            "end_step": int(step[last]),
-            "length": int(last - first + 1),
-            "eta_start": float(eta[first]),
-            "eta_end": float(eta[last]),
-            "eta_median": _finite_or_nan(eta[span], np.median),
-            "kl_ratio_start": float(kl_ratio[first]),
-            "kl_ratio_end": float(kl_ratio[last]),
-            "kl_ratio_min": _finite_or_nan(kl_ratio[span], np.min),
-            "kl_ratio_max": _finite_or_nan(kl_ratio[span], np.max),
-        })
+        described.append(
+            {
+                "start_step": int(step[first]),
+                "end_step": int(step[last]),
+                "length": int(last - first + 1),
+                "eta_start": float(eta[first]),
+                "eta_end": float(eta[last]),
+                "eta_median": _finite_or_nan(eta[span], np.median),
+                "kl_ratio_start": float(kl_ratio[first]),
+                "kl_ratio_end": float(kl_ratio[last]),
+                "kl_ratio_min": _finite_or_nan(kl_ratio[span], np.min),
+                "kl_ratio_max": _finite_or_nan(kl_ratio[span], np.max),
+            }
+        )
     # the longest runs (ties: the earlier first), listed in time order
     longest = sorted(described, key=lambda run: (-run["length"], run["start_step"]))[:_LONGEST_RUNS]
     return {
@@ -189,17 +203,19 @@ def bound_drop_episodes(steps: pd.DataFrame, *, overshoot: float = OVERSHOOT) ->
             peak, peak_step = float(ratio[peak_at]), int(step[peak_at])
         else:
             peak, peak_step = math.nan, None
-        episodes.append({
-            "step": int(step[i]),
-            "kl_bound_before": float(bound[i - 1]),
-            "kl_bound_after": float(bound[i]),
-            "factor": float(bound[i] / bound[i - 1]) if bound[i - 1] != 0 else math.nan,
-            "peak_kl_ratio": peak,
-            "peak_step": peak_step,
-            "recovered": recovery is not None,
-            "steps_to_recover": int(recovery - i) if recovery is not None else None,
-            "recovery_step": int(step[recovery]) if recovery is not None else None,
-        })
+        episodes.append(
+            {
+                "step": int(step[i]),
+                "kl_bound_before": float(bound[i - 1]),
+                "kl_bound_after": float(bound[i]),
+                "factor": float(bound[i] / bound[i - 1]) if bound[i - 1] != 0 else math.nan,
+                "peak_kl_ratio": peak,
+                "peak_step": peak_step,
+                "recovered": recovery is not None,
+                "steps_to_recover": int(recovery - i) if recovery is not None else None,
+                "recovery_step": int(step[recovery]) if recovery is not None else None,
+            }
+        )
     return episodes
 
 
@@ -221,14 +237,16 @@ def snapshot_binding(snapshots: pd.DataFrame) -> dict[str, Any]:
         ratio = np.where(np.isfinite(eta_star) & (eta_star > 0), eta / eta_star, math.nan)
     rows = []
     for i in range(len(snapshots)):
-        rows.append({
-            "step": int(step[i]),
-            "kl0_ratio": float(kl0[i]),
-            "binds": bool(kl0[i] > 1) if np.isfinite(kl0[i]) else None,
-            "eta": float(eta[i]),
-            "eta_star": float(eta_star[i]),
-            "eta_over_eta_star": float(ratio[i]),
-        })
+        rows.append(
+            {
+                "step": int(step[i]),
+                "kl0_ratio": float(kl0[i]),
+                "binds": bool(kl0[i] > 1) if np.isfinite(kl0[i]) else None,
+                "eta": float(eta[i]),
+                "eta_star": float(eta_star[i]),
+                "eta_over_eta_star": float(ratio[i]),
+            }
+        )
     known = np.isfinite(kl0)
     return {
         "n": int(len(snapshots)),
@@ -238,9 +256,15 @@ def snapshot_binding(snapshots: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def trust_region_summary(steps: pd.DataFrame, snapshots: pd.DataFrame | None = None, *,
-                         eta_tol: float = 0.5, burn_in: int | None = None,
-                         rtol: float = 1e-6, fixed_eta: float | None = None) -> dict[str, Any]:
+def trust_region_summary(
+    steps: pd.DataFrame,
+    snapshots: pd.DataFrame | None = None,
+    *,
+    eta_tol: float = 0.5,
+    burn_in: int | None = None,
+    rtol: float = 1e-6,
+    fixed_eta: float | None = None,
+) -> dict[str, Any]:
     """Regime shares, runs of inactive steps, overshoot after bound drops, binding at snapshots.
 
     Args:
@@ -263,8 +287,12 @@ def trust_region_summary(steps: pd.DataFrame, snapshots: pd.DataFrame | None = N
     binding = snapshot_binding(snapshots) if snapshots is not None else None
     has_eta = "eta" in steps.columns and bool(pd.to_numeric(steps["eta"], errors="coerce").notna().any())
     if len(steps) == 0 or not has_eta:
-        return {"available": False, "reason": "no eta recorded in steps.csv", "n_steps": int(len(steps)),
-                "snapshots": binding}
+        return {
+            "available": False,
+            "reason": "no eta recorded in steps.csv",
+            "n_steps": int(len(steps)),
+            "snapshots": binding,
+        }
     regimes = classify_regimes(steps, eta_tol=eta_tol, rtol=rtol, fixed_eta=fixed_eta)
     ordered = steps.sort_values("step", kind="stable").reset_index(drop=True)
     step = regimes["step"].to_numpy()

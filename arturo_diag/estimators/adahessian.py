@@ -1,7 +1,9 @@
 """AdaHessian (Yao et al., AAAI 2021, arXiv 2006.00719) as a ``torch.optim.Optimizer``."""
+
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -65,10 +67,18 @@ class AdaHessian(Optimizer):
     State per parameter: ``step``, ``exp_avg`` (m), ``exp_hessian_diag_sq`` (v), ``hessian_sample`` (last D).
     """
 
-    def __init__(self, params: Iterable[Any], lr: float = _D["lr"], betas: tuple[float, float] = _D["betas"],
-                 eps: float = _D["eps"], weight_decay: float = _D["weight_decay"],
-                 hessian_power: float = _D["hessian_power"], *, spatial_average: bool = _D["spatial_average"],
-                 generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = _D["lr"],
+        betas: tuple[float, float] = _D["betas"],
+        eps: float = _D["eps"],
+        weight_decay: float = _D["weight_decay"],
+        hessian_power: float = _D["hessian_power"],
+        *,
+        spatial_average: bool = _D["spatial_average"],
+        generator: torch.Generator | None = None,
+    ):
         if not lr >= 0.0:
             raise ValueError(f"lr: got {lr!r}; allowed: >= 0")
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
@@ -79,8 +89,17 @@ class AdaHessian(Optimizer):
             raise ValueError(f"weight_decay: got {weight_decay!r}; allowed: >= 0")
         if not 0.0 < hessian_power <= 1.0:
             raise ValueError(f"hessian_power: got {hessian_power!r}; allowed: in (0, 1]")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                                      hessian_power=hessian_power, spatial_average=bool(spatial_average)))
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                betas=tuple(betas),
+                eps=eps,
+                weight_decay=weight_decay,
+                hessian_power=hessian_power,
+                spatial_average=bool(spatial_average),
+            ),
+        )
         #: draws the Rademacher probes (None: torch's global generator)
         self.generator = generator
 
@@ -106,18 +125,18 @@ class AdaHessian(Optimizer):
                 state = self.state[p]
                 if not state:
                     state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p)              # m, EMA of gradients
+                    state["exp_avg"] = torch.zeros_like(p)  # m, EMA of gradients
                     state["exp_hessian_diag_sq"] = torch.zeros_like(p)  # v, EMA of D * D
                 d = samples[p].detach()
                 if group["spatial_average"]:
                     d = spatial_average(d)
-                state["hessian_sample"] = d.clone()                     # D of this step (after averaging)
+                state["hessian_sample"] = d.clone()  # D of this step (after averaging)
                 state["step"] += 1
                 t = state["step"]
                 m, v = state["exp_avg"], state["exp_hessian_diag_sq"]
                 m.mul_(beta1).add_(p.grad.detach(), alpha=1 - beta1)
                 v.mul_(beta2).addcmul_(d, d, value=1 - beta2)
-                denom = (v / (1 - beta2 ** t)).sqrt().pow(k).add(group["eps"])
-                update = m / (1 - beta1 ** t) / denom + group["weight_decay"] * p
+                denom = (v / (1 - beta2**t)).sqrt().pow(k).add(group["eps"])
+                update = m / (1 - beta1**t) / denom + group["weight_decay"] * p
                 p.sub_(group["lr"] * update)
         return loss

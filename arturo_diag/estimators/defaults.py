@@ -5,6 +5,7 @@
 the keyword arguments. Papers: AdaHessian, Yao et al., AAAI 2021 (arXiv 2006.00719); Sophia,
 Liu et al., ICLR 2024 (arXiv 2305.14342); IVON, Shen et al., ICML 2024 (arXiv 2402.17641).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -24,8 +25,11 @@ DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         "eps": {"value": 1e-4, "source": _ADAHESSIAN_CODE},
         "weight_decay": {"value": 0.0, "source": _ADAHESSIAN_CODE + " (decoupled: lr * wd * theta)"},
         "hessian_power": {"value": 1.0, "source": _ADAHESSIAN_CODE + "; paper Eq. 10, k = 1"},
-        "spatial_average": {"value": True, "source": "paper Sec. 3.3 / Eq. 8 (conv kernels averaged over "
-                                                     "their spatial block), as the original code does for 4D kernels"},
+        "spatial_average": {
+            "value": True,
+            "source": "paper Sec. 3.3 / Eq. 8 (conv kernels averaged over "
+            "their spatial block), as the original code does for 4D kernels",
+        },
     },
     "sophia-h": {
         "lr": {"value": 1e-4, "source": _SOPHIA_CODE + " (the paper tunes the peak lr per model size)"},
@@ -39,8 +43,11 @@ DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "sophia-g": {
         "lr": {"value": 1e-4, "source": _SOPHIA_CODE},
         "betas": {"value": (0.96, 0.99), "source": _SOPHIA_PAPER + "; official code uses beta1 0.965"},
-        "gamma": {"value": 0.05, "source": _SOPHIA_PAPER + " (gamma = 0.05 for Sophia-G; levanter GAMMA_SOPHIA_G; "
-                                                          "official code's rho = 0.04)"},
+        "gamma": {
+            "value": 0.05,
+            "source": _SOPHIA_PAPER + " (gamma = 0.05 for Sophia-G; levanter GAMMA_SOPHIA_G; "
+            "official code's rho = 0.04)",
+        },
         "eps": {"value": 1e-12, "source": _SOPHIA_PAPER},
         "weight_decay": {"value": 0.1, "source": _SOPHIA_CODE + " (decoupled, Algorithm 3 line 12)"},
         "hessian_interval": {"value": 10, "source": _SOPHIA_PAPER + " (k = 10)"},

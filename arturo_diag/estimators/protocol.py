@@ -22,17 +22,26 @@ Adapters are found by :func:`adapter_for`; a user's own adapter is added with
 
     register_adapter(MyAdapter())
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
 from torch.optim import Optimizer
 
 __all__ = [
-    "TARGETS", "CurvatureEstimate", "CurvatureAdapter", "EstimatorError",
-    "register_adapter", "unregister_adapter", "adapter_for", "registered_adapters", "named_state",
+    "TARGETS",
+    "CurvatureEstimate",
+    "CurvatureAdapter",
+    "EstimatorError",
+    "register_adapter",
+    "unregister_adapter",
+    "adapter_for",
+    "registered_adapters",
+    "named_state",
 ]
 
 #: What an estimate estimates. ``hessian_diagonal``: diag of the Hessian of the training loss;
@@ -82,8 +91,10 @@ class CurvatureEstimate:
                 if name not in self.estimate:
                     raise EstimatorError(f"{kind}: {name!r} has no estimate")
                 if tuple(value.shape) != tuple(self.estimate[name].shape):
-                    raise EstimatorError(f"{kind}: {name!r} is shaped {tuple(value.shape)}, "
-                                         f"the estimate {tuple(self.estimate[name].shape)}")
+                    raise EstimatorError(
+                        f"{kind}: {name!r} is shaped {tuple(value.shape)}, "
+                        f"the estimate {tuple(self.estimate[name].shape)}"
+                    )
 
 
 @runtime_checkable
@@ -101,8 +112,8 @@ class CurvatureAdapter(Protocol):
         ...
 
 
-_USER: list[Any] = []      # registered by users, newest first
-_BUILTIN: list[Any] = []   # the package's own, in registration order
+_USER: list[Any] = []  # registered by users, newest first
+_BUILTIN: list[Any] = []  # the package's own, in registration order
 
 
 def register_adapter(adapter: CurvatureAdapter, *, builtin: bool = False) -> CurvatureAdapter:
@@ -137,12 +148,15 @@ def adapter_for(optimizer: Optimizer) -> CurvatureAdapter:
         if adapter.matches(optimizer):
             return adapter
     names = ", ".join(a.name for a in registered_adapters())
-    raise EstimatorError(f"optimizer: no curvature adapter matches {type(optimizer).__name__}; "
-                         f"registered: {names} (add one with register_adapter)")
+    raise EstimatorError(
+        f"optimizer: no curvature adapter matches {type(optimizer).__name__}; "
+        f"registered: {names} (add one with register_adapter)"
+    )
 
 
-def named_state(optimizer: Optimizer, named_parameters: Iterable[tuple[str, Tensor]],
-                keys: tuple[str, ...]) -> tuple[dict[str, Mapping[str, Any]], tuple[str, ...]]:
+def named_state(
+    optimizer: Optimizer, named_parameters: Iterable[tuple[str, Tensor]], keys: tuple[str, ...]
+) -> tuple[dict[str, Mapping[str, Any]], tuple[str, ...]]:
     """Per name, the optimizer's state of that parameter if it holds all ``keys``; and the rest."""
     found: dict[str, Mapping[str, Any]] = {}
     missing: list[str] = []

@@ -1,7 +1,9 @@
 """Sophia-H and Sophia-G (Liu et al., ICLR 2024, arXiv 2305.14342, Algorithm 3) as torch optimizers."""
+
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +39,17 @@ _DOC = r"""
 class _Sophia(Optimizer):
     _key = ""
 
-    def __init__(self, params: Iterable[Any], lr: float, betas: tuple[float, float], gamma: float, eps: float,
-                 weight_decay: float, hessian_interval: int, **extra: Any):
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float,
+        betas: tuple[float, float],
+        gamma: float,
+        eps: float,
+        weight_decay: float,
+        hessian_interval: int,
+        **extra: Any,
+    ):
         if not lr >= 0.0:
             raise ValueError(f"lr: got {lr!r}; allowed: >= 0")
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
@@ -53,8 +64,8 @@ class _Sophia(Optimizer):
             raise ValueError(f"hessian_interval: got {hessian_interval!r}; allowed: an integer >= 1")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), gamma=gamma, eps=eps, weight_decay=weight_decay))
         self.hessian_interval = hessian_interval
-        self.steps = 0             # t of the last step
-        self.hessian_updates = 0   # n, estimator calls so far
+        self.steps = 0  # t of the last step
+        self.hessian_updates = 0  # n, estimator calls so far
 
     @property
     def hessian_due(self) -> bool:
@@ -100,9 +111,9 @@ class _Sophia(Optimizer):
                     continue
                 state = self.state[p]
                 if not state:
-                    state["exp_avg"] = torch.zeros_like(p)   # m, EMA of gradients
-                    state["hessian"] = torch.zeros_like(p)   # h, EMA of the estimator's outputs
-                    state["hessian_updates"] = 0             # n, estimator outputs in h
+                    state["exp_avg"] = torch.zeros_like(p)  # m, EMA of gradients
+                    state["hessian"] = torch.zeros_like(p)  # h, EMA of the estimator's outputs
+                    state["hessian_updates"] = 0  # n, estimator outputs in h
                 state["step"] = self.steps
                 m, h = state["exp_avg"], state["hessian"]
                 m.mul_(beta1).add_(p.grad.detach(), alpha=1 - beta1)
@@ -117,19 +128,31 @@ class _Sophia(Optimizer):
 
 
 class SophiaH(_Sophia):
-    __doc__ = r"""Sophia-H: the Hutchinson estimator ``hhat = u * (H u)`` every ``k`` steps (Algorithm 1).
+    __doc__ = (
+        r"""Sophia-H: the Hutchinson estimator ``hhat = u * (H u)`` every ``k`` steps (Algorithm 1).
 
     On steps where :attr:`hessian_due` is true the gradients must carry a graph: the loop calls
     ``loss.backward(create_graph=optimizer.hessian_due)`` and then ``step()``. ``probe`` is
     ``"gaussian"`` (u ~ N(0, I), Algorithm 1) or ``"rademacher"``; ``hhat`` is unbiased for
     ``diag H`` either way, with variance ``2 H_ii^2 + sum_{j != i} H_ij^2`` (Gaussian) or
     ``sum_{j != i} H_ij^2`` (Rademacher) per coordinate.
-""" + _DOC
+"""
+        + _DOC
+    )
 
-    def __init__(self, params: Iterable[Any], lr: float = _H["lr"], betas: tuple[float, float] = _H["betas"],
-                 gamma: float = _H["gamma"], eps: float = _H["eps"], weight_decay: float = _H["weight_decay"],
-                 hessian_interval: int = _H["hessian_interval"], *, probe: str = _H["probe"],
-                 generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = _H["lr"],
+        betas: tuple[float, float] = _H["betas"],
+        gamma: float = _H["gamma"],
+        eps: float = _H["eps"],
+        weight_decay: float = _H["weight_decay"],
+        hessian_interval: int = _H["hessian_interval"],
+        *,
+        probe: str = _H["probe"],
+        generator: torch.Generator | None = None,
+    ):
         if probe not in ("gaussian", "rademacher"):
             raise ValueError(f"probe: got {probe!r}; allowed: gaussian, rademacher")
         super().__init__(params, lr, betas, gamma, eps, weight_decay, hessian_interval)
@@ -147,7 +170,8 @@ class SophiaH(_Sophia):
 
 
 class SophiaG(_Sophia):
-    __doc__ = r"""Sophia-G: the Gauss-Newton-Bartlett estimator every ``k`` steps (Algorithm 2).
+    __doc__ = (
+        r"""Sophia-G: the Gauss-Newton-Bartlett estimator every ``k`` steps (Algorithm 2).
 
     ``hhat = B * ghat * ghat``, with ``ghat`` the gradient of the mean loss on labels sampled from
     the model's own predictive distribution over a batch of ``B`` inputs; for cross-entropy its mean
@@ -163,17 +187,28 @@ class SophiaG(_Sophia):
     required. It must not change ``p.grad``: the estimator uses ``torch.autograd.grad``.
     (The official code stores ``ghat^2`` and multiplies by ``B`` in the update; the paper's
     convention, used here, puts ``B`` into ``hhat``: the estimate is on the Hessian's scale.)
-""" + _DOC
+"""
+        + _DOC
+    )
 
-    def __init__(self, params: Iterable[Any], lr: float = _G["lr"], betas: tuple[float, float] = _G["betas"],
-                 gamma: float = _G["gamma"], eps: float = _G["eps"], weight_decay: float = _G["weight_decay"],
-                 hessian_interval: int = _G["hessian_interval"]):
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = _G["lr"],
+        betas: tuple[float, float] = _G["betas"],
+        gamma: float = _G["gamma"],
+        eps: float = _G["eps"],
+        weight_decay: float = _G["weight_decay"],
+        hessian_interval: int = _G["hessian_interval"],
+    ):
         super().__init__(params, lr, betas, gamma, eps, weight_decay, hessian_interval)
 
     def _estimate(self, params: list[Tensor], hessian_closure: Any) -> list[Tensor]:
         if hessian_closure is None:
-            raise ValueError("hessian_closure: Sophia-G needs (sampled_loss, batch_size) at this step "
-                             "(optimizer.hessian_due is true); see gnb_closure")
+            raise ValueError(
+                "hessian_closure: Sophia-G needs (sampled_loss, batch_size) at this step "
+                "(optimizer.hessian_due is true); see gnb_closure"
+            )
         out = hessian_closure()
         if not (isinstance(out, tuple) and len(out) == 2):
             raise ValueError("hessian_closure: must return (sampled_loss, batch_size)")
@@ -182,17 +217,20 @@ class SophiaG(_Sophia):
         return [torch.zeros_like(p) if g is None else float(batch) * g * g for p, g in zip(params, grads)]
 
 
-def gnb_closure(model: torch.nn.Module, inputs: Tensor, *, generator: torch.Generator | None = None
-                ) -> Callable[[], tuple[Tensor, int]]:
+def gnb_closure(
+    model: torch.nn.Module, inputs: Tensor, *, generator: torch.Generator | None = None
+) -> Callable[[], tuple[Tensor, int]]:
     """The Gauss-Newton-Bartlett closure for a classifier whose output is logits ``(..., C)``.
 
     Samples ``yhat ~ Categorical(softmax(logits))`` per row (rows: all leading dims, e.g. tokens)
     and returns ``(mean cross-entropy of logits against yhat, number of rows)`` (Algorithm 2).
     """
+
     def closure() -> tuple[Tensor, int]:
         logits = model(inputs)
         flat = logits.reshape(-1, logits.shape[-1])
         with torch.no_grad():
             yhat = torch.multinomial(torch.softmax(flat.detach(), dim=-1), 1, generator=generator).squeeze(-1)
         return F.cross_entropy(flat, yhat), flat.shape[0]
+
     return closure

@@ -1,4 +1,5 @@
 """arTuRO as a torch optimizer. Imports nothing else of arturo-diag: copy it out and use it."""
+
 from .arturo import Arturo
 from .presets import LR_GAMMA, PRESET_NAMES, PRESETS, load_preset
 

@@ -8,6 +8,7 @@ gradients where they are, no gather pass), one reduction per trial ``eta``, and 
 
 Scalars are passed in the arrays' dtype so float32 stays float32 arithmetic, as in the eager path.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,13 +29,32 @@ if AVAILABLE:
     # 'reassoc' lets LLVM vectorise the sums (their order changes at rounding level); no other
     # fast-math liberties are taken, so infinities and NaNs propagate as in the eager path.
     import os as _os
+
     if "NUMBA_THREADING_LAYER" not in _os.environ:
         numba.config.THREADING_LAYER = "workqueue"
     _jit = numba.njit(cache=True, fastmath={"reassoc"}, nogil=True, parallel=True)
 
     @_jit
-    def prepare(thetas, grads, chunk_param, chunk_lo, chunk_hi, chunk_base, theta, numerator, intercept,
-                curvature, cov_bb, cov_ba, cov_aa, decay, q, r, c, lower):  # pragma: no cover - compiled
+    def prepare(
+        thetas,
+        grads,
+        chunk_param,
+        chunk_lo,
+        chunk_hi,
+        chunk_base,
+        theta,
+        numerator,
+        intercept,
+        curvature,
+        cov_bb,
+        cov_ba,
+        cov_aa,
+        decay,
+        q,
+        r,
+        c,
+        lower,
+    ):  # pragma: no cover - compiled
         """Steps 0-2 and the dual's numerator, reading each parameter's weights and gradient in place.
 
         ``thetas``/``grads`` are the parameters' own flat arrays (a tuple, one per parameter); the

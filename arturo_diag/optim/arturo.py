@@ -1,4 +1,5 @@
 """arTuRO as a ``torch.optim.Optimizer``: orchestration only, the math is in :mod:`.functional`."""
+
 from __future__ import annotations
 
 import inspect
@@ -83,10 +84,15 @@ class _Bucket:
         """Two reusable flat buffers (mean, numerator) and the chunk table of the fused prepare."""
         if self.scratch is None:
             like = self.params[0]
-            self.scratch = (torch.empty(self.numel, dtype=like.dtype, device=like.device),
-                            torch.empty(self.numel, dtype=like.dtype, device=like.device))
-            rows = [(j, lo, min(lo + self.CHUNK, n), self.offsets[j] + lo)
-                    for j, n in enumerate(self.numels) for lo in range(0, n, self.CHUNK)]
+            self.scratch = (
+                torch.empty(self.numel, dtype=like.dtype, device=like.device),
+                torch.empty(self.numel, dtype=like.dtype, device=like.device),
+            )
+            rows = [
+                (j, lo, min(lo + self.CHUNK, n), self.offsets[j] + lo)
+                for j, n in enumerate(self.numels)
+                for lo in range(0, n, self.CHUNK)
+            ]
             self.chunks = tuple(np.ascontiguousarray(np.array(column, dtype=np.int64)) for column in zip(*rows))
         return self.scratch[0], self.scratch[1], self.chunks
 
@@ -107,64 +113,64 @@ class _Work:
 class Arturo(Optimizer):
     r"""arTuRO: information-theoretic trust-region optimization (Dahlinger et al., arXiv 2310.20574).
 
-    Every weight is a Gaussian ``N(mu, 1/pi)``. A recursive-least-squares filter with drift fits
-    the gradient model ``g(theta) = a theta + b`` per coordinate, so ``a`` estimates the diagonal
-    Hessian online; the step is the closed-form minimiser of the surrogate plus a KL to the prior,
-    with ``eta`` chosen so that the mean part of ``KL(q'||q)`` equals the bound ``eps = lr``.
+        Every weight is a Gaussian ``N(mu, 1/pi)``. A recursive-least-squares filter with drift fits
+        the gradient model ``g(theta) = a theta + b`` per coordinate, so ``a`` estimates the diagonal
+        Hessian online; the step is the closed-form minimiser of the surrogate plus a KL to the prior,
+        with ``eta`` chosen so that the mean part of ``KL(q'||q)`` equals the bound ``eps = lr``.
 
-    .. code-block:: text
+        .. code-block:: text
 
-        input: eps (lr), rho (reg_weight), lam (prior_prec), nu, q, r, P0, eta_tol, wd
-        for each step, per coordinate, with gradient g at theta:
-            theta <- theta - lr_group * wd * theta                     (0, decoupled weight decay)
-            P_bb += q; P_aa += q                                       (1, filter predict)
-            s = h^T P h + r,  k = P h / s,  d = g - (a theta + b)      (2, filter update, h = [1, theta])
-            (b, a) += k d;  P -= k k^T s
-            mu'(eta) = (eta pi mu - b) / (a + c + eta pi),  c = rho lam   (3, closed form)
-            pi' = (a + c + nu pi) / (rho + nu)
-            eta: 0.5 sum pi (mu'(eta) - mu)^2 = eps  by coarse bisection  (4, trust region)
-            mu <- mu'(eta);  pi <- pi';  theta <- mu                    (5, commit)
+            input: eps (lr), rho (reg_weight), lam (prior_prec), nu, q, r, P0, eta_tol, wd
+            for each step, per coordinate, with gradient g at theta:
+                theta <- theta - lr_group * wd * theta                     (0, decoupled weight decay)
+                P_bb += q; P_aa += q                                       (1, filter predict)
+                s = h^T P h + r,  k = P h / s,  d = g - (a theta + b)      (2, filter update, h = [1, theta])
+                (b, a) += k d;  P -= k k^T s
+                mu'(eta) = (eta pi mu - b) / (a + c + eta pi),  c = rho lam   (3, closed form)
+                pi' = (a + c + nu pi) / (rho + nu)
+                eta: 0.5 sum pi (mu'(eta) - mu)^2 = eps  by coarse bisection  (4, trust region)
+                mu <- mu'(eta);  pi <- pi';  theta <- mu                    (5, commit)
 
-    The default reproduces ``ARTURO.md`` exactly, the published code's quirks included (the coarse
-    bisection whose ``eta`` can freeze or grow by 5/3 per step regardless of the bound; the
-    first-step mean that weight decay does not touch; ``eps`` from the first group). Ablations and
-    improvements are named options; the defaults are the Fashion-MNIST CNN preset.
+        The default reproduces ``ARTURO.md`` exactly, the published code's quirks included (the coarse
+        bisection whose ``eta`` can freeze or grow by 5/3 per step regardless of the bound; the
+        first-step mean that weight decay does not touch; ``eps`` from the first group). Ablations and
+        improvements are named options; the defaults are the Fashion-MNIST CNN preset.
 
-    Args:
-        params: parameters or param groups (named parameters work as in torch).
-        lr: the KL bound ``eps`` (per group, so torch LR schedulers schedule it; ``eps`` of the
-            trust region is read from the first group, each group's own ``lr`` scales its weight decay).
-        reg_weight: ``rho``, weight of the KL to the prior ``N(0, 1/prior_prec)``.
-        prior_prec: ``lam``, precision of that prior.
-        var_init: initial variance of every coordinate (``pi = 1/var_init``).
-        nu: weight of the covariance part of the KL (a penalty, not a constraint).
-        dynamic_model_noise: ``q``, drift added to ``P_bb`` and ``P_aa`` each step (0: no drift).
-        measurement_noise: ``r``, noise of one stochastic gradient.
-        start_filter_cov: ``P0``, initial filter variance.
-        eta_tol: the bisection stops when its bracket is narrower than this.
-        weight_decay: decoupled weight decay, scaled by the group's ``lr``.
-        kl: ``"decoupled"`` (published) or ``"coupled"`` (one constraint on the full KL; ablation).
-        dual: ``"bisection"`` (published) or ``"exact"`` (solve ``K(eta) = eps`` to ``dual_rtol``).
-        fixed_eta: if given, ``eta`` is this constant every step: the trust region is off (ablation).
-        guard: clamp the curvature used in the update at 0 so precision and denominators stay positive.
-        dual_rtol: relative tolerance of ``dual="exact"``.
-        fused: run the decoupled step as fused CPU kernels (numba): same formulas, three passes over
-            memory instead of about fifty. ``None`` (default) uses them wherever they apply; ``True``
-            raises (``ValueError`` here, ``RuntimeError`` at a step if the parameters moved) when
-            they cannot apply for the whole run: numba missing, parameters off the CPU or not
-            float32/64, ``kl="coupled"``; ``False`` always runs the eager kernels. Two per-step
-            conditions run eager whatever ``fused`` says: a parameter's first step (its mean is the
-            undecayed copy of the weight and its filter is initialised from this gradient, which
-            the fused kernels, built for mean == decayed weight, do not express) and a step with
-            an oracle curvature (:meth:`set_oracle_curvature`). ``last_step["path"]`` says which ran.
+        Args:
+            params: parameters or param groups (named parameters work as in torch).
+            lr: the KL bound ``eps`` (per group, so torch LR schedulers schedule it; ``eps`` of the
+                trust region is read from the first group, each group's own ``lr`` scales its weight decay).
+            reg_weight: ``rho``, weight of the KL to the prior ``N(0, 1/prior_prec)``.
+            prior_prec: ``lam``, precision of that prior.
+            var_init: initial variance of every coordinate (``pi = 1/var_init``).
+            nu: weight of the covariance part of the KL (a penalty, not a constraint).
+            dynamic_model_noise: ``q``, drift added to ``P_bb`` and ``P_aa`` each step (0: no drift).
+            measurement_noise: ``r``, noise of one stochastic gradient.
+            start_filter_cov: ``P0``, initial filter variance.
+            eta_tol: the bisection stops when its bracket is narrower than this.
+            weight_decay: decoupled weight decay, scaled by the group's ``lr``.
+            kl: ``"decoupled"`` (published) or ``"coupled"`` (one constraint on the full KL; ablation).
+            dual: ``"bisection"`` (published) or ``"exact"`` (solve ``K(eta) = eps`` to ``dual_rtol``).
+            fixed_eta: if given, ``eta`` is this constant every step: the trust region is off (ablation).
+            guard: clamp the curvature used in the update at 0 so precision and denominators stay positive.
+            dual_rtol: relative tolerance of ``dual="exact"``.
+            fused: run the decoupled step as fused CPU kernels (numba): same formulas, three passes over
+                memory instead of about fifty. ``None`` (default) uses them wherever they apply; ``True``
+                raises (``ValueError`` here, ``RuntimeError`` at a step if the parameters moved) when
+                they cannot apply for the whole run: numba missing, parameters off the CPU or not
+                float32/64, ``kl="coupled"``; ``False`` always runs the eager kernels. Two per-step
+                conditions run eager whatever ``fused`` says: a parameter's first step (its mean is the
+                undecayed copy of the weight and its filter is initialised from this gradient, which
+                the fused kernels, built for mean == decayed weight, do not express) and a step with
+                an oracle curvature (:meth:`set_oracle_curvature`). ``last_step["path"]`` says which ran.
 
-    After each :meth:`step`, :attr:`last_step` holds the step's health: ``eta``, the final bracket
-    ``eta_lo``/``eta_hi``, ``iterations`` of the dual solve, ``kl_ratio = K(eta)/eps``, and the counts
-    ``precision_nonpos``/``denominator_nonpos`` (and ``guard_acted``), and ``path``: ``"fused"`` or
-``"eager"`` (``"mixed"`` when some buckets ran each). The per-parameter state is
-    ``mean`` (the weight itself from the first step on), ``precision``, ``curvature`` (``a``),
-    ``intercept`` (``b``), ``filter_cov_bb``/``_ba``/``_aa`` and ``step``; the previous ``eta`` is in
-    ``state_dict()["arturo"]``. Setting :attr:`dual_diagnostics` adds ``kl0_ratio`` and ``eta_star``.
+        After each :meth:`step`, :attr:`last_step` holds the step's health: ``eta``, the final bracket
+        ``eta_lo``/``eta_hi``, ``iterations`` of the dual solve, ``kl_ratio = K(eta)/eps``, and the counts
+        ``precision_nonpos``/``denominator_nonpos`` (and ``guard_acted``), and ``path``: ``"fused"`` or
+    ``"eager"`` (``"mixed"`` when some buckets ran each). The per-parameter state is
+        ``mean`` (the weight itself from the first step on), ``precision``, ``curvature`` (``a``),
+        ``intercept`` (``b``), ``filter_cov_bb``/``_ba``/``_aa`` and ``step``; the previous ``eta`` is in
+        ``state_dict()["arturo"]``. Setting :attr:`dual_diagnostics` adds ``kl0_ratio`` and ``eta_star``.
     """
 
     def __init__(
@@ -188,15 +194,40 @@ class Arturo(Optimizer):
         dual_rtol: float = 1e-6,
         fused: bool | None = None,
     ):
-        _validate(lr=lr, reg_weight=reg_weight, prior_prec=prior_prec, var_init=var_init, nu=nu,
-                  dynamic_model_noise=dynamic_model_noise, measurement_noise=measurement_noise,
-                  start_filter_cov=start_filter_cov, eta_tol=eta_tol, weight_decay=weight_decay,
-                  kl=kl, dual=dual, fixed_eta=fixed_eta, dual_rtol=dual_rtol, fused=fused)
+        _validate(
+            lr=lr,
+            reg_weight=reg_weight,
+            prior_prec=prior_prec,
+            var_init=var_init,
+            nu=nu,
+            dynamic_model_noise=dynamic_model_noise,
+            measurement_noise=measurement_noise,
+            start_filter_cov=start_filter_cov,
+            eta_tol=eta_tol,
+            weight_decay=weight_decay,
+            kl=kl,
+            dual=dual,
+            fixed_eta=fixed_eta,
+            dual_rtol=dual_rtol,
+            fused=fused,
+        )
         defaults = dict(
-            lr=lr, reg_weight=reg_weight, prior_prec=prior_prec, var_init=var_init, nu=nu,
-            dynamic_model_noise=dynamic_model_noise, measurement_noise=measurement_noise,
-            start_filter_cov=start_filter_cov, eta_tol=eta_tol, weight_decay=weight_decay,
-            kl=kl, dual=dual, fixed_eta=fixed_eta, guard=bool(guard), dual_rtol=dual_rtol, fused=fused,
+            lr=lr,
+            reg_weight=reg_weight,
+            prior_prec=prior_prec,
+            var_init=var_init,
+            nu=nu,
+            dynamic_model_noise=dynamic_model_noise,
+            measurement_noise=measurement_noise,
+            start_filter_cov=start_filter_cov,
+            eta_tol=eta_tol,
+            weight_decay=weight_decay,
+            kl=kl,
+            dual=dual,
+            fixed_eta=fixed_eta,
+            guard=bool(guard),
+            dual_rtol=dual_rtol,
+            fused=fused,
         )
         super().__init__(params, defaults)
         self.eta: float | None = None  # the previous step's eta (None before the first step)
@@ -215,9 +246,11 @@ class Arturo(Optimizer):
         _validate(**group)  # a group's own values are checked like the defaults
         for p in group["params"]:
             if p.is_floating_point() and 1.0 / float(group["var_init"]) > torch.finfo(p.dtype).max:
-                raise ValueError(f"var_init: got {group['var_init']!r}; allowed: a number >= "
-                                 f"{1.0 / torch.finfo(p.dtype).max:.3g} for {str(p.dtype).replace('torch.', '')} "
-                                 "parameters (the initial precision 1/var_init must be finite)")
+                raise ValueError(
+                    f"var_init: got {group['var_init']!r}; allowed: a number >= "
+                    f"{1.0 / torch.finfo(p.dtype).max:.3g} for {str(p.dtype).replace('torch.', '')} "
+                    "parameters (the initial precision 1/var_init must be finite)"
+                )
         if group["fused"] is True:
             for p in group["params"]:
                 reason = _fused_unsupported(group, p)
@@ -283,8 +316,10 @@ class Arturo(Optimizer):
         """
         for p, h in curvature.items():
             if not isinstance(h, Tensor) or h.shape != p.shape:
-                raise ValueError(f"curvature: expected a tensor shaped {tuple(p.shape)}, got "
-                                 f"{tuple(h.shape) if isinstance(h, Tensor) else type(h).__name__}")
+                raise ValueError(
+                    f"curvature: expected a tensor shaped {tuple(p.shape)}, got "
+                    f"{tuple(h.shape) if isinstance(h, Tensor) else type(h).__name__}"
+                )
         self._oracle = {p: h.detach() for p, h in curvature.items()}
         self._oracle_hold = bool(hold)
 
@@ -394,8 +429,11 @@ class Arturo(Optimizer):
         if self.dual_diagnostics:
             kl0 = kl_of_eta(0.0)
             extra["kl0_ratio"] = _ratio(kl0, kl_bound)
-            extra["eta_star"] = (F.solve_eta_exact(kl_of_eta, kl_bound, self.eta).eta
-                                 if (kl0 > kl_bound or not math.isfinite(kl0)) else math.nan)
+            extra["eta_star"] = (
+                F.solve_eta_exact(kl_of_eta, kl_bound, self.eta).eta
+                if (kl0 > kl_bound or not math.isfinite(kl0))
+                else math.nan
+            )
 
         # 3.-4. the trust region: choose eta
         if fixed_eta is not None:
@@ -465,18 +503,33 @@ class Arturo(Optimizer):
         weights = tuple(p.detach().reshape(-1).numpy() for p in bucket.params)
         grads = tuple(p.grad.reshape(-1).numpy() for p in bucket.params)
         acted = _fused_cpu.prepare(
-            weights, grads, *chunks, theta_np, numerator_np, flat["intercept"], flat["curvature"],
-            flat["filter_cov_bb"], flat["filter_cov_ba"], flat["filter_cov_aa"],
-            t(_scalar(group["lr"]) * float(group["weight_decay"])), t(group["dynamic_model_noise"]),
-            t(group["measurement_noise"]), c, lower)
+            weights,
+            grads,
+            *chunks,
+            theta_np,
+            numerator_np,
+            flat["intercept"],
+            flat["curvature"],
+            flat["filter_cov_bb"],
+            flat["filter_cov_ba"],
+            flat["filter_cov_aa"],
+            t(_scalar(group["lr"]) * float(group["weight_decay"])),
+            t(group["dynamic_model_noise"]),
+            t(group["measurement_noise"]),
+            c,
+            lower,
+        )
         rho, nu = t(group["reg_weight"]), t(group["nu"])
 
         def kl(eta: float) -> float:
-            return 0.5 * float(_fused_cpu.kl_of_eta(flat["curvature"], flat["precision"], numerator_np, c, lower, t(eta)))
+            return 0.5 * float(
+                _fused_cpu.kl_of_eta(flat["curvature"], flat["precision"], numerator_np, c, lower, t(eta))
+            )
 
         def commit(eta: float) -> tuple[float, int, int]:
             twice_kl, bad_precision, bad_denominator = _fused_cpu.commit(
-                theta_np, flat["precision"], flat["curvature"], numerator_np, c, lower, t(eta), rho, nu)
+                theta_np, flat["precision"], flat["curvature"], numerator_np, c, lower, t(eta), rho, nu
+            )
             torch._foreach_copy_(bucket.params, bucket.slices(theta))
             return 0.5 * float(twice_kl), int(bad_precision), int(bad_denominator)
 
@@ -557,8 +610,10 @@ class Arturo(Optimizer):
 
 #: Keyword defaults of the constructor: what a group from before a key existed gets for it.
 _CONSTRUCTOR_DEFAULTS: dict[str, Any] = {
-    name: parameter.default for name, parameter in inspect.signature(Arturo.__init__).parameters.items()
-    if parameter.default is not inspect.Parameter.empty}
+    name: parameter.default
+    for name, parameter in inspect.signature(Arturo.__init__).parameters.items()
+    if parameter.default is not inspect.Parameter.empty
+}
 
 
 def _fused_unsupported(group: Mapping[str, Any], like: Tensor) -> str | None:
@@ -574,11 +629,27 @@ def _fused_unsupported(group: Mapping[str, Any], like: Tensor) -> str | None:
     return None
 
 
-def _validate(*, lr: Any, reg_weight: float, prior_prec: float, var_init: float, nu: float,
-              dynamic_model_noise: float, measurement_noise: float, start_filter_cov: float,
-              eta_tol: float, weight_decay: float, kl: str, dual: str, fixed_eta: float | None,
-              dual_rtol: float, fused: bool | None = None, **_: Any) -> None:
+def _validate(
+    *,
+    lr: Any,
+    reg_weight: float,
+    prior_prec: float,
+    var_init: float,
+    nu: float,
+    dynamic_model_noise: float,
+    measurement_noise: float,
+    start_filter_cov: float,
+    eta_tol: float,
+    weight_decay: float,
+    kl: str,
+    dual: str,
+    fixed_eta: float | None,
+    dual_rtol: float,
+    fused: bool | None = None,
+    **_: Any,
+) -> None:
     """Each bad constructor argument raises a ValueError naming it, the value and what is allowed."""
+
     def need(ok: bool, name: str, value: Any, allowed: str) -> None:
         if not ok:
             raise ValueError(f"{name}: got {value!r}; allowed: {allowed}")
@@ -591,12 +662,22 @@ def _validate(*, lr: Any, reg_weight: float, prior_prec: float, var_init: float,
 
     lr_value = number(lr)
     need(math.isfinite(lr_value) and lr_value >= 0.0, "lr", lr, "a finite number >= 0 (the KL bound)")
-    for name, value in (("reg_weight", reg_weight), ("prior_prec", prior_prec), ("nu", nu),
-                        ("dynamic_model_noise", dynamic_model_noise), ("weight_decay", weight_decay)):
+    for name, value in (
+        ("reg_weight", reg_weight),
+        ("prior_prec", prior_prec),
+        ("nu", nu),
+        ("dynamic_model_noise", dynamic_model_noise),
+        ("weight_decay", weight_decay),
+    ):
         v = number(value)
         need(math.isfinite(v) and v >= 0.0, name, value, "a finite number >= 0")
-    for name, value in (("var_init", var_init), ("measurement_noise", measurement_noise),
-                        ("start_filter_cov", start_filter_cov), ("eta_tol", eta_tol), ("dual_rtol", dual_rtol)):
+    for name, value in (
+        ("var_init", var_init),
+        ("measurement_noise", measurement_noise),
+        ("start_filter_cov", start_filter_cov),
+        ("eta_tol", eta_tol),
+        ("dual_rtol", dual_rtol),
+    ):
         v = number(value)
         need(math.isfinite(v) and v > 0.0, name, value, "a finite number > 0")
     need(number(reg_weight) + number(nu) > 0.0, "nu", nu, "reg_weight + nu > 0 (it divides the new precision)")

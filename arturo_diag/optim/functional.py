@@ -23,6 +23,7 @@ symbol          argument               meaning
 Reference: Dahlinger et al., "Information-Theoretic Trust Regions for Stochastic Gradient-Based
 Optimization", arXiv 2310.20574.
 """
+
 from __future__ import annotations
 
 import math
@@ -112,15 +113,17 @@ def oracle_filter_state(state: FilterState, weight: Tensor, grad: Tensor, curvat
     return state._replace(curvature=curvature.clone(), intercept=torch.addcmul(grad, curvature, weight, value=-1.0))
 
 
-def closed_form_mean(mean: Tensor, precision: Tensor, curvature: Tensor, intercept: Tensor,
-                     prior_curvature: float, eta: float) -> Tensor:
+def closed_form_mean(
+    mean: Tensor, precision: Tensor, curvature: Tensor, intercept: Tensor, prior_curvature: float, eta: float
+) -> Tensor:
     """New mean for a trial ``eta``, ARTURO.md step 3: ``mu' = (eta pi mu - b) / (a + c + eta pi)``."""
     denominator = curvature + prior_curvature + eta * precision
     return (eta * precision * mean - intercept) / denominator
 
 
-def decoupled_precision(precision: Tensor, curvature: Tensor, prior_curvature: float,
-                        reg_weight: float, nu: float) -> Tensor:
+def decoupled_precision(
+    precision: Tensor, curvature: Tensor, prior_curvature: float, reg_weight: float, nu: float
+) -> Tensor:
     """New precision with the decoupled KL, ARTURO.md step 3: ``pi' = (a + c + nu pi) / (rho + nu)``.
 
     Independent of ``eta``: the covariance part of the KL is a penalty with weight ``nu``.
@@ -128,8 +131,9 @@ def decoupled_precision(precision: Tensor, curvature: Tensor, prior_curvature: f
     return (curvature + prior_curvature + nu * precision) / (reg_weight + nu)
 
 
-def coupled_precision(precision: Tensor, curvature: Tensor, prior_curvature: float,
-                      reg_weight: float, eta: float) -> Tensor:
+def coupled_precision(
+    precision: Tensor, curvature: Tensor, prior_curvature: float, reg_weight: float, eta: float
+) -> Tensor:
     """New precision with the coupled KL (ablation): ``pi'(eta) = (a + c + eta pi) / (rho + eta)``.
 
     At ``eta = inf`` (a zero KL bound: no step) this is its limit ``pi``.
@@ -157,6 +161,7 @@ def kl_full(precision: Tensor, new_precision: Tensor, new_mean: Tensor, mean: Te
 # The dual problem of one tensor of coordinates, with the eta-independent parts precomputed.
 # --------------------------------------------------------------------------------------------
 
+
 class DualTerms(NamedTuple):
     """The pieces of ``K(eta)`` that do not depend on ``eta`` (ARTURO.md steps 3-4).
 
@@ -172,8 +177,9 @@ class DualTerms(NamedTuple):
     reg_weight: float  # rho, needed by the coupled KL
 
 
-def dual_terms(mean: Tensor, precision: Tensor, curvature: Tensor, intercept: Tensor,
-               prior_curvature: float, reg_weight: float) -> DualTerms:
+def dual_terms(
+    mean: Tensor, precision: Tensor, curvature: Tensor, intercept: Tensor, prior_curvature: float, reg_weight: float
+) -> DualTerms:
     """Precompute :class:`DualTerms` from the state after the filter update."""
     total = curvature + prior_curvature
     numerator = torch.addcmul(intercept, total, mean)
@@ -219,6 +225,7 @@ def new_mean_from_terms(mean: Tensor, terms: DualTerms, eta: float) -> tuple[Ten
 # Dual solvers: functions of a callable K(eta) -> float.
 # --------------------------------------------------------------------------------------------
 
+
 class DualSolution(NamedTuple):
     """Result of a dual solve: ``eta``, the final bracket, how many times ``K`` was evaluated."""
 
@@ -229,8 +236,9 @@ class DualSolution(NamedTuple):
     converged: bool = True
 
 
-def solve_eta_bisection(kl: Callable[[float], float], kl_bound: float, eta_prev: float | None,
-                        eta_tol: float, dtype: np.dtype = np.float64) -> DualSolution:
+def solve_eta_bisection(
+    kl: Callable[[float], float], kl_bound: float, eta_prev: float | None, eta_tol: float, dtype: np.dtype = np.float64
+) -> DualSolution:
     """The published coarse bisection for ``K(eta) = eps``, ARTURO.md step 4, quirks included.
 
     Bracket ``[0, 10000]`` on the first step (``eta_prev is None``), afterwards
@@ -265,8 +273,9 @@ def solve_eta_bisection(kl: Callable[[float], float], kl_bound: float, eta_prev:
     return DualSolution(float(eta), float(lo), float(hi), iterations)
 
 
-def solve_eta_exact(kl: Callable[[float], float], kl_bound: float, eta_prev: float | None,
-                    rtol: float = 1e-6, max_iterations: int = 100) -> DualSolution:
+def solve_eta_exact(
+    kl: Callable[[float], float], kl_bound: float, eta_prev: float | None, rtol: float = 1e-6, max_iterations: int = 100
+) -> DualSolution:
     """``dual="exact"`` (a named improvement): solve ``K(eta) = eps`` to ``|K/eps - 1| <= rtol``.
 
     KKT: if the unconstrained step already satisfies the bound (``K(0) <= eps``) then ``eta = 0``.
@@ -297,9 +306,9 @@ def solve_eta_exact(kl: Callable[[float], float], kl_bound: float, eta_prev: flo
         if not math.isfinite(value):
             return False
         root = value + 1.0 / math.sqrt(kl_bound)  # K^(-1/2); 0 when K is too large to tell from eps's scale
-        if not (root > 0.0 and root ** 2 > 0.0):
+        if not (root > 0.0 and root**2 > 0.0):
             return False
-        k = 1.0 / root ** 2
+        k = 1.0 / root**2
         return abs(k / kl_bound - 1.0) <= rtol
 
     f0 = phi(0.0)

@@ -7,6 +7,7 @@ This module is the one declaration of the presets: ``Arturo.from_preset`` reads 
 bound ``eps``. ``LR_GAMMA`` is the factor by which the paper's MultiStepLR multiplies that bound
 at each milestone (a schedule setting, not an optimizer argument).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -14,32 +15,74 @@ from types import MappingProxyType
 
 __all__ = ["LR_GAMMA", "PRESETS", "PRESET_NAMES", "load_preset"]
 
-_FMNIST = MappingProxyType({
-    "lr": 0.08567456, "reg_weight": 0.05865662, "prior_prec": 0.0015, "var_init": 0.01, "nu": 1.3,
-    "dynamic_model_noise": 0.01739296, "measurement_noise": 2.81679116, "start_filter_cov": 5e-5,
-    "eta_tol": 0.5, "weight_decay": 1.5404e-6})
-_CIFAR_CNN = MappingProxyType({
-    "lr": 0.00278750, "reg_weight": 0.29678596, "prior_prec": 0.0015, "var_init": 0.01, "nu": 1.3,
-    "dynamic_model_noise": 0.00245526, "measurement_noise": 1.21975001, "start_filter_cov": 5e-5,
-    "eta_tol": 0.5, "weight_decay": 0.0})
-_CIFAR10_RESNET34 = MappingProxyType({
-    "lr": 0.00713292, "reg_weight": 1.59735443, "prior_prec": 0.0015, "var_init": 0.01, "nu": 1.3,
-    "dynamic_model_noise": 0.08938099, "measurement_noise": 9.32844002, "start_filter_cov": 5e-5,
-    "eta_tol": 0.5, "weight_decay": 7.0291e-4})
-_CIFAR100_RESNET34 = MappingProxyType({
-    "lr": 0.00723373, "reg_weight": 1.67676999, "prior_prec": 0.0015, "var_init": 0.01, "nu": 1.3,
-    "dynamic_model_noise": 0.00977875, "measurement_noise": 4.82203163, "start_filter_cov": 5e-5,
-    "eta_tol": 0.5, "weight_decay": 0.0})
+_FMNIST = MappingProxyType(
+    {
+        "lr": 0.08567456,
+        "reg_weight": 0.05865662,
+        "prior_prec": 0.0015,
+        "var_init": 0.01,
+        "nu": 1.3,
+        "dynamic_model_noise": 0.01739296,
+        "measurement_noise": 2.81679116,
+        "start_filter_cov": 5e-5,
+        "eta_tol": 0.5,
+        "weight_decay": 1.5404e-6,
+    }
+)
+_CIFAR_CNN = MappingProxyType(
+    {
+        "lr": 0.00278750,
+        "reg_weight": 0.29678596,
+        "prior_prec": 0.0015,
+        "var_init": 0.01,
+        "nu": 1.3,
+        "dynamic_model_noise": 0.00245526,
+        "measurement_noise": 1.21975001,
+        "start_filter_cov": 5e-5,
+        "eta_tol": 0.5,
+        "weight_decay": 0.0,
+    }
+)
+_CIFAR10_RESNET34 = MappingProxyType(
+    {
+        "lr": 0.00713292,
+        "reg_weight": 1.59735443,
+        "prior_prec": 0.0015,
+        "var_init": 0.01,
+        "nu": 1.3,
+        "dynamic_model_noise": 0.08938099,
+        "measurement_noise": 9.32844002,
+        "start_filter_cov": 5e-5,
+        "eta_tol": 0.5,
+        "weight_decay": 7.0291e-4,
+    }
+)
+_CIFAR100_RESNET34 = MappingProxyType(
+    {
+        "lr": 0.00723373,
+        "reg_weight": 1.67676999,
+        "prior_prec": 0.0015,
+        "var_init": 0.01,
+        "nu": 1.3,
+        "dynamic_model_noise": 0.00977875,
+        "measurement_noise": 4.82203163,
+        "start_filter_cov": 5e-5,
+        "eta_tol": 0.5,
+        "weight_decay": 0.0,
+    }
+)
 
 #: Optimizer keywords of each published setup (the ResNet-18 and CIFAR-100 CNN reuse a sibling's).
-PRESETS: Mapping[str, Mapping[str, float]] = MappingProxyType({
-    "fmnist_cnn": _FMNIST,
-    "fmnist_resnet18": _FMNIST,
-    "cifar10_cnn": _CIFAR_CNN,
-    "cifar100_cnn": _CIFAR_CNN,
-    "cifar10_resnet34": _CIFAR10_RESNET34,
-    "cifar100_resnet34": _CIFAR100_RESNET34,
-})
+PRESETS: Mapping[str, Mapping[str, float]] = MappingProxyType(
+    {
+        "fmnist_cnn": _FMNIST,
+        "fmnist_resnet18": _FMNIST,
+        "cifar10_cnn": _CIFAR_CNN,
+        "cifar100_cnn": _CIFAR_CNN,
+        "cifar10_resnet34": _CIFAR10_RESNET34,
+        "cifar100_resnet34": _CIFAR100_RESNET34,
+    }
+)
 
 #: The preset names, in the order of ARTURO.md's table.
 PRESET_NAMES: tuple[str, ...] = tuple(PRESETS)

@@ -16,6 +16,7 @@ Modules, one concept each:
   written from;
 - ``format``: number formatting (3 significant digits, percentages for shares).
 """
+
 from arturo_diag.report.render import ReportResult, render_report
 
 __all__ = ["ReportResult", "render_report"]

@@ -7,6 +7,7 @@ never parsed as markup. :func:`to_markdown` and :func:`to_html` render the same 
 files always carry the same content. The HTML embeds images as base64 ``data:`` URIs and carries
 its CSS inline: it loads nothing from anywhere.
 """
+
 from __future__ import annotations
 
 import base64
@@ -14,7 +15,6 @@ import html
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Union
 
 __all__ = [
     "Block",
@@ -34,7 +34,7 @@ __all__ = [
 
 Span = tuple[str, str]
 Inline = tuple[Span, ...]
-InlineLike = Union[str, Span, Sequence[Span]]
+InlineLike = str | Span | Sequence[Span]
 
 
 def text(s: str) -> Span:
@@ -108,7 +108,7 @@ class Image:
         object.__setattr__(self, "caption", inline(self.caption))
 
 
-Block = Union[Heading, Paragraph, Bullets, Table, Image]
+Block = Heading | Paragraph | Bullets | Table | Image
 
 
 # ----------------------------------------------------------------------------------- markdown
@@ -149,8 +149,11 @@ def _md_text(s: str, *, in_table: bool = False, stars: bool | None = None, under
 def _md_inline(content: Inline, *, in_table: bool = False) -> str:
     # emphasis can pair across spans, so the escaping decisions are taken on the whole line
     plain = "".join(value for kind, value in content if kind != "code")
-    options = {"in_table": in_table, "stars": plain.count("*") >= 2,
-               "underscores": bool(_UNDERSCORE_OPENER.search(plain))}
+    options = {
+        "in_table": in_table,
+        "stars": plain.count("*") >= 2,
+        "underscores": bool(_UNDERSCORE_OPENER.search(plain)),
+    }
     parts = []
     for kind, value in content:
         if kind == "code":
@@ -275,21 +278,31 @@ def to_html(blocks: Iterable[Block], *, title: str) -> str:
             rows = []
             if block.caption:
                 body.append(f'<p class="table-caption">{html.escape(block.caption)}</p>')
-            rows.append("<tr>" + "".join(f'<th class="{a}">{html.escape(h)}</th>'
-                                         for h, a in zip(block.header, align)) + "</tr>")
+            rows.append(
+                "<tr>"
+                + "".join(f'<th class="{a}">{html.escape(h)}</th>' for h, a in zip(block.header, align))
+                + "</tr>"
+            )
             for row in block.rows:
-                rows.append("<tr>" + "".join(f'<td class="{a}">{html.escape(c)}</td>'
-                                             for c, a in zip(row, align)) + "</tr>")
-            body.append("<table>\n<thead>\n" + rows[0] + "\n</thead>\n<tbody>\n" + "\n".join(rows[1:])
-                        + "\n</tbody>\n</table>")
+                rows.append(
+                    "<tr>" + "".join(f'<td class="{a}">{html.escape(c)}</td>' for c, a in zip(row, align)) + "</tr>"
+                )
+            body.append(
+                "<table>\n<thead>\n" + rows[0] + "\n</thead>\n<tbody>\n" + "\n".join(rows[1:]) + "\n</tbody>\n</table>"
+            )
         elif isinstance(block, Image):
             data = base64.b64encode(block.png).decode("ascii")
-            body.append(f'<figure>\n<img src="data:image/png;base64,{data}" alt="{html.escape(block.alt)}">\n'
-                        f"<figcaption>{html.escape(block.path)}: {_html_inline(block.caption)}</figcaption>\n"
-                        "</figure>")
+            body.append(
+                f'<figure>\n<img src="data:image/png;base64,{data}" alt="{html.escape(block.alt)}">\n'
+                f"<figcaption>{html.escape(block.path)}: {_html_inline(block.caption)}</figcaption>\n"
+                "</figure>"
+            )
         else:  # pragma: no cover - a programming error
             raise TypeError(f"unknown block {type(block).__name__}")
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-            f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n"
-            + "\n".join(body) + "\n</main>\n</body>\n</html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n"
+        + "\n".join(body)
+        + "\n</main>\n</body>\n</html>\n"
+    )

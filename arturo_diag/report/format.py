@@ -4,6 +4,7 @@ digits, percentages for shares, "n/a" for undefined; and :func:`get` for nested 
 Every number in ``report.md`` / ``report.html`` goes through these functions, so the same metric
 always reads the same way and a re-rendered report is byte-identical to the first.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -5,6 +5,7 @@ byte-identical files. Order of writes (each atomic, :mod:`arturo_diag.diagnostic
 previous ``report.md``/``report.html`` are removed, then ``metrics.json``, then the figures, and
 the two report files last, so a render killed at any point leaves no report that looks complete.
 """
+
 from __future__ import annotations
 
 import os
@@ -126,6 +127,13 @@ def _render(run_dir: Path) -> ReportResult:
 
     atomic_write_text(html_path, to_html(blocks, title=f"arTuRO diagnostics: {title_path}"))
     atomic_write_text(markdown_path, to_markdown(blocks))
-    return ReportResult(run_dir=run_dir, markdown=markdown_path, html=html_path, metrics_json=metrics_path,
-                        metrics=metrics, findings=list(metrics.get("findings") or []), figures=figures,
-                        skipped=skipped)
+    return ReportResult(
+        run_dir=run_dir,
+        markdown=markdown_path,
+        html=html_path,
+        metrics_json=metrics_path,
+        metrics=metrics,
+        findings=list(metrics.get("findings") or []),
+        figures=figures,
+        skipped=skipped,
+    )

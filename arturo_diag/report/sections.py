@@ -7,6 +7,7 @@ no new numbers: everything shown is in ``metrics.json`` or the record. A missing
 sentence saying why, never an error. Order (ARTURO.md, "Diagnostic quantities"): title, Settings,
 Findings, Agreement, Movement, Calibration, Lag, Trust region, Health, Training, Figures.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -34,8 +35,13 @@ __all__ = [
 ]
 
 # The published rule (ARTURO.md): the value of each switch that keeps it faithful.
-SETTINGS_DEFAULTS: dict[str, Any] = {"kl": "decoupled", "dual": "bisection", "fixed_eta": None, "guard": False,
-                                     "oracle": "none"}
+SETTINGS_DEFAULTS: dict[str, Any] = {
+    "kl": "decoupled",
+    "dual": "bisection",
+    "fixed_eta": None,
+    "guard": False,
+    "oracle": "none",
+}
 _HYPERPARAMETERS = (
     ("lr", "kl_bound eps (the group's lr)"),
     ("reg_weight", "rho, weight of the KL to the prior"),
@@ -76,9 +82,11 @@ def _not_computed(reason: str) -> Paragraph:
 def _no_reference_reason(metrics: Mapping[str, Any]) -> str:
     run = metrics.get("run") or {}
     if not run.get("n_snapshots"):
-        return "the record has no snapshots (reference \"none\", or no snapshot was due), so a cannot be compared with h."
-    return (f"none of the {run['n_snapshots']} snapshots has both the curvature estimate a and a reference h "
-            f"(reference: {run.get('reference')}).")
+        return 'the record has no snapshots (reference "none", or no snapshot was due), so a cannot be compared with h.'
+    return (
+        f"none of the {run['n_snapshots']} snapshots has both the curvature estimate a and a reference h "
+        f"(reference: {run.get('reference')})."
+    )
 
 
 def _thin(rows: Sequence[Any], limit: int) -> tuple[list[Any], bool]:
@@ -96,8 +104,21 @@ def read_settings(record: RunRecord) -> dict[str, tuple[Any, str]]:
     config = record.config or {}
     manifest_optimizer = record.manifest.get("optimizer") or {}
     sections = {name: config.get(name) or {} for name in ("run", "optimizer", "schedule", "diagnostics")}
-    keys = (*SETTINGS_DEFAULTS, *(k for k, _ in _HYPERPARAMETERS), "optimizer", "preset", "oracle_every",
-            "lr_milestones", "lr_gamma", "model", "dataset", "batch_size", "seed", "dtype", "epochs")
+    keys = (
+        *SETTINGS_DEFAULTS,
+        *(k for k, _ in _HYPERPARAMETERS),
+        "optimizer",
+        "preset",
+        "oracle_every",
+        "lr_milestones",
+        "lr_gamma",
+        "model",
+        "dataset",
+        "batch_size",
+        "seed",
+        "dtype",
+        "epochs",
+    )
     found: dict[str, tuple[Any, str]] = {}
     for key in keys:
         for section in ("optimizer", "schedule", "run"):
@@ -150,15 +171,23 @@ def title_section(record: RunRecord, metrics: Mapping[str, Any], run_dir: Path) 
         reference_words += f", {method}"
     layers = run.get("layers") or []
     shown_layers = ", ".join(layers[:8]) + (f" and {len(layers) - 8} more" if len(layers) > 8 else "")
-    spans = [text("Model "), strong(str(model or "not recorded")), text(" on "), strong(str(dataset or "not recorded")),
-             text(", optimizer "), strong(str(optimizer or "not recorded")),
-             text(f": {_plural(run.get('steps'), 'step')}"
-                  + (f" ({_plural(n_epochs, 'evaluation')})" if n_epochs else "")
-                  + f", {_plural(run.get('n_snapshots'), 'snapshot')}{every}; "
-                  f"{_plural(run.get('n_parameters'), 'parameter')} in {_plural(run.get('n_tensors'), 'tensor')} "
-                  f"({_plural(len(layers), 'layer')}: {shown_layers or 'none'}). Reference h: {reference_words}. "
-                  f"Record kind {run.get('kind')}, status {run.get('status')}, written by arturo-diag "
-                  f"{run.get('arturo_diag_version') or 'of unknown version'}.")]
+    spans = [
+        text("Model "),
+        strong(str(model or "not recorded")),
+        text(" on "),
+        strong(str(dataset or "not recorded")),
+        text(", optimizer "),
+        strong(str(optimizer or "not recorded")),
+        text(
+            f": {_plural(run.get('steps'), 'step')}"
+            + (f" ({_plural(n_epochs, 'evaluation')})" if n_epochs else "")
+            + f", {_plural(run.get('n_snapshots'), 'snapshot')}{every}; "
+            f"{_plural(run.get('n_parameters'), 'parameter')} in {_plural(run.get('n_tensors'), 'tensor')} "
+            f"({_plural(len(layers), 'layer')}: {shown_layers or 'none'}). Reference h: {reference_words}. "
+            f"Record kind {run.get('kind')}, status {run.get('status')}, written by arturo-diag "
+            f"{run.get('arturo_diag_version') or 'of unknown version'}."
+        ),
+    ]
     return [Heading(1, (text("arTuRO diagnostics: "), code(str(run_dir)))), Paragraph(tuple(spans))]
 
 
@@ -174,70 +203,117 @@ def settings_section(record: RunRecord, metrics: Mapping[str, Any]) -> list[Bloc
 
     def row(option: str, value: str, meaning: str, faithful: bool | None) -> None:
         source = settings[option][1] if option in settings else ""
-        rows.append((option, value, "published" if faithful else "not recorded" if faithful is None else "ablation",
-                     meaning, source))
+        rows.append(
+            (
+                option,
+                value,
+                "published" if faithful else "not recorded" if faithful is None else "ablation",
+                meaning,
+                source,
+            )
+        )
         if faithful is False:
             changed.append(f"{option} = {value}")
 
-    row("kl", str(kl or "decoupled (assumed)"),
+    row(
+        "kl",
+        str(kl or "decoupled (assumed)"),
         "constraint on the mean part of the KL" if kl in (None, "decoupled") else "one constraint on the full KL",
-        None if kl is None else kl == "decoupled")
-    row("dual", str(dual or "bisection (assumed)") + (f", eta_tol {num(eta_tol)}" if eta_tol is not None else ""),
-        "published bisection (with its floor and 5/3 growth)" if dual in (None, "bisection")
-        else "exact root of K(eta) = eps", None if dual is None else dual == "bisection")
-    row("fixed_eta", "off" if fixed is None else num(fixed),
+        None if kl is None else kl == "decoupled",
+    )
+    row(
+        "dual",
+        str(dual or "bisection (assumed)") + (f", eta_tol {num(eta_tol)}" if eta_tol is not None else ""),
+        "published bisection (with its floor and 5/3 growth)"
+        if dual in (None, "bisection")
+        else "exact root of K(eta) = eps",
+        None if dual is None else dual == "bisection",
+    )
+    row(
+        "fixed_eta",
+        "off" if fixed is None else num(fixed),
         "eta from the trust region" if fixed is None else "eta fixed every step (trust region off)",
-        fixed is None if settings["fixed_eta"][1] != "not recorded" else None)
-    row("guard", _value_words(bool(guard)) if guard is not None else "not recorded",
+        fixed is None if settings["fixed_eta"][1] != "not recorded" else None,
+    )
+    row(
+        "guard",
+        _value_words(bool(guard)) if guard is not None else "not recorded",
         "positivity of pi' and of the denominator kept" if guard else "no positivity guard (as published)",
-        None if guard is None else not bool(guard))
+        None if guard is None else not bool(guard),
+    )
     oracle_every = settings["oracle_every"][0]
-    row("oracle", str(oracle or "none") + (f", every {oracle_every} steps" if oracle not in (None, "none") and oracle_every else ""),
-        "a is the filter's own estimate" if oracle in (None, "none") else "a replaced by the minibatch's diagonal Hessian",
-        None if oracle is None else oracle == "none")
+    row(
+        "oracle",
+        str(oracle or "none")
+        + (f", every {oracle_every} steps" if oracle not in (None, "none") and oracle_every else ""),
+        "a is the filter's own estimate"
+        if oracle in (None, "none")
+        else "a replaced by the minibatch's diagonal Hessian",
+        None if oracle is None else oracle == "none",
+    )
     if q is None:
         row("dynamic_model_noise", "not recorded", "filter drift q", None)
     else:
-        row("dynamic_model_noise", f"q = {num(q)}" + (" (drift on)" if q > 0 else " (no drift)"),
-            "filter drift added to P_bb and P_aa every step" if q > 0
-            else "no drift: plain recursive least squares, its gain decays", q > 0)
+        row(
+            "dynamic_model_noise",
+            f"q = {num(q)}" + (" (drift on)" if q > 0 else " (no drift)"),
+            "filter drift added to P_bb and P_aa every step"
+            if q > 0
+            else "no drift: plain recursive least squares, its gain decays",
+            q > 0,
+        )
 
     unknown = [r[0] for r in rows if r[2] == "not recorded"]
     if changed:
         verdict = (strong("Not the published rule."), text(" Options on: " + "; ".join(changed) + "."))
     else:
-        verdict = (strong("Faithful to the published rule"),
-                   text(" (ARTURO.md): every ablation switch is off"
-                        + (f"; not recorded: {', '.join(unknown)} (assumed as published)." if unknown else ".")))
-    blocks: list[Block] = [Heading(2, (text("Settings"),)), Paragraph(verdict),
-                           Table(("Option", "Setting", "Rule", "Meaning", "Read from"), tuple(rows),
-                                 align=("l", "l", "l", "l", "l"))]
+        verdict = (
+            strong("Faithful to the published rule"),
+            text(
+                " (ARTURO.md): every ablation switch is off"
+                + (f"; not recorded: {', '.join(unknown)} (assumed as published)." if unknown else ".")
+            ),
+        )
+    blocks: list[Block] = [
+        Heading(2, (text("Settings"),)),
+        Paragraph(verdict),
+        Table(("Option", "Setting", "Rule", "Meaning", "Read from"), tuple(rows), align=("l", "l", "l", "l", "l")),
+    ]
     hyper = []
     for key, meaning in _HYPERPARAMETERS:
         value, source = settings[key]
         hyper.append((key, _value_words(value) if value is not None else NA, meaning, source))
-    for key, meaning in (("preset", "published hyperparameter set"),
-                         ("lr_milestones", "epochs at which the KL bound is multiplied by lr_gamma"),
-                         ("lr_gamma", "factor of the KL bound at each milestone"),
-                         ("batch_size", "minibatch size"), ("seed", "seed of data, init, batches and probes"),
-                         ("dtype", "parameter dtype")):
+    for key, meaning in (
+        ("preset", "published hyperparameter set"),
+        ("lr_milestones", "epochs at which the KL bound is multiplied by lr_gamma"),
+        ("lr_gamma", "factor of the KL bound at each milestone"),
+        ("batch_size", "minibatch size"),
+        ("seed", "seed of data, init, batches and probes"),
+        ("dtype", "parameter dtype"),
+    ):
         value, source = settings[key]
         if value is not None:
             hyper.append((key, _value_words(value), meaning, source))
-    blocks.append(Table(("Hyperparameter", "Value", "Meaning", "Read from"), tuple(hyper),
-                        align=("l", "r", "l", "l")))
+    blocks.append(Table(("Hyperparameter", "Value", "Meaning", "Read from"), tuple(hyper), align=("l", "r", "l", "l")))
     return blocks
 
 
 def findings_section(findings: Sequence[Mapping[str, Any]]) -> list[Block]:
     """The findings of the analysis in words, warnings first (each group in the analysis' order)."""
-    ordered = [f for f in findings if f.get("severity") == "warning"] + \
-              [f for f in findings if f.get("severity") != "warning"]
+    ordered = [f for f in findings if f.get("severity") == "warning"] + [
+        f for f in findings if f.get("severity") != "warning"
+    ]
     blocks: list[Block] = [Heading(2, (text("Findings"),))]
     if not ordered:
         return blocks + [Paragraph("No findings.")]
-    items = tuple(((strong("Warning:"), text(" " + str(f["text"]))) if f.get("severity") == "warning"
-                   else (text(str(f["text"])),)) for f in ordered)
+    items = tuple(
+        (
+            (strong("Warning:"), text(" " + str(f["text"])))
+            if f.get("severity") == "warning"
+            else (text(str(f["text"])),)
+        )
+        for f in ordered
+    )
     classes = tuple("warning" if f.get("severity") == "warning" else "" for f in ordered)
     return blocks + [Bullets(items, classes)]
 
@@ -255,85 +331,144 @@ def agreement_section(metrics: Mapping[str, Any]) -> list[Block]:
     value = overall.get("constant_value", 0.1)
     constant_name = f"constant {num(value)}"
     reference = _REFERENCE_WORDS.get(final.get("reference"), "h")
-    blocks.append(Paragraph(
-        f"At the final snapshot (step {step}) arTuRO's curvature estimate a is compared with {reference}. Every "
-        f"number stands beside what two baselines score: the {constant_name} (arTuRO's initial a) and the "
-        "previous snapshot's h (a perfect estimate one snapshot late). An agreement number means something only "
-        "next to what a constant scores."))
+    blocks.append(
+        Paragraph(
+            f"At the final snapshot (step {step}) arTuRO's curvature estimate a is compared with {reference}. Every "
+            f"number stands beside what two baselines score: the {constant_name} (arTuRO's initial a) and the "
+            "previous snapshot's h (a perfect estimate one snapshot late). An agreement number means something only "
+            "next to what a constant scores."
+        )
+    )
     estimate, constant = overall["estimate"], overall["constant"]
     verdict = overall.get("beats_constant") or {}
     pair = (estimate["relative_error"], constant["relative_error"])
     digits = distinguishing_digits(pair)
     versus = f"({num(pair[0], digits)} vs {num(pair[1], digits)})"
     if verdict.get("relative_error") is not True:
-        sentence = (strong(f"The estimate does not beat the {constant_name}"),
-                    text(f" on relative error over all coordinates {versus}."))
+        sentence = (
+            strong(f"The estimate does not beat the {constant_name}"),
+            text(f" on relative error over all coordinates {versus}."),
+        )
     else:
         sentence = (text(f"The estimate beats the {constant_name} on relative error over all coordinates {versus}."),)
     lost = (overall.get("beats_constant_summary") or {}).get("lost_on") or []
     words = {m: label.split(" (")[0] for m, label, _ in _METRIC_ROWS}
     if lost:
-        sentence += (text(" It does not beat the constant on: "
-                          + ", ".join(words.get(m, m) for m in lost) + "."),)
+        sentence += (text(" It does not beat the constant on: " + ", ".join(words.get(m, m) for m in lost) + "."),)
     layers = final.get("layers") or {}
     losing = [layer for layer, entry in layers.items() if get(entry, "beats_constant", "relative_error") is not True]
     if losing:
-        sentence += (text(f" Per layer, the estimate does not beat the constant on relative error in "
-                          f"{len(losing)} of {len(layers)}: {', '.join(losing[:12])}"
-                          + (f" and {len(losing) - 12} more" if len(losing) > 12 else "") + "."),)
+        sentence += (
+            text(
+                f" Per layer, the estimate does not beat the constant on relative error in "
+                f"{len(losing)} of {len(layers)}: {', '.join(losing[:12])}"
+                + (f" and {len(losing) - 12} more" if len(losing) > 12 else "")
+                + "."
+            ),
+        )
     previous = overall.get("previous_h")
     if previous:
         better = (overall.get("beats_previous_h") or {}).get("relative_error")
-        sentence += (text(f" The previous snapshot's h scores relative error {num(previous['relative_error'])} "
-                          + ("(the estimate is closer)." if better else "(closer than the estimate).")),)
+        sentence += (
+            text(
+                f" The previous snapshot's h scores relative error {num(previous['relative_error'])} "
+                + ("(the estimate is closer)." if better else "(closer than the estimate).")
+            ),
+        )
     entries = block.get("snapshots") or []
     if len(entries) > 1:
         wins = sum(1 for e in entries if get(e, "overall", "beats_constant", "relative_error") is True)
-        sentence += (text(f" Over the run, the estimate's relative error was below the constant's at {wins} of "
-                          f"{len(entries)} snapshots."),)
+        sentence += (
+            text(
+                f" Over the run, the estimate's relative error was below the constant's at {wins} of "
+                f"{len(entries)} snapshots."
+            ),
+        )
     blocks.append(Paragraph(sentence))
 
-    caption = (f"Agreement at step {step}; the constant has no ranks, so its Spearman is undefined and a beats it "
-               "when its own Spearman is above 0.")
-    header = ("Layer (coordinates)", "Metric", "a (estimate)", constant_name, "previous h", "a beats constant",
-              "a beats previous h")
+    caption = (
+        f"Agreement at step {step}; the constant has no ranks, so its Spearman is undefined and a beats it "
+        "when its own Spearman is above 0."
+    )
+    header = (
+        "Layer (coordinates)",
+        "Metric",
+        "a (estimate)",
+        constant_name,
+        "previous h",
+        "a beats constant",
+        "a beats previous h",
+    )
     long_entries = [("all coordinates", overall)] + (list(layers.items()) if len(layers) <= _MANY_LAYERS else [])
-    blocks.append(Table(header, tuple(_agreement_rows(long_entries)), align=("l", "l", "r", "r", "r", "r", "r"),
-                        caption=caption))
+    blocks.append(
+        Table(header, tuple(_agreement_rows(long_entries)), align=("l", "l", "r", "r", "r", "r", "r"), caption=caption)
+    )
     if len(layers) > _MANY_LAYERS:
         rows = []
         for name, entry in layers.items():
             cells = [f"{name} ({count(get(entry, 'estimate', 'n'))})"]
-            for metric, kinds, fmt in (("relative_error", ("estimate", "constant", "previous_h"), num),
-                                       ("cosine", ("estimate", "constant", "previous_h"), num),
-                                       ("spearman", ("estimate", "previous_h"), num),
-                                       ("sign_agreement", ("estimate", "constant", "previous_h"), pct)):
+            for metric, kinds, fmt in (
+                ("relative_error", ("estimate", "constant", "previous_h"), num),
+                ("cosine", ("estimate", "constant", "previous_h"), num),
+                ("spearman", ("estimate", "previous_h"), num),
+                ("sign_agreement", ("estimate", "constant", "previous_h"), pct),
+            ):
                 values = [get(entry, kind, metric) for kind in kinds]
                 digits = distinguishing_digits(values, fmt)
                 cells += [fmt(v, digits) for v in values]
             rows.append((*cells, _yes_no(get(entry, "beats_constant", "relative_error"))))
-        blocks.append(Table(("Layer (coordinates)", "rel. error a", "const.", "prev. h", "cosine a", "const.",
-                             "prev. h", "Spearman a", "prev. h", "sign agr. a", "const.", "prev. h",
-                             "a beats const. (rel. error)"), tuple(rows),
-                            caption=f"Per layer at step {step} ({len(layers)} layers, one row each; const. = the "
-                                    f"{constant_name})."))
+        blocks.append(
+            Table(
+                (
+                    "Layer (coordinates)",
+                    "rel. error a",
+                    "const.",
+                    "prev. h",
+                    "cosine a",
+                    "const.",
+                    "prev. h",
+                    "Spearman a",
+                    "prev. h",
+                    "sign agr. a",
+                    "const.",
+                    "prev. h",
+                    "a beats const. (rel. error)",
+                ),
+                tuple(rows),
+                caption=f"Per layer at step {step} ({len(layers)} layers, one row each; const. = the {constant_name}).",
+            )
+        )
 
     hutchinson = get(block, "hutchinson_vs_exact", "final")
     if hutchinson:
         rows = []
         for name, entry in [("all coordinates", hutchinson["overall"]), *(hutchinson.get("layers") or {}).items()]:
             a_entry = overall if name == "all coordinates" else layers.get(name) or {}
-            rows.append((name, num(entry.get("relative_error")), num(entry.get("spearman")),
-                         num(get(a_entry, "estimate", "relative_error")), num(get(a_entry, "estimate", "spearman"))))
-        blocks.append(Table(("Layer", "Hutchinson rel. error", "Hutchinson Spearman", "a rel. error", "a Spearman"),
-                            tuple(rows), caption=f"Hutchinson's estimate against the exact h at step "
-                                                 f"{hutchinson['step']}, beside arTuRO's a."))
+            rows.append(
+                (
+                    name,
+                    num(entry.get("relative_error")),
+                    num(entry.get("spearman")),
+                    num(get(a_entry, "estimate", "relative_error")),
+                    num(get(a_entry, "estimate", "spearman")),
+                )
+            )
+        blocks.append(
+            Table(
+                ("Layer", "Hutchinson rel. error", "Hutchinson Spearman", "a rel. error", "a Spearman"),
+                tuple(rows),
+                caption=f"Hutchinson's estimate against the exact h at step {hutchinson['step']}, beside arTuRO's a.",
+            )
+        )
     noise = get(block, "reference_noise", "final")
     if noise:
-        blocks.append(Paragraph(
-            f"Noise of the Hutchinson reference at step {noise['step']}: standard error {num(noise.get('relative_se'))} "
-            f"of ||h|| (median SE/|h| {num(noise.get('median_se_over_abs_h'))}, "
-            f"{_plural(noise.get('samples'), 'sample')}); agreement below that level cannot be resolved."))
+        blocks.append(
+            Paragraph(
+                f"Noise of the Hutchinson reference at step {noise['step']}: standard error {num(noise.get('relative_se'))} "
+                f"of ||h|| (median SE/|h| {num(noise.get('median_se_over_abs_h'))}, "
+                f"{_plural(noise.get('samples'), 'sample')}); agreement below that level cannot be resolved."
+            )
+        )
     return blocks
 
 
@@ -344,9 +479,15 @@ def _agreement_rows(entries: Sequence[tuple[str, Mapping[str, Any]]]) -> list[tu
         for i, (metric, words, fmt) in enumerate(_METRIC_ROWS):
             values = [get(entry, kind, metric) for kind in ("estimate", "constant", "previous_h")]
             digits = distinguishing_digits(values, fmt)
-            rows.append((label if i == 0 else "", words, *(fmt(v, digits) for v in values),
-                         _yes_no(get(entry, "beats_constant", metric)),
-                         _yes_no(get(entry, "beats_previous_h", metric))))
+            rows.append(
+                (
+                    label if i == 0 else "",
+                    words,
+                    *(fmt(v, digits) for v in values),
+                    _yes_no(get(entry, "beats_constant", metric)),
+                    _yes_no(get(entry, "beats_previous_h", metric)),
+                )
+            )
     return rows
 
 
@@ -359,27 +500,54 @@ def movement_section(metrics: Mapping[str, Any]) -> list[Block]:
     overall = final["overall"]
     prior = overall.get("prior", 0.1)
     scale = overall.get("scale_relative_move")
-    blocks.append(Paragraph(
-        f"How far a has moved from its initial value {num(prior)} at the final snapshot (step {final['step']}), "
-        f"measured against the size of what it should track: the median over coordinates of |a - {num(prior)}| / |h| "
-        f"(1 means a moved by about the size of h; dominated by the many tiny |h|), the move on the scale of the "
-        f"typical curvature, median |a - {num(prior)}| / median |h|, the share of coordinates that never left the "
-        f"prior (moved by less than 1e-3 |h|), and the 1%-99% ranges of a and h. Over all coordinates: median move "
-        f"{num(overall['median_relative_move'])}"
-        + (f", move on the scale of h {num(scale)}" if "scale_relative_move" in overall else "")
-        + f", {pct(overall['never_left_share'])} never left the prior, a in [{num(overall['a_q01'])}, "
-        f"{num(overall['a_q99'])}]"
-        + (f" while h is in [{num(overall.get('h_q01'))}, {num(overall.get('h_q99'))}]" if "h_q01" in overall else "")
-        + "."))
+    blocks.append(
+        Paragraph(
+            f"How far a has moved from its initial value {num(prior)} at the final snapshot (step {final['step']}), "
+            f"measured against the size of what it should track: the median over coordinates of |a - {num(prior)}| / |h| "
+            f"(1 means a moved by about the size of h; dominated by the many tiny |h|), the move on the scale of the "
+            f"typical curvature, median |a - {num(prior)}| / median |h|, the share of coordinates that never left the "
+            f"prior (moved by less than 1e-3 |h|), and the 1%-99% ranges of a and h. Over all coordinates: median move "
+            f"{num(overall['median_relative_move'])}"
+            + (f", move on the scale of h {num(scale)}" if "scale_relative_move" in overall else "")
+            + f", {pct(overall['never_left_share'])} never left the prior, a in [{num(overall['a_q01'])}, "
+            f"{num(overall['a_q99'])}]"
+            + (
+                f" while h is in [{num(overall.get('h_q01'))}, {num(overall.get('h_q99'))}]"
+                if "h_q01" in overall
+                else ""
+            )
+            + "."
+        )
+    )
     rows = []
     for name, entry in [("all coordinates", overall), *(final.get("layers") or {}).items()]:
-        rows.append((name, num(entry.get("median_relative_move")), num(entry.get("scale_relative_move")),
-                     pct(entry.get("never_left_share")),
-                     f"[{num(entry.get('a_q01'))}, {num(entry.get('a_q99'))}]", num(entry.get("a_median")),
-                     f"[{num(entry.get('h_q01'))}, {num(entry.get('h_q99'))}]", count(entry.get("n_h_zero"))))
-    blocks.append(Table(("Layer", f"median |a-{num(prior)}|/|h|", f"median |a-{num(prior)}| / median |h|",
-                         "never left the prior", "a 1%-99%", "a median", "h 1%-99%", "coordinates with h = 0"),
-                        tuple(rows)))
+        rows.append(
+            (
+                name,
+                num(entry.get("median_relative_move")),
+                num(entry.get("scale_relative_move")),
+                pct(entry.get("never_left_share")),
+                f"[{num(entry.get('a_q01'))}, {num(entry.get('a_q99'))}]",
+                num(entry.get("a_median")),
+                f"[{num(entry.get('h_q01'))}, {num(entry.get('h_q99'))}]",
+                count(entry.get("n_h_zero")),
+            )
+        )
+    blocks.append(
+        Table(
+            (
+                "Layer",
+                f"median |a-{num(prior)}|/|h|",
+                f"median |a-{num(prior)}| / median |h|",
+                "never left the prior",
+                "a 1%-99%",
+                "a median",
+                "h 1%-99%",
+                "coordinates with h = 0",
+            ),
+            tuple(rows),
+        )
+    )
     return blocks
 
 
@@ -389,38 +557,70 @@ def calibration_section(metrics: Mapping[str, Any]) -> list[Block]:
     block = metrics.get("calibration") or {}
     final = block.get("final")
     if not final:
-        reason = (_no_reference_reason(metrics) if not get(metrics, "agreement", "final")
-                  else "no snapshot holds the filter variance P_aa (filter_cov_aa) of every parameter.")
+        reason = (
+            _no_reference_reason(metrics)
+            if not get(metrics, "agreement", "final")
+            else "no snapshot holds the filter variance P_aa (filter_cov_aa) of every parameter."
+        )
         return blocks + [_not_computed(reason)]
     overall = final["overall"]
-    blocks.append(Paragraph(
-        f"The filter claims Var(a) = P_aa. Coverage is the share of coordinates with |a-h| <= 2 sqrt(P_aa) "
-        f"({pct(overall.get('gaussian_coverage'))} if calibrated); sharpness is the median of |a-h| / sqrt(P_aa) "
-        f"({num(overall.get('gaussian_sharpness'))} if calibrated). Coverage alone is not enough: a claimed "
-        "uncertainty far wider than the error gives full coverage that means nothing. Labels: calibrated "
-        "(coverage 85%-99% and sharpness 0.4-1), vacuous (sharpness below 0.2), overconfident (coverage below "
-        "50% or sharpness above 2), miscalibrated otherwise."))
+    blocks.append(
+        Paragraph(
+            f"The filter claims Var(a) = P_aa. Coverage is the share of coordinates with |a-h| <= 2 sqrt(P_aa) "
+            f"({pct(overall.get('gaussian_coverage'))} if calibrated); sharpness is the median of |a-h| / sqrt(P_aa) "
+            f"({num(overall.get('gaussian_sharpness'))} if calibrated). Coverage alone is not enough: a claimed "
+            "uncertainty far wider than the error gives full coverage that means nothing. Labels: calibrated "
+            "(coverage 85%-99% and sharpness 0.4-1), vacuous (sharpness below 0.2), overconfident (coverage below "
+            "50% or sharpness above 2), miscalibrated otherwise."
+        )
+    )
     label = overall.get("interpretation")
-    blocks.append(Paragraph((text(f"At the final snapshot (step {final['step']}) the filter is "),
-                             strong(str(label)),
-                             text(f": coverage {pct(overall.get('coverage'))}, sharpness {num(overall.get('sharpness'))} "
-                                  f"(median sqrt(P_aa) {num(overall.get('median_sqrt_p_aa'))} vs median |a-h| "
-                                  f"{num(overall.get('median_abs_error'))})."))))
+    blocks.append(
+        Paragraph(
+            (
+                text(f"At the final snapshot (step {final['step']}) the filter is "),
+                strong(str(label)),
+                text(
+                    f": coverage {pct(overall.get('coverage'))}, sharpness {num(overall.get('sharpness'))} "
+                    f"(median sqrt(P_aa) {num(overall.get('median_sqrt_p_aa'))} vs median |a-h| "
+                    f"{num(overall.get('median_abs_error'))})."
+                ),
+            )
+        )
+    )
     rows = []
     for name, entry in [("all coordinates", overall), *(final.get("layers") or {}).items()]:
-        rows.append((name, pct(entry.get("coverage")), num(entry.get("sharpness")), str(entry.get("interpretation")),
-                     num(entry.get("median_sqrt_p_aa")), num(entry.get("median_abs_error")),
-                     count(entry.get("n_nonpositive_variance"))))
-    blocks.append(Table(("Layer", "coverage", "sharpness", "interpretation", "median sqrt(P_aa)", "median |a-h|",
-                         "P_aa <= 0"), tuple(rows), align=("l", "r", "r", "l", "r", "r", "r")))
+        rows.append(
+            (
+                name,
+                pct(entry.get("coverage")),
+                num(entry.get("sharpness")),
+                str(entry.get("interpretation")),
+                num(entry.get("median_sqrt_p_aa")),
+                num(entry.get("median_abs_error")),
+                count(entry.get("n_nonpositive_variance")),
+            )
+        )
+    blocks.append(
+        Table(
+            ("Layer", "coverage", "sharpness", "interpretation", "median sqrt(P_aa)", "median |a-h|", "P_aa <= 0"),
+            tuple(rows),
+            align=("l", "r", "r", "l", "r", "r", "r"),
+        )
+    )
     entries = block.get("snapshots") or []
     if len(entries) > 1:
         labels: dict[str, int] = {}
         for entry in entries:
             key = str(get(entry, "overall", "interpretation"))
             labels[key] = labels.get(key, 0) + 1
-        blocks.append(Paragraph(f"Over all {len(entries)} snapshots the overall label was: "
-                                + ", ".join(f"{key} at {_plural(n, 'snapshot')}" for key, n in labels.items()) + "."))
+        blocks.append(
+            Paragraph(
+                f"Over all {len(entries)} snapshots the overall label was: "
+                + ", ".join(f"{key} at {_plural(n, 'snapshot')}" for key, n in labels.items())
+                + "."
+            )
+        )
     return blocks
 
 
@@ -435,15 +635,21 @@ def lag_section(metrics: Mapping[str, Any]) -> list[Block]:
             return blocks + [_not_computed(_no_reference_reason(metrics))]
         return blocks + [_not_computed(f"lag {reason}.")]
     sentence = reason[0].upper() + reason[1:] + "."
-    blocks.append(Paragraph(
-        "Agreement of a_t with the reference of k snapshots earlier, h_(t-k), averaged over the same snapshots t "
-        f"for every k ({lag.get('window')} window). The best k is the lag when the curve's range exceeds the "
-        "snapshot-to-snapshot noise of the agreement; otherwise there is no identifiable lag. "
-        f"The lag is decided by {_METRIC_WORDS.get(lag.get('metric'), str(lag.get('metric')))}."))
+    blocks.append(
+        Paragraph(
+            "Agreement of a_t with the reference of k snapshots earlier, h_(t-k), averaged over the same snapshots t "
+            f"for every k ({lag.get('window')} window). The best k is the lag when the curve's range exceeds the "
+            "snapshot-to-snapshot noise of the agreement; otherwise there is no identifiable lag. "
+            f"The lag is decided by {_METRIC_WORDS.get(lag.get('metric'), str(lag.get('metric')))}."
+        )
+    )
     if lag.get("identifiable"):
         best_k = lag.get("best_k")
-        verdict = (f"Lag: {_plural(best_k, 'snapshot')} ({num(lag.get('best_lag_steps'))} steps)." if best_k
-                   else "No lag: a_t agrees best with the same snapshot's h.")
+        verdict = (
+            f"Lag: {_plural(best_k, 'snapshot')} ({num(lag.get('best_lag_steps'))} steps)."
+            if best_k
+            else "No lag: a_t agrees best with the same snapshot's h."
+        )
         blocks.append(Paragraph((strong(verdict), text(" " + sentence))))
     else:
         blocks.append(Paragraph((strong(sentence),)))
@@ -452,12 +658,20 @@ def lag_section(metrics: Mapping[str, Any]) -> list[Block]:
     interval = lag.get("snapshot_interval") if lag.get("interval_regular") else None
     rows = []
     for i, k in enumerate(ks):
-        rows.append((str(k), num(k * interval) if is_number(interval) else NA,
-                     num(get(spearman, "mean", i)), num(get(relative, "mean", i)), count(get(spearman, "n", i))))
+        rows.append(
+            (
+                str(k),
+                num(k * interval) if is_number(interval) else NA,
+                num(get(spearman, "mean", i)),
+                num(get(relative, "mean", i)),
+                count(get(spearman, "n", i)),
+            )
+        )
     rows.append(("range", "", num(spearman.get("range")), num(relative.get("range")), ""))
     rows.append(("snapshot noise", "", num(spearman.get("noise")), num(relative.get("noise")), ""))
-    blocks.append(Table(("k (snapshots)", "steps back", "Spearman", "relative error", "snapshots averaged"),
-                        tuple(rows)))
+    blocks.append(
+        Table(("k (snapshots)", "steps back", "Spearman", "relative error", "snapshots averaged"), tuple(rows))
+    )
     return blocks
 
 
@@ -473,33 +687,50 @@ def trust_region_section(metrics: Mapping[str, Any]) -> list[Block]:
     eta_tol = tr.get("eta_tol")
     burn_in = tr.get("burn_in")
     if tr.get("fixed_eta") is not None:  # trust region off: the bisection's regimes do not apply
-        blocks.append(Paragraph(
-            f"eta was fixed at {num(tr['fixed_eta'])} at every one of the {_plural(tr.get('n_steps'), 'step')} "
-            "(fixed_eta, the trust-region-off ablation): the dual was never solved and the KL bound did not limit "
-            "the step, so there are no bisection regimes to report."))
+        blocks.append(
+            Paragraph(
+                f"eta was fixed at {num(tr['fixed_eta'])} at every one of the {_plural(tr.get('n_steps'), 'step')} "
+                "(fixed_eta, the trust-region-off ablation): the dual was never solved and the KL bound did not limit "
+                "the step, so there are no bisection regimes to report."
+            )
+        )
         return blocks + _binding_blocks(tr.get("snapshots"))
-    blocks.append(Paragraph(
-        f"Each step's regime (ARTURO.md, step 4 and \"the eta floor\", eta_tol = {num(eta_tol)}): bisection active "
-        f"(K evaluated and eta moved), 5/3 growth (eta_prev <= {num(0.375 * eta_tol)}: the bracket is already "
-        f"narrower than eta_tol, no K is evaluated and eta grows by 5/3 whatever the bound), frozen at the floor "
-        f"(eta_prev in ({num(0.375 * eta_tol)}, {num(0.75 * eta_tol)}]: one evaluation with K <= eps returns "
-        "eta_prev again), eta fixed (the trust-region-off ablation). Overshoot is K/eps > 1.1. Shares are given "
-        f"over all {_plural(tr.get('n_steps'), 'step')} and after the burn-in (steps after {burn_in}, "
-        f"{count(tr.get('n_steps_after_burn_in'))} steps)."))
+    blocks.append(
+        Paragraph(
+            f'Each step\'s regime (ARTURO.md, step 4 and "the eta floor", eta_tol = {num(eta_tol)}): bisection active '
+            f"(K evaluated and eta moved), 5/3 growth (eta_prev <= {num(0.375 * eta_tol)}: the bracket is already "
+            f"narrower than eta_tol, no K is evaluated and eta grows by 5/3 whatever the bound), frozen at the floor "
+            f"(eta_prev in ({num(0.375 * eta_tol)}, {num(0.75 * eta_tol)}]: one evaluation with K <= eps returns "
+            "eta_prev again), eta fixed (the trust-region-off ablation). Overshoot is K/eps > 1.1. Shares are given "
+            f"over all {_plural(tr.get('n_steps'), 'step')} and after the burn-in (steps after {burn_in}, "
+            f"{count(tr.get('n_steps_after_burn_in'))} steps)."
+        )
+    )
     counts = tr.get("regime_counts") or {}
     share, late = tr.get("regime_share") or {}, tr.get("regime_share_after_burn_in") or {}
     rows = []
-    for key, words in (("bisection", "bisection active"), ("growth_5_3", "5/3 growth (no K evaluated)"),
-                       ("frozen", "frozen at the floor"), ("fixed", "eta fixed (trust region off)"),
-                       ("first", "first step"), ("other", "other")):
+    for key, words in (
+        ("bisection", "bisection active"),
+        ("growth_5_3", "5/3 growth (no K evaluated)"),
+        ("frozen", "frozen at the floor"),
+        ("fixed", "eta fixed (trust region off)"),
+        ("first", "first step"),
+        ("other", "other"),
+    ):
         if key in ("fixed", "first", "other") and not counts.get(key):
             continue
         rows.append((words, count(counts.get(key)), pct(share.get(key)), pct(late.get(key))))
-    rows.append(("inactive (5/3 growth + frozen)",
-                 count((counts.get("growth_5_3") or 0) + (counts.get("frozen") or 0)),
-                 pct(tr.get("inactive_share")), pct(tr.get("inactive_share_after_burn_in"))))
-    rows.append(("overshoot (K/eps > 1.1)", "", pct(tr.get("overshoot_share")),
-                 pct(tr.get("overshoot_share_after_burn_in"))))
+    rows.append(
+        (
+            "inactive (5/3 growth + frozen)",
+            count((counts.get("growth_5_3") or 0) + (counts.get("frozen") or 0)),
+            pct(tr.get("inactive_share")),
+            pct(tr.get("inactive_share_after_burn_in")),
+        )
+    )
+    rows.append(
+        ("overshoot (K/eps > 1.1)", "", pct(tr.get("overshoot_share")), pct(tr.get("overshoot_share_after_burn_in")))
+    )
     rows.append(("undershoot (K/eps < 0.9)", "", pct(tr.get("undershoot_share")), ""))
     blocks.append(Table(("Regime", "steps", "share of all steps", f"share after step {burn_in}"), tuple(rows)))
 
@@ -507,32 +738,58 @@ def trust_region_section(metrics: Mapping[str, Any]) -> list[Block]:
     for key, words in (("growth_runs", "5/3 growth"), ("frozen_runs", "frozen at the floor")):
         runs = tr.get(key) or {}
         for run in runs.get("runs") or []:
-            span = (str(run["start_step"]) if run["start_step"] == run["end_step"]
-                    else f"{run['start_step']}-{run['end_step']}")
-            run_rows.append((words, span, count(run["length"]),
-                             f"{num(run['eta_start'])} -> {num(run['eta_end'])}",
-                             f"{num(run['kl_ratio_min'])} - {num(run['kl_ratio_max'])}",
-                             f"{num(run['kl_ratio_start'])} -> {num(run['kl_ratio_end'])}"))
+            span = (
+                str(run["start_step"])
+                if run["start_step"] == run["end_step"]
+                else f"{run['start_step']}-{run['end_step']}"
+            )
+            run_rows.append(
+                (
+                    words,
+                    span,
+                    count(run["length"]),
+                    f"{num(run['eta_start'])} -> {num(run['eta_end'])}",
+                    f"{num(run['kl_ratio_min'])} - {num(run['kl_ratio_max'])}",
+                    f"{num(run['kl_ratio_start'])} -> {num(run['kl_ratio_end'])}",
+                )
+            )
     if run_rows:
-        blocks.append(Table(("Inactive run", "steps", "length", "eta", "K/eps range", "K/eps first -> last"),
-                            tuple(run_rows), align=("l", "r", "r", "r", "r", "r"),
-                            caption="The longest runs of consecutive inactive steps (up to 10 of each kind), in "
-                                    "time order."))
+        blocks.append(
+            Table(
+                ("Inactive run", "steps", "length", "eta", "K/eps range", "K/eps first -> last"),
+                tuple(run_rows),
+                align=("l", "r", "r", "r", "r", "r"),
+                caption="The longest runs of consecutive inactive steps (up to 10 of each kind), in time order.",
+            )
+        )
 
     drops = tr.get("bound_drops") or []
     if drops:
         rows = []
         for drop in drops:
             peak_step = drop.get("peak_step")
-            recover = (f"{_plural(drop.get('steps_to_recover'), 'step')} (step {drop.get('recovery_step')})"
-                       if drop.get("recovered") else "not recovered by the end")
-            rows.append((str(drop["step"]), f"{num(drop['kl_bound_before'])} -> {num(drop['kl_bound_after'])}",
-                         f"x{num(drop.get('factor'))}",
-                         num(drop.get("peak_kl_ratio")) + (f" (step {peak_step})" if peak_step is not None else ""),
-                         recover))
-        blocks.append(Table(("KL-bound drop at step", "bound", "factor", "peak K/eps", "back to K/eps <= 1.1 after"),
-                            tuple(rows), caption="The bracket moves at most 3x per step, so K/eps overshoots after "
-                                                 "the scheduler drops the bound."))
+            recover = (
+                f"{_plural(drop.get('steps_to_recover'), 'step')} (step {drop.get('recovery_step')})"
+                if drop.get("recovered")
+                else "not recovered by the end"
+            )
+            rows.append(
+                (
+                    str(drop["step"]),
+                    f"{num(drop['kl_bound_before'])} -> {num(drop['kl_bound_after'])}",
+                    f"x{num(drop.get('factor'))}",
+                    num(drop.get("peak_kl_ratio")) + (f" (step {peak_step})" if peak_step is not None else ""),
+                    recover,
+                )
+            )
+        blocks.append(
+            Table(
+                ("KL-bound drop at step", "bound", "factor", "peak K/eps", "back to K/eps <= 1.1 after"),
+                tuple(rows),
+                caption="The bracket moves at most 3x per step, so K/eps overshoots after "
+                "the scheduler drops the bound.",
+            )
+        )
     else:
         blocks.append(Paragraph("The KL bound never dropped during the run."))
     return blocks + _binding_blocks(tr.get("snapshots"))
@@ -541,18 +798,37 @@ def trust_region_section(metrics: Mapping[str, Any]) -> list[Block]:
 def _binding_blocks(binding: Mapping[str, Any] | None) -> list[Block]:
     if not binding or not binding.get("n"):
         return [Paragraph("No snapshot recorded K(0)/eps or eta*, so binding and eta vs eta* are not assessed.")]
-    blocks: list[Block] = [Paragraph(
-        f"At snapshots the trust region binds when the unconstrained step would exceed the bound, K(0)/eps > 1: "
-        f"it bound at {pct(binding.get('binding_share'))} of {_plural(binding['n'], 'snapshot')}. Where it bound, the "
-        f"rule's eta was a median {num(binding.get('eta_over_eta_star_median'))} times the exact root eta* of "
-        "K(eta) = eps (1: the rule found the root; above 1: a more conservative step than the bound allows).")]
+    blocks: list[Block] = [
+        Paragraph(
+            f"At snapshots the trust region binds when the unconstrained step would exceed the bound, K(0)/eps > 1: "
+            f"it bound at {pct(binding.get('binding_share'))} of {_plural(binding['n'], 'snapshot')}. Where it bound, the "
+            f"rule's eta was a median {num(binding.get('eta_over_eta_star_median'))} times the exact root eta* of "
+            "K(eta) = eps (1: the rule found the root; above 1: a more conservative step than the bound allows)."
+        )
+    ]
     rows_all = binding.get("snapshots") or []
     rows, thinned = _thin(rows_all, _MAX_SNAPSHOT_ROWS)
-    table_rows = tuple((str(r["step"]), num(r.get("kl0_ratio")), _yes_no(r.get("binds")), num(r.get("eta")),
-                        num(r.get("eta_star")), num(r.get("eta_over_eta_star"))) for r in rows)
-    caption = "eta vs eta* at snapshots" + (f" ({len(rows)} of {len(rows_all)}, evenly spaced)" if thinned else "") + "."
-    blocks.append(Table(("Snapshot step", "K(0)/eps", "binds", "eta (rule)", "eta* (exact)", "eta / eta*"),
-                        table_rows, caption=caption))
+    table_rows = tuple(
+        (
+            str(r["step"]),
+            num(r.get("kl0_ratio")),
+            _yes_no(r.get("binds")),
+            num(r.get("eta")),
+            num(r.get("eta_star")),
+            num(r.get("eta_over_eta_star")),
+        )
+        for r in rows
+    )
+    caption = (
+        "eta vs eta* at snapshots" + (f" ({len(rows)} of {len(rows_all)}, evenly spaced)" if thinned else "") + "."
+    )
+    blocks.append(
+        Table(
+            ("Snapshot step", "K(0)/eps", "binds", "eta (rule)", "eta* (exact)", "eta / eta*"),
+            table_rows,
+            caption=caption,
+        )
+    )
     return blocks
 
 
@@ -565,12 +841,24 @@ def health_section(metrics: Mapping[str, Any]) -> list[Block]:
     eta = health.get("eta") or {}
     if eta.get("n"):
         position = eta.get("bracket_position") or {}
-        blocks.append(Table(
-            ("eta", "median", "min", "max", "first", "last", "bracket position 5% / 50% / 95%"),
-            (("over steps", num(eta.get("median")), num(eta.get("min")), num(eta.get("max")), num(eta.get("first")),
-              num(eta.get("last")), " / ".join(num(position.get(q)) for q in ("q05", "q50", "q95"))),),
-            caption="eta per step; its position in the final bracket (eta - eta_lo) / (eta_hi - eta_lo) is 0.5 for "
-                    "the midpoint the published rule returns."))
+        blocks.append(
+            Table(
+                ("eta", "median", "min", "max", "first", "last", "bracket position 5% / 50% / 95%"),
+                (
+                    (
+                        "over steps",
+                        num(eta.get("median")),
+                        num(eta.get("min")),
+                        num(eta.get("max")),
+                        num(eta.get("first")),
+                        num(eta.get("last")),
+                        " / ".join(num(position.get(q)) for q in ("q05", "q50", "q95")),
+                    ),
+                ),
+                caption="eta per step; its position in the final bracket (eta - eta_lo) / (eta_hi - eta_lo) is 0.5 for "
+                "the midpoint the published rule returns.",
+            )
+        )
     else:
         blocks.append(Paragraph("No eta was recorded per step (not an arTuRO run)."))
     iterations = health.get("iterations") or {}
@@ -578,51 +866,90 @@ def health_section(metrics: Mapping[str, Any]) -> list[Block]:
     if histogram:
         total = sum(histogram.values())
         rows = tuple((k, count(v), pct(v / total if total else None)) for k, v in histogram.items())
-        blocks.append(Table(("K evaluations per step", "steps", "share"), rows,
-                            caption=f"Dual-solve iterations: mean {num(iterations.get('mean'))}, max "
-                                    f"{iterations.get('max')}; 0 evaluations is the 5/3 growth regime."))
+        blocks.append(
+            Table(
+                ("K evaluations per step", "steps", "share"),
+                rows,
+                caption=f"Dual-solve iterations: mean {num(iterations.get('mean'))}, max "
+                f"{iterations.get('max')}; 0 evaluations is the 5/3 growth regime.",
+            )
+        )
     kl = health.get("kl_ratio") or {}
     if kl.get("n"):
-        blocks.append(Table(("K(eta)/eps", "5%", "25%", "50%", "75%", "95%", "max"),
-                            (("over steps",) + tuple(num(kl.get(q)) for q in ("q05", "q25", "q50", "q75", "q95", "max")),),
-                            caption="Achieved KL relative to the bound (1 = on the bound)."))
+        blocks.append(
+            Table(
+                ("K(eta)/eps", "5%", "25%", "50%", "75%", "95%", "max"),
+                (("over steps",) + tuple(num(kl.get(q)) for q in ("q05", "q25", "q50", "q75", "q95", "max")),),
+                caption="Achieved KL relative to the bound (1 = on the bound).",
+            )
+        )
     precision = health.get("precision") or {}
     if precision.get("n"):
-        rows = tuple((label, str(r["step"]), num(r["q01"]), num(r["q50"]), num(r["q99"]))
-                     for label, r in (("first recorded", precision["first"]), ("last recorded", precision["last"])))
-        blocks.append(Table(("precision pi (steps.csv)", "step", "1%", "50%", "99%"), rows,
-                            caption=f"Precision quantiles over coordinates; the smallest 1% quantile over the run "
-                                    f"was {num(precision.get('min_q01'))}."))
+        rows = tuple(
+            (label, str(r["step"]), num(r["q01"]), num(r["q50"]), num(r["q99"]))
+            for label, r in (("first recorded", precision["first"]), ("last recorded", precision["last"]))
+        )
+        blocks.append(
+            Table(
+                ("precision pi (steps.csv)", "step", "1%", "50%", "99%"),
+                rows,
+                caption=f"Precision quantiles over coordinates; the smallest 1% quantile over the run "
+                f"was {num(precision.get('min_q01'))}.",
+            )
+        )
     final = health.get("final") or {}
     if final:
         collapse = final.get("variance_collapse") or {}
-        rows = [("precision pi 1% / 50% / 99%",
-                 " / ".join(num(final.get(f"precision_q{q}")) for q in ("01", "50", "99"))),
-                ("share with pi <= 0", pct(final.get("precision_nonpositive_share")))]
+        rows = [
+            ("precision pi 1% / 50% / 99%", " / ".join(num(final.get(f"precision_q{q}")) for q in ("01", "50", "99"))),
+            ("share with pi <= 0", pct(final.get("precision_nonpositive_share"))),
+        ]
         if collapse:
-            rows += [(f"variance collapse: share with 1/pi < {pct(collapse.get('fraction'))} of var_init "
-                      f"({num(collapse.get('threshold'))})", pct(collapse.get("share_collapsed"))),
-                     ("variance 1/pi 1% / 50% / 99%",
-                      " / ".join(num(collapse.get(f"variance_q{q}")) for q in ("01", "50", "99")))]
-        rows += [("share of a < 0", pct(final.get("negative_a_share"))),
-                 ("share of h < 0", pct(final.get("negative_h_share")))]
+            rows += [
+                (
+                    f"variance collapse: share with 1/pi < {pct(collapse.get('fraction'))} of var_init "
+                    f"({num(collapse.get('threshold'))})",
+                    pct(collapse.get("share_collapsed")),
+                ),
+                (
+                    "variance 1/pi 1% / 50% / 99%",
+                    " / ".join(num(collapse.get(f"variance_q{q}")) for q in ("01", "50", "99")),
+                ),
+            ]
+        rows += [
+            ("share of a < 0", pct(final.get("negative_a_share"))),
+            ("share of h < 0", pct(final.get("negative_h_share"))),
+        ]
         blocks.append(Table(("At the final snapshot (step %s)" % final.get("step"), "value"), tuple(rows)))
     events = health.get("nonpositive") or {}
     rows = []
-    for key, words in (("precision_nonpos", "new precision pi' <= 0"),
-                       ("denominator_nonpos", "denominator a + c + eta*pi <= 0"),
-                       ("guard_acted", "positivity guard acted")):
+    for key, words in (
+        ("precision_nonpos", "new precision pi' <= 0"),
+        ("denominator_nonpos", "denominator a + c + eta*pi <= 0"),
+        ("guard_acted", "positivity guard acted"),
+    ):
         entry = events.get(key) or {}
         if not entry.get("recorded"):
             rows.append((words, "not recorded", "", "", ""))
             continue
-        rows.append((words, count(entry.get("steps")), str(entry.get("first_step") or NA),
-                     count(entry.get("max_count")), count(entry.get("total"))))
+        rows.append(
+            (
+                words,
+                count(entry.get("steps")),
+                str(entry.get("first_step") or NA),
+                count(entry.get("max_count")),
+                count(entry.get("total")),
+            )
+        )
     if rows:
-        blocks.append(Table(("Non-positive event", "steps", "first step", "most coordinates in one step",
-                             "coordinate-steps"), tuple(rows),
-                            caption="Nothing in the published rule keeps pi' or the denominator positive; negative "
-                                    "curvature estimates can make either non-positive."))
+        blocks.append(
+            Table(
+                ("Non-positive event", "steps", "first step", "most coordinates in one step", "coordinate-steps"),
+                tuple(rows),
+                caption="Nothing in the published rule keeps pi' or the denominator positive; negative "
+                "curvature estimates can make either non-positive.",
+            )
+        )
     return blocks
 
 
@@ -633,14 +960,29 @@ def training_section(metrics: Mapping[str, Any]) -> list[Block]:
     final = training.get("final")
     if not final:
         return blocks + [Paragraph("No evaluation was recorded (epochs.csv is empty).")]
-    blocks.append(Table(("Final evaluation", "epoch", "step", "train loss", "train accuracy", "test loss",
-                         "test accuracy"),
-                        (("end of run", str(final.get("epoch")), str(final.get("step")), num(final.get("train_loss")),
-                          pct(final.get("train_accuracy")), num(final.get("test_loss")),
-                          pct(final.get("test_accuracy"))),)))
+    blocks.append(
+        Table(
+            ("Final evaluation", "epoch", "step", "train loss", "train accuracy", "test loss", "test accuracy"),
+            (
+                (
+                    "end of run",
+                    str(final.get("epoch")),
+                    str(final.get("step")),
+                    num(final.get("train_loss")),
+                    pct(final.get("train_accuracy")),
+                    num(final.get("test_loss")),
+                    pct(final.get("test_accuracy")),
+                ),
+            ),
+        )
+    )
     if is_number(training.get("best_test_accuracy")):
-        blocks.append(Paragraph(f"Best test accuracy {pct(training['best_test_accuracy'])} at epoch "
-                                f"{training.get('best_test_accuracy_epoch')} of {_plural(training.get('n_evaluations'), 'evaluation')}."))
+        blocks.append(
+            Paragraph(
+                f"Best test accuracy {pct(training['best_test_accuracy'])} at epoch "
+                f"{training.get('best_test_accuracy_epoch')} of {_plural(training.get('n_evaluations'), 'evaluation')}."
+            )
+        )
     return blocks
 
 
@@ -652,12 +994,16 @@ def figures_section(drawn: Sequence[tuple[str, str, bytes]], skipped: Mapping[st
     blocks: list[Block] = [Heading(2, (text("Figures"),))]
     for name, caption, png in drawn:
         blocks.append(Heading(3, (text(name.replace("_", " ")),), anchor=f"figure-{name}"))
-        blocks.append(Image(f"figures/{name}.png", alt=f"{name.replace('_', ' ')} figure", caption=(text(caption),),
-                            png=png))
+        blocks.append(
+            Image(f"figures/{name}.png", alt=f"{name.replace('_', ' ')} figure", caption=(text(caption),), png=png)
+        )
     if skipped:
         blocks.append(Paragraph("Skipped figures:"))
-        blocks.append(Bullets(tuple((code(f"figures/{name}.png"), text(f": skipped: {reason}"))
-                                    for name, reason in skipped.items())))
+        blocks.append(
+            Bullets(
+                tuple((code(f"figures/{name}.png"), text(f": skipped: {reason}")) for name, reason in skipped.items())
+            )
+        )
     if not drawn and not skipped:
         blocks.append(Paragraph("No figures."))
     return blocks

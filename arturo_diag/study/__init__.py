@@ -13,15 +13,46 @@ One concept per module:
 - ``report``: ``render_study(study_dir)``: study.json, runs.csv, curves.csv, eta.csv, study.md,
   study.html (self-contained), figures.
 """
-from arturo_diag.study.config import (RunSpec, Setup, StudyConfig, default_study, expand_grid, load_study,
-                                      parse_seeds, parse_variants, study_from_mapping, study_to_toml, with_overrides)
+
+from arturo_diag.study.config import (
+    RunSpec,
+    Setup,
+    StudyConfig,
+    default_study,
+    expand_grid,
+    load_study,
+    parse_seeds,
+    parse_variants,
+    study_from_mapping,
+    study_to_toml,
+    with_overrides,
+)
 from arturo_diag.study.execution import RunOutcome, StudyRunResult, default_workers, run_status, run_study
 from arturo_diag.study.report import StudyReport, is_study_dir, render_study
 from arturo_diag.study.variants import Baselines, Variant, load_baselines, parse_variant
 
 __all__ = [
-    "Baselines", "RunOutcome", "RunSpec", "Setup", "StudyConfig", "StudyReport", "StudyRunResult", "Variant",
-    "default_study", "default_workers", "expand_grid", "is_study_dir", "load_baselines", "load_study",
-    "parse_seeds", "parse_variant", "parse_variants", "render_study", "run_status", "run_study",
-    "study_from_mapping", "study_to_toml", "with_overrides",
+    "Baselines",
+    "RunOutcome",
+    "RunSpec",
+    "Setup",
+    "StudyConfig",
+    "StudyReport",
+    "StudyRunResult",
+    "Variant",
+    "default_study",
+    "default_workers",
+    "expand_grid",
+    "is_study_dir",
+    "load_baselines",
+    "load_study",
+    "parse_seeds",
+    "parse_variant",
+    "parse_variants",
+    "render_study",
+    "run_status",
+    "run_study",
+    "study_from_mapping",
+    "study_to_toml",
+    "with_overrides",
 ]

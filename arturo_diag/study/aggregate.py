@@ -6,6 +6,7 @@ calibration at the final snapshot), ``curves`` (one row per run and evaluation),
 arTuRO run and step). :func:`summarize` turns them into the per-variant means with t intervals,
 the paired comparisons with faithful, and the paper-shaped table. All pure functions of the files.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,28 +20,72 @@ import pandas as pd
 from arturo_diag.diagnostics.record import RunRecord
 from arturo_diag.errors import RecordError
 from arturo_diag.study.config import RunSpec, StudyConfig, expand_grid, load_study
-from arturo_diag.study.status import STUDY_FILE, run_status
 from arturo_diag.study.stats import holm, mean_ci, paired_comparison
+from arturo_diag.study.status import STUDY_FILE, run_status
 
-__all__ = ["StudyData", "collect", "summarize", "RUN_COLUMNS", "CURVE_COLUMNS", "ETA_COLUMNS", "REFERENCE_VARIANT",
-           "PAPER_RESULTS"]
+__all__ = [
+    "StudyData",
+    "collect",
+    "summarize",
+    "RUN_COLUMNS",
+    "CURVE_COLUMNS",
+    "ETA_COLUMNS",
+    "REFERENCE_VARIANT",
+    "PAPER_RESULTS",
+]
 
 REFERENCE_VARIANT = "faithful"
 RUN_COLUMNS = (
-    "setup", "variant", "family", "seed", "status", "run_dir", "steps", "epochs",
-    "test_accuracy", "test_loss", "train_loss", "train_accuracy", "best_test_accuracy",
-    "eta_final", "eta_median", "dual_iterations_mean", "kl_ratio_median", "guard_acted",
-    "snapshot_step", "agreement_relative_error", "constant_relative_error", "agreement_spearman",
-    "beats_constant", "calibration_coverage", "calibration_sharpness", "num_classes", "error",
+    "setup",
+    "variant",
+    "family",
+    "seed",
+    "status",
+    "run_dir",
+    "steps",
+    "epochs",
+    "test_accuracy",
+    "test_loss",
+    "train_loss",
+    "train_accuracy",
+    "best_test_accuracy",
+    "eta_final",
+    "eta_median",
+    "dual_iterations_mean",
+    "kl_ratio_median",
+    "guard_acted",
+    "snapshot_step",
+    "agreement_relative_error",
+    "constant_relative_error",
+    "agreement_spearman",
+    "beats_constant",
+    "calibration_coverage",
+    "calibration_sharpness",
+    "num_classes",
+    "error",
 )
-CURVE_COLUMNS = ("setup", "variant", "family", "seed", "epoch", "step", "train_loss", "train_accuracy",
-                 "test_loss", "test_accuracy")
+CURVE_COLUMNS = (
+    "setup",
+    "variant",
+    "family",
+    "seed",
+    "epoch",
+    "step",
+    "train_loss",
+    "train_accuracy",
+    "test_loss",
+    "test_accuracy",
+)
 ETA_COLUMNS = ("setup", "variant", "seed", "step", "eta", "kl_bound")
 
 #: Test accuracies the paper reports (ARTURO.md), by (model, dataset).
 PAPER_RESULTS = {
-    ("fashion_cnn", "fashion_mnist"): {"label": "Fashion-MNIST CNN, 120 epochs",
-                                       "faithful": 93.01, "sgd": 92.84, "adam": 92.90},
+    ("fashion_cnn", "fashion_mnist"): {
+        "label": "Fashion-MNIST CNN, 120 epochs",
+        "faithful": 93.01,
+        "sgd": 92.84,
+        "adam": 92.90,
+    },
     ("resnet34", "cifar10"): {"label": "CIFAR-10 ResNet-34", "faithful": 87.37, "sgd": 87.11, "adam": 85.86},
 }
 
@@ -147,17 +192,33 @@ def _complete_run(spec: RunSpec, row: dict[str, Any]) -> tuple[list[dict[str, An
         row["dual_iterations_mean"] = float(_series(steps, "iterations").mean())
         row["kl_ratio_median"] = float(_series(steps, "kl_ratio").median())
         row["guard_acted"] = float(_series(steps, "guard_acted").fillna(0).sum())
-        eta_frames.append(pd.DataFrame({"setup": spec.setup, "variant": spec.variant.name, "seed": spec.seed,
-                                        "step": _series(steps, "step").astype("int64"), "eta": eta,
-                                        "kl_bound": _series(steps, "kl_bound")}))
+        eta_frames.append(
+            pd.DataFrame(
+                {
+                    "setup": spec.setup,
+                    "variant": spec.variant.name,
+                    "seed": spec.seed,
+                    "step": _series(steps, "step").astype("int64"),
+                    "eta": eta,
+                    "kl_bound": _series(steps, "kl_bound"),
+                }
+            )
+        )
     if record.parameters:
         last_shape = list(record.parameters.values())[-1]
         row["num_classes"] = int(last_shape[0]) if last_shape else math.nan
     if spec.variant.family == "arturo":
         row.update(_curvature_columns(_metrics(Path(spec.config.out), record)))
     for _, epoch_row in epochs.iterrows():
-        curve_rows.append({"setup": spec.setup, "variant": spec.variant.name, "family": spec.variant.family,
-                           "seed": spec.seed, **{c: _number(epoch_row.get(c)) for c in CURVE_COLUMNS[4:]}})
+        curve_rows.append(
+            {
+                "setup": spec.setup,
+                "variant": spec.variant.name,
+                "family": spec.variant.family,
+                "seed": spec.seed,
+                **{c: _number(epoch_row.get(c)) for c in CURVE_COLUMNS[4:]},
+            }
+        )
     return curve_rows, eta_frames
 
 
@@ -180,9 +241,15 @@ def collect(study_dir: str | Path) -> StudyData:
     run_rows, curve_rows, eta_frames = [], [], []
     for spec in specs:
         status, detail = run_status(spec)
-        row: dict[str, Any] = {"setup": spec.setup, "variant": spec.variant.name, "family": spec.variant.family,
-                               "seed": spec.seed, "status": status, "run_dir": spec.relative_dir,
-                               "error": detail if status != "complete" else ""}
+        row: dict[str, Any] = {
+            "setup": spec.setup,
+            "variant": spec.variant.name,
+            "family": spec.variant.family,
+            "seed": spec.seed,
+            "status": status,
+            "run_dir": spec.relative_dir,
+            "error": detail if status != "complete" else "",
+        }
         if status == "diverged":  # counted and named, left out of the statistics (they use complete runs)
             try:
                 row["steps"] = (RunRecord.load(spec.config.out).divergence or {}).get("step")
@@ -202,8 +269,9 @@ def collect(study_dir: str | Path) -> StudyData:
     curves = pd.DataFrame.from_records(curve_rows, columns=list(CURVE_COLUMNS))
     for column in ("epoch", "step"):
         curves[column] = curves[column].astype("int64")
-    eta = (pd.concat(eta_frames, ignore_index=True) if eta_frames
-           else pd.DataFrame(columns=list(ETA_COLUMNS)))[list(ETA_COLUMNS)]
+    eta = (pd.concat(eta_frames, ignore_index=True) if eta_frames else pd.DataFrame(columns=list(ETA_COLUMNS)))[
+        list(ETA_COLUMNS)
+    ]
     return StudyData(study_dir, study, specs, runs, curves, eta)
 
 
@@ -223,14 +291,25 @@ def summarize(data: StudyData) -> dict[str, Any]:
         for variant in data.study.variants:
             rows = runs[(runs.setup == setup.name) & (runs.variant == variant.name)]
             done = rows[rows.status == "complete"]
-            entry: dict[str, Any] = {"variant": variant.name, "family": variant.family,
-                                     "n_runs": int(len(rows)), "n_complete": int(len(done))}
+            entry: dict[str, Any] = {
+                "variant": variant.name,
+                "family": variant.family,
+                "n_runs": int(len(rows)),
+                "n_complete": int(len(done)),
+            }
             for column in ("test_accuracy", "test_loss", "train_loss"):
                 entry[column] = mean_ci(pd.to_numeric(done[column], errors="coerce").tolist())
             if variant.family == "arturo":
                 curvature = {}
-                for column in ("agreement_relative_error", "constant_relative_error", "agreement_spearman",
-                               "calibration_coverage", "calibration_sharpness", "eta_median", "dual_iterations_mean"):
+                for column in (
+                    "agreement_relative_error",
+                    "constant_relative_error",
+                    "agreement_spearman",
+                    "calibration_coverage",
+                    "calibration_sharpness",
+                    "eta_median",
+                    "dual_iterations_mean",
+                ):
                     values = pd.to_numeric(done[column], errors="coerce")
                     curvature[column] = float(values.mean()) if values.notna().any() else math.nan
                 beats = pd.to_numeric(done["beats_constant"], errors="coerce").dropna()
@@ -255,9 +334,20 @@ def summarize(data: StudyData) -> dict[str, Any]:
         table = []
         for entry in summary:
             acc = entry["test_accuracy"]
-            table.append({"optimizer": entry["variant"], "family": entry["family"], "n": acc["n"],
-                          "test_accuracy_percent": acc["mean"] * 100.0, "half_width_percent": acc["half_width"] * 100.0,
-                          "paper_percent": (paper or {}).get(entry["variant"], math.nan)})
-        out[setup.name] = {"summary": summary, "comparisons": comparisons, "paper_table": table,
-                           "paper": paper["label"] if paper else None}
+            table.append(
+                {
+                    "optimizer": entry["variant"],
+                    "family": entry["family"],
+                    "n": acc["n"],
+                    "test_accuracy_percent": acc["mean"] * 100.0,
+                    "half_width_percent": acc["half_width"] * 100.0,
+                    "paper_percent": (paper or {}).get(entry["variant"], math.nan),
+                }
+            )
+        out[setup.name] = {
+            "summary": summary,
+            "comparisons": comparisons,
+            "paper_table": table,
+            "paper": paper["label"] if paper else None,
+        }
     return out

@@ -21,23 +21,38 @@ The fields a variant sets (``optimizer``, ``kl``, ``dual``, ``fixed_eta``, ``gua
 and those the grid sets (``seed``, ``out``) may not appear in a setup. Every error is a
 :class:`~arturo_diag.errors.ConfigError` naming the file, the field and what is allowed.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from arturo_diag._toml import toml_value
 from arturo_diag.errors import ConfigError
 from arturo_diag.study.variants import Baselines, Variant, experiments_dirs, load_baselines, parse_variant
 from arturo_diag.training.config import RunConfig, config_from_mapping, read_toml
 
-__all__ = ["Setup", "StudyConfig", "RunSpec", "study_from_mapping", "load_study", "default_study",
-           "study_to_toml", "with_overrides", "expand_grid", "parse_seeds", "parse_variants",
-           "VARIANT_FIELDS", "GRID_FIELDS", "STUDY_KEYS"]
+__all__ = [
+    "Setup",
+    "StudyConfig",
+    "RunSpec",
+    "study_from_mapping",
+    "load_study",
+    "default_study",
+    "study_to_toml",
+    "with_overrides",
+    "expand_grid",
+    "parse_seeds",
+    "parse_variants",
+    "VARIANT_FIELDS",
+    "GRID_FIELDS",
+    "STUDY_KEYS",
+]
 
 #: RunConfig fields that the variants set (a setup may not).
 VARIANT_FIELDS = ("optimizer", "kl", "dual", "fixed_eta", "guard", "oracle")
@@ -108,10 +123,18 @@ def _check_variants(names: Any, fixed_eta: Any, where: str) -> tuple[Variant, ..
         raise ConfigError(where, names, "a non-empty list of variant names")
     values: list[float] | None = None
     if fixed_eta is not None:
-        ok = isinstance(fixed_eta, list) and fixed_eta and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in fixed_eta)
+        ok = (
+            isinstance(fixed_eta, list)
+            and fixed_eta
+            and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+                for v in fixed_eta
+            )
+        )
         if not ok:
-            raise ConfigError(f"{where.rsplit(' ', 1)[0]} fixed_eta", fixed_eta, "a non-empty list of finite numbers >= 0")
+            raise ConfigError(
+                f"{where.rsplit(' ', 1)[0]} fixed_eta", fixed_eta, "a non-empty list of finite numbers >= 0"
+            )
         values = [float(v) for v in fixed_eta]
     variants: list[Variant] = []
     for name in names:
@@ -135,8 +158,11 @@ def _printable(key: str) -> str:
 
 def _check_setup(name: str, data: Any, base_baselines: Baselines, where: str) -> Setup:
     if not _SETUP_NAME.fullmatch(name):
-        raise ConfigError(f"{where}", name, "a setup name of letters, digits, '_', '.', '-', starting with a letter "
-                          "or digit (it names a directory)")
+        raise ConfigError(
+            f"{where}",
+            name,
+            "a setup name of letters, digits, '_', '.', '-', starting with a letter or digit (it names a directory)",
+        )
     if not isinstance(data, Mapping):
         raise ConfigError(where, data, "a table of RunConfig fields")
     data = dict(data)
@@ -145,18 +171,25 @@ def _check_setup(name: str, data: Any, base_baselines: Baselines, where: str) ->
         names = value.keys() if isinstance(value, Mapping) else [key]
         for field_name in names:
             if field_name in VARIANT_FIELDS:
-                raise ConfigError(f"{where} {field_name}", value[field_name] if isinstance(value, Mapping) else value,
-                                  "unset: the variants set it (use the variants list)")
+                raise ConfigError(
+                    f"{where} {field_name}",
+                    value[field_name] if isinstance(value, Mapping) else value,
+                    "unset: the variants set it (use the variants list)",
+                )
             if field_name in GRID_FIELDS:
-                raise ConfigError(f"{where} {field_name}", value[field_name] if isinstance(value, Mapping) else value,
-                                  "unset: the study sets it ([study] seeds; the run directories)")
+                raise ConfigError(
+                    f"{where} {field_name}",
+                    value[field_name] if isinstance(value, Mapping) else value,
+                    "unset: the study sets it ([study] seeds; the run directories)",
+                )
     config = config_from_mapping(data, RunConfig(), source=where)
     baselines = base_baselines.merged(overrides, where=f"{where}.baselines")
     return Setup(name, config, baselines)
 
 
-def study_from_mapping(data: Mapping[str, Any], *, source: str = "study", default_name: str = "study",
-                       baselines: Baselines | None = None) -> StudyConfig:
+def study_from_mapping(
+    data: Mapping[str, Any], *, source: str = "study", default_name: str = "study", baselines: Baselines | None = None
+) -> StudyConfig:
     """A study from TOML-shaped data; errors name ``source`` and the field."""
     if not isinstance(data, Mapping):
         raise ConfigError(source, data, "a TOML table")
@@ -174,15 +207,21 @@ def study_from_mapping(data: Mapping[str, Any], *, source: str = "study", defaul
         raise ConfigError(f"{source}: [study] name", name, "a non-empty string")
     if not _SETUP_NAME.fullmatch(name.strip()):
         # it names the default study directory runs/ablate/NAME: no '/', no '..', nothing hidden
-        raise ConfigError(f"{source}: [study] name", name, "a study name of letters, digits, '_', '.', '-', starting "
-                          "with a letter or digit (it names a directory; without [study] name the file's name is used)")
+        raise ConfigError(
+            f"{source}: [study] name",
+            name,
+            "a study name of letters, digits, '_', '.', '-', starting "
+            "with a letter or digit (it names a directory; without [study] name the file's name is used)",
+        )
     description = study.get("description", "")
     if not isinstance(description, str):
         raise ConfigError(f"{source}: [study] description", description, "a string")
     if "seeds" not in study:
         raise ConfigError(f"{source}: [study] seeds", None, "a non-empty list of whole numbers >= 0, e.g. [0, 1, 2]")
     if "variants" not in study:
-        raise ConfigError(f"{source}: [study] variants", None, "a non-empty list of variant names, e.g. [\"faithful\", \"adam\"]")
+        raise ConfigError(
+            f"{source}: [study] variants", None, 'a non-empty list of variant names, e.g. ["faithful", "adam"]'
+        )
     seeds = _check_seeds(study["seeds"], f"{source}: [study] seeds")
     variants = _check_variants(study["variants"], study.get("fixed_eta"), f"{source}: [study] variants")
     base = baselines if baselines is not None else load_baselines()
@@ -190,8 +229,10 @@ def study_from_mapping(data: Mapping[str, Any], *, source: str = "study", defaul
     setups_data = data.get("setups", {"default": {}})
     if not isinstance(setups_data, Mapping) or not setups_data:
         raise ConfigError(f"{source}: setups", setups_data, "one or more [setups.NAME] tables")
-    setups = tuple(_check_setup(str(key), value, base, f"{source}: [setups.{_printable(str(key))}]")
-                   for key, value in setups_data.items())
+    setups = tuple(
+        _check_setup(str(key), value, base, f"{source}: [setups.{_printable(str(key))}]")
+        for key, value in setups_data.items()
+    )
     return StudyConfig(name.strip(), seeds, variants, setups, description)
 
 
@@ -230,9 +271,15 @@ def parse_variants(text: str | Iterable[str]) -> tuple[Variant, ...]:
     return _check_variants(names, None, "variants")
 
 
-def with_overrides(study: StudyConfig, *, variants: Iterable[Variant] | None = None,
-                   seeds: Iterable[int] | None = None, epochs: int | None = None, max_steps: int | None = None,
-                   data_dir: str | None = None) -> StudyConfig:
+def with_overrides(
+    study: StudyConfig,
+    *,
+    variants: Iterable[Variant] | None = None,
+    seeds: Iterable[int] | None = None,
+    epochs: int | None = None,
+    max_steps: int | None = None,
+    data_dir: str | None = None,
+) -> StudyConfig:
     """The study with the command line's choices: variants and seeds replaced, every setup's epochs
     set, its steps capped at ``max_steps``, its data read from ``data_dir``."""
     changes: dict[str, Any] = {}
@@ -274,8 +321,9 @@ def expand_grid(study: StudyConfig, study_dir: str | Path) -> list[RunSpec]:
                 try:
                     config = setup.config.replace(**changes, seed=seed, out=str(study_dir / relative))
                 except ConfigError as error:
-                    raise ConfigError(f"[setups.{setup.name}] with variant {variant.name}: {error.field}",
-                                      error.value, error.allowed) from None
+                    raise ConfigError(
+                        f"[setups.{setup.name}] with variant {variant.name}: {error.field}", error.value, error.allowed
+                    ) from None
                 specs.append(RunSpec(setup.name, variant, seed, config, relative))
     return specs
 
@@ -284,8 +332,12 @@ def expand_grid(study: StudyConfig, study_dir: str | Path) -> list[RunSpec]:
 def study_to_toml(study: StudyConfig) -> str:
     """TOML text of a study, every setup field and baseline value spelled out; ``load_study`` of it
     gives the same study (written into each study directory as ``study.toml``)."""
-    lines = ["# arturo-diag study (written by arturo-diag ablate; re-run with --config this file)", "", "[study]",
-             f"name = {toml_value(study.name)}"]
+    lines = [
+        "# arturo-diag study (written by arturo-diag ablate; re-run with --config this file)",
+        "",
+        "[study]",
+        f"name = {toml_value(study.name)}",
+    ]
     if study.description:
         lines.append(f"description = {toml_value(study.description)}")
     lines.append(f"seeds = {toml_value(list(study.seeds))}")

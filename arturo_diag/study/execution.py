@@ -15,6 +15,7 @@
 Each finished run also gets its ``metrics.json`` (:func:`arturo_diag.diagnostics.analyze_record`),
 computed in the worker, so the aggregate report only reads files.
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -26,19 +27,33 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-from arturo_diag.diagnostics.io import (STOPPING_ERRNOS, WriteError, atomic_write_json, atomic_write_text, make_directory,
-                                        remove_file)
+from arturo_diag.diagnostics.io import (
+    STOPPING_ERRNOS,
+    WriteError,
+    atomic_write_json,
+    atomic_write_text,
+    make_directory,
+    remove_file,
+)
 from arturo_diag.diagnostics.lock import DirectoryLock
 from arturo_diag.errors import ConfigError, Diverged, RecordError
 from arturo_diag.study.config import RunSpec, StudyConfig, expand_grid, study_to_toml
 from arturo_diag.study.status import FAILURE_FILE, STUDY_FILE, run_status
 
-__all__ = ["run_study", "run_status", "StudyRunResult", "RunOutcome", "StudyProgress", "FAILURE_FILE",
-           "default_workers"]
+__all__ = [
+    "run_study",
+    "run_status",
+    "StudyRunResult",
+    "RunOutcome",
+    "StudyProgress",
+    "FAILURE_FILE",
+    "default_workers",
+]
 
 
 #: ``progress(event, info)``: "plan" {total, finished, pending, workers}, "run" {setup, variant, seed,
@@ -148,8 +163,9 @@ def _execute(spec: RunSpec) -> tuple[str, float, str]:
                 if _stops_study(error):
                     return "stopped", time.perf_counter() - start, str(error)
                 message = f"{type(error).__name__}: {error}"
-                atomic_write_json(run_dir / FAILURE_FILE,
-                                  {"error": message, "traceback": traceback.format_exc(limit=8)})
+                atomic_write_json(
+                    run_dir / FAILURE_FILE, {"error": message, "traceback": traceback.format_exc(limit=8)}
+                )
                 return "failed", time.perf_counter() - start, message
     except RecordError as error:  # the run directory is taken (another process) or cannot be written
         if _stops_study(error):
@@ -173,22 +189,41 @@ def _preflight(study: StudyConfig) -> None:
 
     for setup in study.setups:
         config = setup.config.resolved()
-        dataset = load_dataset(config.dataset, config.data_dir, seed=study.seeds[0], train_size=config.train_size,
-                               dtype=getattr(torch, config.dtype))
-        build_model(config.model, in_channels=dataset.in_channels, num_classes=dataset.num_classes,
-                    image_size=dataset.image_size)
+        dataset = load_dataset(
+            config.dataset,
+            config.data_dir,
+            seed=study.seeds[0],
+            train_size=config.train_size,
+            dtype=getattr(torch, config.dtype),
+        )
+        build_model(
+            config.model,
+            in_channels=dataset.in_channels,
+            num_classes=dataset.num_classes,
+            image_size=dataset.image_size,
+        )
         probe_batch(dataset, min(config.probe_size, dataset.num_train), study.seeds[0])
         for variant in study.variants:  # a batch or probe larger than the data, too many steps
             try:
-                check_against_data(setup.config.replace(**variant.changes(setup.baselines.values)).resolved(),
-                                   dataset.num_train, config.dataset)
+                check_against_data(
+                    setup.config.replace(**variant.changes(setup.baselines.values)).resolved(),
+                    dataset.num_train,
+                    config.dataset,
+                )
             except ConfigError as error:
                 raise ConfigError(f"[setups.{setup.name}] {error.field}", error.value, error.allowed) from None
 
 
-def run_study(study: StudyConfig, study_dir: str | os.PathLike[str], *, workers: int | None = None,
-              fresh: bool = False, progress: StudyProgress | None = None, render: bool = True,
-              check_inputs: bool = True) -> StudyRunResult:
+def run_study(
+    study: StudyConfig,
+    study_dir: str | os.PathLike[str],
+    *,
+    workers: int | None = None,
+    fresh: bool = False,
+    progress: StudyProgress | None = None,
+    render: bool = True,
+    check_inputs: bool = True,
+) -> StudyRunResult:
     """Run every unfinished run of ``study`` into ``study_dir`` and render the aggregate report.
 
     Args:
@@ -262,8 +297,15 @@ def _stop_pool(pool: cf.ProcessPoolExecutor) -> None:
         process.join(5)
 
 
-def _run_locked(study: StudyConfig, study_dir: Path, specs: list[RunSpec], workers: int, fresh: bool,
-                notify: StudyProgress, render: bool) -> StudyRunResult:
+def _run_locked(
+    study: StudyConfig,
+    study_dir: Path,
+    specs: list[RunSpec],
+    workers: int,
+    fresh: bool,
+    notify: StudyProgress,
+    render: bool,
+) -> StudyRunResult:
     started = time.perf_counter()
     make_directory(study_dir, "out")
     atomic_write_text(study_dir / STUDY_FILE, study_to_toml(study))
@@ -287,20 +329,37 @@ def _run_locked(study: StudyConfig, study_dir: Path, specs: list[RunSpec], worke
         nonlocal done
         if status == "stopped":  # every later write would fail the same way: stop (workers too), say why
             finished = sum(o.status in ("complete", "skipped") for o in outcomes.values())
-            raise RecordError(f"out: {error}; the study stopped ({finished} of {total} runs finished, kept); "
-                              "fix that, then run the same command again to resume")
+            raise RecordError(
+                f"out: {error}; the study stopped ({finished} of {total} runs finished, kept); "
+                "fix that, then run the same command again to resume"
+            )
         done += 1
         outcomes[spec.key] = RunOutcome(spec, status, seconds, error)
-        notify("run", {"setup": spec.setup, "variant": spec.variant.name, "seed": spec.seed, "status": status,
-                       "seconds": seconds, "error": error, "done": done, "total": total})
+        notify(
+            "run",
+            {
+                "setup": spec.setup,
+                "variant": spec.variant.name,
+                "seed": spec.seed,
+                "status": status,
+                "seconds": seconds,
+                "error": error,
+                "done": done,
+                "total": total,
+            },
+        )
 
     if pending and workers == 0:
         for spec in pending:
             record(spec, *_execute(spec))
     elif pending:
         context = multiprocessing.get_context("spawn")
-        with cf.ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=context,
-                                    initializer=_init_worker, initargs=(os.getpid(),)) as pool:
+        with cf.ProcessPoolExecutor(
+            max_workers=min(workers, len(pending)),
+            mp_context=context,
+            initializer=_init_worker,
+            initargs=(os.getpid(),),
+        ) as pool:
             futures = {pool.submit(_execute, spec): spec for spec in pending}
             try:
                 for future in cf.as_completed(futures):
@@ -308,8 +367,12 @@ def _run_locked(study: StudyConfig, study_dir: Path, specs: list[RunSpec], worke
                     try:
                         status, seconds, error = future.result()
                     except cf.process.BrokenProcessPool:
-                        status, seconds, error = ("failed", 0.0, "the worker process died while running this "
-                                                  "or a concurrent run; run the study again to retry")
+                        status, seconds, error = (
+                            "failed",
+                            0.0,
+                            "the worker process died while running this "
+                            "or a concurrent run; run the study again to retry",
+                        )
                         Path(spec.config.out).mkdir(parents=True, exist_ok=True)
                         atomic_write_json(Path(spec.config.out) / FAILURE_FILE, {"error": error})
                     record(spec, status, seconds, error)

@@ -6,6 +6,7 @@ fixed order. "x +- y points" is the mean paired difference of final test accurac
 p-value is the paired t-test's. Decisions use p < 0.05 without correction; the tables carry
 Holm-adjusted p-values beside.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,20 +52,28 @@ def _comparison_text(variant, comparison: dict[str, Any], setup, every: int) -> 
     if "identical in every seed" in note:
         return f"{subject} gives exactly the test accuracy of faithful arTuRO in each of the {seeds}."
     if "zero spread" in note:
-        return (f"{subject} differs from faithful arTuRO by exactly {diff:+.1f} points of test accuracy in each of "
-                f"the {seeds} (no spread: no t-test).")
+        return (
+            f"{subject} differs from faithful arTuRO by exactly {diff:+.1f} points of test accuracy in each of "
+            f"the {seeds} (no spread: no t-test)."
+        )
     p = comparison["p_t"]
     significant = math.isfinite(p) and p < ALPHA
     if not significant:
         who = f"{subject} and faithful arTuRO are" if variant.family == "baseline" else f"{subject}:"
         if variant.family == "baseline":
-            return (f"{who} not distinguishable in test accuracy ({diff:+.1f} +- {half:.1f} points, "
-                    f"p = {_p(p)} over {seeds}).")
-        return f"{who} no detectable change in test accuracy ({diff:+.1f} +- {half:.1f} points, p = {_p(p)} over {seeds})."
+            return (
+                f"{who} not distinguishable in test accuracy ({diff:+.1f} +- {half:.1f} points, "
+                f"p = {_p(p)} over {seeds})."
+            )
+        return (
+            f"{who} no detectable change in test accuracy ({diff:+.1f} +- {half:.1f} points, p = {_p(p)} over {seeds})."
+        )
     if variant.family == "baseline":
         where = "below" if diff < 0 else "above"
-        return (f"{subject} ends {abs(diff):.1f} +- {half:.1f} points {where} faithful arTuRO in test accuracy, "
-                f"p = {_p(p)} over {seeds}.")
+        return (
+            f"{subject} ends {abs(diff):.1f} +- {half:.1f} points {where} faithful arTuRO in test accuracy, "
+            f"p = {_p(p)} over {seeds}."
+        )
     verb = "lowers" if diff < 0 else "raises"
     return f"{subject} {verb} test accuracy by {abs(diff):.1f} +- {half:.1f} points, p = {_p(p)} over {seeds}."
 
@@ -80,25 +89,45 @@ def study_findings(data: StudyData, summary: dict[str, Any]) -> list[dict[str, s
     if len(failed):
         listed = "; ".join(f"{r.setup}/{r.variant}/seed{r.seed} ({r.error})" for r in failed.head(5).itertuples())
         more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
-        out.append(_finding(f"{len(failed)} of {len(runs)} runs failed and are left out: {listed}{more}.",
-                            "execution", "warning"))
+        out.append(
+            _finding(
+                f"{len(failed)} of {len(runs)} runs failed and are left out: {listed}{more}.", "execution", "warning"
+            )
+        )
     damaged = runs[runs.status == "damaged"]
     if len(damaged):
         listed = "; ".join(f"{r.setup}/{r.variant}/seed{r.seed} ({r.error})" for r in damaged.head(5).itertuples())
         more = f" and {len(damaged) - 5} more" if len(damaged) > 5 else ""
-        out.append(_finding(f"{len(damaged)} of {len(runs)} runs have a damaged record and are left out of every "
-                            f"number: {listed}{more}. Run the study again to redo them.", "execution", "warning"))
+        out.append(
+            _finding(
+                f"{len(damaged)} of {len(runs)} runs have a damaged record and are left out of every "
+                f"number: {listed}{more}. Run the study again to redo them.",
+                "execution",
+                "warning",
+            )
+        )
     diverged = runs[runs.status == "diverged"]
     if len(diverged):
         listed = "; ".join(f"{r.setup}/{r.variant}/seed{r.seed}: {r.error}" for r in diverged.head(5).itertuples())
         more = f" and {len(diverged) - 5} more" if len(diverged) > 5 else ""
-        out.append(_finding(f"{len(diverged)} of {len(runs)} runs diverged (NaN/inf; a result, not retried) and are "
-                            f"left out of the accuracy statistics: {listed}{more}.", "execution", "warning"))
+        out.append(
+            _finding(
+                f"{len(diverged)} of {len(runs)} runs diverged (NaN/inf; a result, not retried) and are "
+                f"left out of the accuracy statistics: {listed}{more}.",
+                "execution",
+                "warning",
+            )
+        )
     unfinished = int(sum(counts.get(s, 0) for s in ("missing", "incomplete", "stale")))
     if unfinished:
-        out.append(_finding(f"{unfinished} of {len(runs)} runs are not finished (never run, interrupted, or made "
-                            "with another config); run the study again to finish them. They are left out.",
-                            "execution", "warning"))
+        out.append(
+            _finding(
+                f"{unfinished} of {len(runs)} runs are not finished (never run, interrupted, or made "
+                "with another config); run the study again to finish them. They are left out.",
+                "execution",
+                "warning",
+            )
+        )
 
     for setup in study.setups:
         prefix = f"[{setup.name}] " if many else ""
@@ -106,7 +135,9 @@ def study_findings(data: StudyData, summary: dict[str, Any]) -> list[dict[str, s
         every = setup.config.oracle_every
         accuracy = [c for c in block["comparisons"] if c["metric"] == "test_accuracy"]
         if not any(v.name == REFERENCE_VARIANT for v in study.variants):
-            out.append(_finding(f"{prefix}No faithful variant in the study: no paired comparisons.", "statistics", "warning"))
+            out.append(
+                _finding(f"{prefix}No faithful variant in the study: no paired comparisons.", "statistics", "warning")
+            )
         for comparison in accuracy:
             if comparison["n"] == 0:
                 continue
@@ -125,61 +156,127 @@ def study_findings(data: StudyData, summary: dict[str, Any]) -> list[dict[str, s
                 chance = 1.0 / float(classes.iloc[0])
                 stuck = int((acc <= 1.5 * chance).sum())
                 if stuck == len(done):
-                    out.append(_finding(
-                        f"{prefix}{variant.name} ends at chance level (test accuracy <= 1.5 x {chance:.0%}) in every seed "
-                        f"(mean {acc.mean():.1%}): it did not learn in this setup.", "outcome", "warning"))
+                    out.append(
+                        _finding(
+                            f"{prefix}{variant.name} ends at chance level (test accuracy <= 1.5 x {chance:.0%}) in every seed "
+                            f"(mean {acc.mean():.1%}): it did not learn in this setup.",
+                            "outcome",
+                            "warning",
+                        )
+                    )
                 elif stuck:
-                    out.append(_finding(
-                        f"{prefix}{variant.name} ends at chance level (test accuracy <= 1.5 x {chance:.0%}) in {stuck} of "
-                        f"{len(done)} seeds.", "outcome", "warning"))
+                    out.append(
+                        _finding(
+                            f"{prefix}{variant.name} ends at chance level (test accuracy <= 1.5 x {chance:.0%}) in {stuck} of "
+                            f"{len(done)} seeds.",
+                            "outcome",
+                            "warning",
+                        )
+                    )
             diverged = int((~loss.apply(lambda x: math.isfinite(x))).sum())
             if diverged:
-                out.append(_finding(f"{prefix}{variant.name}: non-finite final test loss in {diverged} of {len(done)} "
-                                    "seeds (diverged).", "outcome", "warning"))
+                out.append(
+                    _finding(
+                        f"{prefix}{variant.name}: non-finite final test loss in {diverged} of {len(done)} "
+                        "seeds (diverged).",
+                        "outcome",
+                        "warning",
+                    )
+                )
             if variant.kind == "guarded":
                 acted = pd.to_numeric(done.guard_acted, errors="coerce")
                 if acted.notna().all() and (acted == 0).all():
-                    out.append(_finding(f"{prefix}guarded: the guard never acted (no curvature estimate below 0 at any "
-                                        "step of any seed), so it equals faithful by construction.", "variant"))
+                    out.append(
+                        _finding(
+                            f"{prefix}guarded: the guard never acted (no curvature estimate below 0 at any "
+                            "step of any seed), so it equals faithful by construction.",
+                            "variant",
+                        )
+                    )
                 elif acted.notna().any():
-                    out.append(_finding(f"{prefix}guarded: the guard clamped {int(acted.sum())} coordinate-steps of "
-                                        f"negative curvature in {int((acted > 0).sum())} of {len(done)} seeds.", "variant"))
+                    out.append(
+                        _finding(
+                            f"{prefix}guarded: the guard clamped {int(acted.sum())} coordinate-steps of "
+                            f"negative curvature in {int((acted > 0).sum())} of {len(done)} seeds.",
+                            "variant",
+                        )
+                    )
             if variant.kind == "fixed-eta":
                 iterations = pd.to_numeric(done.dual_iterations_mean, errors="coerce")
                 trace = data.eta[(data.eta.setup == setup.name) & (data.eta.variant == variant.name)]["eta"]
-                if (iterations.notna().all() and (iterations == 0).all() and len(trace)
-                        and (pd.to_numeric(trace) == float(variant.value)).all()):
-                    out.append(_finding(f"{prefix}{variant.name} never solved the dual (0 K evaluations per step; "
-                                        f"eta = {variant.value:g} throughout).", "variant"))
+                if (
+                    iterations.notna().all()
+                    and (iterations == 0).all()
+                    and len(trace)
+                    and (pd.to_numeric(trace) == float(variant.value)).all()
+                ):
+                    out.append(
+                        _finding(
+                            f"{prefix}{variant.name} never solved the dual (0 K evaluations per step; "
+                            f"eta = {variant.value:g} throughout).",
+                            "variant",
+                        )
+                    )
 
-        curvature = [(e["variant"], e["curvature"]) for e in block["summary"]
-                     if e.get("curvature") and e["curvature"]["assessed_seeds"]]
+        curvature = [
+            (e["variant"], e["curvature"])
+            for e in block["summary"]
+            if e.get("curvature") and e["curvature"]["assessed_seeds"]
+        ]
         if curvature:
             parts = ", ".join(f"{name} {c['beats_constant_seeds']}/{c['assessed_seeds']}" for name, c in curvature)
-            out.append(_finding(f"{prefix}Does the curvature estimate a beat the constant 0.1 (relative error to the "
-                                f"reference h at the final snapshot)? Seeds where it does: {parts}.", "curvature"))
+            out.append(
+                _finding(
+                    f"{prefix}Does the curvature estimate a beat the constant 0.1 (relative error to the "
+                    f"reference h at the final snapshot)? Seeds where it does: {parts}.",
+                    "curvature",
+                )
+            )
         if block["paper"]:
             config = setup.config
             length = f"{config.steps} steps" if config.steps is not None else f"{config.epochs} epochs"
-            reported = ", ".join(f"{k} {v:.2f} %" for k, v in
-                                 ((row["optimizer"], row["paper_percent"]) for row in block["paper_table"])
-                                 if math.isfinite(v))
-            out.append(_finding(f"{prefix}The paper reports ({block['paper']}): {reported}. This study ran {length} "
-                                "of that protocol; compare with care when that is shorter.", "paper"))
+            reported = ", ".join(
+                f"{k} {v:.2f} %"
+                for k, v in ((row["optimizer"], row["paper_percent"]) for row in block["paper_table"])
+                if math.isfinite(v)
+            )
+            out.append(
+                _finding(
+                    f"{prefix}The paper reports ({block['paper']}): {reported}. This study ran {length} "
+                    "of that protocol; compare with care when that is shorter.",
+                    "paper",
+                )
+            )
 
     if any(v.family == "baseline" for v in study.variants):
         sources = sorted({s.baselines.source for s in study.setups})
-        out.append(_finding("Baseline hyperparameters (SGD, Adam, AdamW): " + " / ".join(sources) + ".",
-                            "baselines", "warning"))
+        out.append(
+            _finding(
+                "Baseline hyperparameters (SGD, Adam, AdamW): " + " / ".join(sources) + ".", "baselines", "warning"
+            )
+        )
     n_max = max([c["n"] for block in summary.values() for c in block["comparisons"]] or [0])
     if 0 < n_max < 6:
-        out.append(_finding(f"With {n_max} paired seeds the Wilcoxon signed-rank test cannot reach p < 0.05 (smallest "
-                            f"possible p = {2.0 / 2 ** n_max:.3g}); the decisions above use the paired t-test, "
-                            "Wilcoxon p-values are in the tables.", "statistics"))
-    n_tests = sum(1 for block in summary.values() for c in block["comparisons"]
-                  if c["metric"] == "test_accuracy" and math.isfinite(c["p_t"]))
+        out.append(
+            _finding(
+                f"With {n_max} paired seeds the Wilcoxon signed-rank test cannot reach p < 0.05 (smallest "
+                f"possible p = {2.0 / 2**n_max:.3g}); the decisions above use the paired t-test, "
+                "Wilcoxon p-values are in the tables.",
+                "statistics",
+            )
+        )
+    n_tests = sum(
+        1
+        for block in summary.values()
+        for c in block["comparisons"]
+        if c["metric"] == "test_accuracy" and math.isfinite(c["p_t"])
+    )
     if n_tests > 1:
-        out.append(_finding(f"p-values are not corrected for the {n_tests} comparisons; the tables give Holm-adjusted "
-                            "ones beside. '+-' is the half-width of the 95 % t interval of the paired difference.",
-                            "statistics"))
+        out.append(
+            _finding(
+                f"p-values are not corrected for the {n_tests} comparisons; the tables give Holm-adjusted "
+                "ones beside. '+-' is the half-width of the 95 % t interval of the paired difference.",
+                "statistics",
+            )
+        )
     return out

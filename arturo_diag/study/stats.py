@@ -15,11 +15,13 @@ Pure functions on plain numbers. Conventions:
   difference zero (identical results: nothing to test); every difference the same non-zero value
   up to rounding (zero spread: the t statistic and ``d_z`` are infinite, reported as NaN with the note).
 """
+
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import stats as _stats
@@ -40,9 +42,16 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict[str, Any]
     """
     x = np.asarray(list(values), dtype=np.float64)
     n = int(x.size)
-    out: dict[str, Any] = {"n": n, "mean": math.nan, "sd": math.nan, "sem": math.nan,
-                           "ci_low": math.nan, "ci_high": math.nan, "half_width": math.nan,
-                           "confidence": float(confidence)}
+    out: dict[str, Any] = {
+        "n": n,
+        "mean": math.nan,
+        "sd": math.nan,
+        "sem": math.nan,
+        "ci_low": math.nan,
+        "ci_high": math.nan,
+        "half_width": math.nan,
+        "confidence": float(confidence),
+    }
     if n == 0:
         return out
     mean = float(np.mean(x))
@@ -58,11 +67,12 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict[str, Any]
 
 def wilcoxon_min_p(n: int) -> float:
     """The smallest two-sided p the exact Wilcoxon signed-rank test can give with ``n`` non-zero pairs."""
-    return min(1.0, 2.0 / 2.0 ** n) if n >= 1 else math.nan
+    return min(1.0, 2.0 / 2.0**n) if n >= 1 else math.nan
 
 
-def paired_comparison(variant: Mapping[Any, float], reference: Mapping[Any, float],
-                      confidence: float = 0.95) -> dict[str, Any]:
+def paired_comparison(
+    variant: Mapping[Any, float], reference: Mapping[Any, float], confidence: float = 0.95
+) -> dict[str, Any]:
     """Compare ``variant`` with ``reference`` over the seeds (keys) both have.
 
     Args:
@@ -76,11 +86,22 @@ def paired_comparison(variant: Mapping[Any, float], reference: Mapping[Any, floa
     seeds = sorted(set(variant) & set(reference), key=lambda s: (str(type(s)), s))
     pairs = [(float(variant[s]), float(reference[s])) for s in seeds]
     pairs_ok = [(v, r) for v, r in pairs if math.isfinite(v) and math.isfinite(r)]
-    out: dict[str, Any] = {"n": len(pairs_ok), "seeds": [s for s, (v, r) in zip(seeds, pairs)
-                                                         if math.isfinite(v) and math.isfinite(r)],
-                           "mean_diff": math.nan, "sd_diff": math.nan, "ci_low": math.nan, "ci_high": math.nan,
-                           "half_width": math.nan, "t": math.nan, "p_t": math.nan, "wilcoxon_stat": math.nan,
-                           "p_wilcoxon": math.nan, "wilcoxon_min_p": math.nan, "d_z": math.nan, "note": ""}
+    out: dict[str, Any] = {
+        "n": len(pairs_ok),
+        "seeds": [s for s, (v, r) in zip(seeds, pairs) if math.isfinite(v) and math.isfinite(r)],
+        "mean_diff": math.nan,
+        "sd_diff": math.nan,
+        "ci_low": math.nan,
+        "ci_high": math.nan,
+        "half_width": math.nan,
+        "t": math.nan,
+        "p_t": math.nan,
+        "wilcoxon_stat": math.nan,
+        "p_wilcoxon": math.nan,
+        "wilcoxon_min_p": math.nan,
+        "d_z": math.nan,
+        "note": "",
+    }
     dropped = len(pairs) - len(pairs_ok)
     notes = [f"{dropped} seed(s) with a non-finite value left out"] if dropped else []
     n = len(pairs_ok)
@@ -91,8 +112,13 @@ def paired_comparison(variant: Mapping[Any, float], reference: Mapping[Any, floa
     r = np.array([p[1] for p in pairs_ok])
     d = v - r
     summary = mean_ci(d, confidence)
-    out.update(mean_diff=summary["mean"], sd_diff=summary["sd"], ci_low=summary["ci_low"],
-               ci_high=summary["ci_high"], half_width=summary["half_width"])
+    out.update(
+        mean_diff=summary["mean"],
+        sd_diff=summary["sd"],
+        ci_low=summary["ci_low"],
+        ci_high=summary["ci_high"],
+        half_width=summary["half_width"],
+    )
     nonzero = int(np.count_nonzero(d))
     out["wilcoxon_min_p"] = wilcoxon_min_p(nonzero) if nonzero else math.nan
     if n < 2:

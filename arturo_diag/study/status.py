@@ -3,6 +3,7 @@
 Below :mod:`~arturo_diag.study.execution` (which runs what is not complete) and
 :mod:`~arturo_diag.study.aggregate` (which reads what is), so that neither imports the other.
 """
+
 from __future__ import annotations
 
 import json

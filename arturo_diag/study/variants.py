@@ -20,31 +20,53 @@ name                   RunConfig changes
 
 ``K`` of the oracle variants defaults to the setup's ``oracle_every``.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from arturo_diag._toml import tomllib
 from arturo_diag.errors import ConfigError
 
-__all__ = ["Variant", "Baselines", "parse_variant", "VARIANT_KINDS", "ARTURO_VARIANTS", "BASELINE_OPTIMIZERS",
-           "load_baselines", "experiments_dirs"]
+__all__ = [
+    "Variant",
+    "Baselines",
+    "parse_variant",
+    "VARIANT_KINDS",
+    "ARTURO_VARIANTS",
+    "BASELINE_OPTIMIZERS",
+    "load_baselines",
+    "experiments_dirs",
+]
 
 #: Kinds that change arTuRO (in the order a study lists them by default).
-ARTURO_VARIANTS = ("faithful", "fixed-eta", "coupled-kl", "no-drift", "oracle-exact", "oracle-hutchinson",
-                   "exact-dual", "guarded")
+ARTURO_VARIANTS = (
+    "faithful",
+    "fixed-eta",
+    "coupled-kl",
+    "no-drift",
+    "oracle-exact",
+    "oracle-hutchinson",
+    "exact-dual",
+    "guarded",
+)
 BASELINE_OPTIMIZERS = ("sgd", "adam", "adamw")
 VARIANT_KINDS = ARTURO_VARIANTS + BASELINE_OPTIMIZERS
 
 # Fields a baseline table may set, per optimizer.
-_BASELINE_FIELDS = {"sgd": ("lr", "momentum", "weight_decay", "lr_gamma"),
-                    "adam": ("lr", "weight_decay", "lr_gamma"),
-                    "adamw": ("lr", "weight_decay", "lr_gamma")}
-_ALLOWED_NAMES = ("faithful, fixed-eta:VALUE, coupled-kl, no-drift, oracle-exact[:EVERY], "
-                  "oracle-hutchinson[:EVERY], exact-dual, guarded, sgd, adam, adamw")
+_BASELINE_FIELDS = {
+    "sgd": ("lr", "momentum", "weight_decay", "lr_gamma"),
+    "adam": ("lr", "weight_decay", "lr_gamma"),
+    "adamw": ("lr", "weight_decay", "lr_gamma"),
+}
+_ALLOWED_NAMES = (
+    "faithful, fixed-eta:VALUE, coupled-kl, no-drift, oracle-exact[:EVERY], "
+    "oracle-hutchinson[:EVERY], exact-dual, guarded, sgd, adam, adamw"
+)
 
 
 @dataclass(frozen=True)
@@ -137,8 +159,11 @@ def parse_variant(name: Any, *, source: str = "variants") -> Variant:
         raise ConfigError(source, name, _ALLOWED_NAMES)
     if kind == "fixed-eta":
         if not sep:
-            raise ConfigError(source, name, "fixed-eta with a value, e.g. fixed-eta:1.0 "
-                                            "(or a bare fixed-eta with [study] fixed_eta = [...])")
+            raise ConfigError(
+                source,
+                name,
+                "fixed-eta with a value, e.g. fixed-eta:1.0 (or a bare fixed-eta with [study] fixed_eta = [...])",
+            )
         try:
             value = float(text)
         except ValueError:
@@ -180,7 +205,7 @@ class Baselines:
     values: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     source: str = ""
 
-    def merged(self, overrides: Mapping[str, Any] | None, *, where: str) -> "Baselines":
+    def merged(self, overrides: Mapping[str, Any] | None, *, where: str) -> Baselines:
         """These values with a TOML table of overrides (``{sgd: {lr: ...}, source: "..."}``) on top."""
         if not overrides:
             return self
@@ -214,8 +239,11 @@ def check_baseline_table(table: Mapping[str, Any], *, where: str) -> dict[str, A
                 raise ConfigError(f"{where}: [{key}] {name}", item, ", ".join(_BASELINE_FIELDS[key]))
             ok = isinstance(item, (int, float)) and not isinstance(item, bool) and math.isfinite(item) and item >= 0
             if not ok or (name in ("lr", "lr_gamma") and item <= 0):
-                raise ConfigError(f"{where}: [{key}] {name}", item,
-                                  "a finite number " + ("> 0" if name in ("lr", "lr_gamma") else ">= 0"))
+                raise ConfigError(
+                    f"{where}: [{key}] {name}",
+                    item,
+                    "a finite number " + ("> 0" if name in ("lr", "lr_gamma") else ">= 0"),
+                )
             fields_[name] = float(item)
         out[key] = fields_
     return out

@@ -6,24 +6,45 @@ In a TOML file the fields are grouped in sections for reading (``[run]``, ``[opt
 that names it. Optimizer fields left unset (None) take the chosen preset's value; the resolved
 config, every field filled in, is what a run record stores.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from arturo_diag._toml import toml_value, tomllib
 from arturo_diag.errors import ConfigError
 from arturo_diag.optim.presets import LR_GAMMA, PRESET_NAMES, PRESETS
 
-__all__ = ["RunConfig", "load_config", "config_to_toml", "SECTIONS", "ARTURO_KEYS", "OPTIMIZERS", "LIMITS",
-           "unused_fields", "check_used"]
+__all__ = [
+    "RunConfig",
+    "load_config",
+    "config_to_toml",
+    "SECTIONS",
+    "ARTURO_KEYS",
+    "OPTIMIZERS",
+    "LIMITS",
+    "unused_fields",
+    "check_used",
+]
 
-ARTURO_KEYS = ("lr", "reg_weight", "prior_prec", "var_init", "nu", "dynamic_model_noise",
-               "measurement_noise", "start_filter_cov", "eta_tol", "weight_decay")
+ARTURO_KEYS = (
+    "lr",
+    "reg_weight",
+    "prior_prec",
+    "var_init",
+    "nu",
+    "dynamic_model_noise",
+    "measurement_noise",
+    "start_filter_cov",
+    "eta_tol",
+    "weight_decay",
+)
 OPTIMIZERS = ("arturo", "sgd", "adam", "adamw")
 REFERENCES = ("exact", "hutchinson", "both", "none")
 EXACT_METHODS = ("auto", "ggn", "hvp")
@@ -81,15 +102,17 @@ class RunConfig:
     def __post_init__(self) -> None:
         _validate(self)
 
-    def replace(self, **changes: Any) -> "RunConfig":
+    def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
 
-    def resolved(self) -> "RunConfig":
+    def resolved(self) -> RunConfig:
         """The config with every optimizer field filled in from the preset (what a record stores)."""
         if self.optimizer != "arturo":
-            return self.replace(lr=self.lr if self.lr is not None else _BASELINE_LR[self.optimizer],
-                                weight_decay=self.weight_decay if self.weight_decay is not None else 0.0,
-                                lr_gamma=self.lr_gamma if self.lr_gamma is not None else 0.1)
+            return self.replace(
+                lr=self.lr if self.lr is not None else _BASELINE_LR[self.optimizer],
+                weight_decay=self.weight_decay if self.weight_decay is not None else 0.0,
+                lr_gamma=self.lr_gamma if self.lr_gamma is not None else 0.1,
+            )
         preset = _read_preset(self.preset)
         changes = {key: preset["optimizer"][key] for key in ARTURO_KEYS if getattr(self, key) is None}
         if self.lr_gamma is None:
@@ -106,8 +129,16 @@ class RunConfig:
 #: Upper bounds of the integer fields, stated in the error: beyond them a run would not end in any
 #: reasonable time or memory (10**7 steps take about 3 hours at 1 ms per step, the small CNN on
 #: digits; a month for a CIFAR ResNet-34 on a CPU; the paper's longest protocol is ~24,000 steps).
-LIMITS = {"epochs": 10**5, "steps": 10**7, "batch_size": 10**6, "train_size": 10**7, "every": 10**7,
-          "samples": 10**5, "probe_size": 10**5, "oracle_every": 10**7}
+LIMITS = {
+    "epochs": 10**5,
+    "steps": 10**7,
+    "batch_size": 10**6,
+    "train_size": 10**7,
+    "every": 10**7,
+    "samples": 10**5,
+    "probe_size": 10**5,
+    "oracle_every": 10**7,
+}
 #: At most this many steps in one run, epochs x batches per epoch included (checked once the data is known).
 MAX_TOTAL_STEPS = LIMITS["steps"]
 
@@ -119,10 +150,31 @@ _BASELINE_LR = {"sgd": 0.01, "adam": 1e-3, "adamw": 1e-3}
 
 #: TOML section of every field.
 SECTIONS: dict[str, tuple[str, ...]] = {
-    "run": ("model", "dataset", "data_dir", "epochs", "steps", "batch_size", "train_size", "seed",
-            "device", "dtype", "out"),
-    "optimizer": ("optimizer", "preset", *ARTURO_KEYS, "kl", "dual", "fixed_eta", "guard", "oracle",
-                  "oracle_every", "momentum"),
+    "run": (
+        "model",
+        "dataset",
+        "data_dir",
+        "epochs",
+        "steps",
+        "batch_size",
+        "train_size",
+        "seed",
+        "device",
+        "dtype",
+        "out",
+    ),
+    "optimizer": (
+        "optimizer",
+        "preset",
+        *ARTURO_KEYS,
+        "kl",
+        "dual",
+        "fixed_eta",
+        "guard",
+        "oracle",
+        "oracle_every",
+        "momentum",
+    ),
     "schedule": ("lr_milestones", "lr_gamma"),
     "diagnostics": ("every", "reference", "exact_method", "samples", "probe_size", "collapse_fraction"),
 }
@@ -152,8 +204,12 @@ def _validate(c: RunConfig) -> None:
         if optional and value is None:
             return
         maximum = LIMITS.get(name)
-        if (isinstance(value, bool) or not isinstance(value, int) or value < minimum
-                or (maximum is not None and value > maximum)):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value < minimum
+            or (maximum is not None and value > maximum)
+        ):
             allowed = f"an integer >= {minimum}" + (f" and <= {maximum:,}" if maximum is not None else "")
             raise ConfigError(name, value, allowed + (" or unset" if optional else ""))
 
@@ -161,8 +217,12 @@ def _validate(c: RunConfig) -> None:
         value = getattr(c, name)
         if value is None and optional:
             return
-        ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-              and (value > minimum if strict else value >= minimum))
+        ok = (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and (value > minimum if strict else value >= minimum)
+        )
         if not ok:
             raise ConfigError(name, value, f"a finite number {'>' if strict else '>='} {minimum}")
 
@@ -192,8 +252,12 @@ def _validate(c: RunConfig) -> None:
     for name in ("var_init", "measurement_noise", "start_filter_cov", "eta_tol", "lr_gamma"):
         number(name, 0.0, strict=True)
     if c.var_init is not None and 1.0 / c.var_init > _FLOAT_MAX[c.dtype]:  # pi = 1/var_init must be finite
-        raise ConfigError("var_init", c.var_init, f"a number >= {1.0 / _FLOAT_MAX[c.dtype]:.3g} with dtype "
-                          f"{c.dtype} (the initial precision 1/var_init must be finite)")
+        raise ConfigError(
+            "var_init",
+            c.var_init,
+            f"a number >= {1.0 / _FLOAT_MAX[c.dtype]:.3g} with dtype "
+            f"{c.dtype} (the initial precision 1/var_init must be finite)",
+        )
     number("momentum", 0.0, optional=False)
     number("collapse_fraction", 0.0, strict=True, optional=False)
     if not isinstance(c.guard, bool):
@@ -205,10 +269,16 @@ def _validate(c: RunConfig) -> None:
     if c.data_dir is not None and (not isinstance(c.data_dir, str) or not c.data_dir):
         raise ConfigError("data_dir", c.data_dir, "a directory path (a string) or unset")
     milestones = c.lr_milestones
-    if not isinstance(milestones, tuple) or not all(isinstance(m, int) and not isinstance(m, bool) and m >= 1
-                                                    for m in milestones) or list(milestones) != sorted(set(milestones)):
-        raise ConfigError("lr_milestones", list(milestones) if isinstance(milestones, tuple) else milestones,
-                          "increasing whole epochs >= 1")
+    if (
+        not isinstance(milestones, tuple)
+        or not all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in milestones)
+        or list(milestones) != sorted(set(milestones))
+    ):
+        raise ConfigError(
+            "lr_milestones",
+            list(milestones) if isinstance(milestones, tuple) else milestones,
+            "increasing whole epochs >= 1",
+        )
     if c.oracle != "none" and c.optimizer != "arturo":
         raise ConfigError("oracle", c.oracle, "none unless optimizer is arturo")
 
@@ -216,8 +286,15 @@ def _validate(c: RunConfig) -> None:
 _FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
 _DEFAULTS = {f.name: f.default for f in fields(RunConfig)}
 # arTuRO's own fields: a baseline optimizer (SGD, Adam, AdamW) never reads them.
-_ARTURO_ONLY = ("preset", *(k for k in ARTURO_KEYS if k not in ("lr", "weight_decay")), "kl", "dual", "fixed_eta",
-                "guard", "oracle_every")
+_ARTURO_ONLY = (
+    "preset",
+    *(k for k in ARTURO_KEYS if k not in ("lr", "weight_decay")),
+    "kl",
+    "dual",
+    "fixed_eta",
+    "guard",
+    "oracle_every",
+)
 
 
 def unused_fields(config: RunConfig) -> list[tuple[str, Any, str]]:
@@ -238,15 +315,30 @@ def unused_fields(config: RunConfig) -> list[tuple[str, Any, str]]:
     if config.optimizer != "arturo":
         for name in _ARTURO_ONLY:
             if given(name):
-                unused.append((name, getattr(config, name),
-                               f"unset with optimizer {config.optimizer} (an arturo option; it would be ignored)"))
+                unused.append(
+                    (
+                        name,
+                        getattr(config, name),
+                        f"unset with optimizer {config.optimizer} (an arturo option; it would be ignored)",
+                    )
+                )
         if config.reference in ("hutchinson", "both"):
-            unused.append(("reference", config.reference,
-                           f"none with optimizer {config.optimizer} (baselines train without reference snapshots)"))
+            unused.append(
+                (
+                    "reference",
+                    config.reference,
+                    f"none with optimizer {config.optimizer} (baselines train without reference snapshots)",
+                )
+            )
         for name in ("exact_method", "samples"):
             if given(name):
-                unused.append((name, getattr(config, name),
-                               f"unset with optimizer {config.optimizer} (baselines take no reference snapshots)"))
+                unused.append(
+                    (
+                        name,
+                        getattr(config, name),
+                        f"unset with optimizer {config.optimizer} (baselines take no reference snapshots)",
+                    )
+                )
         return unused
     if config.oracle == "none" and given("oracle_every"):
         unused.append(("oracle_every", config.oracle_every, "unset unless oracle is exact or hutchinson"))
@@ -319,8 +411,12 @@ def read_toml(path: str | Path, what: str = "TOML file") -> dict[str, Any]:
     try:
         text = data.decode("utf-8-sig")  # a leading UTF-8 byte-order mark (Windows editors) is accepted
     except UnicodeDecodeError as error:
-        raise ConfigError("config", str(path), f"a {what} in UTF-8 (byte 0x{data[error.start]:02x} at offset "
-                          f"{error.start} is not UTF-8: binary or another encoding)") from None
+        raise ConfigError(
+            "config",
+            str(path),
+            f"a {what} in UTF-8 (byte 0x{data[error.start]:02x} at offset "
+            f"{error.start} is not UTF-8: binary or another encoding)",
+        ) from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:

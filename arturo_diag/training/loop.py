@@ -5,13 +5,15 @@
 a complete run record in ``config.out`` (``docs/record.md``). Same config, same numbers, bit for
 bit (on the same machine and torch build).
 """
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,7 +27,16 @@ from arturo_diag.training.datasets import ArrayDataset, batches, load_dataset, p
 from arturo_diag.training.models import build_model
 from arturo_diag.training.seeding import make_generator, seed_everything
 
-__all__ = ["run", "prepare", "PreparedRun", "check_against_data", "build_optimizer", "evaluate", "RunResult", "ProgressCallback"]
+__all__ = [
+    "run",
+    "prepare",
+    "PreparedRun",
+    "check_against_data",
+    "build_optimizer",
+    "evaluate",
+    "RunResult",
+    "ProgressCallback",
+]
 
 #: ``progress(event, info)``: events "start" {total_steps, snapshots}, "step" {step, loss}, "epoch" {epoch, ...},
 #: "snapshot" {step, phase}, "done" {seconds}.
@@ -59,8 +70,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     model.eval()
     total_loss, correct = 0.0, 0
     for start in range(0, x.shape[0], batch_size):
-        out = model(x[start:start + batch_size])
-        target = y[start:start + batch_size]
+        out = model(x[start : start + batch_size])
+        target = y[start : start + batch_size]
         total_loss += float(nn.functional.cross_entropy(out, target, reduction="sum"))
         correct += int((out.argmax(dim=1) == target).sum())
     model.train(was_training)
@@ -68,8 +79,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return total_loss / n, correct / n
 
 
-def _oracle_curvature(config: RunConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                      step: int) -> dict[torch.Tensor, torch.Tensor]:
+def _oracle_curvature(
+    config: RunConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int
+) -> dict[torch.Tensor, torch.Tensor]:
     """The reference diagonal Hessian of the current minibatch, for the oracle ablation."""
     loss_fn = nn.functional.cross_entropy
     if config.oracle == "exact":
@@ -114,17 +126,24 @@ def check_against_data(config: RunConfig, num_train: int, name: str) -> list[str
     batches_per_epoch = math.ceil(num_train / config.batch_size)
     total_steps = config.steps if config.steps is not None else config.epochs * batches_per_epoch
     if total_steps > MAX_TOTAL_STEPS:
-        raise ConfigError("epochs", config.epochs, f"at most {MAX_TOTAL_STEPS // batches_per_epoch:,} "
-                          f"({batches_per_epoch} steps each; a run is at most {MAX_TOTAL_STEPS:,} steps)")
+        raise ConfigError(
+            "epochs",
+            config.epochs,
+            f"at most {MAX_TOTAL_STEPS // batches_per_epoch:,} "
+            f"({batches_per_epoch} steps each; a run is at most {MAX_TOTAL_STEPS:,} steps)",
+        )
     warnings = []
     if snapshots_taken and config.every > total_steps:
-        warnings.append(f"every: {config.every} > {total_steps} steps of the run; no reference snapshot will be "
-                        f"taken (pass --every {total_steps} or less, or --reference none)")
+        warnings.append(
+            f"every: {config.every} > {total_steps} steps of the run; no reference snapshot will be "
+            f"taken (pass --every {total_steps} or less, or --reference none)"
+        )
     return warnings
 
 
-def prepare(config: RunConfig, *, overwrite: bool = False, dataset: ArrayDataset | None = None,
-            kind: str = "compare") -> PreparedRun:
+def prepare(
+    config: RunConfig, *, overwrite: bool = False, dataset: ArrayDataset | None = None, kind: str = "compare"
+) -> PreparedRun:
     """Everything of :func:`run` before the first step: resolve and check the config, load the
     data, build model and optimizer, create the record directory (``record.json`` says running).
 
@@ -140,33 +159,70 @@ def prepare(config: RunConfig, *, overwrite: bool = False, dataset: ArrayDataset
     dtype = getattr(torch, config.dtype)
     seed_everything(config.seed)
     if dataset is None:
-        dataset = load_dataset(config.dataset, config.data_dir, seed=config.seed, train_size=config.train_size,
-                               dtype=dtype, device=device)
+        dataset = load_dataset(
+            config.dataset, config.data_dir, seed=config.seed, train_size=config.train_size, dtype=dtype, device=device
+        )
     warnings = check_against_data(config, dataset.num_train, config.dataset)
-    model = build_model(config.model, in_channels=dataset.in_channels, num_classes=dataset.num_classes,
-                        image_size=dataset.image_size).to(device=device, dtype=dtype)
+    model = build_model(
+        config.model, in_channels=dataset.in_channels, num_classes=dataset.num_classes, image_size=dataset.image_size
+    ).to(device=device, dtype=dtype)
     optimizer = build_optimizer(config, model)
     batches_per_epoch = math.ceil(dataset.num_train / config.batch_size)
     total_steps = config.steps if config.steps is not None else config.epochs * batches_per_epoch
     epochs = math.ceil(total_steps / batches_per_epoch)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(config.lr_milestones),
-                                                     gamma=config.lr_gamma)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=list(config.lr_milestones), gamma=config.lr_gamma
+    )
     probe = probe_batch(dataset, min(config.probe_size, dataset.num_train), config.seed)
     loss_fn = nn.functional.cross_entropy
     reference = config.reference if config.optimizer == "arturo" else "none"
-    monitor = Monitor(model, optimizer, loss_fn, probe, every=config.every, reference=reference,
-                      out=config.out, samples=config.samples, exact_method=config.exact_method,
-                      seed=config.seed, config_toml=config_to_toml(config), kind=kind, overwrite=overwrite,
-                      extra_manifest={"dataset": config.dataset, "model": config.model,
-                                      "optimizer_name": config.optimizer, "total_steps": total_steps,
-                                      "batches_per_epoch": batches_per_epoch})
+    monitor = Monitor(
+        model,
+        optimizer,
+        loss_fn,
+        probe,
+        every=config.every,
+        reference=reference,
+        out=config.out,
+        samples=config.samples,
+        exact_method=config.exact_method,
+        seed=config.seed,
+        config_toml=config_to_toml(config),
+        kind=kind,
+        overwrite=overwrite,
+        extra_manifest={
+            "dataset": config.dataset,
+            "model": config.model,
+            "optimizer_name": config.optimizer,
+            "total_steps": total_steps,
+            "batches_per_epoch": batches_per_epoch,
+        },
+    )
     snapshots = total_steps // config.every if reference != "none" else 0
-    return PreparedRun(config, dataset, model, optimizer, scheduler, monitor, total_steps, epochs,
-                       batches_per_epoch, snapshots, tuple(warnings))
+    return PreparedRun(
+        config,
+        dataset,
+        model,
+        optimizer,
+        scheduler,
+        monitor,
+        total_steps,
+        epochs,
+        batches_per_epoch,
+        snapshots,
+        tuple(warnings),
+    )
 
 
-def run(config: RunConfig, *, progress: ProgressCallback | None = None, overwrite: bool = False,
-        dataset: ArrayDataset | None = None, kind: str = "compare", prepared: PreparedRun | None = None) -> RunResult:
+def run(
+    config: RunConfig,
+    *,
+    progress: ProgressCallback | None = None,
+    overwrite: bool = False,
+    dataset: ArrayDataset | None = None,
+    kind: str = "compare",
+    prepared: PreparedRun | None = None,
+) -> RunResult:
     """Train as ``config`` says and write the run record to ``config.out``.
 
     ``prepared``: the :func:`prepare` of this config, when the caller checked everything before
@@ -211,8 +267,14 @@ def run(config: RunConfig, *, progress: ProgressCallback | None = None, overwrit
                 notify("step", {"step": step, "loss": loss_value})
             train_loss, train_acc = evaluate(model, dataset.x_train, dataset.y_train)
             test_loss, test_acc = evaluate(model, dataset.x_test, dataset.y_test)
-            row = {"epoch": epoch, "step": step, "train_loss": train_loss, "train_accuracy": train_acc,
-                   "test_loss": test_loss, "test_accuracy": test_acc}
+            row = {
+                "epoch": epoch,
+                "step": step,
+                "train_loss": train_loss,
+                "train_accuracy": train_acc,
+                "test_loss": test_loss,
+                "test_accuracy": test_acc,
+            }
             monitor.epoch(row)
             notify("epoch", row)
             scheduler.step()

@@ -13,6 +13,7 @@ derivative of the logits in ``w`` vanishes and the Hessian diagonal equals the G
 ``build_model(name, in_channels=..., num_classes=..., image_size=...)`` builds one by name from the
 ``MODELS`` registry and checks it can take a ``(in_channels, image_size, image_size)`` input.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -34,6 +35,7 @@ __all__ = [
     "build_model",
     "count_parameters",
 ]
+
 
 class MLP(nn.Module):
     """A ReLU multilayer perceptron that flattens its input: Linear-ReLU blocks, then a Linear head.
@@ -219,9 +221,7 @@ def _build_mlp(in_channels: int, num_classes: int, image_size: int) -> nn.Module
 
 def _build_small_cnn(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     if image_size < 2:
-        raise ConfigError(
-            "model", "small_cnn", f"an input of at least 2x2 pixels (got {image_size}x{image_size})"
-        )
+        raise ConfigError("model", "small_cnn", f"an input of at least 2x2 pixels (got {image_size}x{image_size})")
     return SmallCNN(in_channels, num_classes, image_size)
 
 
@@ -240,9 +240,7 @@ def _build_resnet(factory: Callable[..., ResNet], name: str):
     def build(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
         # Three stride-2 stages: below 8x8 the last stage would see a 1x1 (or empty) map.
         if image_size < 8:
-            raise ConfigError(
-                "model", name, f"an input of at least 8x8 pixels (got {image_size}x{image_size})"
-            )
+            raise ConfigError("model", name, f"an input of at least 8x8 pixels (got {image_size}x{image_size})")
         return factory(num_classes=num_classes, in_channels=in_channels)
 
     return build
@@ -271,8 +269,7 @@ def build_model(name: str, *, in_channels: int, num_classes: int, image_size: in
         raise ConfigError(
             "model",
             name,
-            "positive in_channels, num_classes and image_size "
-            f"(got {in_channels}, {num_classes}, {image_size})",
+            f"positive in_channels, num_classes and image_size (got {in_channels}, {num_classes}, {image_size})",
         )
     return MODELS[name](in_channels, num_classes, image_size)
 
@@ -280,4 +277,3 @@ def build_model(name: str, *, in_channels: int, num_classes: int, image_size: in
 def count_parameters(model: nn.Module) -> int:
     """Number of scalar parameters of ``model``."""
     return sum(p.numel() for p in model.parameters())
-

@@ -6,6 +6,7 @@ without a deterministic implementation warns instead of failing. Code that needs
 random numbers (minibatch order, probe batches) takes a ``torch.Generator`` from
 ``make_generator(seed, device)`` rather than relying on the global state.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """`arturo-diag compare` and `arturo-diag report` through typer's CliRunner."""
+
 import json
 
 import pytest
@@ -6,8 +7,24 @@ from typer.testing import CliRunner
 
 from cli.app import app
 
-TINY = ["--model", "mlp", "--dataset", "teacher", "--train-size", "96", "--batch-size", "32", "--epochs", "2",
-        "--every", "2", "--probe-size", "16", "--lr-milestones", "2"]
+TINY = [
+    "--model",
+    "mlp",
+    "--dataset",
+    "teacher",
+    "--train-size",
+    "96",
+    "--batch-size",
+    "32",
+    "--epochs",
+    "2",
+    "--every",
+    "2",
+    "--probe-size",
+    "16",
+    "--lr-milestones",
+    "2",
+]
 runner = CliRunner()
 
 
@@ -29,15 +46,18 @@ def test_compare_end_to_end_then_report_rerenders_identically(tmp_path):
         assert (out / name).read_bytes() == content, name
 
 
-@pytest.mark.parametrize("args, field", [
-    (["--model", "vgg"], "model"),
-    (["--steps", "-3"], "steps"),
-    (["--reference", "magic"], "reference"),
-    (["--batch-size", "0"], "batch_size"),
-    (["--dataset", "fashion_mnist"], "data-dir"),
-    (["--lr", "-1"], "lr"),
-    (["--dtype", "float16"], "dtype"),
-])
+@pytest.mark.parametrize(
+    "args, field",
+    [
+        (["--model", "vgg"], "model"),
+        (["--steps", "-3"], "steps"),
+        (["--reference", "magic"], "reference"),
+        (["--batch-size", "0"], "batch_size"),
+        (["--dataset", "fashion_mnist"], "data-dir"),
+        (["--lr", "-1"], "lr"),
+        (["--dtype", "float16"], "dtype"),
+    ],
+)
 def test_bad_input_exits_2_with_one_line_naming_the_field(tmp_path, args, field):
     out = tmp_path / "run"
     result = invoke("compare", *TINY, *args, "--out", out)
@@ -49,8 +69,18 @@ def test_bad_input_exits_2_with_one_line_naming_the_field(tmp_path, args, field)
 
 def test_missing_data_file_names_the_file(tmp_path):
     (tmp_path / "data").mkdir()
-    result = invoke("compare", *TINY, "--dataset", "fashion_mnist", "--model", "small_cnn",
-                    "--data-dir", tmp_path / "data", "--out", tmp_path / "run")
+    result = invoke(
+        "compare",
+        *TINY,
+        "--dataset",
+        "fashion_mnist",
+        "--model",
+        "small_cnn",
+        "--data-dir",
+        tmp_path / "data",
+        "--out",
+        tmp_path / "run",
+    )
     assert result.exit_code == 2
     assert "train-images-idx3-ubyte" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "run" / "record.json").exists()
@@ -71,8 +101,10 @@ def test_malformed_toml_and_misplaced_key(tmp_path):
 
 def test_config_file_sets_fields_and_options_win(tmp_path):
     config = tmp_path / "c.toml"
-    config.write_text('[run]\nmodel = "mlp"\ndataset = "teacher"\ntrain_size = 64\nbatch_size = 32\nepochs = 1\n'
-                      '[diagnostics]\nreference = "none"\n[optimizer]\nfixed_eta = 0.5\n')
+    config.write_text(
+        '[run]\nmodel = "mlp"\ndataset = "teacher"\ntrain_size = 64\nbatch_size = 32\nepochs = 1\n'
+        '[diagnostics]\nreference = "none"\n[optimizer]\nfixed_eta = 0.5\n'
+    )
     out = tmp_path / "run"
     result = invoke("compare", "--config", config, "--fixed-eta", "2.0", "--out", out)
     assert result.exit_code == 0, result.output

@@ -4,6 +4,7 @@ The reference never goes through arturo_diag: it flattens the parameters itself,
 loss with torch.func.functional_call and takes the full Hessian with
 torch.autograd.functional.hessian.
 """
+
 from __future__ import annotations
 
 import torch
@@ -65,9 +66,7 @@ def mean_output(outputs, targets):
 
 def mlp(seed: int = 0, activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
     torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Linear(4, 5), activation(), nn.Linear(5, 4), activation(), nn.Linear(4, 3)
-    ).to(DTYPE)
+    return nn.Sequential(nn.Linear(4, 5), activation(), nn.Linear(5, 4), activation(), nn.Linear(4, 3)).to(DTYPE)
 
 
 def cnn(seed: int = 0) -> nn.Sequential:

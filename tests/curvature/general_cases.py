@@ -7,6 +7,7 @@ diagonal from a dense J^T H_out J, J = torch.func.jacrev of the whole batch's ou
 flattened parameters (so rows coupled by batch norm are coupled here too) and H_out the dense
 autograd Hessian of the loss in the outputs.
 """
+
 from __future__ import annotations
 
 import copy
@@ -46,23 +47,17 @@ def _runner(model: nn.Module, train: bool):
 
 def dense_hessian_diagonal(model, loss_fn, inputs, targets, train=False):
     flat, outputs_of, split = _runner(model, train)
-    hessian = torch.autograd.functional.hessian(
-        lambda v: loss_fn(outputs_of(v, inputs), targets), flat
-    )
+    hessian = torch.autograd.functional.hessian(lambda v: loss_fn(outputs_of(v, inputs), targets), flat)
     return split(hessian.diagonal().clone())
 
 
 def dense_matrices(model, loss_fn, inputs, targets, train=False):
     """(H, G) as dense P x P matrices, and ``split``."""
     flat, outputs_of, split = _runner(model, train)
-    hessian = torch.autograd.functional.hessian(
-        lambda v: loss_fn(outputs_of(v, inputs), targets), flat
-    )
+    hessian = torch.autograd.functional.hessian(lambda v: loss_fn(outputs_of(v, inputs), targets), flat)
     outputs = outputs_of(flat, inputs).detach()
     jac = jacrev(lambda v: outputs_of(v, inputs))(flat).reshape(outputs.numel(), -1)
-    h_out = torch.autograd.functional.hessian(
-        lambda f: loss_fn(f.view(outputs.shape), targets), outputs.reshape(-1)
-    )
+    h_out = torch.autograd.functional.hessian(lambda f: loss_fn(f.view(outputs.shape), targets), outputs.reshape(-1))
     return hessian, jac.T @ h_out @ jac, split
 
 
@@ -70,9 +65,7 @@ def dense_ggn_diagonal(model, loss_fn, inputs, targets, train=False):
     flat, outputs_of, split = _runner(model, train)
     outputs = outputs_of(flat, inputs).detach()
     jac = jacrev(lambda v: outputs_of(v, inputs))(flat).reshape(outputs.numel(), -1)
-    h_out = torch.autograd.functional.hessian(
-        lambda f: loss_fn(f.view(outputs.shape), targets), outputs.reshape(-1)
-    )
+    h_out = torch.autograd.functional.hessian(lambda f: loss_fn(f.view(outputs.shape), targets), outputs.reshape(-1))
     return split(torch.einsum("ip,ij,jp->p", jac, h_out, jac))
 
 

@@ -1,5 +1,6 @@
 """Every curvature function checks ``chunk_size`` and ``generator`` alike (curvature/_checks.py):
 ``chunk_size=True`` was accepted by exact_diagonal (as 1) and refused by hutchinson_diagonal."""
+
 import pytest
 import torch
 import torch.nn.functional as F

@@ -1,6 +1,7 @@
 """hessian_diagonal_cv: exact GGN diagonal + Hutchinson on diag(H - G). The probe formula against
 dense H and G, unbiased, an honest standard error, exact where diag(H - G) = 0, seeded, chunk
 independent, and more accurate than plain Hutchinson at equal HVP cost (fixed seeds)."""
+
 import pytest
 import torch
 from curvature_cases import batch, mlp
@@ -88,7 +89,9 @@ def test_a_user_loss_with_its_output_hessian_uses_that_ggn():
         model, loss, x, y, samples, torch.Generator().manual_seed(2), output_hessian=output_hessian
     )
     g = torch.Generator().manual_seed(2)
-    draws = torch.stack([torch.randint(0, 2, (hessian.shape[0],), generator=g, dtype=torch.int8) for _ in range(samples)])
+    draws = torch.stack(
+        [torch.randint(0, 2, (hessian.shape[0],), generator=g, dtype=torch.int8) for _ in range(samples)]
+    )
     z = draws.to(DTYPE) * 2 - 1
     terms = z * (z @ (hessian - ggn))
     torch.testing.assert_close(estimate.flatten(), ggn.diagonal() + terms.mean(0), atol=1e-12, rtol=0)
@@ -167,8 +170,7 @@ def test_no_probe_where_the_residual_diagonal_is_proved_zero():
 def test_same_seed_same_result_whatever_the_chunk_size():
     model, x, y = _gelu_case()
     runs = [
-        hessian_diagonal_cv(model, CE, x, y, 7, torch.Generator().manual_seed(5), chunk_size=c)
-        for c in (1, 3, None)
+        hessian_diagonal_cv(model, CE, x, y, 7, torch.Generator().manual_seed(5), chunk_size=c) for c in (1, 3, None)
     ]
     for estimate, stderr in runs[1:]:
         torch.testing.assert_close(estimate.flatten(), runs[0][0].flatten(), atol=1e-14, rtol=0)

@@ -1,4 +1,5 @@
 """exact_diagonal: every method against closed forms and the brute-force Hessian, float64."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -349,5 +350,7 @@ def test_hvp_gives_the_same_diagonal_looped_or_vmapped(monkeypatch, loop_above):
     assert hvp.hvp_plan(problem.loss, problem.params, 10**6).batched == (loop_above > 0)
     expected = brute_force_diagonal(model, nn.CrossEntropyLoss(), x, y)
     assert_same_diagonal(exact_diagonal(model, nn.CrossEntropyLoss(), x, y, "hvp"), expected)
-    assert_same_diagonal(exact_diagonal(model, F.mse_loss, x, torch.zeros(6, 5, dtype=DTYPE), "hvp"),
-                         brute_force_diagonal(model, F.mse_loss, x, torch.zeros(6, 5, dtype=DTYPE)))
+    assert_same_diagonal(
+        exact_diagonal(model, F.mse_loss, x, torch.zeros(6, 5, dtype=DTYPE), "hvp"),
+        brute_force_diagonal(model, F.mse_loss, x, torch.zeros(6, 5, dtype=DTYPE)),
+    )

@@ -1,5 +1,6 @@
 """ggn_diagonal: the exact GGN diagonal of any traceable model against a dense J^T H_out J, and the
 Hessian diagonal where it should be, float64 to 1e-10."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -197,9 +198,7 @@ def test_transformer_on_token_ids_with_a_user_loss_and_its_output_hessian():
     model = TinyTransformer(classes_last=True)
     x, y = tokens()
     assert not x.is_floating_point()
-    result = ggn_diagonal(
-        model, token_cross_entropy, x, y, output_hessian=token_cross_entropy_hessian
-    )
+    result = ggn_diagonal(model, token_cross_entropy, x, y, output_hessian=token_cross_entropy_hessian)
     assert_close_diagonal(result, dense_ggn_diagonal(model, token_cross_entropy, x, y))
     assert result.is_hessian is False and "own output Hessian" in result.note
     # the same numbers as the built-in cross-entropy on the (N, V, T) layout
@@ -251,8 +250,7 @@ def test_float32_agrees_with_the_float64_reference(case):
     model = build()
     x, y = data()
     expected = dense_ggn_diagonal(model, loss_fn, x, y, train=train)
-    result = ggn_diagonal(model.float(), loss_fn, x.float() if x.is_floating_point() else x, y,
-                          train=train)
+    result = ggn_diagonal(model.float(), loss_fn, x.float() if x.is_floating_point() else x, y, train=train)
     for name, value in result.items():
         assert value.dtype == torch.float32
         torch.testing.assert_close(value.double(), expected[name], atol=1e-6, rtol=1e-4, msg=name)
@@ -264,8 +262,13 @@ def test_unknown_loss_and_bad_options_are_refused():
     with pytest.raises(CurvatureError, match="output_hessian"):
         ggn_diagonal(model, lambda out, t: out.square().mean(), x, y)
     with pytest.raises(CurvatureError, match="shape"):
-        ggn_diagonal(model, lambda out, t: out.square().mean(), x, y,
-                     output_hessian=lambda out, t: torch.zeros(3, 3, dtype=DTYPE))
+        ggn_diagonal(
+            model,
+            lambda out, t: out.square().mean(),
+            x,
+            y,
+            output_hessian=lambda out, t: torch.zeros(3, 3, dtype=DTYPE),
+        )
     with pytest.raises(CurvatureError, match="mode"):
         ggn_diagonal(model, CE, x, y, mode="sideways")
     with pytest.raises(CurvatureError, match="chunk_size"):

@@ -1,4 +1,5 @@
 """hutchinson_diagonal: exact on diagonal Hessians, unbiased, calibrated standard error, seeded."""
+
 import pytest
 import torch
 from curvature_cases import DTYPE, Quadratic, batch, brute_force_diagonal, mean_output, mlp, spd_matrix

@@ -1,4 +1,5 @@
 """loss_of_parameters: the one probe loss every estimator differentiates, and its input checks."""
+
 import pytest
 import torch
 from curvature_cases import DTYPE, batch, bn_cnn, mlp

@@ -1,4 +1,5 @@
 """gradient_noise: per-sample gradient statistics against a plain loop over single examples."""
+
 import math
 
 import pytest
@@ -132,7 +133,9 @@ def test_refusals():
         gradient_noise(no_stats.eval(), nn.CrossEntropyLoss(), x, y)
     xm, ym = batch((4,), classes=3, n=6)
     with pytest.raises(CurvatureError, match="dropout"):
-        gradient_noise(nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.5)).double(), nn.CrossEntropyLoss(), xm, ym, train=True)
+        gradient_noise(
+            nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.5)).double(), nn.CrossEntropyLoss(), xm, ym, train=True
+        )
     with pytest.raises(CurvatureError, match="at least 2 samples"):
         gradient_noise(mlp(0), nn.CrossEntropyLoss(), xm[:1], ym[:1])
     with pytest.raises(CurvatureError, match="scalar"):

@@ -1,5 +1,6 @@
 """spectrum: trace (Hutchinson, Hutch++), extreme eigenvalues, SLQ density and the diagonal's share
 against the dense autograd Hessian of tiny float64 models and of quadratics with a known Hessian."""
+
 import math
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Agreement metrics against numbers computed by hand, Spearman against scipy."""
+
 from __future__ import annotations
 
 import math
@@ -92,7 +93,9 @@ def test_baselines_by_hand():
     assert result["constant"]["log_ratio_abs_median"] == pytest.approx(math.log10(20), rel=1e-12)
     assert result["constant_value"] == 0.1
     assert result["beats_constant"] == {
-        "relative_error": True, "cosine": True, "spearman": True,
+        "relative_error": True,
+        "cosine": True,
+        "spearman": True,
         "sign_agreement": False,  # both 1.0: a tie is not a win
         "log_ratio_abs_median": True,
     }
@@ -107,7 +110,8 @@ def test_a_equal_to_the_constant_does_not_beat_it():
     result = agreement_with_baselines(np.full(4, 0.1), h)
     assert result["estimate"] == result["constant"] or all(
         (math.isnan(x) and math.isnan(y)) or x == y
-        for x, y in zip(result["estimate"].values(), result["constant"].values()))
+        for x, y in zip(result["estimate"].values(), result["constant"].values())
+    )
     assert result["beats_constant_summary"]["any"] is False
     assert result["beats_constant"]["spearman"] is None  # undefined for both
     assert result["previous_h"] is None and result["beats_previous_h"] is None
@@ -126,6 +130,7 @@ def test_per_layer_concatenates_parameters_of_a_layer():
     assert result["head"]["relative_error"] == pytest.approx(0.25)
     assert result["overall"]["relative_error"] == pytest.approx(math.sqrt(6) / math.sqrt(19))
     # keyword form, and the default layer (module path) when no mapping is given
-    by_keyword = per_layer(lambda a, h: float(np.sum(a - h)),
-                           {name: {"a": x, "h": y} for name, (x, y) in arrays.items()})
+    by_keyword = per_layer(
+        lambda a, h: float(np.sum(a - h)), {name: {"a": x, "h": y} for name, (x, y) in arrays.items()}
+    )
     assert by_keyword == {"overall": 4.0, "net.0": 3.0, "head": 1.0}

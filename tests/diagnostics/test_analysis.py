@@ -1,4 +1,5 @@
 """analyze_record on small synthetic records written with RecordWriter."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,18 @@ from arturo_diag.diagnostics.record import RecordWriter, RunRecord
 from arturo_diag.errors import RecordError
 
 CONFIG = "[optimizer]\nlr = 0.1\neta_tol = 0.5\nvar_init = 0.01\n"
-TOP_LEVEL = ["format", "run", "agreement", "movement", "calibration", "lag", "trust_region", "health",
-             "training", "findings"]
+TOP_LEVEL = [
+    "format",
+    "run",
+    "agreement",
+    "movement",
+    "calibration",
+    "lag",
+    "trust_region",
+    "health",
+    "training",
+    "findings",
+]
 
 
 def _write_record(run_dir, *, estimate, reference="both", seed=0):
@@ -22,13 +33,27 @@ def _write_record(run_dir, *, estimate, reference="both", seed=0):
 
     def arrays(rng, shape, t):
         h = rng.normal(size=shape) + 0.05 * t
-        return h, {"curvature": estimate(h, t), "filter_cov_aa": np.full(shape, 4.0),
-                   "precision": np.where(rng.random(shape) < 0.25, 1e5, 100.0), "weight": rng.normal(size=shape)}
+        return h, {
+            "curvature": estimate(h, t),
+            "filter_cov_aa": np.full(shape, 4.0),
+            "precision": np.where(rng.random(shape) < 0.25, 1e5, 100.0),
+            "weight": rng.normal(size=shape),
+        }
 
     steps = step_rows(loss=lambda step: 1.0 / step, late_eta=lambda step: 1.0, quantiles=False)
-    write_record(run_dir, arrays=arrays, steps=steps, kind="monitor", config=CONFIG, parameters=PARAMETERS,
-                 optimizer={"lr": 0.1, "eta_tol": 0.5}, reference=reference, hutchinson_noise=0.3, seed=seed,
-                 finish={"seconds": 1.0})
+    write_record(
+        run_dir,
+        arrays=arrays,
+        steps=steps,
+        kind="monitor",
+        config=CONFIG,
+        parameters=PARAMETERS,
+        optimizer={"lr": 0.1, "eta_tol": 0.5},
+        reference=reference,
+        hutchinson_noise=0.3,
+        seed=seed,
+        finish={"seconds": 1.0},
+    )
     return RunRecord.load(run_dir)
 
 
@@ -40,8 +65,9 @@ def test_constant_estimate_is_reported_against_the_constant_baseline(tmp_path):
     record = _write_record(tmp_path / "run", estimate=lambda h, t: np.full(h.shape, 0.1))
     metrics = analyze_record(record)
     assert list(metrics) == TOP_LEVEL
-    assert all(set(f) == {"text", "severity", "topic"} and f["severity"] in ("info", "warning")
-               for f in metrics["findings"])
+    assert all(
+        set(f) == {"text", "severity", "topic"} and f["severity"] in ("info", "warning") for f in metrics["findings"]
+    )
 
     final = metrics["agreement"]["final"]
     assert final["step"] == 60 and final["reference"] == "h_exact"
@@ -128,8 +154,7 @@ def test_lag_is_found_in_a_record(tmp_path):
         memory[key] = h.copy()
         return a
 
-    metrics = analyze_record(_write_record(tmp_path / "run", estimate=previous_h, reference="exact"),
-                             max_lag=2)
+    metrics = analyze_record(_write_record(tmp_path / "run", estimate=previous_h, reference="exact"), max_lag=2)
     assert metrics["lag"]["best_k"] == 1 and metrics["lag"]["best_lag_steps"] == 10.0
     assert any("lags h by about 1 snapshot (10 steps)" in text for text in _texts(metrics, "lag"))
 

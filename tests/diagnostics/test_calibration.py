@@ -1,4 +1,5 @@
 """Coverage, sharpness and their interpretation, by hand."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,16 +35,19 @@ def test_gaussian_errors_with_their_true_variance_are_calibrated():
     assert result["interpretation"] == "calibrated"
 
 
-@pytest.mark.parametrize(("coverage", "sharpness", "label"), [
-    (0.95, 0.67, "calibrated"),
-    (0.85, 0.4, "calibrated"),
-    (0.99, 1.0, "calibrated"),
-    (1.0, 0.19, "vacuous"),
-    (1.0, 0.3, "miscalibrated"),
-    (0.7, 0.9, "miscalibrated"),
-    (0.49, 1.5, "overconfident"),
-    (0.6, 2.5, "overconfident"),
-    (float("nan"), 1.0, "undefined"),
-])
+@pytest.mark.parametrize(
+    ("coverage", "sharpness", "label"),
+    [
+        (0.95, 0.67, "calibrated"),
+        (0.85, 0.4, "calibrated"),
+        (0.99, 1.0, "calibrated"),
+        (1.0, 0.19, "vacuous"),
+        (1.0, 0.3, "miscalibrated"),
+        (0.7, 0.9, "miscalibrated"),
+        (0.49, 1.5, "overconfident"),
+        (0.6, 2.5, "overconfident"),
+        (float("nan"), 1.0, "undefined"),
+    ],
+)
 def test_interpretation_labels(coverage, sharpness, label):
     assert interpret_calibration(coverage, sharpness) == label

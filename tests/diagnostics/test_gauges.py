@@ -1,4 +1,5 @@
 """Step gauges on analytic quadratics and by hand."""
+
 import math
 
 import numpy as np
@@ -107,8 +108,11 @@ def test_alpha_of_a_step_on_a_quadratic_in_many_dimensions():
 
 
 def test_trust_region_radius_by_hand():
-    pi = {"net.0.weight": np.array([[1.0, 4.0], [16.0, 100.0]]), "net.0.bias": np.array([0.0, 25.0]),
-          "net.2.weight": torch.tensor([2.0, 8.0], dtype=torch.float64)}
+    pi = {
+        "net.0.weight": np.array([[1.0, 4.0], [16.0, 100.0]]),
+        "net.0.bias": np.array([0.0, 25.0]),
+        "net.2.weight": torch.tensor([2.0, 8.0], dtype=torch.float64),
+    }
     eps = 0.08
     result = trust_region_radius(pi, eps)
     assert list(result) == ["overall", "net.0", "net.2"]

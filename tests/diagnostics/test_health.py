@@ -1,4 +1,5 @@
 """Health numbers by hand: eta and its bracket, iterations, K/eps, precision, collapse, signs."""
+
 from __future__ import annotations
 
 import math
@@ -22,19 +23,21 @@ NAN = math.nan
 
 
 def _steps():
-    return pd.DataFrame({
-        "step": [3, 1, 2, 4],
-        "eta": [0.3, 0.1, 0.2, 0.4],
-        "eta_lo": [0.2, 0.0, 0.1, 0.4],
-        "eta_hi": [0.6, 0.4, 0.3, 0.4],
-        "iterations": [2, 14, 0, 2],
-        "kl_ratio": [1.0, 2.0, NAN, 0.5],
-        "precision_nonpos": [0, 0, 3, 1],
-        "denominator_nonpos": [0, 0, 0, 0],
-        "precision_q01": [NAN, 10.0, NAN, 5.0],
-        "precision_q50": [NAN, 100.0, NAN, 200.0],
-        "precision_q99": [NAN, 1000.0, NAN, 2000.0],
-    })
+    return pd.DataFrame(
+        {
+            "step": [3, 1, 2, 4],
+            "eta": [0.3, 0.1, 0.2, 0.4],
+            "eta_lo": [0.2, 0.0, 0.1, 0.4],
+            "eta_hi": [0.6, 0.4, 0.3, 0.4],
+            "iterations": [2, 14, 0, 2],
+            "kl_ratio": [1.0, 2.0, NAN, 0.5],
+            "precision_nonpos": [0, 0, 3, 1],
+            "denominator_nonpos": [0, 0, 0, 0],
+            "precision_q01": [NAN, 10.0, NAN, 5.0],
+            "precision_q50": [NAN, 100.0, NAN, 200.0],
+            "precision_q99": [NAN, 1000.0, NAN, 2000.0],
+        }
+    )
 
 
 def test_eta_by_hand():
@@ -84,7 +87,9 @@ def test_variance_collapse_by_hand():
 
 def test_signs_and_snapshot_health_by_hand():
     assert curvature_signs([-1, 0, 2, 3], [1, -1, -2, np.nan]) == {
-        "negative_a_share": 0.25, "negative_h_share": pytest.approx(2 / 3)}
+        "negative_a_share": 0.25,
+        "negative_h_share": pytest.approx(2 / 3),
+    }
     result = snapshot_health(precision=[100.0, -1.0], curvature=[0.1, -0.2], reference=None, var_init=0.01)
     assert result["precision_nonpositive_share"] == 0.5
     assert result["variance_collapse"]["n_nonpositive"] == 1

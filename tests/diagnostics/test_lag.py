@@ -1,4 +1,5 @@
 """Lag: recovers a known shift; says "no identifiable lag" for flat curves."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -49,8 +50,9 @@ def test_constant_reference_gives_no_identifiable_lag():
 def test_unrelated_noise_gives_no_identifiable_lag():
     rng = np.random.default_rng(2)
     steps = list(range(1, T + 1))
-    result = lag_analysis(steps, [rng.normal(size=N) for _ in range(T)],
-                          [rng.normal(size=N) for _ in range(T)], max_lag=5)
+    result = lag_analysis(
+        steps, [rng.normal(size=N) for _ in range(T)], [rng.normal(size=N) for _ in range(T)], max_lag=5
+    )
     assert result["identifiable"] is False and result["best_k"] is None
 
 

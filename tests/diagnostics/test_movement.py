@@ -1,4 +1,5 @@
 """Movement of a away from its prior 0.1, by hand."""
+
 from __future__ import annotations
 
 import math
@@ -41,8 +42,11 @@ def test_findings_warn_when_a_did_not_move_on_the_scale_of_h():
     from arturo_diag.diagnostics.findings import findings
 
     overall = movement([0.15, 0.05, 0.16, 0.14], [1.0, -2.0, 4.0, 3.0])  # moves ~0.05, |h| ~2.5
-    texts = [f["text"] for f in findings({"movement": {"final": {"step": 7, "overall": overall}}})
-             if f["topic"] == "movement"]
+    texts = [
+        f["text"]
+        for f in findings({"movement": {"final": {"step": 7, "overall": overall}}})
+        if f["topic"] == "movement"
+    ]
     assert texts and texts[0].startswith("a barely moved on the scale of h")
 
 
@@ -57,8 +61,11 @@ def test_log_spread_by_hand_and_its_finding():
     assert result["spread_decades_h"] == pytest.approx(4.91, rel=1e-12)
     assert result["spread_decades_a"] == pytest.approx(
         (math.log10(0.13) + 0.97 * (math.log10(0.14) - math.log10(0.13)))
-        - (math.log10(0.12) + 0.03 * (math.log10(0.125) - math.log10(0.12))), rel=1e-12)
+        - (math.log10(0.12) + 0.03 * (math.log10(0.125) - math.log10(0.12))),
+        rel=1e-12,
+    )
     assert result["log_spread_ratio"] < 0.02
-    texts = [f["text"] for f in findings({"movement": {"final": {"step": 3, "overall": result}}})
-             if f["topic"] == "movement"]
+    texts = [
+        f["text"] for f in findings({"movement": {"final": {"step": 3, "overall": result}}}) if f["topic"] == "movement"
+    ]
     assert texts[0].startswith("a stayed near its prior 0.1")

@@ -1,4 +1,5 @@
 """Run-record I/O: atomic writes, the writer/loader round trip, incomplete and foreign records."""
+
 from __future__ import annotations
 
 import json
@@ -19,30 +20,34 @@ from arturo_diag.diagnostics.io import (
 )
 from arturo_diag.diagnostics.record import RecordWriter, RunRecord, layer_of, snapshot_filename
 from arturo_diag.errors import RecordError
-from arturo_diag.errors import RecordError
 
 CONFIG = 'name = "tiny"\n[optimizer]\nlr = 0.05\neta_tol = 0.5\nvar_init = 0.01\n'
 PARAMETERS = {"net.0.weight": (2, 3), "net.0.bias": (2,), "head.weight": (1, 2)}
 
 
 def _writer(run_dir, **kwargs):
-    return RecordWriter(run_dir, "monitor", CONFIG, PARAMETERS,
-                        optimizer={"lr": 0.05, "eta_tol": 0.5}, var_init=0.01, **kwargs)
+    return RecordWriter(
+        run_dir, "monitor", CONFIG, PARAMETERS, optimizer={"lr": 0.05, "eta_tol": 0.5}, var_init=0.01, **kwargs
+    )
 
 
 def _arrays(seed):
     rng = np.random.default_rng(seed)
-    return {name: {"curvature": rng.normal(size=shape), "h_exact": rng.normal(size=shape)}
-            for name, shape in PARAMETERS.items()}
+    return {
+        name: {"curvature": rng.normal(size=shape), "h_exact": rng.normal(size=shape)}
+        for name, shape in PARAMETERS.items()
+    }
 
 
 # -- atomic writes ----------------------------------------------------------------------------
 
+
 def test_atomic_writers_write_what_they_are_given(tmp_path):
     atomic_write_text(tmp_path / "a.txt", "héllo\nworld")
     atomic_write_bytes(tmp_path / "b.bin", b"\x00\x01")
-    atomic_write_json(tmp_path / "c.json", {"z": 1, "a": [float("nan"), 2.5, np.float64(np.inf)],
-                                              "n": np.int64(3), "t": (1, 2)})
+    atomic_write_json(
+        tmp_path / "c.json", {"z": 1, "a": [float("nan"), 2.5, np.float64(np.inf)], "n": np.int64(3), "t": (1, 2)}
+    )
     atomic_savez(tmp_path / "d.npz", **{"p.w/curvature": np.arange(3.0)})
     atomic_write_csv(tmp_path / "e.csv", pd.DataFrame({"x": [0.1, math.nan], "y": ["a", "b"]}))
 
@@ -92,6 +97,7 @@ def test_json_writer_refuses_unknown_objects(tmp_path):
 
 # -- writer and loader ------------------------------------------------------------------------
 
+
 def test_layer_of_is_the_module_path():
     assert layer_of("net.0.weight") == "net.0"
     assert layer_of("head.bias") == "head"
@@ -104,14 +110,23 @@ def test_round_trip(tmp_path):
     writer = _writer(run_dir)
     assert json.loads((run_dir / "record.json").read_text())["status"] == "running"
     for step in (1, 2, 3, 4):
-        writer.add_step({"step": step, "epoch": 1, "loss": 1.0 / step, "eta": 0.1 * step,
-                         "iterations": np.int64(step % 2), "kl_ratio": float("nan") if step == 1 else 1.0})
+        writer.add_step(
+            {
+                "step": step,
+                "epoch": 1,
+                "loss": 1.0 / step,
+                "eta": 0.1 * step,
+                "iterations": np.int64(step % 2),
+                "kl_ratio": float("nan") if step == 1 else 1.0,
+            }
+        )
     snap2, snap4 = _arrays(2), _arrays(4)
     writer.add_snapshot(2, {"kl0_ratio": 3.0, "reference": "exact", "exact_method": "hvp"}, snap2)
     writer.flush()
     writer.add_snapshot(4, {"kl0_ratio": 0.5, "reference": "exact", "exact_method": "hvp"}, snap4)
-    writer.add_epoch({"epoch": 1, "step": 4, "train_loss": 0.3, "train_accuracy": 0.9,
-                      "test_loss": 0.4, "test_accuracy": 0.85})
+    writer.add_epoch(
+        {"epoch": 1, "step": 4, "train_loss": 0.3, "train_accuracy": 0.9, "test_loss": 0.4, "test_accuracy": 0.85}
+    )
     writer.finish({"seconds": 1.5})
 
     record = RunRecord.load(run_dir)
@@ -217,8 +232,10 @@ def test_writer_takes_torch_tensors(tmp_path):
     torch = pytest.importorskip("torch")
     writer = _writer(tmp_path / "run")
     writer.add_step({"step": 1, "eta": torch.tensor(0.25, dtype=torch.float32), "iterations": torch.tensor(3)})
-    arrays = {name: {"curvature": torch.full(shape, 0.1, dtype=torch.float32, requires_grad=True)}
-              for name, shape in PARAMETERS.items()}
+    arrays = {
+        name: {"curvature": torch.full(shape, 0.1, dtype=torch.float32, requires_grad=True)}
+        for name, shape in PARAMETERS.items()
+    }
     writer.add_snapshot(1, {"kl0_ratio": torch.tensor(2.0)}, arrays)
     writer.finish()
     record = RunRecord.load(tmp_path / "run")

@@ -1,9 +1,9 @@
 """Trust-region regimes on hand-built step tables and on a simulation of the published bisection."""
+
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -22,21 +22,32 @@ def _table(rows):
 
 
 def test_regimes_by_hand():
-    steps = _table([
-        (1, 0.1, 0.05, NAN, 14, 1.0),                 # first step: bracket [0, 10000]
-        (2, 0.1, 0.1 * 5 / 3, 0.1, 0, 0.5),           # 5/3 growth: bracket [0.0333, 0.3] already < 0.5
-        (3, 0.1, 0.254, 0.254, 1, 0.03),              # frozen at the floor: one K, eta unchanged
-        (4, 0.1, 0.254 * 7 / 3, 0.254, 1, 1.05),      # same window, K(5/3 eta_prev) > eps: jump 7/3
-        (5, 0.1, 0.9, 0.6, 3, 1.5),                   # a normal bisection
-        (6, 0.1, 0.5, 0.5, 1, 1.0),                   # eta unchanged outside the floor window: active
-        (7, 0.1, 0.9, 0.9, 0, 0.8),                   # eta fixed, no solve: trust region off
-        (8, 0.1, 2.0, 0.9, 0, 1.2),                   # none of the above
-        (9, 0.1, 0.16667, 0.1, 0, 0.5),               # 5 digits are not 5/3 within rtol 1e-6
-    ])
+    steps = _table(
+        [
+            (1, 0.1, 0.05, NAN, 14, 1.0),  # first step: bracket [0, 10000]
+            (2, 0.1, 0.1 * 5 / 3, 0.1, 0, 0.5),  # 5/3 growth: bracket [0.0333, 0.3] already < 0.5
+            (3, 0.1, 0.254, 0.254, 1, 0.03),  # frozen at the floor: one K, eta unchanged
+            (4, 0.1, 0.254 * 7 / 3, 0.254, 1, 1.05),  # same window, K(5/3 eta_prev) > eps: jump 7/3
+            (5, 0.1, 0.9, 0.6, 3, 1.5),  # a normal bisection
+            (6, 0.1, 0.5, 0.5, 1, 1.0),  # eta unchanged outside the floor window: active
+            (7, 0.1, 0.9, 0.9, 0, 0.8),  # eta fixed, no solve: trust region off
+            (8, 0.1, 2.0, 0.9, 0, 1.2),  # none of the above
+            (9, 0.1, 0.16667, 0.1, 0, 0.5),  # 5 digits are not 5/3 within rtol 1e-6
+        ]
+    )
     result = classify_regimes(steps.iloc[::-1])  # input order does not matter
     assert result["step"].tolist() == list(range(1, 10))
-    assert result["regime"].tolist() == ["first", "growth_5_3", "frozen", "bisection", "bisection",
-                                         "bisection", "fixed", "other", "other"]
+    assert result["regime"].tolist() == [
+        "first",
+        "growth_5_3",
+        "frozen",
+        "bisection",
+        "bisection",
+        "bisection",
+        "fixed",
+        "other",
+        "other",
+    ]
     assert result["overshoot"].tolist() == [False, False, False, False, True, False, False, True, False]
     assert result["undershoot"].tolist() == [False, True, True, False, False, False, True, False, True]
 
@@ -72,7 +83,8 @@ def test_classifier_agrees_with_a_simulated_published_bisection():
         eps = 0.05 if step <= 90 else 0.05 * 0.006
         eta_prev = eta
         eta, lo, hi, evaluations, ratio, went_low = _published_bisection(
-            lambda e: scale / (e + 0.01) ** 2, eps, eta_prev)
+            lambda e: scale / (e + 0.01) ** 2, eps, eta_prev
+        )
         rows.append((step, eps, eta, NAN if eta_prev is None else eta_prev, evaluations, ratio))
         if eta_prev is None:
             truth.append("first")
@@ -104,8 +116,14 @@ def test_summary_runs_and_overshoot_after_a_bound_drop():
 
     summary = trust_region_summary(steps, eta_tol=0.5, burn_in=5)
     assert summary["available"] is True and summary["n_steps"] == 20
-    assert summary["regime_counts"] == {"first": 1, "bisection": 11, "growth_5_3": 4, "frozen": 4,
-                                        "fixed": 0, "other": 0}
+    assert summary["regime_counts"] == {
+        "first": 1,
+        "bisection": 11,
+        "growth_5_3": 4,
+        "frozen": 4,
+        "fixed": 0,
+        "other": 0,
+    }
     assert summary["regime_share"]["growth_5_3"] == pytest.approx(4 / 20)
     # after step 5: 15 steps, 4 of them frozen
     assert summary["n_steps_after_burn_in"] == 15
@@ -121,7 +139,9 @@ def test_summary_runs_and_overshoot_after_a_bound_drop():
     assert frozen["longest"]["eta_median"] == 0.25 and frozen["longest"]["kl_ratio_min"] == 0.03
     growth = summary["growth_runs"]["longest"]
     assert (growth["start_step"], growth["end_step"], growth["length"]) == (2, 5, 4)
-    assert growth["eta_start"] == pytest.approx(0.01 * 5 / 3) and growth["eta_end"] == pytest.approx(0.01 * (5 / 3) ** 4)
+    assert growth["eta_start"] == pytest.approx(0.01 * 5 / 3) and growth["eta_end"] == pytest.approx(
+        0.01 * (5 / 3) ** 4
+    )
     assert summary["inactive_runs"]["count"] == 2
 
     (drop,) = summary["bound_drops"]
@@ -131,7 +151,9 @@ def test_summary_runs_and_overshoot_after_a_bound_drop():
 
 
 def test_bound_drop_without_recovery():
-    steps = _table([(1, 0.1, 1, NAN, 5, 1.0), (2, 0.01, 1, 1, 3, 5.0), (3, 0.01, 1, 1, 3, NAN), (4, 0.01, 1, 1, 3, 8.0)])
+    steps = _table(
+        [(1, 0.1, 1, NAN, 5, 1.0), (2, 0.01, 1, 1, 3, 5.0), (3, 0.01, 1, 1, 3, NAN), (4, 0.01, 1, 1, 3, 8.0)]
+    )
     (drop,) = bound_drop_episodes(steps)
     assert drop["recovered"] is False and drop["steps_to_recover"] is None
     assert drop["peak_kl_ratio"] == 8.0 and drop["peak_step"] == 4
@@ -141,8 +163,14 @@ def test_bound_drop_without_recovery():
 
 
 def test_snapshot_binding_by_hand():
-    snapshots = pd.DataFrame({"step": [10, 20, 30, 40], "kl0_ratio": [3.0, 0.5, 2.0, NAN],
-                              "eta": [1.0, 0.3, 0.5, 0.2], "eta_star": [2.0, NAN, 0.25, NAN]})
+    snapshots = pd.DataFrame(
+        {
+            "step": [10, 20, 30, 40],
+            "kl0_ratio": [3.0, 0.5, 2.0, NAN],
+            "eta": [1.0, 0.3, 0.5, 0.2],
+            "eta_star": [2.0, NAN, 0.25, NAN],
+        }
+    )
     result = snapshot_binding(snapshots)
     assert result["binding_share"] == pytest.approx(2 / 3)
     assert result["eta_over_eta_star_median"] == pytest.approx(1.25)  # median of 0.5 and 2

@@ -10,8 +10,8 @@ softmax, one label per row).
 AdaHessian: Yao et al. 2021 (arXiv 2006.00719), Algorithm 1 with Eqs. 7-10, weight decay as in
 the original code. Sophia: Liu et al. 2023 (arXiv 2305.14342), Algorithms 1-3.
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
@@ -36,21 +36,36 @@ def adahessian_reference(loss_of, theta, steps, gen, *, lr, beta1, beta2, eps, w
         hz = hvp(f, theta, z)
         new = {}
         for n, w in theta.items():
-            d = z[n] * hz[n]                                  # Eq. 7: one Hutchinson sample of diag H
-            if spatial and w.dim() >= 3:                      # Eq. 8: average over the kernel's spatial block
+            d = z[n] * hz[n]  # Eq. 7: one Hutchinson sample of diag H
+            if spatial and w.dim() >= 3:  # Eq. 8: average over the kernel's spatial block
                 d = d.abs().mean(dim=tuple(range(2, w.dim())), keepdim=True).expand_as(d)
-            m[n] = beta1 * m[n] + (1 - beta1) * g[n]          # Eq. 9
-            v[n] = beta2 * v[n] + (1 - beta2) * d * d         # Eq. 10, inside the root
-            m_hat = m[n] / (1 - beta1 ** t)
-            v_hat = (v[n] / (1 - beta2 ** t)) ** 0.5
-            new[n] = w - lr * (m_hat / (v_hat ** k + eps) + weight_decay * w)
+            m[n] = beta1 * m[n] + (1 - beta1) * g[n]  # Eq. 9
+            v[n] = beta2 * v[n] + (1 - beta2) * d * d  # Eq. 10, inside the root
+            m_hat = m[n] / (1 - beta1**t)
+            v_hat = (v[n] / (1 - beta2**t)) ** 0.5
+            new[n] = w - lr * (m_hat / (v_hat**k + eps) + weight_decay * w)
         theta = new
         out.append({n: w.clone() for n, w in theta.items()})
     return out
 
 
-def sophia_reference(loss_of, theta, steps, gen, *, lr, beta1, beta2, gamma, eps, weight_decay, k,
-                     estimator, probe="gaussian", logits_of=None):
+def sophia_reference(
+    loss_of,
+    theta,
+    steps,
+    gen,
+    *,
+    lr,
+    beta1,
+    beta2,
+    gamma,
+    eps,
+    weight_decay,
+    k,
+    estimator,
+    probe="gaussian",
+    logits_of=None,
+):
     """Parameters and h after each of ``steps`` Sophia steps (Algorithm 3).
 
     ``estimator``: ``"hutchinson"`` (Algorithm 1: u * grad<grad L, u>) or ``"gnb"`` (Algorithm 2:
@@ -58,7 +73,7 @@ def sophia_reference(loss_of, theta, steps, gen, *, lr, beta1, beta2, gamma, eps
     """
     theta = {n: w.clone() for n, w in theta.items()}
     m = {n: torch.zeros_like(w) for n, w in theta.items()}
-    h = {n: torch.zeros_like(w) for n, w in theta.items()}   # h_{1-k} = 0
+    h = {n: torch.zeros_like(w) for n, w in theta.items()}  # h_{1-k} = 0
     out = []
     for t in range(1, steps + 1):
         f = lambda th: loss_of(th, t)  # noqa: E731
@@ -80,6 +95,7 @@ def sophia_reference(loss_of, theta, steps, gen, *, lr, beta1, beta2, gamma, eps
                 def sampled(th):
                     lg = logits_of(th, t)
                     return F.cross_entropy(lg.reshape(-1, lg.shape[-1]), yhat)
+
                 gh = grad(sampled)(theta)
                 hhat = {n: batch * gh[n] * gh[n] for n in theta}
             h = {n: beta2 * h[n] + (1 - beta2) * hhat[n] for n in theta}
@@ -92,5 +108,3 @@ def sophia_reference(loss_of, theta, steps, gen, *, lr, beta1, beta2, gamma, eps
         theta = new
         out.append(({n: w.clone() for n, w in theta.items()}, {n: x.clone() for n, x in h.items()}))
     return out
-
-

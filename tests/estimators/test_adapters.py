@@ -1,15 +1,21 @@
 """The adapters return exactly what the optimizers keep; the registry finds a user's adapter."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
+from estimator_cases import batches, mlp
 
 from arturo_diag.estimators import (
-    CurvatureEstimate, EstimatorError, adapter_for, register_adapter, registered_adapters, unregister_adapter,
+    CurvatureEstimate,
+    EstimatorError,
+    adapter_for,
+    register_adapter,
+    registered_adapters,
+    unregister_adapter,
 )
 from arturo_diag.optim import Arturo
-from estimator_cases import batches, mlp
 
 
 def _train(opt, model, steps=3):
@@ -70,7 +76,7 @@ def test_adam_adapter_names_coupled_weight_decay():
     e = adapter_for(opt).estimate(opt, model.named_parameters())
     assert "weight_decay * theta" in e.scale and e.variance is None
     for n, p in model.named_parameters():
-        assert torch.equal(e.estimate[n], opt.state[p]["exp_avg_sq"] / (1 - 0.999 ** 3))
+        assert torch.equal(e.estimate[n], opt.state[p]["exp_avg_sq"] / (1 - 0.999**3))
 
 
 class _MyAdam(torch.optim.Adam):
@@ -92,7 +98,7 @@ def test_a_user_adapter_is_registered_and_found_before_the_builtin_one():
     model = mlp()
     opt = _MyAdam(model.parameters())
     _train(opt, model)
-    assert adapter_for(opt).name == "adam"        # the built-in one matches a subclass of Adam
+    assert adapter_for(opt).name == "adam"  # the built-in one matches a subclass of Adam
     adapter = register_adapter(_MyAdapter())
     try:
         assert adapter_for(opt) is adapter
@@ -120,5 +126,10 @@ def test_estimate_refuses_an_unknown_target_and_misshaped_variance():
     with pytest.raises(EstimatorError, match="target: got 'hessian'"):
         CurvatureEstimate(estimate={}, target="hessian", scale="", optimizer="x")
     with pytest.raises(EstimatorError, match="variance: 'w' is shaped"):
-        CurvatureEstimate(estimate={"w": torch.zeros(2)}, variance={"w": torch.zeros(3)},
-                          target="hessian_diagonal", scale="", optimizer="x")
+        CurvatureEstimate(
+            estimate={"w": torch.zeros(2)},
+            variance={"w": torch.zeros(3)},
+            target="hessian_diagonal",
+            scale="",
+            optimizer="x",
+        )

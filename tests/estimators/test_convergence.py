@@ -5,6 +5,7 @@ i.i.d. samples has the samples' mean, with a standard error taken from batch mea
 longer than the EMA's memory). Each check allows 5 standard errors and states that this is well
 below the effect it must see.
 """
+
 from __future__ import annotations
 
 import math
@@ -12,9 +13,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from estimator_cases import quadratic_hessian
 
 from arturo_diag.estimators import AdaHessian, SophiaG, SophiaH, adapter_for, gnb_closure
-from estimator_cases import quadratic_hessian
 
 
 def _batch_se(series: torch.Tensor, blocks: int = 20) -> torch.Tensor:
@@ -47,13 +48,14 @@ def _run_hutchinson(opt_cls, A, steps, **kw):
 
 def test_sophia_h_ema_converges_to_diag_h_on_a_non_diagonal_quadratic():
     A = quadratic_hessian(6)
-    diag, off = A.diagonal(), (A ** 2).sum(1) - A.diagonal() ** 2
-    last, ema, samples = _run_hutchinson(SophiaH, A, 4000, lr=1e-3, betas=(0.9, 0.99), gamma=1.0,
-                                      weight_decay=0.0, hessian_interval=1, probe="gaussian")
+    diag, off = A.diagonal(), (A**2).sum(1) - A.diagonal() ** 2
+    last, ema, samples = _run_hutchinson(
+        SophiaH, A, 4000, lr=1e-3, betas=(0.9, 0.99), gamma=1.0, weight_decay=0.0, hessian_interval=1, probe="gaussian"
+    )
     # the samples' variance is the Gaussian-probe formula the tolerance rests on
-    probe_var = 2 * diag ** 2 + off
+    probe_var = 2 * diag**2 + off
     assert torch.allclose(samples.var(dim=0), probe_var, rtol=0.15)
-    late = ema[1000:]                                                # beta2^1000 ~ 4e-5: no init bias left
+    late = ema[1000:]  # beta2^1000 ~ 4e-5: no init bias left
     mean, se = late.mean(dim=0), _batch_se(late)
     assert (se < 0.02 * diag).all(), "the test would not see a 10 % error"
     assert ((mean - diag).abs() <= 5 * se).all(), f"mean {mean} vs diag H {diag} (se {se})"
@@ -61,16 +63,16 @@ def test_sophia_h_ema_converges_to_diag_h_on_a_non_diagonal_quadratic():
 
 
 def test_sophia_h_debiased_estimate_removes_the_ema_start():
-    A = quadratic_hessian(6, diagonal=True)      # Hutchinson is exact on a diagonal Hessian
+    A = quadratic_hessian(6, diagonal=True)  # Hutchinson is exact on a diagonal Hessian
     last, _, _ = _run_hutchinson(SophiaH, A, 5, lr=1e-3, hessian_interval=1, probe="rademacher")
-    assert torch.allclose(last.estimate["x"], (1 - 0.99 ** 5) * A.diagonal(), rtol=1e-12)
+    assert torch.allclose(last.estimate["x"], (1 - 0.99**5) * A.diagonal(), rtol=1e-12)
     assert torch.allclose(last.extras["debiased"]["x"], A.diagonal(), rtol=1e-12)
 
 
 def test_adahessian_rms_converges_to_the_row_norm_not_diag_h():
     """E[(z*Hz)_i^2] = sum_j H_ij^2 (Rademacher): AdaHessian's estimate is |H_ii| only if H is diagonal."""
     A = quadratic_hessian(6, offdiag=1.0)
-    row2 = (A ** 2).sum(1)
+    row2 = (A**2).sum(1)
     steps = 4000
     last, ema, _ = _run_hutchinson(AdaHessian, A, steps, lr=1e-3, betas=(0.9, 0.99), spatial_average=False)
     late = ema[1000:] / (1 - 0.99 ** torch.arange(1001, steps + 1, dtype=torch.float64))[:, None]
@@ -99,6 +101,7 @@ def test_sophia_g_gnb_is_unbiased_for_the_ggn_diagonal():
     def loss_of(*flat):
         out = torch.func.functional_call(model, dict(zip(names, flat)), (x,))
         return F.cross_entropy(out, torch.zeros(16, dtype=torch.long))  # labels do not enter the Hessian
+
     H = torch.autograd.functional.hessian(loss_of, tuple(params.values()))
     diag = {n: H[i][i].reshape(params[n].numel(), -1).diagonal().reshape(params[n].shape) for i, n in enumerate(names)}
     opt = SophiaG(model.parameters(), lr=0.0, weight_decay=0.0, hessian_interval=1)
@@ -132,7 +135,7 @@ def test_adam_v_hat_is_the_bias_corrected_ema_of_g_squared(adamw):
         opt.step()
         e = adapter_for(opt).estimate(opt, [("x", x)])
         w = torch.tensor([0.999 ** (t - i) for i in range(1, t + 1)], dtype=torch.float64)
-        expected = (0.001 * w[:, None] * torch.stack(grads) ** 2).sum(0) / (1 - 0.999 ** t)
+        expected = (0.001 * w[:, None] * torch.stack(grads) ** 2).sum(0) / (1 - 0.999**t)
         assert torch.allclose(e.estimate["x"], expected, rtol=1e-12, atol=0)
     assert e.target == "gradient_second_moment" and e.optimizer == ("adamw" if adamw else "adam")
 
@@ -142,21 +145,21 @@ def test_adam_v_hat_converges_to_the_batch_gradient_second_moment():
     A = quadratic_hessian(5)
     x0 = torch.linspace(-0.5, 0.5, 5, dtype=torch.float64)
     x = torch.nn.Parameter(x0.clone())
-    opt = torch.optim.Adam([x], lr=0.0, betas=(0.9, 0.99))       # lr 0: E[g] = A x0 stays fixed
+    opt = torch.optim.Adam([x], lr=0.0, betas=(0.9, 0.99))  # lr 0: E[g] = A x0 stays fixed
     gen = torch.Generator().manual_seed(4)
     s, B = 0.8, 8
     series = []
     for t in range(1, 6001):
         opt.zero_grad()
-        xi = (torch.randn(B, 5, generator=gen, dtype=torch.float64) * s).mean(0)   # batch mean of per-sample noise
+        xi = (torch.randn(B, 5, generator=gen, dtype=torch.float64) * s).mean(0)  # batch mean of per-sample noise
         (0.5 * x @ A @ x + xi @ x).backward()
         opt.step()
-        series.append(opt.state[x]["exp_avg_sq"] / (1 - 0.99 ** t))
+        series.append(opt.state[x]["exp_avg_sq"] / (1 - 0.99**t))
     assert torch.allclose(adapter_for(opt).estimate(opt, [("x", x)]).estimate["x"], series[-1], rtol=1e-14)
     late = torch.stack(series[1000:])
     mean, se = late.mean(0), _batch_se(late)
-    batch_moment = (A @ x0) ** 2 + s ** 2 / B
-    per_sample = (A @ x0) ** 2 + s ** 2
+    batch_moment = (A @ x0) ** 2 + s**2 / B
+    per_sample = (A @ x0) ** 2 + s**2
     assert ((mean - batch_moment).abs() <= 5 * se).all(), f"{mean} vs {batch_moment} (se {se})"
     assert ((per_sample - batch_moment) > 20 * se).all()
 
@@ -188,7 +191,7 @@ def test_ivon_hess_converges_to_diag_h_plus_its_documented_bias():
     mean, se = late.mean(0), _batch_se(late)
     h = mean
     diag = A.diagonal()
-    var_f = 2 * diag ** 2 + (A ** 2 * (h[:, None] + d) / (h[None, :] + d)).sum(1) - diag ** 2 + s ** 2 * ess * (h + d)
+    var_f = 2 * diag**2 + (A**2 * (h[:, None] + d) / (h[None, :] + d)).sum(1) - diag**2 + s**2 * ess * (h + d)
     bias = 0.5 * (1 - b) * (var_f + late.var(0)) / (h + d)
     assert ((mean - diag - bias).abs() <= 5 * se).all(), f"{mean} vs {diag} + {bias} (se {se})"
     assert (bias > 5 * se).all(), "the bias this test explains must be visible (leaving it out fails)"

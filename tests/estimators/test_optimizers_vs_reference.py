@@ -1,13 +1,14 @@
 """AdaHessian, Sophia-H and Sophia-G against the straight-line paper versions, step by step, float64."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
-
-from arturo_diag.estimators import AdaHessian, SophiaG, SophiaH, gnb_closure
 from estimator_cases import batches, cnn, functional_loss, mlp
 from reference_optimizers import adahessian_reference, sophia_reference
+
+from arturo_diag.estimators import AdaHessian, SophiaG, SophiaH, gnb_closure
 
 STEPS = 30
 TOL = 1e-12
@@ -45,8 +46,16 @@ def test_adahessian_matches_reference(case, weight_decay, k):
     loss_of, _ = functional_loss(model, data)
     hp = dict(lr=0.05, beta1=0.9, beta2=0.999, eps=1e-4, weight_decay=weight_decay, k=k, spatial=True)
     expected = adahessian_reference(loss_of, _theta(model), STEPS, torch.Generator().manual_seed(7), **hp)
-    opt = AdaHessian(model.parameters(), lr=0.05, betas=(0.9, 0.999), eps=1e-4, weight_decay=weight_decay,
-                     hessian_power=k, spatial_average=True, generator=torch.Generator().manual_seed(7))
+    opt = AdaHessian(
+        model.parameters(),
+        lr=0.05,
+        betas=(0.9, 0.999),
+        eps=1e-4,
+        weight_decay=weight_decay,
+        hessian_power=k,
+        spatial_average=True,
+        generator=torch.Generator().manual_seed(7),
+    )
     for t, (x, y) in enumerate(data, start=1):
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward(create_graph=True)
@@ -85,11 +94,20 @@ def test_sophia_h_matches_reference(k, probe, weight_decay):
     loss_of, _ = functional_loss(model, data)
     # gamma 2 (not the paper's 0.01) so that both branches of the clip occur on this small problem
     hp = dict(lr=0.02, beta1=0.96, beta2=0.99, gamma=2.0, eps=1e-12, weight_decay=weight_decay, k=k)
-    expected = sophia_reference(loss_of, _theta(model), STEPS, torch.Generator().manual_seed(3),
-                                estimator="hutchinson", probe=probe, **hp)
-    opt = SophiaH(model.parameters(), lr=0.02, betas=(0.96, 0.99), gamma=2.0, eps=1e-12,
-                  weight_decay=weight_decay, hessian_interval=k, probe=probe,
-                  generator=torch.Generator().manual_seed(3))
+    expected = sophia_reference(
+        loss_of, _theta(model), STEPS, torch.Generator().manual_seed(3), estimator="hutchinson", probe=probe, **hp
+    )
+    opt = SophiaH(
+        model.parameters(),
+        lr=0.02,
+        betas=(0.96, 0.99),
+        gamma=2.0,
+        eps=1e-12,
+        weight_decay=weight_decay,
+        hessian_interval=k,
+        probe=probe,
+        generator=torch.Generator().manual_seed(3),
+    )
     counts = [0, 0]
     for t, (x, y) in enumerate(data, start=1):
         opt.zero_grad(set_to_none=True)
@@ -109,11 +127,13 @@ def test_sophia_g_matches_reference(k):
     data = batches((4,), STEPS)
     loss_of, logits_of = functional_loss(model, data)
     hp = dict(lr=0.02, beta1=0.96, beta2=0.99, gamma=2.0, eps=1e-12, weight_decay=0.1, k=k)
-    expected = sophia_reference(loss_of, _theta(model), STEPS, torch.Generator().manual_seed(5),
-                                estimator="gnb", logits_of=logits_of, **hp)
+    expected = sophia_reference(
+        loss_of, _theta(model), STEPS, torch.Generator().manual_seed(5), estimator="gnb", logits_of=logits_of, **hp
+    )
     gen = torch.Generator().manual_seed(5)
-    opt = SophiaG(model.parameters(), lr=0.02, betas=(0.96, 0.99), gamma=2.0, eps=1e-12, weight_decay=0.1,
-                  hessian_interval=k)
+    opt = SophiaG(
+        model.parameters(), lr=0.02, betas=(0.96, 0.99), gamma=2.0, eps=1e-12, weight_decay=0.1, hessian_interval=k
+    )
     counts = [0, 0]
     for t, (x, y) in enumerate(data, start=1):
         opt.zero_grad(set_to_none=True)

@@ -4,19 +4,18 @@ Everything is float64. A "case" is a tiny model plus a fixed stream of random mi
 driver computes the minibatch gradient once per step at the optimizer's weights (after checking
 they equal the reference's) and feeds that same gradient to ``Arturo`` and to the reference.
 """
+
 from __future__ import annotations
 
 import math
 
 import torch
-from torch import nn
-
 from arturo_reference import ArturoReference
+from torch import nn
 
 RTOL = 1e-10
 ATOL = 1e-12
-STATE_KEYS = ("step", "mean", "precision", "curvature", "intercept",
-              "filter_cov_bb", "filter_cov_ba", "filter_cov_aa")
+STATE_KEYS = ("step", "mean", "precision", "curvature", "intercept", "filter_cov_bb", "filter_cov_ba", "filter_cov_aa")
 
 
 # ---------------------------------------------------------------- models and data
@@ -86,16 +85,18 @@ def reference_for(opt, *, kl="decoupled", fixed_eta=None, hyper=None):
 # ---------------------------------------------------------------- comparison
 def _close(got, expected, what):
     # A cheap check first; torch.testing's (slow) comparison only to explain a failure.
-    if (got.shape == expected.shape and got.dtype == expected.dtype
-            and bool(((got - expected).abs() <= ATOL + RTOL * expected.abs()).all())):
+    if (
+        got.shape == expected.shape
+        and got.dtype == expected.dtype
+        and bool(((got - expected).abs() <= ATOL + RTOL * expected.abs()).all())
+    ):
         return
     torch.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL, msg=lambda m: f"{what}: {m}")
 
 
 def _scalar_close(got, expected, what):
     got, expected = float(got), float(expected)
-    assert math.isclose(got, expected, rel_tol=RTOL, abs_tol=ATOL), \
-        f"{what}: got {got!r}, expected {expected!r}"
+    assert math.isclose(got, expected, rel_tol=RTOL, abs_tol=ATOL), f"{what}: got {got!r}, expected {expected!r}"
 
 
 def compare_weights(opt, ref, when):
@@ -117,15 +118,17 @@ def compare_step(opt, ref, when, *, bracket=True):
     if bracket:
         _scalar_close(last["eta_lo"], ref.eta_lo, f"{when} eta_lo")
         _scalar_close(last["eta_hi"], ref.eta_hi, f"{when} eta_hi")
-    assert int(last["iterations"]) == ref.iterations, \
+    assert int(last["iterations"]) == ref.iterations, (
         f"{when} iterations: got {last['iterations']}, expected {ref.iterations}"
+    )
     _scalar_close(last["kl_ratio"], ref.kl_ratio, f"{when} kl_ratio")
     _scalar_close(last["kl_bound"], ref.kl_bound, f"{when} kl_bound")
-    assert int(last["precision_nonpos"]) == ref.precision_nonpos, \
+    assert int(last["precision_nonpos"]) == ref.precision_nonpos, (
         f"{when} precision_nonpos: got {last['precision_nonpos']}, expected {ref.precision_nonpos}"
-    assert int(last["denominator_nonpos"]) == ref.denominator_nonpos, \
-        f"{when} denominator_nonpos: got {last['denominator_nonpos']}, " \
-        f"expected {ref.denominator_nonpos}"
+    )
+    assert int(last["denominator_nonpos"]) == ref.denominator_nonpos, (
+        f"{when} denominator_nonpos: got {last['denominator_nonpos']}, expected {ref.denominator_nonpos}"
+    )
     for gi, group in enumerate(opt.param_groups):
         for pj, p in enumerate(group["params"]):
             key = (gi, pj)
@@ -137,20 +140,21 @@ def compare_step(opt, ref, when, *, bracket=True):
                 assert name in st, f"{when} state key {name!r} missing for [{gi}][{pj}]"
                 expected = ref.state[key][name]
                 if name == "step":
-                    assert float(st[name]) == float(expected), \
+                    assert float(st[name]) == float(expected), (
                         f"{when} state step [{gi}][{pj}]: got {st[name]}, expected {expected}"
+                    )
                 else:
                     _close(st[name], expected, f"{when} state {name} [{gi}][{pj}]")
 
 
 def gradients(opt):
     """The gradients currently on ``opt``'s parameters, cloned, one list per group."""
-    return [[None if p.grad is None else p.grad.detach().clone() for p in group["params"]]
-            for group in opt.param_groups]
+    return [
+        [None if p.grad is None else p.grad.detach().clone() for p in group["params"]] for group in opt.param_groups
+    ]
 
 
-def run_against_reference(case, opt, ref, steps, *, scheduler=None, lr_of_step=None,
-                          skip=None, bracket=True):
+def run_against_reference(case, opt, ref, steps, *, scheduler=None, lr_of_step=None, skip=None, bracket=True):
     """Run ``steps`` steps of ``opt`` and ``ref`` on the same gradients, comparing after each.
 
     ``lr_of_step(k)`` (k 1-based) gives the list of group lrs the reference uses at step k
@@ -163,8 +167,9 @@ def run_against_reference(case, opt, ref, steps, *, scheduler=None, lr_of_step=N
             lrs = lr_of_step(k)
             for gi, lr in enumerate(lrs):
                 ref.groups[gi]["lr"] = lr
-                assert math.isclose(float(opt.param_groups[gi]["lr"]), lr, rel_tol=1e-15), \
+                assert math.isclose(float(opt.param_groups[gi]["lr"]), lr, rel_tol=1e-15), (
                     f"scheduler lr at step {k}: {opt.param_groups[gi]['lr']} vs {lr}"
+                )
         x, y = case.minibatch()
         opt.zero_grad(set_to_none=True)
         case.loss(x, y).backward()

@@ -16,10 +16,10 @@ weights"; the state's "mean" is a separate tensor, as in a torch optimizer's sta
 hyperparameter is read per group except the ones that are global by ARTURO.md: the KL bound
 ``eps`` (first group's ``lr``), ``eta_tol`` (first group's), and the ablation switches.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 
@@ -53,7 +53,7 @@ class ArturoReference:
             full.update(group)
             self.groups.append(full)
         self.state = {}  # (group index, parameter index) -> dict of state tensors
-        self.eta_prev: Optional[float] = None  # eta of the previous step
+        self.eta_prev: float | None = None  # eta of the previous step
         # What the last step reports.
         self.eta = None
         self.eta_lo = None
@@ -88,8 +88,7 @@ class ArturoReference:
             mu_new = self.new_mean(eta, mu, pi, st["curvature"], st["intercept"], c)
             part = pi * (mu_new - mu) ** 2
             if self.kl == "coupled":
-                pi_new = self.new_precision(eta, pi, st["curvature"], c,
-                                            group["reg_weight"], group["nu"])
+                pi_new = self.new_precision(eta, pi, st["curvature"], c, group["reg_weight"], group["nu"])
                 ratio = pi / pi_new
                 part = part + ratio - 1.0 - torch.log(ratio)
             total += 0.5 * float(part.sum())
@@ -150,16 +149,16 @@ class ArturoReference:
                 p_aa = st["filter_cov_aa"] + q
 
                 # 2. Filter update with h = [1, theta] and observation g.
-                s = p_bb + 2.0 * theta * p_ba + theta ** 2 * p_aa + r
+                s = p_bb + 2.0 * theta * p_ba + theta**2 * p_aa + r
                 k_b = (p_bb + theta * p_ba) / s
                 k_a = (p_ba + theta * p_aa) / s
                 a, b = st["curvature"], st["intercept"]
                 d = g - (a * theta + b)
                 st["intercept"] = b + k_b * d
                 st["curvature"] = a + k_a * d
-                st["filter_cov_bb"] = p_bb - k_b ** 2 * s
+                st["filter_cov_bb"] = p_bb - k_b**2 * s
                 st["filter_cov_ba"] = p_ba - k_b * k_a * s
-                st["filter_cov_aa"] = p_aa - k_a ** 2 * s
+                st["filter_cov_aa"] = p_aa - k_a**2 * s
                 st["step"] += 1
                 if oracle is not None and key in oracle:
                     st["curvature"] = oracle[key].detach().to(torch.float64).clone()
@@ -220,8 +219,7 @@ class ArturoReference:
         return eta
 
 
-def batch_filter_posterior(g1, thetas, grads, *, start_filter_cov, measurement_noise,
-                           a0=0.1):
+def batch_filter_posterior(g1, thetas, grads, *, start_filter_cov, measurement_noise, a0=0.1):
     """The filter's state after n updates with no drift (q = 0), solved as one batch problem.
 
     ARTURO.md step 2 with q = 0 is recursive least squares, i.e. exact Bayesian linear regression
@@ -238,8 +236,10 @@ def batch_filter_posterior(g1, thetas, grads, *, start_filter_cov, measurement_n
     shape = g1.shape
     n, dim = thetas.shape
     p0, r = float(start_filter_cov), float(measurement_noise)
-    out = {k: torch.empty(dim, dtype=torch.float64)
-           for k in ("intercept", "curvature", "filter_cov_bb", "filter_cov_ba", "filter_cov_aa")}
+    out = {
+        k: torch.empty(dim, dtype=torch.float64)
+        for k in ("intercept", "curvature", "filter_cov_bb", "filter_cov_ba", "filter_cov_aa")
+    }
     g1_flat = g1.reshape(-1).to(torch.float64)
     for j in range(dim):
         H = torch.stack([torch.ones(n, dtype=torch.float64), thetas[:, j]], dim=1)
@@ -258,5 +258,4 @@ def batch_filter_posterior(g1, thetas, grads, *, start_filter_cov, measurement_n
 def gaussian_kl(mu_new, pi_new, mu, pi):
     """KL(N(mu_new, 1/pi_new) || N(mu, 1/pi)), summed over coordinates (textbook formula)."""
     var_new, var = 1.0 / pi_new, 1.0 / pi
-    return float(0.5 * (var_new / var + (mu_new - mu) ** 2 / var - 1.0
-                        + torch.log(var / var_new)).sum())
+    return float(0.5 * (var_new / var + (mu_new - mu) ** 2 / var - 1.0 + torch.log(var / var_new)).sum())

@@ -1,4 +1,5 @@
 """Bad constructor arguments raise ValueError naming the argument (torch.optim convention)."""
+
 from __future__ import annotations
 
 import math
@@ -59,17 +60,26 @@ def test_fused_must_be_none_or_a_bool(value):
         Arturo(_param(), fused=value)
 
 
-@pytest.mark.parametrize("name, value", [("prior_prec", 0.0), ("weight_decay", 0.0),
-                                         ("dynamic_model_noise", 0.0), ("fixed_eta", 0.0),
-                                         ("nu", 0.0), ("reg_weight", 0.0)])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("prior_prec", 0.0),
+        ("weight_decay", 0.0),
+        ("dynamic_model_noise", 0.0),
+        ("fixed_eta", 0.0),
+        ("nu", 0.0),
+        ("reg_weight", 0.0),
+    ],
+)
 def test_boundary_values_are_allowed(name, value):
     """ARTURO.md: a flat prior (lam = 0), no decay, no drift (an ablation), eta fixed at 0
     (no trust region), no covariance penalty and no prior term are all meaningful."""
     Arturo(_param(), **{name: value})
 
 
-@pytest.mark.parametrize("name", ["fmnist_cnn", "fmnist_resnet18", "cifar10_cnn", "cifar100_cnn",
-                                  "cifar10_resnet34", "cifar100_resnet34"])
+@pytest.mark.parametrize(
+    "name", ["fmnist_cnn", "fmnist_resnet18", "cifar10_cnn", "cifar100_cnn", "cifar10_resnet34", "cifar100_resnet34"]
+)
 def test_presets_accept_overrides(name):
     opt = Arturo.from_preset(name, _param(), weight_decay=0.0, kl="coupled")
     assert opt.param_groups[0]["weight_decay"] == 0.0

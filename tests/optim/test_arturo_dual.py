@@ -5,25 +5,35 @@ filter's a, b and the committed mu', pi'); from those it computes K itself: the 
 K(eta) directly from the two Gaussians, and K at any trial eta (K(0) says whether the constraint
 binds; K at the reported bracket ends checks the bisection's stopping rule).
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
-
 from arturo_cases import Case, compare_step, gradients, reference_for
-from arturo_diag.optim import Arturo
 from arturo_reference import gaussian_kl
 
+from arturo_diag.optim import Arturo
+
 STEPS = 50
-DEFAULTS = dict(lr=0.08567456, reg_weight=0.05865662, prior_prec=0.0015, var_init=0.01, nu=1.3,
-                dynamic_model_noise=0.01739296, measurement_noise=2.81679116,
-                start_filter_cov=5e-5, weight_decay=1.5404e-6, eta_tol=0.5)
+DEFAULTS = dict(
+    lr=0.08567456,
+    reg_weight=0.05865662,
+    prior_prec=0.0015,
+    var_init=0.01,
+    nu=1.3,
+    dynamic_model_noise=0.01739296,
+    measurement_noise=2.81679116,
+    start_filter_cov=5e-5,
+    weight_decay=1.5404e-6,
+    eta_tol=0.5,
+)
 
 
 def _kl_at(eta, rows, hyper, kl):
     """K(eta) from the state before the step and the filter's a, b after it."""
     c = hyper["reg_weight"] * hyper["prior_prec"]
-    rho, nu = hyper["reg_weight"], hyper["nu"]
+    rho = hyper["reg_weight"]
     total = 0.0
     for mu, pi, a, b in rows:
         mu_new = (eta * pi * mu - b) / (a + c + eta * pi)
@@ -111,8 +121,7 @@ def test_bisection_result_obeys_its_stopping_rule(kind, kl):
         if hi < hi0:
             assert k_hi <= eps, f"step {k}: hi moved but K(hi)/eps = {k_hi / eps}"
         assert k_hi <= achieved * (1 + 1e-12) and achieved <= k_lo * (1 + 1e-12)
-        stopped_early = any(abs(v - eps) < 0.1 * eps for v, moved in
-                            ((k_lo, lo > lo0), (k_hi, hi < hi0)) if moved)
+        stopped_early = any(abs(v - eps) < 0.1 * eps for v, moved in ((k_lo, lo > lo0), (k_hi, hi < hi0)) if moved)
         assert hi - lo <= tol or stopped_early, f"step {k}: bracket [{lo}, {hi}]"
         assert last["iterations"] >= (1 if (lo > lo0 or hi < hi0) else 0)
     assert lo_moved >= 10
@@ -124,8 +133,9 @@ def test_exact_dual_with_weight_decay_and_two_groups_meets_the_bound():
     wd, lrs = 0.1, (0.01, 0.1)
     case = Case("mlp", seed=43)
     groups = [list(case.model.fc1.parameters()), list(case.model.fc2.parameters())]
-    opt = Arturo([{"params": groups[0], "lr": lrs[0]}, {"params": groups[1], "lr": lrs[1]}],
-                 dual="exact", weight_decay=wd)
+    opt = Arturo(
+        [{"params": groups[0], "lr": lrs[0]}, {"params": groups[1], "lr": lrs[1]}], dual="exact", weight_decay=wd
+    )
     hyper = dict(HYPER, weight_decay=wd)
     binding = 0
     for k in range(1, 31):
@@ -142,10 +152,8 @@ def test_exact_dual_with_weight_decay_and_two_groups_meets_the_bound():
         opt.zero_grad(set_to_none=True)
         case.loss(x, y).backward()
         opt.step()
-        rows = [(mu, pi, opt.state[p]["curvature"], opt.state[p]["intercept"])
-                for p, mu, pi in before]
-        achieved = sum(0.5 * float((pi * (opt.state[p]["mean"] - mu) ** 2).sum())
-                       for p, mu, pi in before)
+        rows = [(mu, pi, opt.state[p]["curvature"], opt.state[p]["intercept"]) for p, mu, pi in before]
+        achieved = sum(0.5 * float((pi * (opt.state[p]["mean"] - mu) ** 2).sum()) for p, mu, pi in before)
         assert opt.last_step["kl_bound"] == lrs[0]
         assert opt.last_step["kl_ratio"] == pytest.approx(achieved / lrs[0], rel=1e-9)
         if _kl_at(0.0, rows, hyper, "decoupled") > lrs[0]:

@@ -6,26 +6,42 @@ first gradient and a = 0.1, P = P0*I, and then runs the update with that same fi
 the equivalent batch problem is therefore: prior N((g_1, 0.1), P0*I), observations
 (theta_i, g_i), i = 1..n (the first included), each with noise variance r.
 """
+
 from __future__ import annotations
 
 import torch
+from arturo_cases import Case, compare_step, gradients, reference_for
+from arturo_reference import ArturoReference, batch_filter_posterior
 from torch import nn
 
-from arturo_cases import Case, compare_step, gradients, reference_for
 from arturo_diag.optim import Arturo
-from arturo_reference import ArturoReference, batch_filter_posterior
 
 F64 = torch.float64
-DEFAULTS = dict(lr=0.08567456, reg_weight=0.05865662, prior_prec=0.0015, var_init=0.01, nu=1.3,
-                dynamic_model_noise=0.01739296, measurement_noise=2.81679116,
-                start_filter_cov=5e-5, weight_decay=1.5404e-6, eta_tol=0.5)
+DEFAULTS = dict(
+    lr=0.08567456,
+    reg_weight=0.05865662,
+    prior_prec=0.0015,
+    var_init=0.01,
+    nu=1.3,
+    dynamic_model_noise=0.01739296,
+    measurement_noise=2.81679116,
+    start_filter_cov=5e-5,
+    weight_decay=1.5404e-6,
+    eta_tol=0.5,
+)
 FILTER_KEYS = ("intercept", "curvature", "filter_cov_bb", "filter_cov_ba", "filter_cov_aa")
 
 
 def _run_no_drift(kind, weight_decay, steps=30):
     lr, p0, r = 0.5, 1.0, 0.3
-    hyper = dict(lr=lr, dynamic_model_noise=0.0, start_filter_cov=p0, measurement_noise=r,
-                 var_init=1.0, weight_decay=weight_decay)
+    hyper = dict(
+        lr=lr,
+        dynamic_model_noise=0.0,
+        start_filter_cov=p0,
+        measurement_noise=r,
+        var_init=1.0,
+        weight_decay=weight_decay,
+    )
     case = Case(kind, seed=31)
     opt = Arturo(case.model.parameters(), **hyper)
     ref = reference_for(opt, hyper=[dict(DEFAULTS, **hyper)])
@@ -51,13 +67,14 @@ def _check_batch(opt, ref, params, thetas, grads, p0, r):
     for j, p in enumerate(params):
         spread = torch.stack(thetas[j]).std(dim=0)
         assert float(spread.min()) > 1e-4, "theta must vary for the regression to mean anything"
-        post = batch_filter_posterior(grads[j][0], thetas[j], grads[j], start_filter_cov=p0,
-                                      measurement_noise=r)
+        post = batch_filter_posterior(grads[j][0], thetas[j], grads[j], start_filter_cov=p0, measurement_noise=r)
         for name in FILTER_KEYS:
-            torch.testing.assert_close(opt.state[p][name], post[name], rtol=1e-9, atol=1e-12,
-                                       msg=lambda m: f"param {j} {name}: {m}")
-            torch.testing.assert_close(ref.state[(0, j)][name], post[name], rtol=1e-9,
-                                       atol=1e-12, msg=lambda m: f"reference {j} {name}: {m}")
+            torch.testing.assert_close(
+                opt.state[p][name], post[name], rtol=1e-9, atol=1e-12, msg=lambda m: f"param {j} {name}: {m}"
+            )
+            torch.testing.assert_close(
+                ref.state[(0, j)][name], post[name], rtol=1e-9, atol=1e-12, msg=lambda m: f"reference {j} {name}: {m}"
+            )
         # the data moved the estimate away from its prior
         assert float((post["curvature"] - 0.1).abs().max()) > 1e-3
 
@@ -77,8 +94,7 @@ def test_curvature_converges_to_the_diagonal_hessian_on_a_noisy_quadratic():
     d = torch.linspace(0.5, 5.0, n, dtype=F64)
     gen = torch.Generator().manual_seed(0)
     x = nn.Parameter(3.0 * torch.randn(n, generator=gen, dtype=F64))
-    hyper = dict(lr=0.05, dynamic_model_noise=1e-6, measurement_noise=sigma ** 2,
-                 start_filter_cov=1.0, weight_decay=0.0)
+    hyper = dict(lr=0.05, dynamic_model_noise=1e-6, measurement_noise=sigma**2, start_filter_cov=1.0, weight_decay=0.0)
     opt = Arturo([x], **hyper)
     ref = ArturoReference([dict(DEFAULTS, **hyper, params=[x.detach().clone()])])
     initial_error = float(((0.1 - d) / d).abs().max())
@@ -125,14 +141,19 @@ def test_oracle_curvature_replaces_the_estimate_after_the_filter():
         ref.step(g, oracle=None if h is None else {(0, 0): h})
         for j, p in enumerate(list(case.model.parameters())[1:], start=1):
             torch.testing.assert_close(
-                opt.state[p]["intercept"], ref.state[(0, j)]["intercept"], rtol=1e-10, atol=1e-12,
-                msg=lambda m: f"step {k}: parameter {j}, absent from the oracle mapping, should "
-                              f"keep the filter's intercept b: {m}")
+                opt.state[p]["intercept"],
+                ref.state[(0, j)]["intercept"],
+                rtol=1e-10,
+                atol=1e-12,
+                msg=lambda m: (
+                    f"step {k}: parameter {j}, absent from the oracle mapping, should "
+                    f"keep the filter's intercept b: {m}"
+                ),
+            )
         compare_step(opt, ref, f"step {k}")
         st = opt.state[weight]
         if h is not None:
             assert torch.equal(st["curvature"], h), f"step {k}"
-            torch.testing.assert_close(st["curvature"] * theta + st["intercept"], g[0][0],
-                                       rtol=1e-12, atol=1e-14)
+            torch.testing.assert_close(st["curvature"] * theta + st["intercept"], g[0][0], rtol=1e-12, atol=1e-14)
         else:
             assert not torch.equal(st["curvature"], h_once)

@@ -6,22 +6,32 @@ intercept) and feed the gradient the surrogate itself predicts, g = a*theta + b,
 innovation is zero, a and b stay as set, and K(eta) = 0.5*sum(pi*b^2/(a + c + eta*pi)^2) is known
 in closed form. The same state goes into the reference and both are compared too.
 """
+
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
+from arturo_cases import Case, compare_step, reference_for, run_against_reference
+from arturo_reference import ArturoReference
 from torch import nn
 
-from arturo_cases import Case, compare_step, reference_for, run_against_reference
 from arturo_diag.optim import Arturo
-from arturo_reference import ArturoReference
 
 F64 = torch.float64
-DEFAULTS = dict(lr=0.08567456, reg_weight=0.05865662, prior_prec=0.0015, var_init=0.01, nu=1.3,
-                dynamic_model_noise=0.01739296, measurement_noise=2.81679116,
-                start_filter_cov=5e-5, weight_decay=1.5404e-6, eta_tol=0.5)
+DEFAULTS = dict(
+    lr=0.08567456,
+    reg_weight=0.05865662,
+    prior_prec=0.0015,
+    var_init=0.01,
+    nu=1.3,
+    dynamic_model_noise=0.01739296,
+    measurement_noise=2.81679116,
+    start_filter_cov=5e-5,
+    weight_decay=1.5404e-6,
+    eta_tol=0.5,
+)
 
 
 def pair(weights, **hyper):
@@ -70,7 +80,7 @@ def started(n=4, **hyper):
 
 
 def k_closed_form(eta, *, n, pi, a, b, c=0.0):
-    return 0.5 * n * pi * b ** 2 / (a + c + eta * pi) ** 2
+    return 0.5 * n * pi * b**2 / (a + c + eta * pi) ** 2
 
 
 # ---------------------------------------------------------------- eta: 5/3 growth, floor, jump
@@ -145,8 +155,9 @@ def test_upper_end_of_the_bracket_is_capped_at_10000():
 
 
 # ---------------------------------------------------------------- midpoint of the final bracket
-@pytest.mark.parametrize("ratio_at_5000, expected_eta, lo, hi",
-                         [(1.05, 7500.0, 5000.0, 10000.0), (0.95, 2500.0, 0.0, 5000.0)])
+@pytest.mark.parametrize(
+    "ratio_at_5000, expected_eta, lo, hi", [(1.05, 7500.0, 5000.0, 10000.0), (0.95, 2500.0, 0.0, 5000.0)]
+)
 def test_first_step_returns_the_midpoint_not_the_last_trial(ratio_at_5000, expected_eta, lo, hi):
     """First step, weights 0: the filter sees theta = 0 and innovation g - (0.1*0 + g) = 0, so
     a = 0.1, b = g and K(eta) = 0.5*sum(pi*g^2/(0.1 + eta*pi)^2) (prior_prec 0, var_init 1).
@@ -186,7 +197,7 @@ def test_eta_is_always_the_midpoint_of_the_reported_bracket():
 def _filter_once(*, a, b, p_bb, p_ba, p_aa, theta, g, q, r):
     """ARTURO.md steps 1-2 for one observation; returns the new (a, b)."""
     p_bb, p_aa = p_bb + q, p_aa + q
-    s = p_bb + 2 * theta * p_ba + theta ** 2 * p_aa + r
+    s = p_bb + 2 * theta * p_ba + theta**2 * p_aa + r
     k_b, k_a = (p_bb + theta * p_ba) / s, (p_ba + theta * p_aa) / s
     d = g - (a * theta + b)
     return a + k_a * d, b + k_b * d
@@ -198,8 +209,7 @@ def test_first_step_mean_is_not_decayed_but_the_filter_sees_decayed_weights():
     torch.manual_seed(0)
     lr, wd, q, r, p0 = 0.2, 0.5, 0.01, 0.5, 0.1
     w0 = torch.randn(5, dtype=F64)
-    hyper = dict(lr=lr, weight_decay=wd, dynamic_model_noise=q, measurement_noise=r,
-                 start_filter_cov=p0)
+    hyper = dict(lr=lr, weight_decay=wd, dynamic_model_noise=q, measurement_noise=r, start_filter_cov=p0)
     w, opt, ref = pair(w0, **hyper)
     c = DEFAULTS["reg_weight"] * DEFAULTS["prior_prec"]
     pi0 = 1 / DEFAULTS["var_init"]
@@ -214,8 +224,7 @@ def test_first_step_mean_is_not_decayed_but_the_filter_sees_decayed_weights():
     a1, b1 = _filter_once(a=0.1, b=g1, p_bb=p0, p_ba=0.0, p_aa=p0, theta=theta1, g=g1, q=q, r=r)
     torch.testing.assert_close(st["curvature"], a1, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(st["intercept"], b1, rtol=1e-12, atol=1e-14)
-    a_undecayed, _ = _filter_once(a=0.1, b=g1, p_bb=p0, p_ba=0.0, p_aa=p0, theta=w0, g=g1,
-                                  q=q, r=r)
+    a_undecayed, _ = _filter_once(a=0.1, b=g1, p_bb=p0, p_ba=0.0, p_aa=p0, theta=w0, g=g1, q=q, r=r)
     assert not torch.allclose(st["curvature"], a_undecayed, rtol=1e-6)
 
     mean_from_undecayed = (eta * pi0 * w0 - b1) / (a1 + c + eta * pi0)
@@ -246,31 +255,30 @@ def test_weight_decay_uses_the_own_group_lr_and_eps_the_first_group_lr():
     u0, v0 = torch.randn(4, dtype=F64), torch.randn(3, dtype=F64)
     gu, gv = torch.randn(4, dtype=F64), torch.randn(3, dtype=F64)
     u, v = nn.Parameter(u0.clone()), nn.Parameter(v0.clone())
-    common = dict(weight_decay=wd, dynamic_model_noise=q, measurement_noise=r,
-                  start_filter_cov=p0)
+    common = dict(weight_decay=wd, dynamic_model_noise=q, measurement_noise=r, start_filter_cov=p0)
     opt = Arturo([{"params": [u], "lr": 0.01}, {"params": [v], "lr": 0.3}], **common)
-    ref = ArturoReference([dict(DEFAULTS, **common, lr=0.01, params=[u0.clone()]),
-                           dict(DEFAULTS, **common, lr=0.3, params=[v0.clone()])])
+    ref = ArturoReference(
+        [dict(DEFAULTS, **common, lr=0.01, params=[u0.clone()]), dict(DEFAULTS, **common, lr=0.3, params=[v0.clone()])]
+    )
     u.grad, v.grad = gu.clone(), gv.clone()
     opt.step()
     ref.step([[gu.clone()], [gv.clone()]])
     compare_step(opt, ref, "step 1")
 
     for p, p0_, g, lr in ((u, u0, gu, 0.01), (v, v0, gv, 0.3)):
-        a1, b1 = _filter_once(a=0.1, b=g, p_bb=p0, p_ba=0.0, p_aa=p0, theta=p0_ - lr * wd * p0_,
-                              g=g, q=q, r=r)
+        a1, b1 = _filter_once(a=0.1, b=g, p_bb=p0, p_ba=0.0, p_aa=p0, theta=p0_ - lr * wd * p0_, g=g, q=q, r=r)
         torch.testing.assert_close(opt.state[p]["curvature"], a1, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(opt.state[p]["intercept"], b1, rtol=1e-12, atol=1e-14)
 
     last = opt.last_step
     assert last["kl_bound"] == 0.01
     pi0 = 1 / DEFAULTS["var_init"]
-    k = sum(0.5 * float((pi0 * (opt.state[p]["mean"] - p0_) ** 2).sum())
-            for p, p0_ in ((u, u0), (v, v0)))
+    k = sum(0.5 * float((pi0 * (opt.state[p]["mean"] - p0_) ** 2).sum()) for p, p0_ in ((u, u0), (v, v0)))
     assert last["kl_ratio"] == pytest.approx(k / 0.01, rel=1e-10)
     # The same problem with eps read from the second group would give another eta.
-    other = ArturoReference([dict(DEFAULTS, **common, lr=0.3, params=[u0.clone()]),
-                             dict(DEFAULTS, **common, lr=0.3, params=[v0.clone()])])
+    other = ArturoReference(
+        [dict(DEFAULTS, **common, lr=0.3, params=[u0.clone()]), dict(DEFAULTS, **common, lr=0.3, params=[v0.clone()])]
+    )
     other.step([[gu.clone()], [gv.clone()]])
     assert other.eta != last["eta"]
 

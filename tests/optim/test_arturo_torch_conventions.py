@@ -1,15 +1,16 @@
 """Arturo behaves like a torch.optim optimizer (cf. torch's own test_optim generic tests):
 state_dict round trips, deepcopy, hooks, missing gradients, tensor lr, repr, closures,
 determinism, float32."""
+
 from __future__ import annotations
 
 import copy
 
 import pytest
 import torch
+from arturo_cases import STATE_KEYS, Case
 from torch import nn
 
-from arturo_cases import STATE_KEYS, Case
 from arturo_diag.optim import Arturo
 
 HYPER = dict(weight_decay=0.05)
@@ -65,8 +66,7 @@ def test_state_dict_round_trip_into_a_fresh_optimizer(kind, named):
     assert opt2.eta == full.eta
     for p2, p in zip(fresh.model.parameters(), [q for g in full.param_groups for q in g["params"]]):
         for key in STATE_KEYS:
-            assert torch.equal(torch.as_tensor(opt2.state[p2][key]),
-                               torch.as_tensor(full.state[p][key])), key
+            assert torch.equal(torch.as_tensor(opt2.state[p2][key]), torch.as_tensor(full.state[p][key])), key
 
 
 @pytest.mark.parametrize("named", [False, True])
@@ -119,7 +119,8 @@ def test_deepcopy_continues_bit_identically():
     model2, opt2 = copy.deepcopy((case.model, opt))
     assert opt2.eta == opt.eta, (
         f"deepcopy lost eta: copy has {opt2.eta!r}, original {opt.eta!r}; the copy's next "
-        "bracket would restart at [0, 10000] instead of [eta/3, 3*eta]")
+        "bracket would restart at [0, 10000] instead of [eta/3, 3*eta]"
+    )
     for p, p2 in zip(case.model.parameters(), model2.parameters()):
         assert p2 is not p
         assert opt2.state[p2]["mean"].data_ptr() != opt.state[p]["mean"].data_ptr()
@@ -265,9 +266,9 @@ def test_add_param_group_fills_defaults_and_steps():
     assert all(float(opt.state[p]["step"]) == 3 for p in case.model.parameters())
 
 
-@pytest.mark.parametrize("kind, kl, lr", [("mlp", "decoupled", 0.08567456),
-                                          ("cnn", "decoupled", 0.002),
-                                          ("cnn", "coupled", 0.08567456)])
+@pytest.mark.parametrize(
+    "kind, kl, lr", [("mlp", "decoupled", 0.08567456), ("cnn", "decoupled", 0.002), ("cnn", "coupled", 0.08567456)]
+)
 def test_float32_tracks_the_float64_reference(kind, kl, lr):
     """float32 (the kernels' other dtype) stays within float32 accuracy of the float64 reference
     over 20 steps. A bisection decision that flips on rounding would show as an eta jump; these
@@ -277,9 +278,18 @@ def test_float32_tracks_the_float64_reference(kind, kl, lr):
     case = Case(kind, seed=70)
     case.model.float()
     opt = Arturo(case.model.parameters(), kl=kl, lr=lr, weight_decay=0.01)
-    hyper = dict(lr=lr, reg_weight=0.05865662, prior_prec=0.0015, var_init=0.01, nu=1.3,
-                 dynamic_model_noise=0.01739296, measurement_noise=2.81679116,
-                 start_filter_cov=5e-5, weight_decay=0.01, eta_tol=0.5)
+    hyper = dict(
+        lr=lr,
+        reg_weight=0.05865662,
+        prior_prec=0.0015,
+        var_init=0.01,
+        nu=1.3,
+        dynamic_model_noise=0.01739296,
+        measurement_noise=2.81679116,
+        start_filter_cov=5e-5,
+        weight_decay=0.01,
+        eta_tol=0.5,
+    )
     ref = reference_for(opt, hyper=[hyper], kl=kl)
     for k in range(1, 21):
         x, y = case.minibatch()

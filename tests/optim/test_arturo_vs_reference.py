@@ -4,29 +4,66 @@ Each test runs 60 steps on a tiny MLP or CNN with random minibatches and compare
 step: weights, eta, its final bracket, the number of K evaluations, K(eta)/eps, the KL bound, the
 non-positive precision/denominator counts, and every state tensor (rtol 1e-10, atol 1e-12).
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
-
 from arturo_cases import Case, reference_for, run_against_reference
+
 from arturo_diag.optim import Arturo
 
 STEPS = 60
 
 # ARTURO.md, "Published settings" (kl_bound is lr), typed literally; eta_tol is 0.5 everywhere.
-FMNIST = dict(lr=0.08567456, reg_weight=0.05865662, prior_prec=0.0015, var_init=0.01, nu=1.3,
-              dynamic_model_noise=0.01739296, measurement_noise=2.81679116,
-              start_filter_cov=5e-5, weight_decay=1.5404e-6, eta_tol=0.5)
-CIFAR_CNN = dict(lr=0.00278750, reg_weight=0.29678596, prior_prec=0.0015, var_init=0.01, nu=1.3,
-                 dynamic_model_noise=0.00245526, measurement_noise=1.21975001,
-                 start_filter_cov=5e-5, weight_decay=0.0, eta_tol=0.5)
-CIFAR10_RESNET34 = dict(lr=0.00713292, reg_weight=1.59735443, prior_prec=0.0015, var_init=0.01,
-                        nu=1.3, dynamic_model_noise=0.08938099, measurement_noise=9.32844002,
-                        start_filter_cov=5e-5, weight_decay=7.0291e-4, eta_tol=0.5)
-CIFAR100_RESNET34 = dict(lr=0.00723373, reg_weight=1.67676999, prior_prec=0.0015, var_init=0.01,
-                         nu=1.3, dynamic_model_noise=0.00977875, measurement_noise=4.82203163,
-                         start_filter_cov=5e-5, weight_decay=0.0, eta_tol=0.5)
+FMNIST = dict(
+    lr=0.08567456,
+    reg_weight=0.05865662,
+    prior_prec=0.0015,
+    var_init=0.01,
+    nu=1.3,
+    dynamic_model_noise=0.01739296,
+    measurement_noise=2.81679116,
+    start_filter_cov=5e-5,
+    weight_decay=1.5404e-6,
+    eta_tol=0.5,
+)
+CIFAR_CNN = dict(
+    lr=0.00278750,
+    reg_weight=0.29678596,
+    prior_prec=0.0015,
+    var_init=0.01,
+    nu=1.3,
+    dynamic_model_noise=0.00245526,
+    measurement_noise=1.21975001,
+    start_filter_cov=5e-5,
+    weight_decay=0.0,
+    eta_tol=0.5,
+)
+CIFAR10_RESNET34 = dict(
+    lr=0.00713292,
+    reg_weight=1.59735443,
+    prior_prec=0.0015,
+    var_init=0.01,
+    nu=1.3,
+    dynamic_model_noise=0.08938099,
+    measurement_noise=9.32844002,
+    start_filter_cov=5e-5,
+    weight_decay=7.0291e-4,
+    eta_tol=0.5,
+)
+CIFAR100_RESNET34 = dict(
+    lr=0.00723373,
+    reg_weight=1.67676999,
+    prior_prec=0.0015,
+    var_init=0.01,
+    nu=1.3,
+    dynamic_model_noise=0.00977875,
+    measurement_noise=4.82203163,
+    start_filter_cov=5e-5,
+    weight_decay=0.0,
+    eta_tol=0.5,
+)
 PRESETS = {
     "fmnist_cnn": FMNIST,
     "fmnist_resnet18": FMNIST,
@@ -54,17 +91,15 @@ def test_preset_with_two_groups_decay_and_multistep_lr_matches_reference(name):
     case = Case("cnn", seed=12)
     first, second = _two_groups(case.model)
     eps = PRESETS[name]["lr"]
-    opt = Arturo.from_preset(name, [{"params": first}, {"params": second, "lr": 3 * eps}],
-                             weight_decay=1e-3)
+    opt = Arturo.from_preset(name, [{"params": first}, {"params": second, "lr": 3 * eps}], weight_decay=1e-3)
     milestones, gamma = [20, 35], 0.006
     scheduler = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=gamma)
-    hyper = [dict(PRESETS[name], weight_decay=1e-3),
-             dict(PRESETS[name], weight_decay=1e-3, lr=3 * eps)]
+    hyper = [dict(PRESETS[name], weight_decay=1e-3), dict(PRESETS[name], weight_decay=1e-3, lr=3 * eps)]
     ref = reference_for(opt, hyper=hyper)
 
     def lr_of_step(k):
         drops = sum(1 for m in milestones if m <= k - 1)
-        return [eps * gamma ** drops, 3 * eps * gamma ** drops]
+        return [eps * gamma**drops, 3 * eps * gamma**drops]
 
     run_against_reference(case, opt, ref, STEPS, scheduler=scheduler, lr_of_step=lr_of_step)
 
@@ -95,8 +130,7 @@ def _two_groups(model):
 def test_two_groups_with_different_lr_match_reference(kind):
     case = Case(kind, seed=4)
     first, second = _two_groups(case.model)
-    opt = Arturo([{"params": first, "lr": 0.02}, {"params": second, "lr": 0.2}],
-                 weight_decay=0.1)
+    opt = Arturo([{"params": first, "lr": 0.02}, {"params": second, "lr": 0.2}], weight_decay=0.1)
     hyper = [dict(DEFAULTS, lr=0.02, weight_decay=0.1), dict(DEFAULTS, lr=0.2, weight_decay=0.1)]
     ref = reference_for(opt, hyper=hyper)
     run_against_reference(case, opt, ref, STEPS)
@@ -105,12 +139,28 @@ def test_two_groups_with_different_lr_match_reference(kind):
 def test_per_group_hyperparameters_are_honoured():
     case = Case("mlp", seed=5)
     first, second = _two_groups(case.model)
-    g0 = dict(lr=0.03, reg_weight=0.2, prior_prec=0.01, var_init=0.05, nu=0.7,
-              dynamic_model_noise=0.001, measurement_noise=0.5, start_filter_cov=0.01,
-              weight_decay=0.05)
-    g1 = dict(lr=0.1, reg_weight=1.5, prior_prec=0.0, var_init=0.002, nu=2.5,
-              dynamic_model_noise=0.05, measurement_noise=4.0, start_filter_cov=1e-3,
-              weight_decay=0.0)
+    g0 = dict(
+        lr=0.03,
+        reg_weight=0.2,
+        prior_prec=0.01,
+        var_init=0.05,
+        nu=0.7,
+        dynamic_model_noise=0.001,
+        measurement_noise=0.5,
+        start_filter_cov=0.01,
+        weight_decay=0.05,
+    )
+    g1 = dict(
+        lr=0.1,
+        reg_weight=1.5,
+        prior_prec=0.0,
+        var_init=0.002,
+        nu=2.5,
+        dynamic_model_noise=0.05,
+        measurement_noise=4.0,
+        start_filter_cov=1e-3,
+        weight_decay=0.0,
+    )
     opt = Arturo([dict(g0, params=first), dict(g1, params=second)])
     ref = reference_for(opt, hyper=[dict(g0, eta_tol=0.5), dict(g1, eta_tol=0.5)])
     run_against_reference(case, opt, ref, STEPS)
@@ -120,8 +170,7 @@ def test_per_group_hyperparameters_are_honoured():
 def test_multistep_lr_schedules_the_kl_bound(kind):
     case = Case(kind, seed=6)
     first, second = _two_groups(case.model)
-    opt = Arturo([{"params": first, "lr": 0.05}, {"params": second, "lr": 0.2}],
-                 weight_decay=0.01)
+    opt = Arturo([{"params": first, "lr": 0.05}, {"params": second, "lr": 0.2}], weight_decay=0.01)
     milestones, gamma = [20, 35], 0.006
     scheduler = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=gamma)
     hyper = [dict(DEFAULTS, lr=0.05, weight_decay=0.01), dict(DEFAULTS, lr=0.2, weight_decay=0.01)]
@@ -129,10 +178,10 @@ def test_multistep_lr_schedules_the_kl_bound(kind):
 
     def lr_of_step(k):  # the scheduler has been stepped k-1 times before step k
         drops = sum(1 for m in milestones if m <= k - 1)
-        return [0.05 * gamma ** drops, 0.2 * gamma ** drops]
+        return [0.05 * gamma**drops, 0.2 * gamma**drops]
 
     run_against_reference(case, opt, ref, STEPS, scheduler=scheduler, lr_of_step=lr_of_step)
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.05 * gamma ** 2, rel=1e-14)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05 * gamma**2, rel=1e-14)
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
@@ -174,8 +223,7 @@ def test_parameters_without_gradient_are_skipped_like_the_reference():
     starts (with an undecayed mean) at the first step it has one."""
     case = Case("mlp", seed=11)
     first, second = _two_groups(case.model)
-    opt = Arturo([{"params": first, "lr": 0.05}, {"params": second, "lr": 0.1}],
-                 weight_decay=0.2)
+    opt = Arturo([{"params": first, "lr": 0.05}, {"params": second, "lr": 0.1}], weight_decay=0.2)
     hyper = [dict(DEFAULTS, lr=0.05, weight_decay=0.2), dict(DEFAULTS, lr=0.1, weight_decay=0.2)]
     ref = reference_for(opt, hyper=hyper)
 

@@ -1,4 +1,5 @@
 """The fused CPU kernels against the eager kernels, in float64 (as torch tests foreach vs for-loop)."""
+
 import pytest
 import torch
 
@@ -9,8 +10,9 @@ pytestmark = pytest.mark.skipif(not _fused_cpu.AVAILABLE, reason="numba not inst
 
 def _train(fused, steps=60, **kwargs):
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.ReLU(), torch.nn.Flatten(),
-                                torch.nn.Linear(3 * 4 * 4, 4)).double()
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 3, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 4)
+    ).double()
     optimizer = Arturo(model.parameters(), fused=fused, **kwargs)
     x = torch.randn(32, 1, 6, 6, dtype=torch.float64)
     y = torch.randint(0, 4, (32,))
@@ -23,12 +25,15 @@ def _train(fused, steps=60, **kwargs):
     return model, optimizer, trace
 
 
-@pytest.mark.parametrize("kwargs", [
-    {},
-    {"weight_decay": 0.05},
-    {"dual": "exact"},
-    {"dynamic_model_noise": 0.0},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"weight_decay": 0.05},
+        {"dual": "exact"},
+        {"dynamic_model_noise": 0.0},
+    ],
+)
 def test_fused_matches_eager_float64(kwargs):
     m_eager, o_eager, t_eager = _train(False, **kwargs)
     m_fused, o_fused, t_fused = _train(None, **kwargs)
@@ -52,8 +57,9 @@ def _train_indefinite_quadratic(fused, guard, steps=40):
     generator = torch.Generator().manual_seed(3)
     d = torch.linspace(-2.0, 3.0, 50, dtype=torch.float64)
     x = torch.nn.Parameter(torch.randn(50, dtype=torch.float64, generator=generator))
-    optimizer = Arturo([x], lr=0.5, fused=fused, guard=guard, measurement_noise=0.01,
-                       dynamic_model_noise=1e-3, start_filter_cov=1.0)
+    optimizer = Arturo(
+        [x], lr=0.5, fused=fused, guard=guard, measurement_noise=0.01, dynamic_model_noise=1e-3, start_filter_cov=1.0
+    )
     trace = []
     for _ in range(steps):
         x.grad = d * x.detach() + 0.01 * torch.randn(50, dtype=torch.float64, generator=generator)
@@ -90,6 +96,7 @@ def test_fused_float32_close_to_eager():
             torch.nn.functional.cross_entropy(model(x), y).backward()
             optimizer.step()
         return model
+
     for a, b in zip(run(False).parameters(), run(None).parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
@@ -142,11 +149,17 @@ def test_fused_true_raises_when_it_cannot_apply_for_the_whole_run(monkeypatch):
 
     with pytest.raises(ValueError, match=r"^fused: got True; the fused kernels run the decoupled KL; kl='coupled'$"):
         Arturo(param(), fused=True, kl="coupled")
-    with pytest.raises(ValueError, match=r"^fused: got True; the fused kernels take float32 or float64; "
-                                         r"the parameters are bfloat16$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^fused: got True; the fused kernels take float32 or float64; "
+        r"the parameters are bfloat16$",
+    ):
         Arturo(param(torch.bfloat16), fused=True)
-    with pytest.raises(ValueError, match=r"^fused: got True; the fused kernels run on the CPU; the parameters "
-                                         r"are on meta$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^fused: got True; the fused kernels run on the CPU; the parameters "
+        r"are on meta$",
+    ):
         Arturo(param(device="meta"), fused=True)
     # None quietly takes the eager kernels in the same cases
     for optimizer in (Arturo(param(), kl="coupled"), Arturo(param(torch.bfloat16))):
@@ -168,16 +181,19 @@ def test_fused_true_raises_when_it_cannot_apply_for_the_whole_run(monkeypatch):
 def test_fused_reads_non_contiguous_weights_and_gradients_like_eager():
     """The fused prepare reads each parameter and gradient in place; a channels-last weight and a
     transposed gradient take its copy path and must give the eager numbers."""
+
     def run(fused):
         generator = torch.Generator().manual_seed(5)
-        weight = torch.nn.Parameter(torch.randn(4, 3, 3, 3, dtype=torch.float64, generator=generator)
-                                    .to(memory_format=torch.channels_last))
+        weight = torch.nn.Parameter(
+            torch.randn(4, 3, 3, 3, dtype=torch.float64, generator=generator).to(memory_format=torch.channels_last)
+        )
         matrix = torch.nn.Parameter(torch.randn(6, 5, dtype=torch.float64, generator=generator))
         optimizer = Arturo([weight, matrix], fused=fused, weight_decay=0.01)
         paths = []
         for _ in range(6):
             weight.grad = torch.randn(weight.shape, dtype=torch.float64, generator=generator).to(
-                memory_format=torch.channels_last)
+                memory_format=torch.channels_last
+            )
             matrix.grad = torch.randn(5, 6, dtype=torch.float64, generator=generator).t()
             optimizer.step()
             paths.append(optimizer.last_step["path"])

@@ -3,6 +3,7 @@
 The TOML files in ``experiments/presets/`` are copies checked here, the run config resolves its
 ``preset`` field from the same table, and ``optim`` reads no file of the project's layout.
 """
+
 from __future__ import annotations
 
 import ast
@@ -38,9 +39,18 @@ PUBLISHED = {
 def test_the_table_is_arturo_md():
     assert PRESET_NAMES == tuple(PUBLISHED)
     for name, (eps, rho, q, r, wd) in PUBLISHED.items():
-        assert dict(PRESETS[name]) == {"lr": eps, "reg_weight": rho, "prior_prec": 0.0015, "var_init": 0.01,
-                                       "nu": 1.3, "dynamic_model_noise": q, "measurement_noise": r,
-                                       "start_filter_cov": 5e-5, "eta_tol": 0.5, "weight_decay": wd}, name
+        assert dict(PRESETS[name]) == {
+            "lr": eps,
+            "reg_weight": rho,
+            "prior_prec": 0.0015,
+            "var_init": 0.01,
+            "nu": 1.3,
+            "dynamic_model_noise": q,
+            "measurement_noise": r,
+            "start_filter_cov": 5e-5,
+            "eta_tol": 0.5,
+            "weight_decay": wd,
+        }, name
         assert LR_GAMMA[name] == 0.006
 
 
@@ -57,8 +67,9 @@ def test_run_config_resolves_from_the_table(name):
     from arturo_diag.training.config import RunConfig
 
     resolved = RunConfig(preset=name).resolved()
-    assert resolved.arturo_kwargs() == dict(PRESETS[name], kl="decoupled", dual="bisection", fixed_eta=None,
-                                            guard=False)
+    assert resolved.arturo_kwargs() == dict(
+        PRESETS[name], kl="decoupled", dual="bisection", fixed_eta=None, guard=False
+    )
     assert resolved.lr_gamma == LR_GAMMA[name]
 
 
@@ -82,8 +93,10 @@ def test_load_preset_returns_a_copy_and_the_table_is_read_only():
 def test_unknown_preset_names_it_and_the_allowed_ones():
     with pytest.raises(ValueError) as info:
         load_preset("imagenet_vit")
-    assert str(info.value) == ("preset: got 'imagenet_vit'; allowed: fmnist_cnn, fmnist_resnet18, cifar10_cnn, "
-                               "cifar100_cnn, cifar10_resnet34, cifar100_resnet34")
+    assert str(info.value) == (
+        "preset: got 'imagenet_vit'; allowed: fmnist_cnn, fmnist_resnet18, cifar10_cnn, "
+        "cifar100_cnn, cifar10_resnet34, cifar100_resnet34"
+    )
 
 
 def _imports(path: Path) -> set[str]:
@@ -99,8 +112,19 @@ def _imports(path: Path) -> set[str]:
 
 def test_optim_imports_nothing_of_the_project_and_no_file_access():
     """DESIGN.md: optim is a torch optimizer anyone can copy out (relative imports only, no files)."""
-    allowed = {"__future__", "collections", "inspect", "math", "os", "sys", "types", "typing", "numpy", "torch",
-               "numba"}
+    allowed = {
+        "__future__",
+        "collections",
+        "inspect",
+        "math",
+        "os",
+        "sys",
+        "types",
+        "typing",
+        "numpy",
+        "torch",
+        "numba",
+    }
     files = sorted(OPTIM_DIR.glob("*.py"))
     assert len(files) >= 4
     for path in files:

@@ -4,15 +4,16 @@ nothing that looks complete.
 A case runs the CLI in process (typer's CliRunner keeps stdout and stderr apart) unless it needs
 a real process (signals, locks held by another process): then :func:`run_process`.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from typer.testing import CliRunner
 
@@ -21,8 +22,24 @@ from cli.app import app
 ROOT = Path(__file__).resolve().parents[2]
 
 #: Small settings of `compare` that train in well under a second.
-TINY = ("--model", "mlp", "--dataset", "teacher", "--train-size", "96", "--batch-size", "32", "--epochs", "2",
-        "--every", "2", "--probe-size", "16", "--lr-milestones", "2")
+TINY = (
+    "--model",
+    "mlp",
+    "--dataset",
+    "teacher",
+    "--train-size",
+    "96",
+    "--batch-size",
+    "32",
+    "--epochs",
+    "2",
+    "--every",
+    "2",
+    "--probe-size",
+    "16",
+    "--lr-milestones",
+    "2",
+)
 
 #: Files whose presence would make a directory look like a finished run or study.
 COMPLETE_LOOKING = ("report.md", "report.html", "metrics.json", "study.md", "study.html", "study.json")
@@ -50,13 +67,20 @@ def invoke(*args: object, cwd: Path | None = None) -> Outcome:
     return Outcome(result.exit_code, result.stdout, result.stderr, exception)
 
 
-def run_process(*args: object, cwd: Path | None = None, timeout: float = 300,
-                env: dict[str, str] | None = None) -> Outcome:
+def run_process(
+    *args: object, cwd: Path | None = None, timeout: float = 300, env: dict[str, str] | None = None
+) -> Outcome:
     """Run ``arturo-diag ARGS`` as a separate Python process."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     code = "import sys; from cli.app import main; sys.argv[0] = 'arturo-diag'; main()"
-    done = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return Outcome(done.returncode, done.stdout, done.stderr)
 
 
@@ -117,15 +141,20 @@ def as_args(values: Iterable[object]) -> list[str]:
     return [str(v) for v in values]
 
 
-def start_process(*args: object, cwd: Path | None = None,
-                  env: dict[str, str] | None = None) -> subprocess.Popen:
+def start_process(*args: object, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start ``arturo-diag ARGS`` as a separate Python process without waiting (the process is
     the command itself: its pid is the one a lock names and a signal reaches); end it with
     :func:`finish_process`."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     code = "import sys; from cli.app import main; sys.argv[0] = 'arturo-diag'; main()"
-    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], cwd=cwd, env=full_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, args)],
+        cwd=cwd,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish_process(process: subprocess.Popen, timeout: float = 300) -> Outcome:

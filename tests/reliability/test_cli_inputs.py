@@ -6,6 +6,7 @@ any work), and no directory that looks complete. The inputs are the ones a new u
 wrong types, binary or mis-encoded files, values that would be ignored, and values so large that
 the run would never end.
 """
+
 from __future__ import annotations
 
 import random
@@ -31,21 +32,46 @@ COMPARE_CASES = [
     ("toml-epochs-string", ["--config", "c.toml"], {"c.toml": '[run]\nepochs = "2"\n'}, ["epochs"]),
     ("toml-batch-bool", ["--config", "c.toml"], {"c.toml": "[run]\nbatch_size = true\n"}, ["batch_size"]),
     ("toml-guard-string", ["--config", "c.toml"], {"c.toml": '[optimizer]\nguard = "yes"\n'}, ["guard"]),
-    ("toml-milestones-scalar", ["--config", "c.toml"], {"c.toml": "[schedule]\nlr_milestones = 8\n"}, ["lr_milestones"]),
-    ("toml-milestones-strings", ["--config", "c.toml"], {"c.toml": '[schedule]\nlr_milestones = ["8"]\n'}, ["lr_milestones"]),
+    (
+        "toml-milestones-scalar",
+        ["--config", "c.toml"],
+        {"c.toml": "[schedule]\nlr_milestones = 8\n"},
+        ["lr_milestones"],
+    ),
+    (
+        "toml-milestones-strings",
+        ["--config", "c.toml"],
+        {"c.toml": '[schedule]\nlr_milestones = ["8"]\n'},
+        ["lr_milestones"],
+    ),
     ("toml-lr-string", ["--config", "c.toml"], {"c.toml": '[optimizer]\nlr = "0.1"\n'}, ["lr"]),
     ("toml-lr-nan", ["--config", "c.toml"], {"c.toml": "[optimizer]\nlr = nan\n"}, ["lr"]),
     ("toml-lr-inf", ["--config", "c.toml"], {"c.toml": "[optimizer]\nlr = inf\n"}, ["lr"]),
     ("toml-var-init-minus-inf", ["--config", "c.toml"], {"c.toml": "[optimizer]\nvar_init = -inf\n"}, ["var_init"]),
     ("toml-seed-float", ["--config", "c.toml"], {"c.toml": "[run]\nseed = 1.0\n"}, ["seed"]),
     # files that are not TOML, or not UTF-8
-    ("file-invalid-utf8", ["--config", "c.toml"], {"c.toml": b"[run]\nmodel = \"\xff\xfe\"\n"}, ["config", "c.toml", "UTF-8"]),
+    (
+        "file-invalid-utf8",
+        ["--config", "c.toml"],
+        {"c.toml": b'[run]\nmodel = "\xff\xfe"\n'},
+        ["config", "c.toml", "UTF-8"],
+    ),
     ("file-random-bytes", ["--config", "c.toml"], {"c.toml": RANDOM_BYTES}, ["config", "c.toml"]),
     ("file-utf16", ["--config", "c.toml"], {"c.toml": "[run]\nepochs = 1\n".encode("utf-16")}, ["config", "UTF-8"]),
     ("file-bom-then-bad-field", ["--config", "c.toml"], {"c.toml": b"\xef\xbb\xbf[run]\nepochs = 0\n"}, ["epochs"]),
-    ("file-nul-byte", ["--config", "c.toml"], {"c.toml": b"[run]\nmodel = \"mlp\"\x00\n"}, ["config", "valid TOML"]),
-    ("file-duplicate-key", ["--config", "c.toml"], {"c.toml": "[run]\nepochs = 1\nepochs = 2\n"}, ["config", "valid TOML"]),
-    ("file-duplicate-section", ["--config", "c.toml"], {"c.toml": "[run]\nepochs = 1\n[run]\nseed = 2\n"}, ["config", "valid TOML"]),
+    ("file-nul-byte", ["--config", "c.toml"], {"c.toml": b'[run]\nmodel = "mlp"\x00\n'}, ["config", "valid TOML"]),
+    (
+        "file-duplicate-key",
+        ["--config", "c.toml"],
+        {"c.toml": "[run]\nepochs = 1\nepochs = 2\n"},
+        ["config", "valid TOML"],
+    ),
+    (
+        "file-duplicate-section",
+        ["--config", "c.toml"],
+        {"c.toml": "[run]\nepochs = 1\n[run]\nseed = 2\n"},
+        ["config", "valid TOML"],
+    ),
     ("file-unknown-section", ["--config", "c.toml"], {"c.toml": "[training]\nepochs = 1\n"}, ["[training]"]),
     ("file-wrong-section", ["--config", "c.toml"], {"c.toml": "[run]\nlr = 0.1\n"}, ["[run] lr", "[optimizer]"]),
     ("file-unknown-key", ["--config", "c.toml"], {"c.toml": "[run]\nepoch = 1\n"}, ["epoch"]),
@@ -65,8 +91,12 @@ COMPARE_CASES = [
     ("seed-negative", ["--seed=-1"], {}, ["seed"]),
     ("steps-huge", ["--steps", "1000000000000"], {}, ["steps", "10,000,000"]),
     ("epochs-huge", ["--epochs", "1000000000"], {}, ["epochs", "100,000"]),
-    ("epochs-times-batches-huge", ["--train-size", "1000", "--batch-size", "1", "--epochs", "100000"], {},
-     ["epochs", "10,000,000 steps"]),
+    (
+        "epochs-times-batches-huge",
+        ["--train-size", "1000", "--batch-size", "1", "--epochs", "100000"],
+        {},
+        ["epochs", "10,000,000 steps"],
+    ),
     ("samples-huge", ["--reference", "hutchinson", "--samples", "1000000000"], {}, ["samples", "100,000"]),
     ("every-huge", ["--every", "1000000000"], {}, ["every"]),
     ("probe-size-huge", ["--probe-size", "1000000000"], {}, ["probe_size", "100,000"]),
@@ -80,7 +110,12 @@ COMPARE_CASES = [
     # silently changed today: larger than the training set (TINY has 96 examples)
     ("probe-size-above-train", ["--probe-size", "97"], {}, ["probe_size", "96"]),
     ("batch-size-above-train", ["--batch-size", "97"], {}, ["batch_size", "96"]),
-    ("train-size-above-digits", ["--dataset", "digits", "--model", "mlp", "--train-size", "100000"], {}, ["train_size"]),
+    (
+        "train-size-above-digits",
+        ["--dataset", "digits", "--model", "mlp", "--train-size", "100000"],
+        {},
+        ["train_size"],
+    ),
     # options a baseline optimizer would ignore
     ("sgd-fixed-eta", ["--optimizer", "sgd", "--fixed-eta", "1"], {}, ["fixed_eta", "sgd"]),
     ("adam-kl", ["--optimizer", "adam", "--kl", "coupled"], {}, ["kl", "adam"]),
@@ -92,8 +127,18 @@ COMPARE_CASES = [
     ("sgd-reference", ["--optimizer", "sgd", "--reference", "hutchinson"], {}, ["reference"]),
     ("adam-samples", ["--optimizer", "adam", "--samples", "8"], {}, ["samples"]),
     ("sgd-oracle", ["--optimizer", "sgd", "--oracle", "exact"], {}, ["oracle"]),
-    ("toml-sgd-fixed-eta", ["--config", "c.toml"], {"c.toml": '[optimizer]\noptimizer = "sgd"\nfixed_eta = 1.0\n'}, ["fixed_eta"]),
-    ("toml-adam-momentum", ["--config", "c.toml"], {"c.toml": '[optimizer]\noptimizer = "adam"\nmomentum = 0.5\n'}, ["momentum"]),
+    (
+        "toml-sgd-fixed-eta",
+        ["--config", "c.toml"],
+        {"c.toml": '[optimizer]\noptimizer = "sgd"\nfixed_eta = 1.0\n'},
+        ["fixed_eta"],
+    ),
+    (
+        "toml-adam-momentum",
+        ["--config", "c.toml"],
+        {"c.toml": '[optimizer]\noptimizer = "adam"\nmomentum = 0.5\n'},
+        ["momentum"],
+    ),
     # ... and options arTuRO itself would ignore in that configuration
     ("toml-arturo-momentum", ["--config", "c.toml"], {"c.toml": "[optimizer]\nmomentum = 0.5\n"}, ["momentum"]),
     ("fixed-eta-with-dual", ["--fixed-eta", "1", "--dual", "exact"], {}, ["dual", "fixed_eta"]),
@@ -123,8 +168,11 @@ def test_compare_refuses_in_one_line(tmp_path, options, files, names):
     assert not (tmp_path / "run" / "record.json").exists(), "a record was started for a refused input"
 
 
-@pytest.mark.parametrize("content", [b"", b"\xef\xbb\xbf[run]\nseed = 0\n", b"# only a comment\n"],
-                         ids=["empty-file", "utf8-bom", "comment-only"])
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"\xef\xbb\xbf[run]\nseed = 0\n", b"# only a comment\n"],
+    ids=["empty-file", "utf8-bom", "comment-only"],
+)
 def test_compare_accepts_an_empty_file_and_a_utf8_bom(tmp_path, content):
     (tmp_path / "c.toml").write_bytes(content)
     outcome = invoke("compare", *tiny("--config", "c.toml", "--out", "run"), cwd=tmp_path)
@@ -140,8 +188,10 @@ def test_every_longer_than_the_run_is_warned_about(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ ablate
-SETUP = ('[setups.t]\nmodel = "mlp"\ndataset = "teacher"\nsteps = 4\nbatch_size = 16\ntrain_size = 64\n'
-         'probe_size = 16\nevery = 2\n')
+SETUP = (
+    '[setups.t]\nmodel = "mlp"\ndataset = "teacher"\nsteps = 4\nbatch_size = 16\ntrain_size = 64\n'
+    "probe_size = 16\nevery = 2\n"
+)
 
 
 def study(seeds="[0]", variants='["faithful"]', extra="", setup=SETUP):
@@ -150,7 +200,7 @@ def study(seeds="[0]", variants='["faithful"]', extra="", setup=SETUP):
 
 # (id, options after `ablate`, study file text or bytes (None: no --config), names)
 ABLATE_CASES = [
-    ("file-invalid-utf8", [], b"[study]\nname = \"\xe9t\xe9\"\n", ["config", "s.toml", "UTF-8"]),
+    ("file-invalid-utf8", [], b'[study]\nname = "\xe9t\xe9"\n', ["config", "s.toml", "UTF-8"]),
     ("file-random-bytes", [], RANDOM_BYTES, ["config", "s.toml"]),
     ("file-empty", [], b"", ["[study] seeds"]),
     ("file-bom-then-bad-seeds", [], b"\xef\xbb\xbf" + study(seeds="[-1]").encode(), ["seeds"]),
@@ -178,12 +228,24 @@ ABLATE_CASES = [
     ("setup-device-int", [], study(setup=SETUP + "device = 5\n"), ["s.toml: [setups.t]: device"]),
     ("setup-data-dir-int", [], study(setup=SETUP + "data_dir = 5\n"), ["[setups.t]: data_dir"]),
     ("setup-lr-nan", [], study(setup=SETUP + "lr = nan\n"), ["[setups.t]: lr"]),
-    ("setup-steps-huge", [], study(setup=SETUP.replace("steps = 4", "steps = 1000000000000")),
-     ["[setups.t]: steps", "10,000,000"]),
-    ("setup-probe-above-train", [], study(setup=SETUP.replace("probe_size = 16", "probe_size = 65")),
-     ["[setups.t] probe_size", "64"]),
-    ("setup-batch-above-train", [], study(setup=SETUP.replace("batch_size = 16", "batch_size = 65")),
-     ["[setups.t] batch_size", "64"]),
+    (
+        "setup-steps-huge",
+        [],
+        study(setup=SETUP.replace("steps = 4", "steps = 1000000000000")),
+        ["[setups.t]: steps", "10,000,000"],
+    ),
+    (
+        "setup-probe-above-train",
+        [],
+        study(setup=SETUP.replace("probe_size = 16", "probe_size = 65")),
+        ["[setups.t] probe_size", "64"],
+    ),
+    (
+        "setup-batch-above-train",
+        [],
+        study(setup=SETUP.replace("batch_size = 16", "batch_size = 65")),
+        ["[setups.t] batch_size", "64"],
+    ),
     ("setup-name-escapes", [], study(setup=SETUP.replace("[setups.t]", '[setups."../x"]')), ["../x"]),
     ("baselines-lr-negative", [], study(variants='["sgd"]', extra="") + "\n[baselines.sgd]\nlr = -1\n", ["[sgd] lr"]),
     ("baselines-lr-string", [], study(variants='["sgd"]') + '\n[baselines.sgd]\nlr = "x"\n', ["[sgd] lr"]),
@@ -196,8 +258,12 @@ ABLATE_CASES = [
     ("option-max-steps-float", ["--max-steps", "1e9"], study(), ["max_steps", "1e9"]),
     ("option-max-steps-zero", ["--max-steps", "0"], study(), ["max_steps"]),
     ("option-epochs-huge", ["--epochs", "1000000000"], study(), ["epochs", "100,000"]),
-    ("option-data-dir-missing", ["--data-dir", "nowhere"], study(setup=SETUP.replace('"teacher"', '"fashion_mnist"')),
-     ["nowhere"]),
+    (
+        "option-data-dir-missing",
+        ["--data-dir", "nowhere"],
+        study(setup=SETUP.replace('"teacher"', '"fashion_mnist"')),
+        ["nowhere"],
+    ),
 ]
 
 
@@ -221,17 +287,23 @@ def test_the_base_study_of_the_cases_is_valid(tmp_path):
     _preflight(loaded)
 
 
-@pytest.mark.parametrize("args, names", [(["report"], ["run_dir"]), (["comapre"], ["comapre", "compare"])],
-                         ids=["report-without-dir", "unknown-command"])
+@pytest.mark.parametrize(
+    "args, names",
+    [(["report"], ["run_dir"]), (["comapre"], ["comapre", "compare"])],
+    ids=["report-without-dir", "unknown-command"],
+)
 def test_usage_errors_are_one_line(args, names):
     assert_user_error(invoke(*args), *names)
 
 
 # -------------------------------------------------------------------------------------------- help
-@pytest.mark.parametrize("command, sections", [
-    ("compare", ["[run]", "[optimizer]", "[schedule]", "[diagnostics]"]),
-    ("ablate", ["[study]", "[setups.NAME]"]),
-])
+@pytest.mark.parametrize(
+    "command, sections",
+    [
+        ("compare", ["[run]", "[optimizer]", "[schedule]", "[diagnostics]"]),
+        ("ablate", ["[study]", "[setups.NAME]"]),
+    ],
+)
 def test_help_shows_the_section_names(command, sections, monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")  # one line per option: the sections are not wrapped apart
     outcome = invoke(command, "--help")

@@ -6,6 +6,7 @@ The good record is made once per module by `compare` with harness.TINY (6 steps,
 steps 2, 4, 6). Incomplete records (a killed run, a diverged one) must stay readable: see the
 tests after the table.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,12 +39,14 @@ def good_record(tmp_path_factory) -> Path:
 
 # -- damage ---------------------------------------------------------------------------------------
 
+
 def edit_json(name: str, change):
     def damage(run_dir: Path) -> None:
         path = run_dir / name
         data = json.loads(path.read_text())
         result = change(data)
         path.write_text(json.dumps(data if result is None else result))
+
     return damage
 
 
@@ -55,18 +58,21 @@ def edit_text(name: str, change):
     def damage(run_dir: Path) -> None:
         path = run_dir / name
         path.write_text(change(path.read_text()))
+
     return damage
 
 
 def write(name: str, data: bytes):
     def damage(run_dir: Path) -> None:
         (run_dir / name).write_bytes(data)
+
     return damage
 
 
 def remove(name: str):
     def damage(run_dir: Path) -> None:
         (run_dir / name).unlink()
+
     return damage
 
 
@@ -76,10 +82,12 @@ def keep_lines(name: str, lines: int):
 
 def csv_cell(name: str, line: int, column: str, value: str):
     """Set the cell of ``column`` on ``line`` (1 = the header) of a CSV file."""
+
     def change(text: str) -> str:
         rows = [row.split(",") for row in text.splitlines()]
         rows[line - 1][rows[0].index(column)] = value
         return "\n".join(",".join(row) for row in rows) + "\n"
+
     return edit_text(name, change)
 
 
@@ -87,12 +95,14 @@ def drop_column(name: str, column: str):
     def change(text: str) -> str:
         rows = [row.split(",") for row in text.splitlines()]
         index = rows[0].index(column)
-        return "\n".join(",".join(row[:index] + row[index + 1:]) for row in rows) + "\n"
+        return "\n".join(",".join(row[:index] + row[index + 1 :]) for row in rows) + "\n"
+
     return edit_text(name, change)
 
 
 def edit_npz(change, name: str = SNAPSHOT):
     """Rewrite a snapshot with ``change(arrays)`` applied (arrays: key -> array)."""
+
     def damage(run_dir: Path) -> None:
         path = run_dir / name
         with np.load(path) as archive:
@@ -100,6 +110,7 @@ def edit_npz(change, name: str = SNAPSHOT):
         change(arrays)
         with open(path, "wb") as handle:
             np.savez(handle, **arrays)
+
     return damage
 
 
@@ -108,6 +119,7 @@ def truncate(name: str, keep: float = 0.5):
         path = run_dir / name
         data = path.read_bytes()
         path.write_bytes(data[: int(len(data) * keep)])
+
     return damage
 
 
@@ -137,6 +149,7 @@ def many(*damages):
     def damage(run_dir: Path) -> None:
         for one in damages:
             one(run_dir)
+
     return damage
 
 
@@ -150,57 +163,104 @@ CASES = [
     ("manifest-steps-negative", set_key("steps", -6), ("record.json", "'steps'", "-6", ">= 0")),
     ("manifest-steps-fraction", set_key("steps", 6.5), ("record.json", "'steps'", "6.5", "whole number")),
     ("manifest-a-list", edit_json("record.json", lambda m: [m]), ("record.json", "list, not an object")),
-    ("manifest-key-missing", edit_json("record.json", lambda m: m.pop("snapshot_steps") and None),
-     ("record.json", "'snapshot_steps' is missing")),
+    (
+        "manifest-key-missing",
+        edit_json("record.json", lambda m: m.pop("snapshot_steps") and None),
+        ("record.json", "'snapshot_steps' is missing"),
+    ),
     ("manifest-unknown-format", set_key("format", "arturo-diag-run/9"), ("record.json", "arturo-diag-run/9")),
     ("manifest-unknown-status", set_key("status", "done"), ("record.json", "'status'", "'done'")),
     ("manifest-unknown-kind", set_key("kind", 3), ("record.json", "'kind'", "got 3")),
-    ("manifest-shape-negative",
-     edit_json("record.json", lambda m: m["parameters"][PARAMETER].__setitem__("shape", [-64])),
-     ("record.json", PARAMETER, "shape", "-64")),
-    ("manifest-shape-not-int",
-     edit_json("record.json", lambda m: m["parameters"][PARAMETER].__setitem__("shape", ["64"])),
-     ("record.json", PARAMETER, "shape", "'64'")),
-    ("manifest-parameter-not-object", edit_json("record.json", lambda m: m["parameters"].__setitem__(PARAMETER, 64)),
-     ("record.json", PARAMETER, "got 64")),
-    ("manifest-optimizer-var-init-text",
-     edit_json("record.json", lambda m: m["optimizer"].__setitem__("var_init", "small")),
-     ("record.json", "var_init", "small")),
+    (
+        "manifest-shape-negative",
+        edit_json("record.json", lambda m: m["parameters"][PARAMETER].__setitem__("shape", [-64])),
+        ("record.json", PARAMETER, "shape", "-64"),
+    ),
+    (
+        "manifest-shape-not-int",
+        edit_json("record.json", lambda m: m["parameters"][PARAMETER].__setitem__("shape", ["64"])),
+        ("record.json", PARAMETER, "shape", "'64'"),
+    ),
+    (
+        "manifest-parameter-not-object",
+        edit_json("record.json", lambda m: m["parameters"].__setitem__(PARAMETER, 64)),
+        ("record.json", PARAMETER, "got 64"),
+    ),
+    (
+        "manifest-optimizer-var-init-text",
+        edit_json("record.json", lambda m: m["optimizer"].__setitem__("var_init", "small")),
+        ("record.json", "var_init", "small"),
+    ),
     ("manifest-not-json", truncate("record.json", 0.5), ("record.json", "unreadable manifest")),
     ("manifest-invalid-utf8", write("record.json", b'{"format": "\xff\xfe"}'), ("record.json", "unreadable manifest")),
     # config.toml
     ("config-garbage", write("config.toml", b"\x00\x01 = = [[[ garbage"), ("config.toml", "unreadable config")),
     ("config-invalid-utf8", write("config.toml", b'[run]\nmodel = "\xff\xfe"\n'), ("config.toml", "not utf-8")),
-    ("config-number-as-text", edit_text("config.toml", lambda t: t.replace("eta_tol = 0.5", 'eta_tol = "half"')),
-     ("config.toml", "[optimizer] 'eta_tol'", "half")),
-    ("config-flag-as-number", edit_text("config.toml", lambda t: t.replace("guard = false", "guard = 2")),
-     ("config.toml", "'guard'", "true or false")),
-    ("config-section-not-table",
-     edit_text("config.toml", lambda t: "diagnostics = 5\n" + t.replace("[diagnostics]", "[diagnostics_old]")),
-     ("config.toml", "[diagnostics] is 5, not a table")),
-    ("config-nan", edit_text("config.toml", lambda t: t.replace("collapse_fraction = 0.01", "collapse_fraction = nan")),
-     ("config.toml", "collapse_fraction", "finite")),
+    (
+        "config-number-as-text",
+        edit_text("config.toml", lambda t: t.replace("eta_tol = 0.5", 'eta_tol = "half"')),
+        ("config.toml", "[optimizer] 'eta_tol'", "half"),
+    ),
+    (
+        "config-flag-as-number",
+        edit_text("config.toml", lambda t: t.replace("guard = false", "guard = 2")),
+        ("config.toml", "'guard'", "true or false"),
+    ),
+    (
+        "config-section-not-table",
+        edit_text("config.toml", lambda t: "diagnostics = 5\n" + t.replace("[diagnostics]", "[diagnostics_old]")),
+        ("config.toml", "[diagnostics] is 5, not a table"),
+    ),
+    (
+        "config-nan",
+        edit_text("config.toml", lambda t: t.replace("collapse_fraction = 0.01", "collapse_fraction = nan")),
+        ("config.toml", "collapse_fraction", "finite"),
+    ),
     ("config-missing", remove("config.toml"), ("config.toml is missing",)),
     ("config-empty", write("config.toml", b""), ("config.toml", "[run] missing")),
-    ("config-section-missing", edit_text("config.toml", lambda t: t.split("[optimizer]")[0]),
-     ("config.toml", "[optimizer] missing")),
+    (
+        "config-section-missing",
+        edit_text("config.toml", lambda t: t.split("[optimizer]")[0]),
+        ("config.toml", "[optimizer] missing"),
+    ),
     # snapshots/*.npz
     ("npz-truncated", truncate(SNAPSHOT, 0.5), ("step_0000004.npz", "unreadable snapshot")),
-    ("npz-wrong-shape", edit_npz(lambda a: a.__setitem__(f"{PARAMETER}/curvature", np.zeros(3))),
-     ("step_0000004.npz", f"{PARAMETER}/curvature", "shape [3]", "[64]")),
-    ("npz-field-missing", edit_npz(lambda a: a.pop(f"{PARAMETER}/h_exact")),
-     ("step_0000004.npz", f"{PARAMETER}/h_exact missing", "reference 'exact'")),
-    ("npz-parameter-missing", edit_npz(lambda a: [a.pop(k) for k in list(a) if k.startswith(f"{PARAMETER}/")]),
-     ("step_0000004.npz", f"no arrays of parameter {PARAMETER}")),
-    ("npz-unknown-parameter", edit_npz(lambda a: a.__setitem__("ghost/curvature", np.zeros(3))),
-     ("step_0000004.npz", "'ghost/curvature'", "no parameter")),
-    ("npz-text-array", edit_npz(lambda a: a.__setitem__(f"{PARAMETER}/weight", np.array(["abc"] * 64))),
-     ("step_0000004.npz", f"{PARAMETER}/weight", "float64")),
+    (
+        "npz-wrong-shape",
+        edit_npz(lambda a: a.__setitem__(f"{PARAMETER}/curvature", np.zeros(3))),
+        ("step_0000004.npz", f"{PARAMETER}/curvature", "shape [3]", "[64]"),
+    ),
+    (
+        "npz-field-missing",
+        edit_npz(lambda a: a.pop(f"{PARAMETER}/h_exact")),
+        ("step_0000004.npz", f"{PARAMETER}/h_exact missing", "reference 'exact'"),
+    ),
+    (
+        "npz-parameter-missing",
+        edit_npz(lambda a: [a.pop(k) for k in list(a) if k.startswith(f"{PARAMETER}/")]),
+        ("step_0000004.npz", f"no arrays of parameter {PARAMETER}"),
+    ),
+    (
+        "npz-unknown-parameter",
+        edit_npz(lambda a: a.__setitem__("ghost/curvature", np.zeros(3))),
+        ("step_0000004.npz", "'ghost/curvature'", "no parameter"),
+    ),
+    (
+        "npz-text-array",
+        edit_npz(lambda a: a.__setitem__(f"{PARAMETER}/weight", np.array(["abc"] * 64))),
+        ("step_0000004.npz", f"{PARAMETER}/weight", "float64"),
+    ),
     ("npz-object-array", object_array, ("step_0000004.npz", f"{PARAMETER}/curvature", "Python objects")),
-    ("npz-all-nan-h", edit_npz(lambda a: a[f"{PARAMETER}/h_exact"].fill(np.nan)),
-     ("step_0000004.npz", f"{PARAMETER}/h_exact is all NaN")),
-    ("npz-all-inf-precision", edit_npz(lambda a: a[f"{PARAMETER}/precision"].fill(np.inf)),
-     ("step_0000004.npz", f"{PARAMETER}/precision holds no finite number")),
+    (
+        "npz-all-nan-h",
+        edit_npz(lambda a: a[f"{PARAMETER}/h_exact"].fill(np.nan)),
+        ("step_0000004.npz", f"{PARAMETER}/h_exact is all NaN"),
+    ),
+    (
+        "npz-all-inf-precision",
+        edit_npz(lambda a: a[f"{PARAMETER}/precision"].fill(np.inf)),
+        ("step_0000004.npz", f"{PARAMETER}/precision holds no finite number"),
+    ),
     ("npz-zip-without-arrays", zip_without_arrays, ("step_0000004.npz", "'notes.txt' is not a .npy array")),
     ("npz-not-a-zip", write(SNAPSHOT, b"just text\n"), ("step_0000004.npz", "not an npz archive")),
     ("npz-missing", remove(SNAPSHOT), ("step_0000004.npz", "snapshot file missing")),
@@ -217,16 +277,25 @@ CASES = [
     ("epochs-missing", remove("epochs.csv"), ("epochs.csv", "missing")),
     ("epochs-no-rows", keep_lines("epochs.csv", 1), ("epochs.csv", "no evaluation rows")),
     ("epochs-last-row-missing", keep_lines("epochs.csv", 2), ("epochs.csv", "last evaluation is at step 3", "6 steps")),
-    ("epochs-text-in-number", csv_cell("epochs.csv", 2, "test_accuracy", "high"),
-     ("epochs.csv", "line 2", "test_accuracy", "'high'")),
+    (
+        "epochs-text-in-number",
+        csv_cell("epochs.csv", 2, "test_accuracy", "high"),
+        ("epochs.csv", "line 2", "test_accuracy", "'high'"),
+    ),
     # snapshots.csv
     ("snapshots-csv-missing", remove("snapshots.csv"), ("snapshots.csv", "missing")),
     ("snapshots-csv-row-missing", keep_lines("snapshots.csv", 3), ("snapshots.csv", "[2, 4]", "[2, 4, 6]")),
     ("snapshots-csv-extra-row", many(set_key("snapshot_steps", [2, 4])), ("snapshots.csv", "[2, 4, 6]", "[2, 4]")),
-    ("snapshots-csv-unknown-reference", csv_cell("snapshots.csv", 3, "reference", "guess"),
-     ("snapshots.csv", "line 3", "reference", "'guess'", "exact, hutchinson, both, none")),
-    ("snapshots-csv-text-in-number", csv_cell("snapshots.csv", 2, "kl0_ratio", "big"),
-     ("snapshots.csv", "line 2", "kl0_ratio", "'big'")),
+    (
+        "snapshots-csv-unknown-reference",
+        csv_cell("snapshots.csv", 3, "reference", "guess"),
+        ("snapshots.csv", "line 3", "reference", "'guess'", "exact, hutchinson, both, none"),
+    ),
+    (
+        "snapshots-csv-text-in-number",
+        csv_cell("snapshots.csv", 2, "kl0_ratio", "big"),
+        ("snapshots.csv", "line 2", "kl0_ratio", "'big'"),
+    ),
 ]
 
 #: Files a report writes; a refused report must leave them as they were (absent or byte for byte).
@@ -262,12 +331,16 @@ def test_damaged_record_is_refused_in_one_line(good_record, tmp_path, damage, na
     assert not (tmp_path / "without_report" / "unpickled").exists()
 
 
-@pytest.mark.parametrize("target, names", [
-    ("missing", ("missing", "no such run directory")),
-    ("empty", ("empty", "not a run record", "no record.json")),
-    ("file", ("file", "not a directory")),
-    ("running", ("running", "incomplete (status running)")),
-], ids=["nonexistent", "empty-dir", "a-file", "incomplete"])
+@pytest.mark.parametrize(
+    "target, names",
+    [
+        ("missing", ("missing", "no such run directory")),
+        ("empty", ("empty", "not a run record", "no record.json")),
+        ("file", ("file", "not a directory")),
+        ("running", ("running", "incomplete (status running)")),
+    ],
+    ids=["nonexistent", "empty-dir", "a-file", "incomplete"],
+)
 def test_a_directory_that_is_not_a_record_is_refused_in_one_line(good_record, tmp_path, target, names):
     (tmp_path / "empty").mkdir()
     (tmp_path / "file").write_text("not a run\n")
@@ -290,6 +363,7 @@ def test_the_undamaged_copy_renders(good_record, tmp_path):
 
 
 # -- incomplete records stay readable -------------------------------------------------------------
+
 
 def test_a_killed_run_stays_readable_with_lagging_tables(good_record, tmp_path):
     """A killed run's manifest, tables and snapshot files lag each other; none of that is damage."""
@@ -317,8 +391,12 @@ def test_a_diverged_run_stays_readable(good_record, tmp_path):
     """A diverged record ends at its divergence step (no final evaluation) and may hold NaN."""
     run_dir = tmp_path / "run"
     shutil.copytree(good_record, run_dir)
-    edit_json("record.json", lambda m: m.update(status="diverged", steps=5, snapshot_steps=[2, 4],
-                                                divergence={"step": 5, "quantity": "loss"}))(run_dir)
+    edit_json(
+        "record.json",
+        lambda m: m.update(
+            status="diverged", steps=5, snapshot_steps=[2, 4], divergence={"step": 5, "quantity": "loss"}
+        ),
+    )(run_dir)
     keep_lines("steps.csv", 6)(run_dir)
     keep_lines("epochs.csv", 2)(run_dir)
     keep_lines("snapshots.csv", 3)(run_dir)
@@ -331,14 +409,24 @@ def test_a_diverged_run_stays_readable(good_record, tmp_path):
 
 # -- studies --------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def good_study(tmp_path_factory) -> Path:
     from arturo_diag.study import run_study, study_from_mapping
 
-    setup = {"model": "mlp", "dataset": "teacher", "steps": 4, "batch_size": 16, "train_size": 64,
-             "probe_size": 16, "every": 2, "reference": "exact"}
-    study = study_from_mapping({"study": {"name": "tiny", "seeds": [0, 1], "variants": ["faithful", "sgd"]},
-                                "setups": {"t": setup}})
+    setup = {
+        "model": "mlp",
+        "dataset": "teacher",
+        "steps": 4,
+        "batch_size": 16,
+        "train_size": 64,
+        "probe_size": 16,
+        "every": 2,
+        "reference": "exact",
+    }
+    study = study_from_mapping(
+        {"study": {"name": "tiny", "seeds": [0, 1], "variants": ["faithful", "sgd"]}, "setups": {"t": setup}}
+    )
     study_dir = tmp_path_factory.mktemp("study") / "tiny"
     result = run_study(study, study_dir, workers=0, check_inputs=False)
     assert [o.status for o in result.outcomes] == ["complete"] * 4
@@ -348,11 +436,15 @@ def good_study(tmp_path_factory) -> Path:
 STUDY_RUN = "runs/t/faithful/seed1"
 
 
-@pytest.mark.parametrize("content, names", [
-    (b"\x00\x9f\xff garbage [[[", ("study.toml",)),
-    (b"[study\n", ("study.toml",)),
-    (b'[study]\nseeds = "zero"\nvariants = ["faithful"]\n[setups.t]\nmodel = "mlp"\n', ("study.toml", "seeds")),
-], ids=["random-bytes", "bad-toml", "wrong-type"])
+@pytest.mark.parametrize(
+    "content, names",
+    [
+        (b"\x00\x9f\xff garbage [[[", ("study.toml",)),
+        (b"[study\n", ("study.toml",)),
+        (b'[study]\nseeds = "zero"\nvariants = ["faithful"]\n[setups.t]\nmodel = "mlp"\n', ("study.toml", "seeds")),
+    ],
+    ids=["random-bytes", "bad-toml", "wrong-type"],
+)
 def test_a_damaged_study_file_is_refused_in_one_line(good_study, tmp_path, content, names):
     study_dir = tmp_path / "tiny"
     shutil.copytree(good_study, study_dir)
@@ -362,12 +454,21 @@ def test_a_damaged_study_file_is_refused_in_one_line(good_study, tmp_path, conte
     assert {name: (study_dir / name).read_bytes() for name in before} == before
 
 
-@pytest.mark.parametrize("damage, names", [
-    (keep_lines("steps.csv", 3), ("steps.csv", "2 rows", "4 steps")),
-    (set_key("parameters", "x"), ("record.json", "'parameters'")),
-    (many(remove("metrics.json"), edit_npz(lambda a: a["net.1.bias/h_exact"].fill(np.nan), "snapshots/step_0000004.npz")),
-     ("step_0000004.npz", "all NaN")),
-], ids=["steps-truncated", "manifest-wrong-type", "snapshot-all-nan"])
+@pytest.mark.parametrize(
+    "damage, names",
+    [
+        (keep_lines("steps.csv", 3), ("steps.csv", "2 rows", "4 steps")),
+        (set_key("parameters", "x"), ("record.json", "'parameters'")),
+        (
+            many(
+                remove("metrics.json"),
+                edit_npz(lambda a: a["net.1.bias/h_exact"].fill(np.nan), "snapshots/step_0000004.npz"),
+            ),
+            ("step_0000004.npz", "all NaN"),
+        ),
+    ],
+    ids=["steps-truncated", "manifest-wrong-type", "snapshot-all-nan"],
+)
 def test_a_damaged_run_is_left_out_of_the_study_with_a_finding(good_study, tmp_path, damage, names):
     """The careful researcher's choice: the other runs' report is still rendered, the damaged run
     is left out of every number, and the first warning says which run, which file and why (also in

@@ -8,6 +8,7 @@
   in one line.
 - A fixed-eta run is described as fixed, never with the bisection's words.
 """
+
 from __future__ import annotations
 
 import json
@@ -120,7 +121,12 @@ def test_monitor_names_the_first_non_finite_quantity(tmp_path, quantity, kind, w
     manifest = json.loads((tmp_path / "run" / "record.json").read_text())
     assert manifest["status"] == "diverged"
     assert {k: manifest["divergence"][k] for k in ("step", "quantity", "parameter", "layer", "kind")} == {
-        "step": INJECT_AT, "quantity": quantity, "parameter": info["parameter"], "layer": info["layer"], "kind": kind}
+        "step": INJECT_AT,
+        "quantity": quantity,
+        "parameter": info["parameter"],
+        "layer": info["layer"],
+        "kind": kind,
+    }
     assert manifest["steps"] == INJECT_AT and manifest["snapshot_steps"] == [2]
 
     record = RunRecord.load(tmp_path / "run")  # finished: loads without allow_incomplete
@@ -181,9 +187,11 @@ def test_compare_help_documents_the_exit_codes():
 # ------------------------------------------------------------------------------------- a study
 def test_a_diverged_run_in_a_study_is_a_named_result(tmp_path):
     config = tmp_path / "study.toml"
-    config.write_text('[study]\nname = "d"\nseeds = [0]\nvariants = ["faithful", "adam"]\n'
-                      '[setups.t]\nmodel = "mlp"\ndataset = "teacher"\nsteps = 4\nbatch_size = 16\n'
-                      'train_size = 64\nevery = 2\nprobe_size = 16\nstart_filter_cov = 1e38\n')
+    config.write_text(
+        '[study]\nname = "d"\nseeds = [0]\nvariants = ["faithful", "adam"]\n'
+        '[setups.t]\nmodel = "mlp"\ndataset = "teacher"\nsteps = 4\nbatch_size = 16\n'
+        "train_size = 64\nevery = 2\nprobe_size = 16\nstart_filter_cov = 1e38\n"
+    )
     result = run_study(load_study(config), tmp_path / "s", workers=0)
     statuses = {o.spec.variant.name: o.status for o in result.outcomes}
     assert statuses == {"faithful": "diverged", "adam": "complete"} and not result.failed
@@ -205,8 +213,9 @@ TRAINS = [  # arTuRO settings that used to raise ZeroDivisionError (lr 0: the sn
     {"lr": 1e-300, "dual": "exact"},
     {"lr": 0.0, "dual": "exact", "kl": "coupled"},
 ]
-_TINY_CONFIG = dict(model="mlp", dataset="teacher", train_size=96, batch_size=32, epochs=2, every=2, probe_size=16,
-                    lr_milestones=(2,))
+_TINY_CONFIG = dict(
+    model="mlp", dataset="teacher", train_size=96, batch_size=32, epochs=2, every=2, probe_size=16, lr_milestones=(2,)
+)
 
 
 @pytest.mark.parametrize("settings", TRAINS, ids=lambda d: " ".join(f"{k}={v}" for k, v in d.items()))
@@ -228,8 +237,11 @@ def test_tiny_kl_bounds_report(tmp_path, options):
     assert outcome.exit_code == 0 and outcome.exception is None and "Traceback" not in text, text
     assert json.loads((tmp_path / "run" / "record.json").read_text())["status"] == "complete"
     drawn = (tmp_path / "run" / "figures" / "trust_region.png").is_file()
-    assert drawn if options[1] != "0" else "eta is inf at every step: the KL bound is 0" in (
-        tmp_path / "run" / "report.md").read_text()
+    assert (
+        drawn
+        if options[1] != "0"
+        else "eta is inf at every step: the KL bound is 0" in (tmp_path / "run" / "report.md").read_text()
+    )
 
 
 @pytest.mark.parametrize("kl", ["decoupled", "coupled"])
@@ -301,8 +313,15 @@ def test_fixed_eta_is_described_as_fixed(tmp_path, value):
 def test_fixed_eta_regimes_are_fixed_only():
     import pandas as pd
 
-    steps = pd.DataFrame({"step": [1, 2, 3], "eta": [0.0, 0.0, 0.0], "eta_prev": [math.nan, 0.0, 0.0],
-                          "iterations": [0, 0, 0], "kl_ratio": [5.0, 5.0, 5.0]})
+    steps = pd.DataFrame(
+        {
+            "step": [1, 2, 3],
+            "eta": [0.0, 0.0, 0.0],
+            "eta_prev": [math.nan, 0.0, 0.0],
+            "iterations": [0, 0, 0],
+            "kl_ratio": [5.0, 5.0, 5.0],
+        }
+    )
     assert list(classify_regimes(steps)["regime"]) == ["first", "growth_5_3", "growth_5_3"]  # without the setting
     assert list(classify_regimes(steps, fixed_eta=0.0)["regime"]) == ["fixed"] * 3
     summary = trust_region_summary(steps, fixed_eta=0.0)

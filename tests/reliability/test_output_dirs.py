@@ -8,6 +8,7 @@ writers use (``os.mkdir``, ``tempfile.mkstemp``, ``os.replace``, ``os.unlink``) 
 for paths below the test's directory. Where ``mount`` is permitted, a real small tmpfs (full
 disk) and a real read-only remount are used as well; those cases are skipped otherwise.
 """
+
 from __future__ import annotations
 
 import errno
@@ -21,13 +22,16 @@ import pytest
 
 from tests.reliability.harness import assert_nothing_complete, assert_user_error, invoke, run_process, tiny
 
-STUDY = ('[study]\nname = "s"\nseeds = [0, 1]\nvariants = ["faithful", "adam"]\n\n[setups.t]\nmodel = "mlp"\n'
-         'dataset = "teacher"\nsteps = 4\nbatch_size = 16\ntrain_size = 64\nprobe_size = 16\nevery = 2\n')
+STUDY = (
+    '[study]\nname = "s"\nseeds = [0, 1]\nvariants = ["faithful", "adam"]\n\n[setups.t]\nmodel = "mlp"\n'
+    'dataset = "teacher"\nsteps = 4\nbatch_size = 16\ntrain_size = 64\nprobe_size = 16\nevery = 2\n'
+)
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def fail_below(monkeypatch, root: Path, code: int, *, calls=("mkdir", "mkstemp", "replace", "unlink"),
-               when=lambda path: True) -> None:
+def fail_below(
+    monkeypatch, root: Path, code: int, *, calls=("mkdir", "mkstemp", "replace", "unlink"), when=lambda path: True
+) -> None:
     """Make the named OS calls raise ``OSError(code)`` for paths below ``root`` (and ``when(path)``)."""
     root = str(root)
     error = OSError(code, os.strerror(code))
@@ -172,9 +176,11 @@ def test_compare_on_a_real_read_only_file_system(small_disk):
 
 
 # ----------------------------------------------------------------------------------------- ablate
-@pytest.mark.parametrize("out, names", [("afile", ["out", "afile"]), ("afile/st", ["afile/st", "Not a directory"]),
-                                        ("/dev/null", ["/dev/null"])],
-                         ids=["out-is-a-file", "out-below-a-file", "out-dev-null"])
+@pytest.mark.parametrize(
+    "out, names",
+    [("afile", ["out", "afile"]), ("afile/st", ["afile/st", "Not a directory"]), ("/dev/null", ["/dev/null"])],
+    ids=["out-is-a-file", "out-below-a-file", "out-dev-null"],
+)
 def test_ablate_refuses_an_output_path_it_cannot_create(tmp_path, out, names):
     (tmp_path / "afile").write_text("not a directory\n")
     (tmp_path / "s.toml").write_text(STUDY)
@@ -197,11 +203,18 @@ def test_a_study_stops_cleanly_when_the_disk_fills_up(tmp_path, monkeypatch):
 
     monkeypatch.setattr(execution, "default_workers", lambda: 0)
     (tmp_path / "s.toml").write_text(STUDY)
-    fail_below(monkeypatch, tmp_path / "st" / "runs", errno.ENOSPC, calls=("replace",),
-               when=lambda p: "/adam/seed0/" in p)  # faithful/seed0 finishes first
+    fail_below(
+        monkeypatch, tmp_path / "st" / "runs", errno.ENOSPC, calls=("replace",), when=lambda p: "/adam/seed0/" in p
+    )  # faithful/seed0 finishes first
     outcome = invoke("ablate", "--config", "s.toml", "--out", "st", cwd=tmp_path)
-    line = assert_not_quiet_error(outcome, "No space left on device", "the study stopped", "adam/seed0",
-                                  "1 of 4 runs finished", "run the same command again")
+    line = assert_not_quiet_error(
+        outcome,
+        "No space left on device",
+        "the study stopped",
+        "adam/seed0",
+        "1 of 4 runs finished",
+        "run the same command again",
+    )
     assert "failed" not in line
     assert not list((tmp_path / "st").rglob("study_failure.json")), "a run was marked failed for a full disk"
     assert_nothing_complete(tmp_path / "st")
@@ -215,10 +228,12 @@ def test_a_study_stops_cleanly_when_the_disk_fills_up(tmp_path, monkeypatch):
 def test_a_study_with_worker_processes_stops_on_a_real_full_disk(small_disk, tmp_path):
     disk = small_disk("40k")
     (tmp_path / "s.toml").write_text(STUDY)
-    outcome = run_process("ablate", "--config", tmp_path / "s.toml", "--out", disk / "st", "--workers", "1",
-                          timeout=240)
-    assert_user_error(outcome, "No space left on device", "the study stopped", "run the same command again",
-                      quiet=False)
+    outcome = run_process(
+        "ablate", "--config", tmp_path / "s.toml", "--out", disk / "st", "--workers", "1", timeout=240
+    )
+    assert_user_error(
+        outcome, "No space left on device", "the study stopped", "run the same command again", quiet=False
+    )
     assert not list(disk.rglob("study_failure.json"))
     assert_nothing_complete(disk / "st")
 
@@ -226,12 +241,27 @@ def test_a_study_with_worker_processes_stops_on_a_real_full_disk(small_disk, tmp
 # ----------------------------------------------------------------------------------------- report
 REPORT_FAULTS = [
     ("read-only", errno.EROFS, ("mkstemp", "replace", "unlink"), lambda p: True, ["Read-only file system"]),
-    ("full-disk-at-metrics", errno.ENOSPC, ("replace",), lambda p: p.endswith("metrics.json"),
-     ["metrics.json", "No space left on device"]),
-    ("full-disk-at-html", errno.ENOSPC, ("replace",), lambda p: p.endswith("report.html"),
-     ["report.html", "No space left on device"]),
-    ("permission-denied-figures", errno.EACCES, ("mkstemp",), lambda p: p.endswith("figures"),
-     ["figures", "Permission denied"]),
+    (
+        "full-disk-at-metrics",
+        errno.ENOSPC,
+        ("replace",),
+        lambda p: p.endswith("metrics.json"),
+        ["metrics.json", "No space left on device"],
+    ),
+    (
+        "full-disk-at-html",
+        errno.ENOSPC,
+        ("replace",),
+        lambda p: p.endswith("report.html"),
+        ["report.html", "No space left on device"],
+    ),
+    (
+        "permission-denied-figures",
+        errno.EACCES,
+        ("mkstemp",),
+        lambda p: p.endswith("figures"),
+        ["figures", "Permission denied"],
+    ),
 ]
 
 

@@ -12,6 +12,7 @@
 
 Processes are real (harness.start_process / run_process): the lock is between processes.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,16 @@ from arturo_diag.errors import RecordError
 from arturo_diag.study import run_study, study_from_mapping
 from arturo_diag.study.execution import STUDY_FILE
 
-from .harness import (Outcome, assert_nothing_complete, assert_user_error, finish_process, invoke, run_process,
-                      start_process, tiny)
+from .harness import (
+    Outcome,
+    assert_nothing_complete,
+    assert_user_error,
+    finish_process,
+    invoke,
+    run_process,
+    start_process,
+    tiny,
+)
 
 # A compare that holds its directory for a while (the lock is kept from the record to its report):
 # 300 steps, 3 snapshots (a few seconds of training on a quiet machine, then the report); the
@@ -40,14 +49,27 @@ from .harness import (Outcome, assert_nothing_complete, assert_user_error, finis
 LONG_COMPARE = ("compare", *tiny("--epochs", 100, "--every", 100))
 LONG_STEPS, LONG_EPOCHS, LONG_SNAPSHOTS = 300, 100, [100, 200, 300]
 
-TINY_SETUP = {"model": "mlp", "dataset": "teacher", "steps": 4, "batch_size": 16, "train_size": 64,
-              "probe_size": 16, "every": 2, "reference": "exact"}
+TINY_SETUP = {
+    "model": "mlp",
+    "dataset": "teacher",
+    "steps": 4,
+    "batch_size": 16,
+    "train_size": 64,
+    "probe_size": 16,
+    "every": 2,
+    "reference": "exact",
+}
 
 
 def study_toml(path: Path, *, seeds: int, variants: tuple[str, ...], **setup) -> Path:
     fields = {**TINY_SETUP, **setup}
-    lines = ["[study]", 'name = "race"', f"seeds = {list(range(seeds))}",
-             "variants = [" + ", ".join(f'"{v}"' for v in variants) + "]", "[setups.t]"]
+    lines = [
+        "[study]",
+        'name = "race"',
+        f"seeds = {list(range(seeds))}",
+        "variants = [" + ", ".join(f'"{v}"' for v in variants) + "]",
+        "[setups.t]",
+    ]
     lines += [f"{key} = {json.dumps(value)}" for key, value in fields.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -94,14 +116,25 @@ class Second:
 
 
 COMPARE_SECONDS = [
-    Second("compare --overwrite", ("compare", *tiny("--seed", 1), "--out", "{dir}", "--overwrite"), ("being written", "pid {pid}")),
+    Second(
+        "compare --overwrite",
+        ("compare", *tiny("--seed", 1), "--out", "{dir}", "--overwrite"),
+        ("being written", "pid {pid}"),
+    ),
     Second("report", ("report", "{dir}"), ("being written", "pid {pid}")),
-    Second("ablate --out run dir", ("ablate", "--config", "{toml}", "--out", "{dir}", "--workers", 1),
-           ("single run record",)),
+    Second(
+        "ablate --out run dir",
+        ("ablate", "--config", "{toml}", "--out", "{dir}", "--workers", 1),
+        ("single run record",),
+    ),
 ]
 ABLATE_SECONDS = [
-    Second("ablate", ("ablate", "--config", "{toml}", "--out", "{dir}", "--workers", 1), ("being written", "pid {pid}")),
-    Second("compare --overwrite into the study", ("compare", *tiny(), "--out", "{dir}", "--overwrite"), ("study.toml",)),
+    Second(
+        "ablate", ("ablate", "--config", "{toml}", "--out", "{dir}", "--workers", 1), ("being written", "pid {pid}")
+    ),
+    Second(
+        "compare --overwrite into the study", ("compare", *tiny(), "--out", "{dir}", "--overwrite"), ("study.toml",)
+    ),
     Second("report", ("report", "{dir}"), ("being written", "pid {pid}")),
 ]
 
@@ -174,8 +207,9 @@ def finished_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def finished_study(tmp_path_factory) -> Path:
     study_dir = tmp_path_factory.mktemp("study") / "study"
-    study = study_from_mapping({"study": {"name": "s", "seeds": [0], "variants": ["faithful"]},
-                                "setups": {"t": dict(TINY_SETUP)}})
+    study = study_from_mapping(
+        {"study": {"name": "s", "seeds": [0], "variants": ["faithful"]}, "setups": {"t": dict(TINY_SETUP)}}
+    )
     run_study(study, study_dir, workers=0)
     return study_dir
 
@@ -207,13 +241,25 @@ def test_ablate_refuses_a_run_directory(tmp_path, finished_run):
 
 
 API_REFUSALS = [
-    pytest.param(lambda study_dir, run_dir: RecordWriter(study_dir, "monitor", "", {"w": (1,)}),
-                 "study", id="RecordWriter into a study"),
-    pytest.param(lambda study_dir, run_dir: RecordWriter(study_dir, "compare", "", {"w": (1,)}, overwrite=True),
-                 "study", id="RecordWriter overwrite into a study"),
-    pytest.param(lambda study_dir, run_dir: run_study(
-        study_from_mapping({"study": {"seeds": [0], "variants": ["adam"]}, "setups": {"t": dict(TINY_SETUP)}}),
-        run_dir, workers=0), "single run record", id="run_study into a run"),
+    pytest.param(
+        lambda study_dir, run_dir: RecordWriter(study_dir, "monitor", "", {"w": (1,)}),
+        "study",
+        id="RecordWriter into a study",
+    ),
+    pytest.param(
+        lambda study_dir, run_dir: RecordWriter(study_dir, "compare", "", {"w": (1,)}, overwrite=True),
+        "study",
+        id="RecordWriter overwrite into a study",
+    ),
+    pytest.param(
+        lambda study_dir, run_dir: run_study(
+            study_from_mapping({"study": {"seeds": [0], "variants": ["adam"]}, "setups": {"t": dict(TINY_SETUP)}}),
+            run_dir,
+            workers=0,
+        ),
+        "single run record",
+        id="run_study into a run",
+    ),
 ]
 
 
@@ -417,12 +463,21 @@ def test_a_killed_study_leaves_no_worker_and_starts_no_run(tmp_path, sig, exit_c
 
 
 # ------------------------------------------------------------------ a dead writer's temporaries
-STRAY_RUN = (".metrics.json.ab12cd34.tmp", ".report.html.k_9x2m4p.tmp", "figures/.agreement.png.zz99aa11.tmp",
-             "snapshots/.step_0000002.npz.q1w2e3r4.tmp")
+STRAY_RUN = (
+    ".metrics.json.ab12cd34.tmp",
+    ".report.html.k_9x2m4p.tmp",
+    "figures/.agreement.png.zz99aa11.tmp",
+    "snapshots/.step_0000002.npz.q1w2e3r4.tmp",
+)
 STRAY_STUDY = (".study.json.ab12cd34.tmp", "figures/.t_curves.png.zz99aa11.tmp")
 # not temporaries of io.atomic_open (no 8-character random part, or another shape): left alone
-BYSTANDERS = ("notes.tmp", ".metrics.json.tmp", "keep.ab12cd34.tmp", ".metrics.json.ab12cd34.tmp.bak",
-              "figures/.hidden")
+BYSTANDERS = (
+    "notes.tmp",
+    ".metrics.json.tmp",
+    "keep.ab12cd34.tmp",
+    ".metrics.json.ab12cd34.tmp.bak",
+    "figures/.hidden",
+)
 
 CLEANUPS = [
     pytest.param("run", ("report", "{dir}"), STRAY_RUN, id="report of a run"),
@@ -432,8 +487,7 @@ CLEANUPS = [
 
 
 @pytest.mark.parametrize("kind, args, stray", CLEANUPS)
-def test_taking_the_lock_removes_a_dead_writers_temporaries(tmp_path, finished_run, finished_study, kind, args,
-                                                            stray):
+def test_taking_the_lock_removes_a_dead_writers_temporaries(tmp_path, finished_run, finished_study, kind, args, stray):
     directory = tmp_path / kind
     shutil.copytree(finished_run if kind == "run" else finished_study, directory)
     for name in (*stray, *BYSTANDERS):

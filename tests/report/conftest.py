@@ -1,4 +1,5 @@
 """Small synthetic run records for the report tests: tests/records.py with the report's arrays and config."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,16 +8,35 @@ import records
 from records import PARAMETERS, step_rows
 
 __all__ = ["PARAMETERS", "config_toml", "step_rows", "write_record"]
-OPTIMIZER = {"name": "Arturo", "lr": 0.1, "eta_tol": 0.5, "var_init": 0.01, "kl": "decoupled",
-             "dual": "bisection", "fixed_eta": None, "guard": False, "dynamic_model_noise": 0.01}
+OPTIMIZER = {
+    "name": "Arturo",
+    "lr": 0.1,
+    "eta_tol": 0.5,
+    "var_init": 0.01,
+    "kl": "decoupled",
+    "dual": "bisection",
+    "fixed_eta": None,
+    "guard": False,
+    "dynamic_model_noise": 0.01,
+}
 
 
 def config_toml(**optimizer) -> str:
     """A config.toml in the shape the compare pipeline writes (only the fields the report reads)."""
-    fields = {"optimizer": "arturo", "preset": "fmnist_cnn", "lr": 0.1, "var_init": 0.01, "eta_tol": 0.5,
-              "dynamic_model_noise": 0.01, "kl": "decoupled", "dual": "bisection", "guard": False,
-              "oracle": "none", **optimizer}
-    lines = ['[run]', 'model = "mlp"', 'dataset = "teacher"', "batch_size = 8", "seed = 0", "", "[optimizer]"]
+    fields = {
+        "optimizer": "arturo",
+        "preset": "fmnist_cnn",
+        "lr": 0.1,
+        "var_init": 0.01,
+        "eta_tol": 0.5,
+        "dynamic_model_noise": 0.01,
+        "kl": "decoupled",
+        "dual": "bisection",
+        "guard": False,
+        "oracle": "none",
+        **optimizer,
+    }
+    lines = ["[run]", 'model = "mlp"', 'dataset = "teacher"', "batch_size = 8", "seed = 0", "", "[optimizer]"]
     for key, value in fields.items():
         if value is None:
             lines.append(f"# {key} = (unset)")
@@ -26,8 +46,17 @@ def config_toml(**optimizer) -> str:
             lines.append(f'{key} = "{value}"')
         else:
             lines.append(f"{key} = {value!r}")
-    lines += ["", "[schedule]", "lr_milestones = [2]", "lr_gamma = 0.006", "", "[diagnostics]",
-              'reference = "exact"', "collapse_fraction = 0.01", ""]
+    lines += [
+        "",
+        "[schedule]",
+        "lr_milestones = [2]",
+        "lr_gamma = 0.006",
+        "",
+        "[diagnostics]",
+        'reference = "exact"',
+        "collapse_fraction = 0.01",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -35,20 +64,43 @@ def _arrays(rng, shape, t):
     h = np.abs(rng.normal(size=shape)) * 10.0 ** rng.uniform(-3, 0, size=shape)
     h[..., 0] *= -1  # some negative curvature
     a = 0.1 + 0.5 * t / 6 * (h - 0.1) + 0.01 * rng.normal(size=shape)
-    return h, {"curvature": a, "filter_cov_aa": np.full(shape, 0.04), "intercept": rng.normal(size=shape),
-               "precision": np.full(shape, 100.0 + t), "weight": rng.normal(size=shape)}
+    return h, {
+        "curvature": a,
+        "filter_cov_aa": np.full(shape, 0.04),
+        "intercept": rng.normal(size=shape),
+        "precision": np.full(shape, 100.0 + t),
+        "weight": rng.normal(size=shape),
+    }
 
 
-def write_record(run_dir, *, reference: str = "exact", finish: bool = True, every: int = 10,
-                 parameters: dict | None = None, settings: dict | None = None, optimizer: dict | None = None,
-                 with_eta: bool = True, drop_fields: tuple = (), seed: int = 0):
+def write_record(
+    run_dir,
+    *,
+    reference: str = "exact",
+    finish: bool = True,
+    every: int = 10,
+    parameters: dict | None = None,
+    settings: dict | None = None,
+    optimizer: dict | None = None,
+    with_eta: bool = True,
+    drop_fields: tuple = (),
+    seed: int = 0,
+):
     """A run record of 60 steps with snapshots every ``every`` steps (none for reference "none")."""
     return records.write_record(
-        run_dir, arrays=_arrays, steps=step_rows(with_eta=with_eta), kind="compare",
-        config=config_toml(**(settings or {})), parameters=parameters,
-        optimizer=OPTIMIZER if optimizer is None else optimizer, reference=reference, every=every,
-        drop_fields=drop_fields, seed=seed,
-        finish={"model": "mlp", "dataset": "teacher", "optimizer_name": "arturo", "seconds": 1.0} if finish else None)
+        run_dir,
+        arrays=_arrays,
+        steps=step_rows(with_eta=with_eta),
+        kind="compare",
+        config=config_toml(**(settings or {})),
+        parameters=parameters,
+        optimizer=OPTIMIZER if optimizer is None else optimizer,
+        reference=reference,
+        every=every,
+        drop_fields=drop_fields,
+        seed=seed,
+        finish={"model": "mlp", "dataset": "teacher", "optimizer_name": "arturo", "seconds": 1.0} if finish else None,
+    )
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
 """The figure functions: what they draw, when they skip, deterministic PNGs, subsampling."""
+
 from __future__ import annotations
 
 import copy
@@ -51,8 +52,15 @@ def _labels(fig: Figure) -> list[str]:
 
 
 def test_every_figure_is_one_documented_function():
-    assert [spec.name for spec in FIGURES] == ["agreement", "scatter", "calibration", "lag", "trust_region",
-                                                "precision", "training"]
+    assert [spec.name for spec in FIGURES] == [
+        "agreement",
+        "scatter",
+        "calibration",
+        "lag",
+        "trust_region",
+        "precision",
+        "training",
+    ]
     for spec in FIGURES:
         assert spec.function.__name__ == f"plot_{spec.name}"
         doc = spec.function.__doc__ or ""
@@ -75,8 +83,14 @@ def test_agreement_draws_layers_overall_and_both_baselines(standard):
     record, metrics = standard
     fig = _draw(plot_agreement, record, metrics)
     labels = _labels(fig)
-    for label in ("net.0", "net.2", "all coordinates", "baseline: constant 0.1",
-                  "baseline: previous snapshot's h", "baseline: constant 0.1 (no ranks: 0)"):
+    for label in (
+        "net.0",
+        "net.2",
+        "all coordinates",
+        "baseline: constant 0.1",
+        "baseline: previous snapshot's h",
+        "baseline: constant 0.1 (no ranks: 0)",
+    ):
         assert label in labels
     err, rho = fig.axes[:2]
     steps = [e["step"] for e in metrics["agreement"]["snapshots"]]

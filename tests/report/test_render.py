@@ -1,4 +1,5 @@
 """render_report on small synthetic records: files, content, byte-identical re-rendering, failures."""
+
 from __future__ import annotations
 
 import html
@@ -11,16 +12,25 @@ from arturo_diag.diagnostics.analysis import analyze_record
 from arturo_diag.diagnostics.io import jsonable
 from arturo_diag.diagnostics.record import RunRecord
 from arturo_diag.errors import RecordError
-from arturo_diag.report import ReportResult, render_report
+from arturo_diag.report import ReportResult, render_report, sections
 from arturo_diag.report import render as render_module
-from arturo_diag.report import sections
 from arturo_diag.report.document import Bullets, Heading, Paragraph, Table, code, strong, text, to_html, to_markdown
 from arturo_diag.report.figures import FIGURES, FigureSpec
 from arturo_diag.report.format import count, distinguishing_digits, num, pct
 
 FIGURE_NAMES = [spec.name for spec in FIGURES]
-SECTIONS = ["Settings", "Findings", "Agreement", "Movement", "Calibration", "Lag", "Trust region", "Health",
-            "Training", "Figures"]
+SECTIONS = [
+    "Settings",
+    "Findings",
+    "Agreement",
+    "Movement",
+    "Calibration",
+    "Lag",
+    "Trust region",
+    "Health",
+    "Training",
+    "Figures",
+]
 
 
 def _files(run_dir):
@@ -38,7 +48,7 @@ def rendered(shared_record_dir):
 def _section(markdown: str, title: str) -> str:
     start = markdown.index(f"\n## {title}\n")
     end = markdown.find("\n## ", start + 1)
-    return markdown[start:end if end != -1 else None]
+    return markdown[start : end if end != -1 else None]
 
 
 def test_render_writes_every_file_and_the_findings(rendered):
@@ -64,8 +74,11 @@ def test_render_writes_every_file_and_the_findings(rendered):
     for finding in result.findings:
         assert finding["text"] in findings
     # warnings first
-    severities = [("warning" if line.startswith("- **Warning:**") else "info")
-                  for line in findings.splitlines() if line.startswith("- ")]
+    severities = [
+        ("warning" if line.startswith("- **Warning:**") else "info")
+        for line in findings.splitlines()
+        if line.startswith("- ")
+    ]
     assert severities == sorted(severities, key=lambda s: s != "warning")
     assert severities.count("warning") == sum(f["severity"] == "warning" for f in result.findings) > 0
     for name in FIGURE_NAMES:
@@ -89,8 +102,11 @@ def test_sections_carry_the_numbers_of_the_metrics(rendered):
     agreement = _section(markdown, "Agreement")
     row = next(line for line in agreement.splitlines() if line.startswith("| all coordinates"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[2:5] == [num(overall["estimate"]["relative_error"]), num(overall["constant"]["relative_error"]),
-                          num(overall["previous_h"]["relative_error"])]
+    assert cells[2:5] == [
+        num(overall["estimate"]["relative_error"]),
+        num(overall["constant"]["relative_error"]),
+        num(overall["previous_h"]["relative_error"]),
+    ]
     for layer in metrics["run"]["layers"]:
         assert f"| {layer} (" in agreement
     assert "constant 0.1" in agreement and "previous h" in agreement
@@ -102,8 +118,11 @@ def test_sections_carry_the_numbers_of_the_metrics(rendered):
 
     tr = metrics["trust_region"]
     trust = _section(markdown, "Trust region")
-    for words, key in (("bisection active", "bisection"), ("5/3 growth (no K evaluated)", "growth_5_3"),
-                       ("frozen at the floor", "frozen")):
+    for words, key in (
+        ("bisection active", "bisection"),
+        ("5/3 growth (no K evaluated)", "growth_5_3"),
+        ("frozen at the floor", "frozen"),
+    ):
         assert f"| {words} | {count(tr['regime_counts'][key])} | {pct(tr['regime_share'][key])} |" in trust
     drop = tr["bound_drops"][0]
     assert drop["step"] == 40 and f"| 40 | {num(drop['kl_bound_before'])} -> {num(drop['kl_bound_after'])} |" in trust
@@ -228,11 +247,24 @@ def test_many_layers_get_one_compact_agreement_row_each(make_record):
 
 # ---------------------------------------------------------------------------- format/document
 def test_numbers_have_three_significant_digits_and_shares_are_percentages():
-    assert [num(x) for x in (6030.85, 0.08871, 7.0, 1.5e-6, 9.996, -7.584, 0.0)] == \
-        ["6030", "0.0887", "7", "1.5e-06", "10", "-7.58", "0"]
+    assert [num(x) for x in (6030.85, 0.08871, 7.0, 1.5e-6, 9.996, -7.584, 0.0)] == [
+        "6030",
+        "0.0887",
+        "7",
+        "1.5e-06",
+        "10",
+        "-7.58",
+        "0",
+    ]
     assert num(float("nan")) == num(None) == "n/a"
-    assert [pct(x) for x in (0, 1, 0.0004, 0.9996, 0.629, 0.05432)] == ["0%", "100%", "<0.1%", ">99.9%",
-                                                                         "62.9%", "5.43%"]
+    assert [pct(x) for x in (0, 1, 0.0004, 0.9996, 0.629, 0.05432)] == [
+        "0%",
+        "100%",
+        "<0.1%",
+        ">99.9%",
+        "62.9%",
+        "5.43%",
+    ]
     assert count(3658) == "3,658" and count(float("nan")) == "n/a"
     assert distinguishing_digits([7.22141, 7.22139, 0.5]) == 6 and distinguishing_digits([7.58, 7.22]) == 3
     assert distinguishing_digits([0.17401, 0.17412], pct) == 4

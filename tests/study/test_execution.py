@@ -1,4 +1,5 @@
 """Running a study: resume after a kill, skip finished runs, redo stale ones, keep going past failures."""
+
 import json
 import signal
 import subprocess
@@ -10,17 +11,34 @@ import pytest
 
 from arturo_diag.diagnostics.record import RunRecord
 from arturo_diag.errors import ConfigError, DataError, RecordError
-from arturo_diag.study import expand_grid, load_study, render_study, run_status, run_study, study_from_mapping, with_overrides
+from arturo_diag.study import (
+    expand_grid,
+    load_study,
+    render_study,
+    run_status,
+    run_study,
+    study_from_mapping,
+    with_overrides,
+)
 from arturo_diag.study.execution import FAILURE_FILE
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = {"model": "mlp", "dataset": "teacher", "steps": 5, "batch_size": 16, "train_size": 64, "probe_size": 16,
-        "every": 5, "reference": "exact"}
+TINY = {
+    "model": "mlp",
+    "dataset": "teacher",
+    "steps": 5,
+    "batch_size": 16,
+    "train_size": 64,
+    "probe_size": 16,
+    "every": 5,
+    "reference": "exact",
+}
 
 
 def tiny_study(variants=("faithful", "adam"), seeds=(0, 1), **setup):
-    return study_from_mapping({"study": {"seeds": list(seeds), "variants": list(variants)},
-                               "setups": {"t": {**TINY, **setup}}})
+    return study_from_mapping(
+        {"study": {"seeds": list(seeds), "variants": list(variants)}, "setups": {"t": {**TINY, **setup}}}
+    )
 
 
 def manifest_times(study_dir):
@@ -61,24 +79,38 @@ def test_an_unfinished_run_is_redone(tmp_path):
 
 
 def test_a_failing_run_does_not_lose_the_others(tmp_path):
-    study = study_from_mapping({"study": {"seeds": [0, 1], "variants": ["faithful", "sgd"]},
-                                "setups": {"ok": dict(TINY),
-                                           "broken": {**TINY, "model": "fashion_cnn", "dataset": "fashion_mnist",
-                                                      "data_dir": str(tmp_path / "no-such-dir")}}})
+    study = study_from_mapping(
+        {
+            "study": {"seeds": [0, 1], "variants": ["faithful", "sgd"]},
+            "setups": {
+                "ok": dict(TINY),
+                "broken": {
+                    **TINY,
+                    "model": "fashion_cnn",
+                    "dataset": "fashion_mnist",
+                    "data_dir": str(tmp_path / "no-such-dir"),
+                },
+            },
+        }
+    )
     with pytest.raises(DataError):  # by default bad data fails before any run starts
         run_study(study, tmp_path / "checked", workers=0, render=False)
     assert not (tmp_path / "checked" / "runs").exists()
 
     result = run_study(study, tmp_path / "s", workers=0, check_inputs=False)
     status = {o.spec.key: o.status for o in result.outcomes}
-    assert {k: v for k, v in status.items() if k[0] == "ok"} == {("ok", v, s): "complete" for v in ("faithful", "sgd") for s in (0, 1)}
+    assert {k: v for k, v in status.items() if k[0] == "ok"} == {
+        ("ok", v, s): "complete" for v in ("faithful", "sgd") for s in (0, 1)
+    }
     assert {v for k, v in status.items() if k[0] == "broken"} == {"failed"}
     assert all("DataError" in o.error for o in result.failed)
     for o in result.failed:
         assert (Path(o.spec.config.out) / FAILURE_FILE).is_file()
     data = json.loads((tmp_path / "s" / "study.json").read_text())
     assert data["counts"]["complete"] == 4 and data["counts"]["failed"] == 4
-    assert {(f["setup"], f["variant"], f["seed"]) for f in data["failed"]} == {("broken", v, s) for v in ("faithful", "sgd") for s in (0, 1)}
+    assert {(f["setup"], f["variant"], f["seed"]) for f in data["failed"]} == {
+        ("broken", v, s) for v in ("faithful", "sgd") for s in (0, 1)
+    }
     assert any("4 of 8 runs failed" in f["text"] for f in data["findings"])
     assert data["results"]["ok"]["summary"][0]["test_accuracy"]["n"] == 2
 
@@ -124,12 +156,18 @@ def _alive(pid):
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the worker processes")
 def test_a_killed_study_resumes_to_the_same_study_json(tmp_path):
     config = tmp_path / "study.toml"
-    config.write_text('[study]\nname = "resume"\nseeds = [0, 1]\nvariants = ["faithful", "fixed-eta:1.0", "adam"]\n'
-                      '[setups.t]\nmodel = "mlp"\ndataset = "teacher"\nsteps = 30\nbatch_size = 16\ntrain_size = 128\n'
-                      'probe_size = 32\nevery = 10\nreference = "exact"\n')
+    config.write_text(
+        '[study]\nname = "resume"\nseeds = [0, 1]\nvariants = ["faithful", "fixed-eta:1.0", "adam"]\n'
+        '[setups.t]\nmodel = "mlp"\ndataset = "teacher"\nsteps = 30\nbatch_size = 16\ntrain_size = 128\n'
+        'probe_size = 32\nevery = 10\nreference = "exact"\n'
+    )
     killed = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "cli.app", "ablate", "--config", str(config), "--out", str(killed),
-                                "--workers", "2"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli.app", "ablate", "--config", str(config), "--out", str(killed), "--workers", "2"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

@@ -1,16 +1,22 @@
 """The study's curvature columns are 'at the final snapshot': a run whose last snapshot could not be
 compared (h all 0, e.g. a network whose ReLUs all died) is not assessed, rather than silently
 measured at an earlier snapshot."""
+
 from arturo_diag.study.aggregate import _curvature_columns
 
 
 def _metrics(final_step, snapshot_steps):
-    entry = {"step": final_step, "overall": {"estimate": {"relative_error": 2.0, "spearman": 0.5},
-                                             "constant": {"relative_error": 1.0},
-                                             "beats_constant": {"relative_error": False},
-                                             "coverage": 0.9, "sharpness": 0.1}}
-    return {"run": {"snapshot_steps": snapshot_steps}, "agreement": {"final": entry},
-            "calibration": {"final": entry}}
+    entry = {
+        "step": final_step,
+        "overall": {
+            "estimate": {"relative_error": 2.0, "spearman": 0.5},
+            "constant": {"relative_error": 1.0},
+            "beats_constant": {"relative_error": False},
+            "coverage": 0.9,
+            "sharpness": 0.1,
+        },
+    }
+    return {"run": {"snapshot_steps": snapshot_steps}, "agreement": {"final": entry}, "calibration": {"final": entry}}
 
 
 def test_columns_come_from_the_last_snapshot():

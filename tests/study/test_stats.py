@@ -1,4 +1,5 @@
 """Study statistics against scipy and hand computation on fixed numbers."""
+
 import math
 
 import numpy as np
@@ -49,7 +50,7 @@ def test_paired_comparison_matches_scipy_and_hand():
     assert c["sd_diff"] == pytest.approx(np.std(d, ddof=1), rel=1e-12)
     assert c["t"] == pytest.approx(t.statistic, rel=1e-12) and c["p_t"] == pytest.approx(t.pvalue, rel=1e-12)
     assert c["wilcoxon_stat"] == w.statistic and c["p_wilcoxon"] == pytest.approx(w.pvalue, rel=1e-12)
-    assert c["p_wilcoxon"] == pytest.approx(2 / 2 ** 6)  # every difference negative: the exact floor
+    assert c["p_wilcoxon"] == pytest.approx(2 / 2**6)  # every difference negative: the exact floor
     assert c["d_z"] == pytest.approx(-0.0075 / np.std(d, ddof=1), rel=1e-12)
     # t = d_z * sqrt(n) for a paired test
     assert c["t"] == pytest.approx(c["d_z"] * math.sqrt(6), rel=1e-12)

@@ -1,8 +1,8 @@
 """The aggregate report of a study, on run records with known numbers (written directly, no training)."""
+
 import json
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,8 +26,13 @@ ACCURACY = {"faithful": FAITHFUL, "fixed-eta:1.0": FIXED, "no-drift": FAITHFUL, 
 
 def write_record(spec, accuracy):
     """A complete run record of two epochs ending at ``accuracy``, with one snapshot for arTuRO runs."""
-    writer = RecordWriter(spec.config.out, "compare", config_to_toml(spec.config.resolved()),
-                          {"fc.weight": (10, 3), "fc.bias": (10,)}, overwrite=True)
+    writer = RecordWriter(
+        spec.config.out,
+        "compare",
+        config_to_toml(spec.config.resolved()),
+        {"fc.weight": (10, 3), "fc.bias": (10,)},
+        overwrite=True,
+    )
     arturo = spec.variant.family == "arturo"
     eta = spec.config.fixed_eta if spec.config.fixed_eta is not None else 0.254
     for step in (1, 2, 3, 4):
@@ -36,22 +41,36 @@ def write_record(spec, accuracy):
             row.update(eta=eta, iterations=0 if spec.config.fixed_eta is not None else 1, kl_ratio=0.5, kl_bound=0.08)
         writer.add_step(row)
     for epoch, acc in ((1, accuracy - 0.1), (2, accuracy)):
-        writer.add_epoch({"epoch": epoch, "step": 2 * epoch, "train_loss": 1.0 / epoch, "train_accuracy": acc,
-                          "test_loss": 1.5 - acc, "test_accuracy": acc})
+        writer.add_epoch(
+            {
+                "epoch": epoch,
+                "step": 2 * epoch,
+                "train_loss": 1.0 / epoch,
+                "train_accuracy": acc,
+                "test_loss": 1.5 - acc,
+                "test_accuracy": acc,
+            }
+        )
     if arturo:
         rng = np.random.default_rng(spec.seed)
         arrays = {}
         for name, shape in (("fc.weight", (10, 3)), ("fc.bias", (10,))):
             h = rng.uniform(0.5, 2.0, size=shape)
-            arrays[name] = {"curvature": 1.1 * h, "filter_cov_aa": np.full(shape, 1e-4), "h_exact": h,
-                            "precision": np.full(shape, 100.0)}
+            arrays[name] = {
+                "curvature": 1.1 * h,
+                "filter_cov_aa": np.full(shape, 1e-4),
+                "h_exact": h,
+                "precision": np.full(shape, 100.0),
+            }
         writer.add_snapshot(4, {"kl_bound": 0.08, "eta": eta, "reference": "exact"}, arrays)
     writer.finish()
 
 
 def make_study(root, *, setup=None, missing=()):
-    data = {"study": {"name": "known", "seeds": SEEDS, "variants": list(ACCURACY)},
-            "setups": {"fmnist": setup or {"model": "fashion_cnn", "dataset": "fashion_mnist", "epochs": 2}}}
+    data = {
+        "study": {"name": "known", "seeds": SEEDS, "variants": list(ACCURACY)},
+        "setups": {"fmnist": setup or {"model": "fashion_cnn", "dataset": "fashion_mnist", "epochs": 2}},
+    }
     study = study_from_mapping(data)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(root / "study.toml", study_to_toml(study))
@@ -79,8 +98,10 @@ def test_findings_in_words_carry_the_paired_numbers(rendered):
     p = stats.ttest_rel(FIXED, FAITHFUL).pvalue
     half = stats.t.ppf(0.975, 4) * d.std(ddof=1) / math.sqrt(5) * 100
     text = finding(rendered, "Fixing eta at 1.0")
-    assert text == (f"Fixing eta at 1.0 (trust region off, no dual solve) lowers test accuracy by "
-                    f"{abs(d.mean()) * 100:.1f} +- {half:.1f} points, p = {p:.2g} over 5 seeds.")
+    assert text == (
+        f"Fixing eta at 1.0 (trust region off, no dual solve) lowers test accuracy by "
+        f"{abs(d.mean()) * 100:.1f} +- {half:.1f} points, p = {p:.2g} over 5 seeds."
+    )
     assert "0.8 +- 0.3 points" in text
     assert "gives exactly the test accuracy of faithful arTuRO" in finding(rendered, "Removing the filter's drift")
     assert "not distinguishable" in finding(rendered, "Adam (lr 0.001")
@@ -97,12 +118,21 @@ def test_findings_in_words_carry_the_paired_numbers(rendered):
 def test_study_json_holds_every_number(rendered):
     data = json.loads(rendered.json.read_text())
     assert data["format"] == "arturo-diag-study/1" and data["counts"] == {
-        "total": 25, "complete": 25, "failed": 0, "damaged": 0, "missing": 0, "incomplete": 0, "stale": 0}
+        "total": 25,
+        "complete": 25,
+        "failed": 0,
+        "damaged": 0,
+        "missing": 0,
+        "incomplete": 0,
+        "stale": 0,
+    }
     block = data["results"]["fmnist"]
     faithful = next(e for e in block["summary"] if e["variant"] == "faithful")
     assert faithful["test_accuracy"]["mean"] == pytest.approx(np.mean(FAITHFUL), abs=1e-12)
     low, high = stats.t.interval(0.95, 4, loc=np.mean(FAITHFUL), scale=stats.sem(FAITHFUL))
-    assert (faithful["test_accuracy"]["ci_low"], faithful["test_accuracy"]["ci_high"]) == pytest.approx((low, high), rel=1e-12)
+    assert (faithful["test_accuracy"]["ci_low"], faithful["test_accuracy"]["ci_high"]) == pytest.approx(
+        (low, high), rel=1e-12
+    )
     comparison = next(c for c in block["comparisons"] if c["variant"] == "adam" and c["metric"] == "test_accuracy")
     assert comparison["p_t"] == pytest.approx(stats.ttest_rel(ADAM, FAITHFUL).pvalue, rel=1e-12)
     assert comparison["p_wilcoxon"] == pytest.approx(stats.wilcoxon(ADAM, FAITHFUL).pvalue, rel=1e-12)
@@ -115,7 +145,9 @@ def test_study_json_holds_every_number(rendered):
     assert table["sgd"]["test_accuracy_percent"] == pytest.approx(100 * np.mean(SGD))
     curvature = faithful["curvature"]
     assert curvature["agreement_relative_error"] == pytest.approx(0.1, rel=1e-9)  # a = 1.1 h
-    assert curvature["beats_constant_seeds"] == 5 and curvature["calibration_coverage"] == 0.0  # |a-h| >= 0.05 > 2 sqrt(1e-4)
+    assert (
+        curvature["beats_constant_seeds"] == 5 and curvature["calibration_coverage"] == 0.0
+    )  # |a-h| >= 0.05 > 2 sqrt(1e-4)
     assert data["setups"]["fmnist"]["baselines_source"].startswith("not the authors' settings")
 
 
@@ -149,7 +181,9 @@ def test_missing_runs_are_reported_not_counted(tmp_path):
     report = render_study(tmp_path / "s", figures=False)
     data = report.data
     assert data["counts"]["missing"] == 2 and data["counts"]["complete"] == 23
-    adam = next(c for c in data["results"]["fmnist"]["comparisons"] if c["variant"] == "adam" and c["metric"] == "test_accuracy")
+    adam = next(
+        c for c in data["results"]["fmnist"]["comparisons"] if c["variant"] == "adam" and c["metric"] == "test_accuracy"
+    )
     assert adam["n"] == 3 and adam["seeds"] == [1, 2, 4]
     assert "2 of 25 runs are not finished" in finding(report, "not finished")
     assert "Runs not in the statistics" in report.markdown.read_text()

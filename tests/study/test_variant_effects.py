@@ -5,6 +5,7 @@ decay, a snapshot with the exact diagonal Hessian h after every step. Then the p
 minibatch, so the oracle's curvature at step t must equal the snapshot h of step t-1 (same
 weights, same examples); and every filter/precision identity can be checked step by step.
 """
+
 import numpy as np
 import pytest
 
@@ -13,9 +14,30 @@ from arturo_diag.study import load_baselines, run_study, study_from_mapping
 from arturo_diag.study.aggregate import collect, summarize
 from arturo_diag.study.findings import study_findings
 
-SETUP = {"model": "mlp", "dataset": "teacher", "steps": 8, "batch_size": 64, "train_size": 64, "probe_size": 64,
-         "every": 1, "reference": "exact", "oracle_every": 1, "dtype": "float64", "weight_decay": 0.0, "samples": 16}
-VARIANTS = ["faithful", "fixed-eta:0.5", "coupled-kl", "no-drift", "oracle-exact", "oracle-hutchinson", "exact-dual", "sgd"]
+SETUP = {
+    "model": "mlp",
+    "dataset": "teacher",
+    "steps": 8,
+    "batch_size": 64,
+    "train_size": 64,
+    "probe_size": 64,
+    "every": 1,
+    "reference": "exact",
+    "oracle_every": 1,
+    "dtype": "float64",
+    "weight_decay": 0.0,
+    "samples": 16,
+}
+VARIANTS = [
+    "faithful",
+    "fixed-eta:0.5",
+    "coupled-kl",
+    "no-drift",
+    "oracle-exact",
+    "oracle-hutchinson",
+    "exact-dual",
+    "sgd",
+]
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +77,9 @@ def test_oracle_exact_steps_use_the_reference_curvature(records):
     hutchinson = records["oracle-hutchinson"]
     faithful = records["faithful"]
     t = hutchinson.snapshot_steps[-1]
-    assert rel(flat(hutchinson, t, "curvature"), flat(hutchinson, t - 1, "h_exact")) < \
-        rel(flat(faithful, t, "curvature"), flat(faithful, t - 1, "h_exact"))
+    assert rel(flat(hutchinson, t, "curvature"), flat(hutchinson, t - 1, "h_exact")) < rel(
+        flat(faithful, t, "curvature"), flat(faithful, t - 1, "h_exact")
+    )
 
 
 def precision_identity_errors(record):
@@ -84,8 +107,10 @@ def test_coupled_kl_uses_the_coupled_precision_update(records):
 def test_no_drift_never_inflates_the_filter_covariance(records):
     def largest_increase(record):
         steps = record.snapshot_steps
-        return max(float(np.max(flat(record, b, "filter_cov_aa") - flat(record, a, "filter_cov_aa")))
-                   for a, b in zip(steps[:-1], steps[1:]))
+        return max(
+            float(np.max(flat(record, b, "filter_cov_aa") - flat(record, a, "filter_cov_aa")))
+            for a, b in zip(steps[:-1], steps[1:])
+        )
 
     assert largest_increase(records["no-drift"]) <= 1e-15  # q = 0: plain RLS, P_aa only shrinks
     drift = records["faithful"].config["optimizer"]["dynamic_model_noise"]
@@ -112,16 +137,30 @@ def test_baseline_runs_are_the_baseline_optimizer_with_the_recorded_hyperparamet
     values = load_baselines().values["sgd"]
     assert sgd.config["optimizer"]["optimizer"] == "sgd"
     assert sgd.manifest["optimizer"]["name"] == "SGD"
-    assert sgd.manifest["optimizer"]["lr"] == values["lr"] and sgd.manifest["optimizer"]["momentum"] == values["momentum"]
+    assert (
+        sgd.manifest["optimizer"]["lr"] == values["lr"] and sgd.manifest["optimizer"]["momentum"] == values["momentum"]
+    )
     assert sgd.snapshot_steps == []  # no curvature state to compare
     assert records["faithful"].manifest["optimizer"]["name"] == "Arturo"
 
 
 def test_guarded_clamps_exactly_the_negative_curvature_estimates(tmp_path):
     # Small batches, a loose filter and a wide posterior: a few curvature estimates turn negative.
-    setup = {"model": "mlp", "dataset": "teacher", "steps": 12, "batch_size": 16, "train_size": 64, "probe_size": 64,
-             "every": 1, "reference": "exact", "dtype": "float64", "weight_decay": 0.0, "start_filter_cov": 1.0,
-             "measurement_noise": 0.01, "var_init": 1.0}
+    setup = {
+        "model": "mlp",
+        "dataset": "teacher",
+        "steps": 12,
+        "batch_size": 16,
+        "train_size": 64,
+        "probe_size": 64,
+        "every": 1,
+        "reference": "exact",
+        "dtype": "float64",
+        "weight_decay": 0.0,
+        "start_filter_cov": 1.0,
+        "measurement_noise": 0.01,
+        "var_init": 1.0,
+    }
     study = study_from_mapping({"study": {"seeds": [0], "variants": ["faithful", "guarded"]}, "setups": {"g": setup}})
     result = run_study(study, tmp_path, workers=0, render=False)
     faithful, guarded = (RunRecord.load(o.spec.config.out) for o in result.outcomes)
@@ -136,4 +175,7 @@ def test_guarded_clamps_exactly_the_negative_curvature_estimates(tmp_path):
     assert guarded.manifest["optimizer"]["guard"] is True and faithful.manifest["optimizer"]["guard"] is False
     data = collect(tmp_path)
     texts = [f["text"] for f in study_findings(data, summarize(data))]
-    assert f"guarded: the guard clamped {sum(negatives(guarded))} coordinate-steps of negative curvature in 1 of 1 seeds." in texts
+    assert (
+        f"guarded: the guard clamped {sum(negatives(guarded))} coordinate-steps of negative curvature in 1 of 1 seeds."
+        in texts
+    )

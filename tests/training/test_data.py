@@ -1,4 +1,5 @@
 """Datasets: IDX and CIFAR files round-trip, malformed files fail with their path, determinism."""
+
 import gzip
 import pickle
 import struct
@@ -56,7 +57,12 @@ def write_cifar(directory, kind: str, seed=0):
     """Tiny CIFAR release (``kind`` "cifar10" or "cifar100") inside ``directory``; returns arrays."""
     rng = np.random.default_rng(seed)
     if kind == "cifar10":
-        folder, names, key, k = directory / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], b"labels", 10
+        folder, names, key, k = (
+            directory / "cifar-10-batches-py",
+            [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"],
+            b"labels",
+            10,
+        )
     else:
         folder, names, key, k = directory / "cifar-100-python", ["train", "test"], b"fine_labels", 100
     folder.mkdir(parents=True)
@@ -129,8 +135,9 @@ def _fashion_file(tmp_path, name, gz=True):
 def test_idx_bad_magic_number(tmp_path, gz):
     arrays = write_fashion(tmp_path, gz=gz)
     # labels written where images belong: magic 0x00000801 instead of 0x00000803
-    path = write_file(_fashion_file(tmp_path, "train-images-idx3-ubyte", gz),
-                      idx_bytes(arrays["train-labels-idx1-ubyte"]))
+    path = write_file(
+        _fashion_file(tmp_path, "train-images-idx3-ubyte", gz), idx_bytes(arrays["train-labels-idx1-ubyte"])
+    )
     with pytest.raises(DataError) as info:
         load_dataset("fashion_mnist", tmp_path)
     message = str(info.value)
@@ -379,8 +386,9 @@ def test_digits_split_is_stratified_and_a_partition():
     pairs = sorted(zip(map(tuple, both), torch.cat([raw.y_train, raw.y_test]).tolist()))
     assert pairs == sorted(zip(map(tuple, bunch.data.astype(np.float64)), bunch.target.tolist()))
     class_sizes = np.bincount(bunch.target, minlength=10)
-    np.testing.assert_array_equal(torch.bincount(raw.y_test, minlength=10).numpy(),
-                                  np.round(0.2 * class_sizes).astype(int))
+    np.testing.assert_array_equal(
+        torch.bincount(raw.y_test, minlength=10).numpy(), np.round(0.2 * class_sizes).astype(int)
+    )
 
 
 def test_digits_split_is_deterministic_per_seed(digits):

@@ -1,4 +1,5 @@
 """The dataset registry: one declaration per dataset, and load_dataset dispatches over it."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """The training loop and the Monitor: determinism, the record they write, and a hand-written loop."""
+
 import json
 import math
 
@@ -17,8 +18,9 @@ from arturo_diag.training.loop import run
 from arturo_diag.training.models import build_model
 from arturo_diag.training.seeding import make_generator, seed_everything
 
-TINY = dict(model="mlp", dataset="teacher", train_size=96, batch_size=32, epochs=2, every=2, probe_size=16,
-            lr_milestones=(2,))
+TINY = dict(
+    model="mlp", dataset="teacher", train_size=96, batch_size=32, epochs=2, every=2, probe_size=16, lr_milestones=(2,)
+)
 
 
 def _tiny(tmp_path, name="run", **changes):
@@ -54,8 +56,16 @@ def test_record_has_what_docs_record_md_promises(tmp_path):
     assert record.snapshot_steps == [2, 4, 6]
     snap = record.snapshot(2)
     fields = set(next(iter(snap.values())))
-    assert {"curvature", "filter_cov_aa", "intercept", "precision", "weight", "h_exact", "h_hutchinson",
-            "h_hutchinson_se"} <= fields
+    assert {
+        "curvature",
+        "filter_cov_aa",
+        "intercept",
+        "precision",
+        "weight",
+        "h_exact",
+        "h_hutchinson",
+        "h_hutchinson_se",
+    } <= fields
     rows = record.snapshots
     assert (rows["kl0_ratio"] > 0).all() and set(rows["exact_method"]) == {"ggn"}
     assert len(record.epochs) == 2 and record.epochs["test_accuracy"].between(0, 1).all()
@@ -76,7 +86,7 @@ def test_snapshot_reference_is_the_exact_hessian_diagonal_at_the_recorded_weight
     def loss(vector):
         params, offset = {}, 0
         for n, s in zip(names, shapes):
-            params[n] = vector[offset:offset + s.numel()].reshape(s)
+            params[n] = vector[offset : offset + s.numel()].reshape(s)
             offset += s.numel()
         return torch.nn.functional.cross_entropy(torch.func.functional_call(model, params, (x,)), y)
 
@@ -94,8 +104,15 @@ def test_monitor_in_a_hand_written_loop_writes_the_same_record_as_compare(tmp_pa
     model = build_model("mlp", in_channels=1, num_classes=dataset.num_classes, image_size=8)
     optimizer = Arturo(model.parameters(), **config.arturo_kwargs())
     probe = probe_batch(dataset, 16, 0)
-    monitor = Monitor(model, optimizer, torch.nn.functional.cross_entropy, probe, every=2,
-                      out=str(tmp_path / "mine"), config_toml=config_to_toml(config))
+    monitor = Monitor(
+        model,
+        optimizer,
+        torch.nn.functional.cross_entropy,
+        probe,
+        every=2,
+        out=str(tmp_path / "mine"),
+        config_toml=config_to_toml(config),
+    )
     generator = make_generator(0)
     for epoch in (1, 2):
         for x, y in batches(dataset.x_train, dataset.y_train, 32, generator):

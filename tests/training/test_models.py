@@ -1,4 +1,5 @@
 """Models: parameter counts, output shapes, registry errors, the piecewise-linear flag."""
+
 import pytest
 import torch
 from torch import nn
@@ -42,8 +43,7 @@ def test_resnet34_cifar10_parameter_count():
 
 def test_small_cnn_is_small():
     assert count_parameters(SmallCNN()) == 3_658
-    assert 2_000 <= count_parameters(build_model("small_cnn", in_channels=1, num_classes=10,
-                                                 image_size=8)) <= 6_000
+    assert 2_000 <= count_parameters(build_model("small_cnn", in_channels=1, num_classes=10, image_size=8)) <= 6_000
 
 
 def test_mlp_flattens_and_has_the_given_widths():
@@ -54,10 +54,19 @@ def test_mlp_flattens_and_has_the_given_widths():
 
 
 SHAPES = [
-    ("mlp", DIGITS), ("mlp", FASHION), ("mlp", CIFAR10), ("mlp", CIFAR100),
-    ("small_cnn", DIGITS), ("small_cnn", FASHION), ("small_cnn", CIFAR10), ("small_cnn", CIFAR100),
+    ("mlp", DIGITS),
+    ("mlp", FASHION),
+    ("mlp", CIFAR10),
+    ("mlp", CIFAR100),
+    ("small_cnn", DIGITS),
+    ("small_cnn", FASHION),
+    ("small_cnn", CIFAR10),
+    ("small_cnn", CIFAR100),
     ("fashion_cnn", FASHION),
-    ("resnet18", DIGITS), ("resnet18", FASHION), ("resnet18", CIFAR10), ("resnet18", CIFAR100),
+    ("resnet18", DIGITS),
+    ("resnet18", FASHION),
+    ("resnet18", CIFAR10),
+    ("resnet18", CIFAR100),
     ("resnet34", DIGITS),  # its CIFAR shape is covered by resnet18's: same stem, stages and head
 ]
 
@@ -79,8 +88,18 @@ def test_every_model_is_flagged_piecewise_linear(name):
     shape = FASHION if name == "fashion_cnn" else DIGITS
     model = build_model(name, in_channels=shape[0], num_classes=shape[2], image_size=shape[1])
     assert type(model).arturo_diag_piecewise_linear is True
-    allowed = (nn.Linear, nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d,
-               nn.Flatten, nn.Dropout, nn.BatchNorm2d, nn.Sequential)
+    allowed = (
+        nn.Linear,
+        nn.Conv2d,
+        nn.ReLU,
+        nn.MaxPool2d,
+        nn.AdaptiveMaxPool2d,
+        nn.AdaptiveAvgPool2d,
+        nn.Flatten,
+        nn.Dropout,
+        nn.BatchNorm2d,
+        nn.Sequential,
+    )
     for module in model.modules():
         if module is model or getattr(module, "arturo_diag_piecewise_linear", False):
             continue
@@ -150,4 +169,3 @@ def test_curvature_package_accepts_every_model_as_ggn_exact(name):
     shape = FASHION if name == "fashion_cnn" else CIFAR10 if name.startswith("resnet") else DIGITS
     model = build_model(name, in_channels=shape[0], num_classes=shape[2], image_size=shape[1])
     assert check_ggn_exact(model, nn.functional.cross_entropy) == "cross_entropy"
-

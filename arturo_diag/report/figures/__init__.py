@@ -19,6 +19,7 @@ Modules: :mod:`.common` (style, PNG writing, shared helpers), :mod:`.agreement`,
 function and its ``FIGURE`` (a :class:`FigureSpec`: file name, size, caption). To add a figure:
 write its module and add its ``FIGURE`` to :data:`FIGURES` below.
 """
+
 from __future__ import annotations
 
 import matplotlib  # noqa: F401 - figures.matplotlib, on the Agg backend .common selects

@@ -1,4 +1,5 @@
 """Figure of the agreement of the curvature estimate a with the reference h, per snapshot and layer."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -52,22 +53,53 @@ def plot_agreement(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> N
     marker = "." if len(steps) <= 60 else None
     for metric, ax in (("relative_error", ax_err), ("spearman", ax_rho)):
         for i, layer in enumerate(layers):
-            ax.plot(steps, _values(entries, "layers", layer, "estimate", metric), color=colors[layer],
-                    lw=1.1, marker=marker, ms=4, alpha=0.9, label=_layer_label(layer, i, layers, many))
-        ax.plot(steps, _values(entries, "overall", "estimate", metric), color=_C["overall"], lw=2.4,
-                marker=marker, ms=5, label="all coordinates")
+            ax.plot(
+                steps,
+                _values(entries, "layers", layer, "estimate", metric),
+                color=colors[layer],
+                lw=1.1,
+                marker=marker,
+                ms=4,
+                alpha=0.9,
+                label=_layer_label(layer, i, layers, many),
+            )
+        ax.plot(
+            steps,
+            _values(entries, "overall", "estimate", metric),
+            color=_C["overall"],
+            lw=2.4,
+            marker=marker,
+            ms=5,
+            label="all coordinates",
+        )
         previous = _values(entries, "overall", "previous_h", metric)
         if np.isfinite(previous).any():
-            ax.plot(steps, previous, color="0.45", ls=":", lw=1.6, marker="s", ms=3,
-                    label="baseline: previous snapshot's h")
+            ax.plot(
+                steps, previous, color="0.45", ls=":", lw=1.6, marker="s", ms=3, label="baseline: previous snapshot's h"
+            )
     constant = _values(entries, "overall", "constant", "relative_error")
     # drawn on top: early on a is still 0.1 and the estimate's line lies exactly under it
-    ax_err.plot(steps, constant, color=_C["constant"], ls="--", lw=1.6, zorder=5,
-                label=f"baseline: constant {num(constant_value)}")
-    ax_rho.axhline(0.0, color=_C["constant"], ls="--", lw=1.6, zorder=5,
-                   label=f"baseline: constant {num(constant_value)} (no ranks: 0)")
-    every_err = np.concatenate([_values(entries, "overall", "estimate", "relative_error"), constant] +
-                               [_values(entries, "layers", layer, "estimate", "relative_error") for layer in layers])
+    ax_err.plot(
+        steps,
+        constant,
+        color=_C["constant"],
+        ls="--",
+        lw=1.6,
+        zorder=5,
+        label=f"baseline: constant {num(constant_value)}",
+    )
+    ax_rho.axhline(
+        0.0,
+        color=_C["constant"],
+        ls="--",
+        lw=1.6,
+        zorder=5,
+        label=f"baseline: constant {num(constant_value)} (no ranks: 0)",
+    )
+    every_err = np.concatenate(
+        [_values(entries, "overall", "estimate", "relative_error"), constant]
+        + [_values(entries, "layers", layer, "estimate", "relative_error") for layer in layers]
+    )
     _log_if_wide(ax_err, every_err, ratio=10.0)
     ax_err.set_ylabel("relative error ||a-h||/||h||\n(lower is better)")
     ax_rho.set_ylabel("Spearman rank correlation\n(higher is better)")
@@ -82,6 +114,10 @@ def plot_agreement(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> N
 
 
 #: This figure's entry in :data:`arturo_diag.report.figures.FIGURES`.
-FIGURE = FigureSpec("agreement", plot_agreement, (11.0, 7.0),
-                    "Agreement of a with h per snapshot: relative error and Spearman per layer and overall, beside the "
-                    "constant-0.1 (dashed pink) and previous-snapshot-h (dotted grey) baselines.")
+FIGURE = FigureSpec(
+    "agreement",
+    plot_agreement,
+    (11.0, 7.0),
+    "Agreement of a with h per snapshot: relative error and Spearman per layer and overall, beside the "
+    "constant-0.1 (dashed pink) and previous-snapshot-h (dotted grey) baselines.",
+)

@@ -1,4 +1,5 @@
 """Figure of the calibration of the filter's claimed variance P_aa against the error a - h."""
+
 from __future__ import annotations
 
 import math
@@ -56,10 +57,25 @@ def plot_calibration(record: RunRecord, metrics: dict[str, Any], fig: Figure) ->
     marker = "." if len(steps) <= 60 else None
     for metric, ax in (("coverage", axes["coverage"]), ("sharpness", axes["sharpness"])):
         for i, layer in enumerate(layers):
-            ax.plot(steps, _values(entries, "layers", layer, metric), color=colors[layer], lw=1.1, marker=marker,
-                    ms=4, alpha=0.9, label=_layer_label(layer, i, layers, many))
-        ax.plot(steps, _values(entries, "overall", metric), color=_C["overall"], lw=2.4, marker=marker, ms=5,
-                label="all coordinates")
+            ax.plot(
+                steps,
+                _values(entries, "layers", layer, metric),
+                color=colors[layer],
+                lw=1.1,
+                marker=marker,
+                ms=4,
+                alpha=0.9,
+                label=_layer_label(layer, i, layers, many),
+            )
+        ax.plot(
+            steps,
+            _values(entries, "overall", metric),
+            color=_C["overall"],
+            lw=2.4,
+            marker=marker,
+            ms=5,
+            label="all coordinates",
+        )
         ax.set_xlabel("optimizer step (snapshots)")
     cov = axes["coverage"]
     cov.axhspan(0.85, 0.99, color=_C["calibrated"], alpha=0.12, lw=0)
@@ -69,8 +85,10 @@ def plot_calibration(record: RunRecord, metrics: dict[str, Any], fig: Figure) ->
     cov.set_ylabel("coverage: share with\n|a-h| <= 2 sqrt(P_aa)")
     cov.set_title(f"coverage (calibrated: {pct(GAUSSIAN_COVERAGE)}, dashed)")
     sharp = axes["sharpness"]
-    values = np.concatenate([_values(entries, "overall", "sharpness")] +
-                            [_values(entries, "layers", layer, "sharpness") for layer in layers])
+    values = np.concatenate(
+        [_values(entries, "overall", "sharpness")]
+        + [_values(entries, "layers", layer, "sharpness") for layer in layers]
+    )
     finite = values[np.isfinite(values) & (values > 0)]
     low = min(float(finite.min()) if finite.size else 0.1, 0.1) / 2
     high = max(float(finite.max()) if finite.size else 3.0, 3.0) * 2
@@ -82,14 +100,18 @@ def plot_calibration(record: RunRecord, metrics: dict[str, Any], fig: Figure) ->
     sharp.axhline(GAUSSIAN_SHARPNESS, color=_C["calibrated"], ls="--", lw=1.4)
     sharp.set_ylabel("sharpness: median\n|a-h| / sqrt(P_aa)")
     sharp.set_title(f"sharpness (calibrated: {num(GAUSSIAN_SHARPNESS, 2)}, dashed)")
-    legend = [Line2D([], [], color=colors[layer], lw=1.1, label=_layer_label(layer, i, layers, many))
-              for i, layer in enumerate(layers)]
+    legend = [
+        Line2D([], [], color=colors[layer], lw=1.1, label=_layer_label(layer, i, layers, many))
+        for i, layer in enumerate(layers)
+    ]
     legend = [h for h in legend if not h.get_label().startswith("_")]
-    legend += [Line2D([], [], color=_C["overall"], lw=2.4, label="all coordinates"),
-               Line2D([], [], color=_C["calibrated"], ls="--", lw=1.4, label="calibrated value"),
-               Patch(color=_C["calibrated"], alpha=0.25, label="calibrated range"),
-               Patch(color="#d62728", alpha=0.15, label="vacuous (< 0.2)"),
-               Patch(color="#ff7f0e", alpha=0.15, label="overconfident (> 2)")]
+    legend += [
+        Line2D([], [], color=_C["overall"], lw=2.4, label="all coordinates"),
+        Line2D([], [], color=_C["calibrated"], ls="--", lw=1.4, label="calibrated value"),
+        Patch(color=_C["calibrated"], alpha=0.25, label="calibrated range"),
+        Patch(color="#d62728", alpha=0.15, label="vacuous (< 0.2)"),
+        Patch(color="#ff7f0e", alpha=0.15, label="overconfident (> 2)"),
+    ]
     _legend_outside(sharp, legend)
 
     hist = axes["hist"]
@@ -99,8 +121,7 @@ def plot_calibration(record: RunRecord, metrics: dict[str, Any], fig: Figure) ->
     try:
         arrays, _ = _final_arrays(record, step, ("curvature", "filter_cov_aa", field))
     except FigureSkipped as skipped:
-        hist.text(0.5, 0.5, f"histogram skipped: {skipped.reason}", ha="center", va="center",
-                  transform=hist.transAxes)
+        hist.text(0.5, 0.5, f"histogram skipped: {skipped.reason}", ha="center", va="center", transform=hist.transAxes)
         hist.set_axis_off()
     else:
         a, p_aa, h = arrays["curvature"], arrays["filter_cov_aa"], arrays[field]
@@ -108,20 +129,36 @@ def plot_calibration(record: RunRecord, metrics: dict[str, Any], fig: Figure) ->
         z = np.abs(a[ok] - h[ok]) / np.sqrt(p_aa[ok])
         positive = z[z > 0]
         if positive.size == 0:
-            hist.text(0.5, 0.5, "histogram skipped: a = h exactly wherever P_aa > 0", ha="center",
-                      va="center", transform=hist.transAxes)
+            hist.text(
+                0.5,
+                0.5,
+                "histogram skipped: a = h exactly wherever P_aa > 0",
+                ha="center",
+                va="center",
+                transform=hist.transAxes,
+            )
             hist.set_axis_off()
         else:
             lo = min(float(positive.min()), 0.01)
             hi = max(float(positive.max()), 10.0)
             bins = np.logspace(math.log10(lo), math.log10(hi) + 1e-9, 60)
             counts, _ = np.histogram(positive, bins=bins)
-            hist.stairs(counts, bins, fill=True, alpha=0.55, color="#1f77b4",
-                        label=f"coordinates at step {step} ({count(positive.size)})")
+            hist.stairs(
+                counts,
+                bins,
+                fill=True,
+                alpha=0.55,
+                color="#1f77b4",
+                label=f"coordinates at step {step} ({count(positive.size)})",
+            )
             expected = positive.size * np.diff(erf(bins / math.sqrt(2.0)))
             hist.stairs(expected, bins, color="black", ls="--", lw=1.2, label="if calibrated: |N(0,1)|")
-            hist.axvline(GAUSSIAN_SHARPNESS, color=_C["calibrated"], lw=1.4,
-                         label=f"median if calibrated ({num(GAUSSIAN_SHARPNESS, 2)})")
+            hist.axvline(
+                GAUSSIAN_SHARPNESS,
+                color=_C["calibrated"],
+                lw=1.4,
+                label=f"median if calibrated ({num(GAUSSIAN_SHARPNESS, 2)})",
+            )
             hist.axvline(2.0, color="0.3", ls=":", lw=1.4, label="2: coverage bound")
             observed = float(np.median(z))
             hist.axvline(observed, color="#d62728", lw=1.6, label=f"observed median ({num(observed)})")
@@ -133,12 +170,18 @@ def plot_calibration(record: RunRecord, metrics: dict[str, Any], fig: Figure) ->
             hist.set_title(f"distribution of |a-h| / sqrt(P_aa) at the final snapshot (step {step}){note}")
             _legend_outside(hist)
     label = get(final, "overall", "interpretation") or "undefined"
-    fig.suptitle(f"Calibration of the filter's claimed Var(a) = P_aa against h: {label} at the final snapshot "
-                 f"(coverage {pct(get(final, 'overall', 'coverage'))}, "
-                 f"sharpness {num(get(final, 'overall', 'sharpness'))})")
+    fig.suptitle(
+        f"Calibration of the filter's claimed Var(a) = P_aa against h: {label} at the final snapshot "
+        f"(coverage {pct(get(final, 'overall', 'coverage'))}, "
+        f"sharpness {num(get(final, 'overall', 'sharpness'))})"
+    )
 
 
 #: This figure's entry in :data:`arturo_diag.report.figures.FIGURES`.
-FIGURE = FigureSpec("calibration", plot_calibration, (11.0, 7.5),
-                    "Calibration of P_aa: coverage (95% if calibrated) and sharpness (0.67 if calibrated) per snapshot, "
-                    "and the histogram of |a-h|/sqrt(P_aa) at the final snapshot against |N(0,1)|.")
+FIGURE = FigureSpec(
+    "calibration",
+    plot_calibration,
+    (11.0, 7.5),
+    "Calibration of P_aa: coverage (95% if calibrated) and sharpness (0.67 if calibrated) per snapshot, "
+    "and the histogram of |a-h|/sqrt(P_aa) at the final snapshot against |N(0,1)|.",
+)

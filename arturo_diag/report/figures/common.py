@@ -3,6 +3,7 @@
 functions use (tables of the record, layer colours, legends, KL-bound drops). The underscore names
 are for the figure modules only.
 """
+
 from __future__ import annotations
 
 import io
@@ -43,8 +44,18 @@ _RC: dict[str, Any] = {
     "axes.formatter.useoffset": False,
 }
 _PNG_METADATA = {"Software": None}  # no matplotlib version in the file
-_C = {"overall": "black", "constant": "#e7298a", "eta": "#1f77b4", "growth": "#ff7f0e", "frozen": "#d62728", "fixed": "#7f7f7f",
-      "kl": "#2ca02c", "drop": "#9467bd", "collapse": "#d62728", "calibrated": "#2ca02c"}
+_C = {
+    "overall": "black",
+    "constant": "#e7298a",
+    "eta": "#1f77b4",
+    "growth": "#ff7f0e",
+    "frozen": "#d62728",
+    "fixed": "#7f7f7f",
+    "kl": "#2ca02c",
+    "drop": "#9467bd",
+    "collapse": "#d62728",
+    "calibrated": "#2ca02c",
+}
 
 
 class FigureSkipped(Exception):
@@ -99,8 +110,10 @@ def _no_reference_reason(metrics: dict[str, Any]) -> str:
     run = metrics.get("run") or {}
     if not run.get("n_snapshots"):
         return "the record has no snapshots (reference 'none' or no snapshot was due)"
-    return (f"none of the {run['n_snapshots']} snapshots has both the curvature estimate a and a reference h "
-            f"(reference: {run.get('reference')})")
+    return (
+        f"none of the {run['n_snapshots']} snapshots has both the curvature estimate a and a reference h "
+        f"(reference: {run.get('reference')})"
+    )
 
 
 def _layer_colors(layers: Sequence[str]) -> tuple[dict[str, Any], bool]:
@@ -156,8 +169,13 @@ def _mark_drops(axes: Sequence[Any], drops: Sequence[dict[str, Any]], label: boo
     for i, drop in enumerate(drops):
         factor = f" (x{num(drop['factor'])})" if is_number(drop.get("factor")) else ""
         for j, ax in enumerate(axes):
-            ax.axvline(drop["step"], color=_C["drop"], ls="-.", lw=1.0,
-                       label=f"KL bound drop{factor}" if (label and i == 0 and j == 0) else "_nolegend_")
+            ax.axvline(
+                drop["step"],
+                color=_C["drop"],
+                ls="-.",
+                lw=1.0,
+                label=f"KL bound drop{factor}" if (label and i == 0 and j == 0) else "_nolegend_",
+            )
 
 
 def _final_arrays(record: RunRecord, step: int, fields: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -170,6 +188,5 @@ def _final_arrays(record: RunRecord, step: int, fields: Sequence[str]) -> tuple[
     layer_order = list(dict.fromkeys(record.layers.get(n, n) for n in list(record.parameters) + names))
     index = {layer: i for i, layer in enumerate(layer_order)}
     arrays = {f: np.concatenate([snapshot[n][f].reshape(-1) for n in names]) for f in fields}
-    layer_index = np.concatenate([np.full(snapshot[n][fields[0]].size, index[record.layers.get(n, n)])
-                                  for n in names])
+    layer_index = np.concatenate([np.full(snapshot[n][fields[0]].size, index[record.layers.get(n, n)]) for n in names])
     return arrays, layer_index

@@ -1,4 +1,5 @@
 """Figure of the health of the weight posterior: quantiles of the precision pi over training."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -42,8 +43,10 @@ def plot_precision(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> N
     if not rows.any():
         entries = [e for e in (get(metrics, "health", "snapshots") or []) if is_number(e.get("precision_q50"))]
         if not entries:
-            raise FigureSkipped("no precision quantiles recorded: steps.csv precision_q01/q50/q99 are empty "
-                                "and no snapshot holds the precision")
+            raise FigureSkipped(
+                "no precision quantiles recorded: steps.csv precision_q01/q50/q99 are empty "
+                "and no snapshot holds the precision"
+            )
         step = np.asarray([e["step"] for e in entries], dtype=np.float64)
         q01, q50, q99 = (_values(entries, f"precision_q{q}") for q in ("01", "50", "99"))
         rows = np.ones(len(entries), dtype=bool)
@@ -58,12 +61,19 @@ def plot_precision(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> N
     fraction = get(metrics, "health", "collapse_fraction")
     levels = [q01, q50, q99]
     if is_number(var_init) and var_init > 0:
-        ax.axhline(1.0 / var_init, color="0.4", ls=":", lw=1.2, label=f"initial precision 1/var_init = {num(1 / var_init)}")
+        ax.axhline(
+            1.0 / var_init, color="0.4", ls=":", lw=1.2, label=f"initial precision 1/var_init = {num(1 / var_init)}"
+        )
         levels.append(np.asarray([1.0 / var_init]))
         if is_number(fraction) and fraction > 0:
             threshold = 1.0 / (fraction * var_init)
-            ax.axhline(threshold, color=_C["collapse"], ls="--", lw=1.4,
-                       label=f"variance collapse above {num(threshold)}\n(1/pi < {pct(fraction)} of var_init)")
+            ax.axhline(
+                threshold,
+                color=_C["collapse"],
+                ls="--",
+                lw=1.4,
+                label=f"variance collapse above {num(threshold)}\n(1/pi < {pct(fraction)} of var_init)",
+            )
             levels.append(np.asarray([threshold]))
     every = np.concatenate(levels)
     every = every[np.isfinite(every)]
@@ -81,5 +91,9 @@ def plot_precision(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> N
 
 
 #: This figure's entry in :data:`arturo_diag.report.figures.FIGURES`.
-FIGURE = FigureSpec("precision", plot_precision, (11.0, 4.8),
-                    "Precision quantiles (1%, 50%, 99%) over training (log) with the variance-collapse threshold.")
+FIGURE = FigureSpec(
+    "precision",
+    plot_precision,
+    (11.0, 4.8),
+    "Precision quantiles (1%, 50%, 99%) over training (log) with the variance-collapse threshold.",
+)

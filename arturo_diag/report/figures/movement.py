@@ -1,5 +1,6 @@
 """Figure of how far the curvature estimate a moved: |a| against |h| at the final snapshot, beside
 the prior 0.1 (coordinates that never left it lie along its line)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -65,9 +66,19 @@ def plot_scatter(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> Non
     if many:
         cmap = sns.color_palette("viridis", as_cmap=True)
         for mask, marker in ((same, "o"), (~same, "x")):
-            points = ax.scatter(abs_h[mask], abs_a[mask], c=layer_index[mask], cmap=cmap, vmin=0,
-                                vmax=max(len(layers) - 1, 1), marker=marker, s=dot if marker == "o" else cross,
-                                alpha=0.55, linewidths=0 if marker == "o" else 0.8, rasterized=False)
+            points = ax.scatter(
+                abs_h[mask],
+                abs_a[mask],
+                c=layer_index[mask],
+                cmap=cmap,
+                vmin=0,
+                vmax=max(len(layers) - 1, 1),
+                marker=marker,
+                s=dot if marker == "o" else cross,
+                alpha=0.55,
+                linewidths=0 if marker == "o" else 0.8,
+                rasterized=False,
+            )
         colorbar = fig.colorbar(points, ax=ax, pad=0.01)
         colorbar.set_label(f"layer index (0 = {layers[0]}, {len(layers) - 1} = {layers[-1]})")
     else:
@@ -77,8 +88,15 @@ def plot_scatter(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> Non
                 continue
             for mask, marker in ((in_layer & same, "o"), (in_layer & ~same, "x")):
                 if mask.any():
-                    ax.scatter(abs_h[mask], abs_a[mask], color=colors[layer], marker=marker,
-                               s=dot if marker == "o" else cross, alpha=0.55, linewidths=0 if marker == "o" else 0.8)
+                    ax.scatter(
+                        abs_h[mask],
+                        abs_a[mask],
+                        color=colors[layer],
+                        marker=marker,
+                        s=dot if marker == "o" else cross,
+                        alpha=0.55,
+                        linewidths=0 if marker == "o" else 0.8,
+                    )
             handles.append(Line2D([], [], ls="", marker="o", color=colors[layer], label=layer))
     # y covers |a| and the prior; x covers |h| and the y range, so that the diagonal is visible
     y_low = float(min(abs_a.min(), INITIAL_CURVATURE)) / 1.5
@@ -94,20 +112,32 @@ def plot_scatter(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> Non
     reference = "exact" if field == "h_exact" else "Hutchinson"
     ax.set_xlabel(f"|h|  (reference diagonal Hessian, {reference})")
     ax.set_ylabel("|a|  (arTuRO's curvature estimate)")
-    handles += [Line2D([], [], ls="", marker="o", color="0.35", label="same sign"),
-                Line2D([], [], ls="", marker="x", color="0.35", label="opposite sign"),
-                Line2D([], [], color="black", lw=1.0, label="y = x (a = h)"),
-                Line2D([], [], color="black", ls="--", lw=1.0, label=f"{num(INITIAL_CURVATURE)} = prior (initial a)")]
+    handles += [
+        Line2D([], [], ls="", marker="o", color="0.35", label="same sign"),
+        Line2D([], [], ls="", marker="x", color="0.35", label="opposite sign"),
+        Line2D([], [], color="black", lw=1.0, label="y = x (a = h)"),
+        Line2D([], [], color="black", ls="--", lw=1.0, label=f"{num(INITIAL_CURVATURE)} = prior (initial a)"),
+    ]
     _legend_outside(ax, handles)
     excluded = int(n_total - np.count_nonzero(usable))
-    shown = (f"{count(len(chosen))} of {count(int(usable.sum()))} drawable coordinates (random subsample, seed "
-             f"{_SCATTER_SEED})" if subsampled else f"{count(len(chosen))} coordinates")
+    shown = (
+        f"{count(len(chosen))} of {count(int(usable.sum()))} drawable coordinates (random subsample, seed "
+        f"{_SCATTER_SEED})"
+        if subsampled
+        else f"{count(len(chosen))} coordinates"
+    )
     zeros = f"{count(excluded)} of {count(n_total)} with a = 0 or h = 0 (or non-finite) not drawn; " if excluded else ""
-    ax.set_title(f"|a| vs |h| at the final snapshot (step {step}): {shown}\n"
-                 f"{zeros}{pct(float(np.mean(~same)))} of those drawn have opposite signs")
+    ax.set_title(
+        f"|a| vs |h| at the final snapshot (step {step}): {shown}\n"
+        f"{zeros}{pct(float(np.mean(~same)))} of those drawn have opposite signs"
+    )
 
 
 #: This figure's entry in :data:`arturo_diag.report.figures.FIGURES`.
-FIGURE = FigureSpec("scatter", plot_scatter, (10.0, 6.5),
-                    "|a| against |h| at the final snapshot, log-log, coloured by layer; circles same sign, crosses "
-                    "opposite sign; the diagonal is a = h, the dashed line the prior 0.1.")
+FIGURE = FigureSpec(
+    "scatter",
+    plot_scatter,
+    (10.0, 6.5),
+    "|a| against |h| at the final snapshot, log-log, coloured by layer; circles same sign, crosses "
+    "opposite sign; the diagonal is a = h, the dashed line the prior 0.1.",
+)

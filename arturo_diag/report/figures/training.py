@@ -1,4 +1,5 @@
 """Figure of the training curves: loss per step and at each evaluation, accuracy."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -38,8 +39,11 @@ def plot_training(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> No
         epochs = epochs.assign(step=pd.to_numeric(epochs["step"], errors="coerce")).sort_values("step", kind="stable")
     e_step = _col(epochs, "step")
     curves = {name: _col(epochs, name) for name in ("train_loss", "test_loss", "train_accuracy", "test_accuracy")}
-    has_eval = np.isfinite(e_step) & np.column_stack([np.isfinite(v) for v in curves.values()]).any(axis=1) \
-        if len(epochs) else np.zeros(0, dtype=bool)
+    has_eval = (
+        np.isfinite(e_step) & np.column_stack([np.isfinite(v) for v in curves.values()]).any(axis=1)
+        if len(epochs)
+        else np.zeros(0, dtype=bool)
+    )
     if not has_loss.any() and not has_eval.any():
         raise FigureSkipped("no loss in steps.csv and no evaluation in epochs.csv")
     ax_loss, ax_acc = fig.subplots(1, 2)
@@ -54,8 +58,15 @@ def plot_training(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> No
     for name, color, marker in (("train_loss", "#ff7f0e", "o"), ("test_loss", "#2ca02c", "s")):
         ok = np.isfinite(e_step) & np.isfinite(curves[name])
         if ok.any():
-            ax_loss.plot(e_step[ok], curves[name][ok], color=color, marker=marker, ms=4, lw=1.4,
-                         label=name.replace("_", " ") + " (evaluation)")
+            ax_loss.plot(
+                e_step[ok],
+                curves[name][ok],
+                color=color,
+                marker=marker,
+                ms=4,
+                lw=1.4,
+                label=name.replace("_", " ") + " (evaluation)",
+            )
             levels.append(curves[name][ok])
     if levels:
         _log_if_wide(ax_loss, np.concatenate(levels), ratio=10.0)
@@ -66,8 +77,9 @@ def plot_training(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> No
     for name, color, marker in (("train_accuracy", "#ff7f0e", "o"), ("test_accuracy", "#2ca02c", "s")):
         ok = np.isfinite(e_step) & np.isfinite(curves[name])
         if ok.any():
-            ax_acc.plot(e_step[ok], curves[name][ok], color=color, marker=marker, ms=4, lw=1.4,
-                        label=name.replace("_", " "))
+            ax_acc.plot(
+                e_step[ok], curves[name][ok], color=color, marker=marker, ms=4, lw=1.4, label=name.replace("_", " ")
+            )
             drawn_accuracy = True
     drops = _bound_drops(metrics)
     _mark_drops((ax_loss,), drops)
@@ -79,8 +91,7 @@ def plot_training(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> No
         ax_acc.set_title("accuracy at each evaluation (end of epoch)")
         ax_acc.legend(loc="lower right")
     else:
-        ax_acc.text(0.5, 0.5, "no accuracy recorded (epochs.csv)", ha="center", va="center",
-                    transform=ax_acc.transAxes)
+        ax_acc.text(0.5, 0.5, "no accuracy recorded (epochs.csv)", ha="center", va="center", transform=ax_acc.transAxes)
         ax_acc.set_axis_off()
     ax_loss.legend(loc="best")
     final = get(metrics, "training", "final") or {}
@@ -90,5 +101,9 @@ def plot_training(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> No
 
 
 #: This figure's entry in :data:`arturo_diag.report.figures.FIGURES`.
-FIGURE = FigureSpec("training", plot_training, (11.0, 4.5),
-                    "Minibatch loss (raw and moving average), train/test loss and accuracy at each evaluation.")
+FIGURE = FigureSpec(
+    "training",
+    plot_training,
+    (11.0, 4.5),
+    "Minibatch loss (raw and moving average), train/test loss and accuracy at each evaluation.",
+)

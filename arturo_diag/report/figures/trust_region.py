@@ -1,4 +1,5 @@
 """Figure of the trust region: eta per step with its bisection bracket, and the achieved K/eps."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -51,8 +52,10 @@ def plot_trust_region(record: RunRecord, metrics: dict[str, Any], fig: Figure) -
     tr = metrics.get("trust_region") or {}
     eta_tol = float(tr.get("eta_tol") or get(metrics, "run", "eta_tol") or 0.5)
     step = _col(steps, "step")
-    lo, hi, kl = (np.where(np.isfinite(x), x, np.nan) for x in
-                  (_col(steps, "eta_lo"), _col(steps, "eta_hi"), _col(steps, "kl_ratio")))
+    lo, hi, kl = (
+        np.where(np.isfinite(x), x, np.nan)
+        for x in (_col(steps, "eta_lo"), _col(steps, "eta_hi"), _col(steps, "kl_ratio"))
+    )
     fixed_eta = tr.get("fixed_eta")
     regimes = classify_regimes(steps, eta_tol=eta_tol, fixed_eta=fixed_eta)["regime"].to_numpy()
     ax_eta, ax_kl = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
@@ -60,28 +63,61 @@ def plot_trust_region(record: RunRecord, metrics: dict[str, Any], fig: Figure) -
         positive_lo = np.where(lo > 0, lo, np.nan)
         bracket = np.isfinite(positive_lo) & np.isfinite(hi)
     if bracket.any():
-        ax_eta.fill_between(step, positive_lo, hi, where=bracket, color=_C["eta"], alpha=0.18, lw=0,
-                            label="final bisection bracket [eta_lo, eta_hi]")
+        ax_eta.fill_between(
+            step,
+            positive_lo,
+            hi,
+            where=bracket,
+            color=_C["eta"],
+            alpha=0.18,
+            lw=0,
+            label="final bisection bracket [eta_lo, eta_hi]",
+        )
     floor_low, floor_high = 0.375 * eta_tol, 0.75 * eta_tol
-    ax_eta.axhspan(floor_low, floor_high, color=_C["frozen"], alpha=0.07, lw=0,
-                   label=f"floor window ({num(floor_low)}, {num(floor_high)}]: one K evaluation")
-    ax_eta.axhline(floor_low, color=_C["growth"], ls=":", lw=1.0,
-                   label=f"eta_prev <= {num(floor_low)}: no K evaluation, x5/3")
+    ax_eta.axhspan(
+        floor_low,
+        floor_high,
+        color=_C["frozen"],
+        alpha=0.07,
+        lw=0,
+        label=f"floor window ({num(floor_low)}, {num(floor_high)}]: one K evaluation",
+    )
+    ax_eta.axhline(
+        floor_low, color=_C["growth"], ls=":", lw=1.0, label=f"eta_prev <= {num(floor_low)}: no K evaluation, x5/3"
+    )
     ax_eta.plot(step, eta, color=_C["eta"], lw=1.3, label="eta used by the rule")
-    for regime, color, marker, words in (("growth_5_3", _C["growth"], "^", "5/3 growth, K not evaluated"),
-                                         ("frozen", _C["frozen"], "s", "frozen at the floor"),
-                                         ("fixed", _C["fixed"], "D", "eta fixed (trust region off)")):
+    for regime, color, marker, words in (
+        ("growth_5_3", _C["growth"], "^", "5/3 growth, K not evaluated"),
+        ("frozen", _C["frozen"], "s", "frozen at the floor"),
+        ("fixed", _C["fixed"], "D", "eta fixed (trust region off)"),
+    ):
         mask = regimes == regime
         if mask.any():
-            ax_eta.scatter(step[mask], eta[mask], color=color, marker=marker, s=10, zorder=3, lw=0,
-                           label=f"{words} ({_steps_words(int(mask.sum()))})")
+            ax_eta.scatter(
+                step[mask],
+                eta[mask],
+                color=color,
+                marker=marker,
+                s=10,
+                zorder=3,
+                lw=0,
+                label=f"{words} ({_steps_words(int(mask.sum()))})",
+            )
     snapshots = record.snapshots
     eta_star = _col(snapshots, "eta_star")
     star_steps = _col(snapshots, "step")
     has_star = np.isfinite(eta_star) & (eta_star > 0)
     if has_star.any():
-        ax_eta.scatter(star_steps[has_star], eta_star[has_star], color="black", marker="x", s=28, lw=1.2, zorder=4,
-                       label="eta* (exact root of K = eps) at snapshots")
+        ax_eta.scatter(
+            star_steps[has_star],
+            eta_star[has_star],
+            color="black",
+            marker="x",
+            s=28,
+            lw=1.2,
+            zorder=4,
+            label="eta* (exact root of K = eps) at snapshots",
+        )
     shown = np.concatenate([eta[np.isfinite(eta) & (eta > 0)], eta_star[has_star]])
     if shown.size:
         ax_eta.set_yscale("log")
@@ -97,8 +133,15 @@ def plot_trust_region(record: RunRecord, metrics: dict[str, Any], fig: Figure) -
         ax_kl.plot(step, kl_positive, color=_C["kl"], lw=1.0, label="K(eta)/eps achieved")
         over = kl_positive > OVERSHOOT
         if over.any():
-            ax_kl.scatter(step[over], kl_positive[over], color=_C["frozen"], s=9, zorder=3, lw=0,
-                          label=f"overshoot, K/eps > {num(OVERSHOOT)} ({_steps_words(int(over.sum()))})")
+            ax_kl.scatter(
+                step[over],
+                kl_positive[over],
+                color=_C["frozen"],
+                s=9,
+                zorder=3,
+                lw=0,
+                label=f"overshoot, K/eps > {num(OVERSHOOT)} ({_steps_words(int(over.sum()))})",
+            )
         ax_kl.set_yscale("log")
         # explicit limits: autoscaling's margin on a range of hundreds of decades (eps = 1e-300) overflows
         ax_kl.set_ylim(min(float(np.nanmin(kl_positive)), 1.0) / 3, max(float(np.nanmax(kl_positive)), OVERSHOOT) * 3)
@@ -111,10 +154,19 @@ def plot_trust_region(record: RunRecord, metrics: dict[str, Any], fig: Figure) -
     for drop in drops:
         peak, peak_step = drop.get("peak_kl_ratio"), drop.get("peak_step")
         if is_number(peak) and peak_step is not None and peak > 0:
-            recovered = (f"back <= {num(OVERSHOOT)} after {drop['steps_to_recover']} steps" if drop.get("recovered")
-                         else "not recovered by the end")
-            ax_kl.annotate(f"peak {num(peak)}\n{recovered}", xy=(peak_step, peak), xytext=(8, -4),
-                           textcoords="offset points", fontsize=8, va="top")
+            recovered = (
+                f"back <= {num(OVERSHOOT)} after {drop['steps_to_recover']} steps"
+                if drop.get("recovered")
+                else "not recovered by the end"
+            )
+            ax_kl.annotate(
+                f"peak {num(peak)}\n{recovered}",
+                xy=(peak_step, peak),
+                xytext=(8, -4),
+                textcoords="offset points",
+                fontsize=8,
+                va="top",
+            )
     ax_kl.set_ylabel("K(eta) / eps (log)")
     ax_kl.set_xlabel("optimizer step")
     ax_kl.set_title("achieved KL of the step relative to the bound")
@@ -124,12 +176,18 @@ def plot_trust_region(record: RunRecord, metrics: dict[str, Any], fig: Figure) -
     if fixed_eta is not None:
         fig.suptitle(f"Trust region off: eta fixed at {num(fixed_eta)} at every one of {count(len(steps))} steps")
         return
-    fig.suptitle(f"Trust region: bisection active {pct(share.get('bisection'))}, 5/3 growth "
-                 f"{pct(share.get('growth_5_3'))}, frozen at the floor {pct(share.get('frozen'))}, overshoot "
-                 f"{pct(tr.get('overshoot_share'))} of {count(len(steps))} steps")
+    fig.suptitle(
+        f"Trust region: bisection active {pct(share.get('bisection'))}, 5/3 growth "
+        f"{pct(share.get('growth_5_3'))}, frozen at the floor {pct(share.get('frozen'))}, overshoot "
+        f"{pct(tr.get('overshoot_share'))} of {count(len(steps))} steps"
+    )
 
 
 #: This figure's entry in :data:`arturo_diag.report.figures.FIGURES`.
-FIGURE = FigureSpec("trust_region", plot_trust_region, (11.0, 7.5),
-                    "eta per step with its bisection bracket (log), 5/3-growth and frozen-at-the-floor steps marked, "
-                    "eta* at snapshots; K/eps with 1 and 1.1 marked and the KL-bound drops.")
+FIGURE = FigureSpec(
+    "trust_region",
+    plot_trust_region,
+    (11.0, 7.5),
+    "eta per step with its bisection bracket (log), 5/3-growth and frozen-at-the-floor steps marked, "
+    "eta* at snapshots; K/eps with 1 and 1.1 marked and the KL-bound drops.",
+)

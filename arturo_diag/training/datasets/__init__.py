@@ -26,6 +26,7 @@ and a fixed probe batch for curvature snapshots from :func:`probe_batch` (:mod:`
 
 To add a dataset: one new module here with its loader, and one line in ``registry.DATASET_SPECS``.
 """
+
 from __future__ import annotations
 
 from arturo_diag.training.datasets.base import ArrayDataset, batches, probe_batch

@@ -6,6 +6,7 @@ train and a test split, all in memory. Minibatches come from :func:`batches` (a 
 epoch, driven by a ``torch.Generator``) and a fixed probe batch for curvature snapshots from
 :func:`probe_batch`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -83,9 +84,7 @@ class ArrayDataset:
         """Number of test examples."""
         return self.x_test.shape[0]
 
-    def to(
-        self, dtype: torch.dtype | None = None, device: torch.device | str | None = None
-    ) -> ArrayDataset:
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> ArrayDataset:
         """A copy with inputs cast to the float ``dtype`` and everything moved to ``device``.
 
         Labels stay int64. ``None`` keeps the current dtype or device.
@@ -127,7 +126,6 @@ def _take_first(ds: ArrayDataset, train_size: int | None, test_size: int | None)
     )
 
 
-
 def batches(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -155,7 +153,7 @@ def batches(
         order = order.to(x.device)
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         yield x[idx], y[idx]
 
 

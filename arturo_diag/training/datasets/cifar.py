@@ -2,6 +2,7 @@
 (``cifar-10-batches-py`` / ``cifar-100-python``, or their parent folder), unpickled by a
 restricted unpickler that admits only dicts, strings, numbers, lists and numpy arrays: a file
 whose pickle references anything else (a function a payload would call) is refused, not run."""
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,7 @@ __all__ = ["load_cifar", "load_cifar10", "load_cifar100"]
 
 _CIFAR = {
     # name -> (folder, train files, test file, label key, classes)
-    "cifar10": ("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch",
-                b"labels", 10),
+    "cifar10": ("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", b"labels", 10),
     "cifar100": ("cifar-100-python", ("train",), "test", b"fine_labels", 100),
 }
 
@@ -56,8 +56,7 @@ def _cifar_globals() -> dict[tuple[str, str], object]:
         # the file's bytes; an empty start means nothing is allocated that the file does not hold.
         if subtype is not _NDARRAY:
             raise _RefusedPickle(f"the pickle rebuilds a numpy array of type {type(subtype).__name__}")
-        if (not isinstance(shape, tuple) or not all(type(d) is int and d >= 0 for d in shape)
-                or math.prod(shape) != 0):
+        if not isinstance(shape, tuple) or not all(type(d) is int and d >= 0 for d in shape) or math.prod(shape) != 0:
             raise _RefusedPickle(f"the pickle starts a numpy array with shape {_short_repr(shape)}, not an empty one")
         return multiarray._reconstruct(np.ndarray, shape, dtype)
 
@@ -69,8 +68,11 @@ def _cifar_globals() -> dict[tuple[str, str], object]:
     def frombuffer(*args):  # a fresh function: a BUILD opcode could set attributes on numpy's own
         return numeric._frombuffer(*args)
 
-    allowed: dict[tuple[str, str], object] = {("numpy", "ndarray"): _NDARRAY, ("numpy", "dtype"): np.dtype,
-                                              ("_codecs", "encode"): encode}
+    allowed: dict[tuple[str, str], object] = {
+        ("numpy", "ndarray"): _NDARRAY,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): encode,
+    }
     for module in ("numpy.core", "numpy._core"):
         allowed[(f"{module}.multiarray", "_reconstruct")] = reconstruct
         allowed[(f"{module}.multiarray", "scalar")] = multiarray.scalar
@@ -98,7 +100,7 @@ class _CifarUnpickler(pickle.Unpickler):
 
 def _short_repr(value, kind=repr, limit: int = 60) -> str:
     text = " ".join(kind(value).split())  # one line
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _cifar_value(path: Path, batch: dict, key: bytes):
@@ -122,8 +124,10 @@ def _load_cifar_pickle(path: Path) -> dict:
             if not head:
                 raise DataError(f"{path}: empty file, expected a CIFAR python pickle")
             if head == b"\x1f\x8b":
-                raise DataError(f"{path}: a gzip file, not a CIFAR python pickle; extract the release "
-                                "(tar xzf cifar-10-python.tar.gz) and pass the extracted folder")
+                raise DataError(
+                    f"{path}: a gzip file, not a CIFAR python pickle; extract the release "
+                    "(tar xzf cifar-10-python.tar.gz) and pass the extracted folder"
+                )
             f.seek(0)
             batch = _CifarUnpickler(f).load()
     except DataError:
@@ -134,8 +138,10 @@ def _load_cifar_pickle(path: Path) -> dict:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
     except (EOFError, pickle.UnpicklingError) as e:
         if isinstance(e, EOFError) or "truncated" in str(e):
-            raise DataError(f"{path}: not a readable CIFAR pickle: its data end early (a truncated file, "
-                            f"or not a pickle at all: {_short_repr(e, str)})") from None
+            raise DataError(
+                f"{path}: not a readable CIFAR pickle: its data end early (a truncated file, "
+                f"or not a pickle at all: {_short_repr(e, str)})"
+            ) from None
         raise DataError(f"{path}: not a readable CIFAR pickle ({_short_repr(e, str)})") from None
     except Exception as e:  # noqa: BLE001 - unpickling a corrupt file can raise almost anything
         raise DataError(f"{path}: not a readable CIFAR pickle ({type(e).__name__}: {_short_repr(e, str)})") from None
@@ -171,8 +177,9 @@ def _read_cifar_file(path: Path, label_key: bytes, num_classes: int) -> tuple[np
                 raise DataError(f"{path}: label {_short_repr(int(v), str)} out of range 0..{num_classes - 1}")
         raw_labels = np.asarray(raw_labels, dtype=np.int64)
     elif not isinstance(raw_labels, np.ndarray):
-        raise DataError(f"{path}: {label_key.decode()} is a {type(raw_labels).__name__}, "
-                        "expected a list of whole numbers")
+        raise DataError(
+            f"{path}: {label_key.decode()} is a {type(raw_labels).__name__}, expected a list of whole numbers"
+        )
     labels = _check_labels(path, raw_labels, num_classes)
     if labels.shape[0] != data.shape[0]:
         raise DataError(f"{path}: {labels.shape[0]} labels for {data.shape[0]} images")
@@ -211,14 +218,27 @@ def load_cifar(
     return _build_uint8_dataset(name, x_train, y_train, x_test, y_test, num_classes, dtype, normalize)
 
 
-
-def load_cifar10(data_dir: str | Path | None, *, seed: int, dtype: torch.dtype, normalize: bool,
-                 train_size: int | None, test_size: int | None) -> ArrayDataset:
+def load_cifar10(
+    data_dir: str | Path | None,
+    *,
+    seed: int,
+    dtype: torch.dtype,
+    normalize: bool,
+    train_size: int | None,
+    test_size: int | None,
+) -> ArrayDataset:
     """The registry's loader of ``cifar10``: the whole dataset (the release's split)."""
     return load_cifar("cifar10", data_dir, dtype=dtype, normalize=normalize)  # type: ignore[arg-type]
 
 
-def load_cifar100(data_dir: str | Path | None, *, seed: int, dtype: torch.dtype, normalize: bool,
-                  train_size: int | None, test_size: int | None) -> ArrayDataset:
+def load_cifar100(
+    data_dir: str | Path | None,
+    *,
+    seed: int,
+    dtype: torch.dtype,
+    normalize: bool,
+    train_size: int | None,
+    test_size: int | None,
+) -> ArrayDataset:
     """The registry's loader of ``cifar100`` (fine labels): the whole dataset (the release's split)."""
     return load_cifar("cifar100", data_dir, dtype=dtype, normalize=normalize)  # type: ignore[arg-type]

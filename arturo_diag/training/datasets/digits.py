@@ -1,6 +1,7 @@
 """``digits``: scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes; shipped inside
 scikit-learn, no download), scaled to [0, 1], split by a seeded stratified permutation and
 standardised with the train split's mean and standard deviation."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -66,9 +67,15 @@ def load_digits(
     )
 
 
-
-def load(data_dir: str | Path | None, *, seed: int, dtype: torch.dtype, normalize: bool,
-         train_size: int | None, test_size: int | None) -> ArrayDataset:
+def load(
+    data_dir: str | Path | None,
+    *,
+    seed: int,
+    dtype: torch.dtype,
+    normalize: bool,
+    train_size: int | None,
+    test_size: int | None,
+) -> ArrayDataset:
     """The registry's loader (see :mod:`~arturo_diag.training.datasets.registry`): the whole
     dataset; ``load_dataset`` keeps the first ``train_size``/``test_size`` examples."""
     return load_digits(seed=seed, dtype=dtype, normalize=normalize)

@@ -1,4 +1,5 @@
 """``fashion_mnist``: Fashion-MNIST from its four IDX files (raw or ``.gz``) in ``data_dir``."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -45,9 +46,7 @@ def load_fashion_mnist(
         images = read_idx(images_path, expected_dtype=0x08, expected_ndim=3, what="images")
         labels = read_idx(labels_path, expected_dtype=0x08, expected_ndim=1, what="labels")
         if labels.shape[0] != images.shape[0]:
-            raise DataError(
-                f"{labels_path}: {labels.shape[0]} labels for {images.shape[0]} images in {images_path}"
-            )
+            raise DataError(f"{labels_path}: {labels.shape[0]} labels for {images.shape[0]} images in {images_path}")
         splits[split] = (images[:, None], _check_labels(labels_path, labels, 10))
     (x_train, y_train), (x_test, y_test) = splits["train"], splits["test"]
     if x_train.shape[1:] != x_test.shape[1:]:
@@ -58,8 +57,14 @@ def load_fashion_mnist(
     return _build_uint8_dataset("fashion_mnist", x_train, y_train, x_test, y_test, 10, dtype, normalize)
 
 
-
-def load(data_dir: str | Path | None, *, seed: int, dtype: torch.dtype, normalize: bool,
-         train_size: int | None, test_size: int | None) -> ArrayDataset:
+def load(
+    data_dir: str | Path | None,
+    *,
+    seed: int,
+    dtype: torch.dtype,
+    normalize: bool,
+    train_size: int | None,
+    test_size: int | None,
+) -> ArrayDataset:
     """The registry's loader: the whole dataset (the split is the release's; ``seed`` is not used)."""
     return load_fashion_mnist(data_dir, dtype=dtype, normalize=normalize)  # type: ignore[arg-type]

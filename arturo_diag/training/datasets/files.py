@@ -2,6 +2,7 @@
 directory, label checks, and uint8 images -> float tensors in [0, 1] standardised per channel with
 the train split's statistics. A missing or malformed file raises :class:`DataError` with a one-line
 message that starts with the file's path; nothing is downloaded."""
+
 from __future__ import annotations
 
 import math
@@ -41,8 +42,9 @@ def _uint8_channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(means), np.asarray(stds)
 
 
-def _uint8_to_tensor(x: np.ndarray, mean: np.ndarray | None, std: np.ndarray | None,
-                     dtype: torch.dtype) -> torch.Tensor:
+def _uint8_to_tensor(
+    x: np.ndarray, mean: np.ndarray | None, std: np.ndarray | None, dtype: torch.dtype
+) -> torch.Tensor:
     """uint8 images -> float ``dtype`` in [0, 1], standardised per channel if ``mean`` is given."""
     t = torch.from_numpy(np.ascontiguousarray(x)).to(dtype).div_(255.0)
     if mean is not None and std is not None:
@@ -53,9 +55,16 @@ def _uint8_to_tensor(x: np.ndarray, mean: np.ndarray | None, std: np.ndarray | N
     return t
 
 
-def _build_uint8_dataset(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-                         y_test: np.ndarray, num_classes: int, dtype: torch.dtype,
-                         normalize: bool) -> ArrayDataset:
+def _build_uint8_dataset(
+    name: str,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    num_classes: int,
+    dtype: torch.dtype,
+    normalize: bool,
+) -> ArrayDataset:
     if x_train.shape[0] == 0:
         raise DataError(f"{name}: the train split holds no images")
     mean = std = None

@@ -1,4 +1,5 @@
 """IDX files (the MNIST format): :func:`read_idx` parses one, raw or gzip-compressed."""
+
 from __future__ import annotations
 
 import gzip
@@ -67,9 +68,7 @@ def read_idx(
     if expected_dtype is not None and expected_ndim is not None:
         expected_magic = (expected_dtype << 8) | expected_ndim
         if magic != expected_magic:
-            raise DataError(
-                f"{path}: bad magic number 0x{magic:08X}, expected 0x{expected_magic:08X} for {what}"
-            )
+            raise DataError(f"{path}: bad magic number 0x{magic:08X}, expected 0x{expected_magic:08X} for {what}")
     if raw[0] != 0 or raw[1] != 0:
         raise DataError(f"{path}: bad magic number 0x{magic:08X}, first two bytes must be zero in IDX")
     if code not in _IDX_DTYPES:
@@ -78,21 +77,16 @@ def read_idx(
         raise DataError(f"{path}: IDX header declares 0 dimensions")
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise DataError(
-            f"{path}: truncated header: {ndim} dimensions need {header} bytes, file has {len(raw)}"
-        )
-    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+        raise DataError(f"{path}: truncated header: {ndim} dimensions need {header} bytes, file has {len(raw)}")
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = _IDX_DTYPES[code]
     expected = math.prod(dims) * dtype.itemsize
     found = len(raw) - header
     if found < expected:
-        raise DataError(
-            f"{path}: truncated: dimensions {dims} need {expected} data bytes, found {found}"
-        )
+        raise DataError(f"{path}: truncated: dimensions {dims} need {expected} data bytes, found {found}")
     if found > expected:
         raise DataError(
-            f"{path}: {found - expected} unexpected trailing bytes after the {expected} data bytes "
-            f"of dimensions {dims}"
+            f"{path}: {found - expected} unexpected trailing bytes after the {expected} data bytes of dimensions {dims}"
         )
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
@@ -105,6 +99,4 @@ def _find_file(directory: Path, name: str) -> Path:
     for candidate in (directory / name, directory / f"{name}.gz"):
         if candidate.is_dir():
             raise DataError(f"{candidate}: is a directory, expected the IDX file")
-    raise DataError(
-        f"{directory / name}: not found (looked for {directory / name} and {directory / name}.gz)"
-    )
+    raise DataError(f"{directory / name}: not found (looked for {directory / name} and {directory / name}.gz)")

@@ -6,6 +6,7 @@ To add a dataset: write ``datasets/NAME.py`` with a loader of the signature belo
 :class:`~arturo_diag.training.datasets.base.ArrayDataset`), then add one :class:`DatasetSpec`
 line to :data:`DATASET_SPECS`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -52,15 +53,23 @@ class DatasetSpec:
 
 
 #: Every dataset, in the order of ``--help``.
-DATASET_SPECS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
-    DatasetSpec("digits", digits.load, False, "scikit-learn's 8x8 digits (built in, the default)"),
-    DatasetSpec("teacher", teacher.load, False, "synthetic teacher-student data drawn from the seed",
-                draws_sizes=True),
-    DatasetSpec("fashion_mnist", fashion_mnist.load, True, "Fashion-MNIST from its four IDX files in --data-dir"),
-    DatasetSpec("cifar10", cifar.load_cifar10, True, "CIFAR-10 from the python-pickle release in --data-dir"),
-    DatasetSpec("cifar100", cifar.load_cifar100, True,
-                "CIFAR-100 (fine labels) from the python-pickle release in --data-dir"),
-)}
+DATASET_SPECS: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in (
+        DatasetSpec("digits", digits.load, False, "scikit-learn's 8x8 digits (built in, the default)"),
+        DatasetSpec(
+            "teacher", teacher.load, False, "synthetic teacher-student data drawn from the seed", draws_sizes=True
+        ),
+        DatasetSpec("fashion_mnist", fashion_mnist.load, True, "Fashion-MNIST from its four IDX files in --data-dir"),
+        DatasetSpec("cifar10", cifar.load_cifar10, True, "CIFAR-10 from the python-pickle release in --data-dir"),
+        DatasetSpec(
+            "cifar100",
+            cifar.load_cifar100,
+            True,
+            "CIFAR-100 (fine labels) from the python-pickle release in --data-dir",
+        ),
+    )
+}
 
 #: Names accepted by :func:`load_dataset`.
 DATASETS: tuple[str, ...] = tuple(DATASET_SPECS)
@@ -105,8 +114,7 @@ def load_dataset(
             f"{name}: no data directory given; pass --data-dir pointing at the folder with the "
             f"{name} files (nothing is downloaded)"
         )
-    ds = spec.load(data_dir, seed=seed, dtype=dtype, normalize=normalize, train_size=train_size,
-                   test_size=test_size)
+    ds = spec.load(data_dir, seed=seed, dtype=dtype, normalize=normalize, train_size=train_size, test_size=test_size)
     if not spec.draws_sizes and (train_size is not None or test_size is not None):
         ds = _take_first(ds, train_size, test_size)
     return ds.to(device=device)

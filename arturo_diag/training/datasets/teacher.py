@@ -1,5 +1,6 @@
 """``teacher``: a synthetic teacher-student problem drawn from the seed: Gaussian 1x8x8 inputs
 labelled by the argmax of a random one-hidden-layer ReLU network. Small and fast, for tests."""
+
 from __future__ import annotations
 
 import math
@@ -69,9 +70,15 @@ def make_teacher(
     )
 
 
-
-def load(data_dir: str | Path | None, *, seed: int, dtype: torch.dtype, normalize: bool,
-         train_size: int | None, test_size: int | None) -> ArrayDataset:
+def load(
+    data_dir: str | Path | None,
+    *,
+    seed: int,
+    dtype: torch.dtype,
+    normalize: bool,
+    train_size: int | None,
+    test_size: int | None,
+) -> ArrayDataset:
     """The registry's loader: draws ``train_size`` (default 1,024) and ``test_size`` (default
     256) examples; the inputs are already standard, so ``normalize`` is not used."""
     return make_teacher(
