@@ -10,7 +10,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .common import fail, user_errors
+from arturo_diag.study.variants import VARIANT_SPECS
+
+from .common import choices_help, fail, user_errors
 
 _O = typer.Option
 
@@ -26,7 +28,10 @@ def ablate(
     variants: Annotated[
         str | None,
         _O(
-            help="Comma-separated variants, e.g. faithful,fixed-eta:1.0,coupled-kl,no-drift,oracle-exact,oracle-hutchinson,exact-dual,guarded,sgd,adam,adamw."
+            help=choices_help(
+                {spec.syntax: spec.help for spec in VARIANT_SPECS.values()},
+                lead="Comma-separated variants (e.g. faithful,fixed-eta:1.0,sgd): ",
+            )
         ),
     ] = None,
     seeds: Annotated[str | None, _O(help="Comma-separated seeds, e.g. 0,1,2.")] = None,

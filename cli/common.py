@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 import typer
+from rich.markup import escape
 
 from arturo_diag.errors import ArturoDiagError, Diverged
 
@@ -13,6 +14,18 @@ from arturo_diag.errors import ArturoDiagError, Diverged
 #: traceback) or, for ablate, runs that failed; 2 bad input (one ``error:`` line); 3 the run diverged
 #: (NaN/inf; the record and report say where); 130 interrupted.
 EXIT_OK, EXIT_FAILED, EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def choices_help(declaration: Mapping[str, str] | Iterable[str], default: str | None = None, lead: str = "") -> str:
+    """The ``help=`` of an option from the declaration of its choices (name -> one line, or names):
+    ``lead`` then ``name (default): line; name: line; ...`` (``name (default), name, ...`` when the
+    declaration has no lines, e.g. a registry of builders), escaped for typer's rich markup."""
+    lines = dict(declaration) if isinstance(declaration, Mapping) else dict.fromkeys(declaration, "")
+    described = all(isinstance(line, str) and line for line in lines.values())
+    parts = [
+        name + (" (default)" if name == default else "") + (f": {lines[name]}" if described else "") for name in lines
+    ]
+    return escape(lead + ("; " if described else ", ").join(parts) + ".")
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

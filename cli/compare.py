@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,12 +11,29 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from arturo_diag.curvature.methods import EXACT_METHODS, ORACLES, REFERENCE_METHODS
 from arturo_diag.errors import Diverged
-from arturo_diag.training.config import RunConfig, check_used, config_from_mapping, load_config
+from arturo_diag.optim.arturo import DUAL_CHOICES, KL_CHOICES
+from arturo_diag.optim.presets import PRESET_NAMES
+from arturo_diag.training.config import (
+    DTYPES,
+    OPTIMIZERS,
+    RunConfig,
+    check_used,
+    config_from_mapping,
+    load_config,
+)
+from arturo_diag.training.datasets import DATASET_SPECS
+from arturo_diag.training.models import MODELS
 
-from .common import EXIT_DIVERGED, user_errors
+from .common import EXIT_DIVERGED, choices_help, user_errors
 
 _O = typer.Option
+_DEFAULT = {f.name: f.default for f in dataclasses.fields(RunConfig)}  # each choice option's default
+
+
+def _choices(name: str, declaration, lead: str = "") -> str:
+    return choices_help(declaration, _DEFAULT[name], lead)
 
 
 def build_config(config_file: Path | None, options: dict[str, Any]) -> RunConfig:
@@ -75,9 +93,9 @@ def run_with_progress(config: RunConfig, console: Console, overwrite: bool):
 
 
 def compare(
-    model: Annotated[str | None, _O(help="Network: small_cnn (default), mlp, fashion_cnn, resnet18, resnet34.")] = None,
+    model: Annotated[str | None, _O(help=_choices("model", MODELS, "Network: "))] = None,
     dataset: Annotated[
-        str | None, _O(help="digits (built in, default), teacher (synthetic), fashion_mnist, cifar10, cifar100.")
+        str | None, _O(help=_choices("dataset", {name: spec.help for name, spec in DATASET_SPECS.items()}))
     ] = None,
     data_dir: Annotated[
         str | None, _O(help="Folder with the files of fashion_mnist/cifar10/cifar100 (nothing is downloaded).")
@@ -87,14 +105,14 @@ def compare(
     batch_size: Annotated[int | None, _O(help="Minibatch size (default 64).")] = None,
     train_size: Annotated[int | None, _O(help="Use only the first N training examples.")] = None,
     every: Annotated[int | None, _O(help="Snapshot (reference Hessian) every N steps (default 20).")] = None,
-    reference: Annotated[str | None, _O(help="exact (default), hutchinson, both, or none.")] = None,
-    exact_method: Annotated[str | None, _O(help="auto (default), ggn or hvp.")] = None,
+    reference: Annotated[str | None, _O(help=_choices("reference", REFERENCE_METHODS))] = None,
+    exact_method: Annotated[str | None, _O(help=_choices("exact_method", EXACT_METHODS))] = None,
     samples: Annotated[int | None, _O(help="Hutchinson probes per snapshot (default 64).")] = None,
     probe_size: Annotated[int | None, _O(help="Examples in the fixed probe batch (default 128).")] = None,
     preset: Annotated[
-        str | None, _O(help="Published arTuRO hyperparameters: fmnist_cnn (default), cifar10_cnn, ...")
+        str | None, _O(help=_choices("preset", PRESET_NAMES, "Published arTuRO hyperparameters: "))
     ] = None,
-    optimizer: Annotated[str | None, _O(help="arturo (default); sgd, adam, adamw train without snapshots.")] = None,
+    optimizer: Annotated[str | None, _O(help=_choices("optimizer", OPTIMIZERS))] = None,
     lr: Annotated[float | None, _O(help="KL bound eps (arTuRO's lr); the preset's if unset.")] = None,
     reg_weight: Annotated[float | None, _O(help="rho, weight of the KL to the prior.")] = None,
     prior_prec: Annotated[float | None, _O(help="lam, precision of the prior.")] = None,
@@ -105,12 +123,12 @@ def compare(
     start_filter_cov: Annotated[float | None, _O(help="P0, initial filter variance.")] = None,
     eta_tol: Annotated[float | None, _O(help="Bisection stops when its bracket is narrower.")] = None,
     weight_decay: Annotated[float | None, _O(help="Decoupled weight decay (scaled by lr).")] = None,
-    kl: Annotated[str | None, _O(help="decoupled (published) or coupled (ablation).")] = None,
-    dual: Annotated[str | None, _O(help="bisection (published) or exact.")] = None,
+    kl: Annotated[str | None, _O(help=_choices("kl", KL_CHOICES))] = None,
+    dual: Annotated[str | None, _O(help=_choices("dual", DUAL_CHOICES))] = None,
     fixed_eta: Annotated[float | None, _O(help="Fix eta (trust region off; ablation).")] = None,
     guard: Annotated[bool | None, _O("--guard/--no-guard", help="Keep precision and denominators positive.")] = None,
     oracle: Annotated[
-        str | None, _O(help="none (default), exact or hutchinson: replace a by the minibatch's diagonal Hessian.")
+        str | None, _O(help=_choices("oracle", ORACLES, "Replace a by the minibatch's diagonal Hessian (ablation): "))
     ] = None,
     oracle_every: Annotated[int | None, _O(help="Oracle curvature every N steps.")] = None,
     lr_milestones: Annotated[
@@ -119,7 +137,7 @@ def compare(
     lr_gamma: Annotated[float | None, _O(help="Factor at each milestone (the preset's 0.006 if unset).")] = None,
     seed: Annotated[int | None, _O(help="Seed of data split, init, batches and probes (default 0).")] = None,
     device: Annotated[str | None, _O(help="cpu (default) or cuda.")] = None,
-    dtype: Annotated[str | None, _O(help="float32 (default) or float64.")] = None,
+    dtype: Annotated[str | None, _O(help=_choices("dtype", DTYPES))] = None,
     out: Annotated[str | None, _O(help="Run directory (default runs/compare).")] = None,
     config: Annotated[
         Path | None,

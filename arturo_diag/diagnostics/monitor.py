@@ -36,12 +36,12 @@ import torch
 from torch import Tensor, nn
 
 from arturo_diag.curvature import exact_diagonal, hutchinson_diagonal
+from arturo_diag.curvature.methods import REFERENCE_METHODS as REFERENCES
 from arturo_diag.diagnostics.record import RecordWriter, layer_of
 from arturo_diag.errors import Diverged
 
 __all__ = ["Monitor", "REFERENCES"]
 
-REFERENCES = ("exact", "hutchinson", "both", "none")
 _QUANTILE_SAMPLE = 65536  # precision quantiles per step come from this many fixed coordinates
 _FLUSH_SECONDS = 5.0  # the tables on disk lag the run by at most this (and a snapshot interval)
 _STATE_FIELDS = {
@@ -111,7 +111,7 @@ class Monitor:
         on_snapshot: Callable[[int, str], None] | None = None,
         extra_manifest: Mapping[str, Any] | None = None,
     ) -> None:
-        if reference not in REFERENCES:
+        if reference not in tuple(REFERENCES):
             raise ValueError(f"reference: got {reference!r}; allowed: {', '.join(REFERENCES)}")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every: got {every!r}; allowed: an integer >= 1")

@@ -6,6 +6,7 @@ import inspect
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -17,14 +18,20 @@ from . import _fused_cpu
 from . import functional as F
 from .presets import load_preset
 
-__all__ = ["Arturo"]
+__all__ = ["DUAL_CHOICES", "KL_CHOICES", "Arturo"]
 
 # The per-coordinate state that lives in one flat buffer per bucket (see `_Bucket`).
 _FLAT_KEYS = ("precision", "curvature", "intercept", "filter_cov_bb", "filter_cov_ba", "filter_cov_aa")
 _FILTER_KEYS = ("intercept", "curvature", "filter_cov_bb", "filter_cov_ba", "filter_cov_aa")  # FilterState order
 
-_KL_CHOICES = ("decoupled", "coupled")
-_DUAL_CHOICES = ("bisection", "exact")
+#: The choices of ``kl`` and ``dual``, declared here once (the config and the CLI import them): name ->
+#: one line for ``--help``; the first is the default.
+KL_CHOICES: Mapping[str, str] = MappingProxyType(
+    {"decoupled": "the published constraint", "coupled": "one constraint on the full KL (ablation)"}
+)
+DUAL_CHOICES: Mapping[str, str] = MappingProxyType(
+    {"bisection": "the published coarse bisection", "exact": "solve K(eta) = eps to dual_rtol (1e-6)"}
+)
 _FUSED_DTYPES = (torch.float32, torch.float64)
 
 
@@ -681,8 +688,8 @@ def _validate(
         v = number(value)
         need(math.isfinite(v) and v > 0.0, name, value, "a finite number > 0")
     need(number(reg_weight) + number(nu) > 0.0, "nu", nu, "reg_weight + nu > 0 (it divides the new precision)")
-    need(kl in _KL_CHOICES, "kl", kl, " or ".join(map(repr, _KL_CHOICES)))
-    need(dual in _DUAL_CHOICES, "dual", dual, " or ".join(map(repr, _DUAL_CHOICES)))
+    need(kl in KL_CHOICES, "kl", kl, " or ".join(map(repr, KL_CHOICES)))
+    need(dual in DUAL_CHOICES, "dual", dual, " or ".join(map(repr, DUAL_CHOICES)))
     if fixed_eta is not None:
         v = number(fixed_eta)
         need(math.isfinite(v) and v >= 0.0, "fixed_eta", fixed_eta, "None or a finite number >= 0")

@@ -27,6 +27,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from arturo_diag._toml import tomllib
@@ -34,6 +35,8 @@ from arturo_diag.errors import ConfigError
 
 __all__ = [
     "Variant",
+    "VariantKind",
+    "VARIANT_SPECS",
     "Baselines",
     "parse_variant",
     "VARIANT_KINDS",
@@ -43,18 +46,37 @@ __all__ = [
     "experiments_dirs",
 ]
 
-#: Kinds that change arTuRO (in the order a study lists them by default).
-ARTURO_VARIANTS = (
-    "faithful",
-    "fixed-eta",
-    "coupled-kl",
-    "no-drift",
-    "oracle-exact",
-    "oracle-hutchinson",
-    "exact-dual",
-    "guarded",
+
+@dataclass(frozen=True)
+class VariantKind:
+    """One kind of variant, as ``--help``, errors and the docs show it."""
+
+    syntax: str  # how it is written, e.g. "fixed-eta:VALUE"
+    help: str  # one line: what it changes
+    family: str = "arturo"  # "arturo" or "baseline"
+
+
+#: Every variant kind, declared once, in the order a study lists them by default (the CLI's help and
+#: the accepted names are built from it). A new kind: one line here and its branch in
+#: :meth:`Variant.changes` and :meth:`Variant.describe`.
+VARIANT_SPECS: Mapping[str, VariantKind] = MappingProxyType(
+    {
+        "faithful": VariantKind("faithful", "the published rule"),
+        "fixed-eta": VariantKind("fixed-eta:VALUE", "eta fixed at VALUE, trust region off"),
+        "coupled-kl": VariantKind("coupled-kl", "one constraint on the full KL"),
+        "no-drift": VariantKind("no-drift", "the filter's drift q = 0"),
+        "oracle-exact": VariantKind("oracle-exact[:EVERY]", "a <- the exact minibatch diagonal Hessian"),
+        "oracle-hutchinson": VariantKind("oracle-hutchinson[:EVERY]", "a <- a Hutchinson estimate of it"),
+        "exact-dual": VariantKind("exact-dual", "the dual solved exactly instead of the coarse bisection"),
+        "guarded": VariantKind("guarded", "precision and denominators kept positive"),
+        "sgd": VariantKind("sgd", "SGD with momentum (experiments/baselines.toml)", "baseline"),
+        "adam": VariantKind("adam", "Adam (experiments/baselines.toml)", "baseline"),
+        "adamw": VariantKind("adamw", "AdamW (experiments/baselines.toml)", "baseline"),
+    }
 )
-BASELINE_OPTIMIZERS = ("sgd", "adam", "adamw")
+#: Kinds that change arTuRO (in the order a study lists them by default).
+ARTURO_VARIANTS = tuple(kind for kind, spec in VARIANT_SPECS.items() if spec.family == "arturo")
+BASELINE_OPTIMIZERS = tuple(kind for kind, spec in VARIANT_SPECS.items() if spec.family == "baseline")
 VARIANT_KINDS = ARTURO_VARIANTS + BASELINE_OPTIMIZERS
 
 # Fields a baseline table may set, per optimizer.
@@ -63,10 +85,10 @@ _BASELINE_FIELDS = {
     "adam": ("lr", "weight_decay", "lr_gamma"),
     "adamw": ("lr", "weight_decay", "lr_gamma"),
 }
-_ALLOWED_NAMES = (
-    "faithful, fixed-eta:VALUE, coupled-kl, no-drift, oracle-exact[:EVERY], "
-    "oracle-hutchinson[:EVERY], exact-dual, guarded, sgd, adam, adamw"
-)
+
+
+def _allowed_names() -> str:
+    return ", ".join(spec.syntax for spec in VARIANT_SPECS.values())
 
 
 @dataclass(frozen=True)
@@ -152,11 +174,11 @@ def parse_variant(name: Any, *, source: str = "variants") -> Variant:
         ConfigError: unknown name, a missing or bad value, or a value where none is allowed.
     """
     if not isinstance(name, str) or not name.strip():
-        raise ConfigError(source, name, _ALLOWED_NAMES)
+        raise ConfigError(source, name, _allowed_names())
     kind, sep, text = name.strip().partition(":")
     kind = kind.strip().lower().replace("_", "-")
     if kind not in VARIANT_KINDS:
-        raise ConfigError(source, name, _ALLOWED_NAMES)
+        raise ConfigError(source, name, _allowed_names())
     if kind == "fixed-eta":
         if not sep:
             raise ConfigError(

@@ -12,13 +12,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from arturo_diag._toml import toml_value, tomllib
+from arturo_diag.curvature.methods import EXACT_METHODS, ORACLES, REFERENCE_METHODS
 from arturo_diag.errors import ConfigError
+from arturo_diag.optim.arturo import DUAL_CHOICES, KL_CHOICES
 from arturo_diag.optim.presets import LR_GAMMA, PRESET_NAMES, PRESETS
 
 __all__ = [
@@ -28,6 +31,7 @@ __all__ = [
     "SECTIONS",
     "ARTURO_KEYS",
     "OPTIMIZERS",
+    "DTYPES",
     "LIMITS",
     "unused_fields",
     "check_used",
@@ -45,11 +49,21 @@ ARTURO_KEYS = (
     "eta_tol",
     "weight_decay",
 )
-OPTIMIZERS = ("arturo", "sgd", "adam", "adamw")
-REFERENCES = ("exact", "hutchinson", "both", "none")
-EXACT_METHODS = ("auto", "ggn", "hvp")
-ORACLES = ("none", "exact", "hutchinson")
-DTYPES = ("float32", "float64")
+#: The run's word lists, each declared once: name -> one line for ``--help``. The reference methods
+#: belong to :mod:`arturo_diag.curvature.methods`, ``kl``/``dual`` to the optimizer, the datasets to
+#: :data:`~arturo_diag.training.datasets.DATASET_SPECS`, the models to ``training.models.MODELS``,
+#: the presets to :mod:`arturo_diag.optim.presets`; the two below belong to the run itself.
+OPTIMIZERS: Mapping[str, str] = MappingProxyType(
+    {
+        "arturo": "arTuRO, with snapshots",
+        "sgd": "SGD with momentum, trains without snapshots",
+        "adam": "Adam, trains without snapshots",
+        "adamw": "AdamW, trains without snapshots",
+    }
+)
+DTYPES: Mapping[str, str] = MappingProxyType(
+    {"float32": "single precision", "float64": "double precision (slower; for checks)"}
+)
 
 
 @dataclass(frozen=True)
@@ -195,7 +209,8 @@ def _validate(c: RunConfig) -> None:
     from arturo_diag.training.datasets import DATASETS
     from arturo_diag.training.models import MODELS
 
-    def one_of(name: str, allowed: tuple[str, ...] | list[str]) -> None:
+    def one_of(name: str, declared: Iterable[str]) -> None:
+        allowed = tuple(declared)  # a tuple: an unhashable value (a TOML list) is refused, not a TypeError
         if getattr(c, name) not in allowed:
             raise ConfigError(name, getattr(c, name), "one of " + ", ".join(allowed))
 
@@ -230,9 +245,9 @@ def _validate(c: RunConfig) -> None:
     one_of("dataset", DATASETS)
     one_of("optimizer", OPTIMIZERS)
     one_of("preset", PRESET_NAMES)
-    one_of("kl", ("decoupled", "coupled"))
-    one_of("dual", ("bisection", "exact"))
-    one_of("reference", REFERENCES)
+    one_of("kl", KL_CHOICES)
+    one_of("dual", DUAL_CHOICES)
+    one_of("reference", REFERENCE_METHODS)
     one_of("exact_method", EXACT_METHODS)
     one_of("oracle", ORACLES)
     one_of("dtype", DTYPES)
