@@ -1,0 +1,385 @@
+"""The writer of a run record (used by the training loop and monitor): :class:`RecordWriter`.
+
+:class:`RecordWriter` writes ``record.json`` with status ``"running"`` as soon as it is created
+and rewrites it with status ``"complete"`` as the very last act of :meth:`RecordWriter.finish`,
+so a run killed at any point leaves a directory that says it is incomplete. Every file is
+written atomically (:mod:`arturo_diag.diagnostics.io`). The format is that of
+:mod:`~arturo_diag.diagnostics.record_format` (``docs/record.md``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from arturo_diag._toml import tomllib
+from arturo_diag.diagnostics.io import (
+    atomic_savez,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+    make_directory,
+    write_error,
+)
+from arturo_diag.diagnostics.lock import DirectoryLock
+from arturo_diag.diagnostics.record_format import (
+    _CONFIG,
+    _MANIFEST,
+    _RECORD_FILES,
+    _SNAPSHOT_DIR,
+    _SNAPSHOT_RE,
+    _TABLES,
+    RECORD_FORMAT,
+    RECORD_KINDS,
+    layer_of,
+    snapshot_filename,
+    study_marker,
+)
+from arturo_diag.errors import RecordError
+
+
+def _plain(value: Any) -> Any:
+    """A table cell as a plain Python value (0-d tensors and numpy scalars via ``.item()``)."""
+    if value is None:
+        return math.nan
+    if isinstance(value, (str, bool, int, float)):
+        return value
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    raise ValueError(f"table cell: got {type(value).__name__} {value!r}; allowed: a number or a string")
+
+
+def _as_float64(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # torch tensor; torch is not imported here
+        value = value.detach().cpu()
+    return np.asarray(value, dtype=np.float64)
+
+
+def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
+    order = list(columns)
+    seen = set(order)
+    for row in rows:
+        for key in row:
+            if key not in seen:
+                seen.add(key)
+                order.append(key)
+    return pd.DataFrame.from_records(list(rows), columns=order)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _version() -> str:
+    from arturo_diag import __version__
+
+    return __version__
+
+
+class RecordWriter:
+    """Writes one run record, incrementally and atomically.
+
+    Args:
+        run_dir: the directory of the record (created if missing).
+        kind: ``"compare"`` or ``"monitor"`` (``record.json``'s ``kind``).
+        config_toml_text: the resolved config as TOML text; written to ``config.toml``.
+        parameters: parameter name -> shape, in the model's order. A parameter's layer is
+            :func:`layer_of` its name.
+        optimizer: the optimizer's settings (``record.json``'s ``optimizer``), e.g. the group's
+            ``lr`` (the KL bound), ``eta_tol``, ``var_init``.
+        var_init: the initial variance of every coordinate (used by the variance-collapse check).
+        overwrite: replace a record that ``run_dir`` already holds. Without it, a directory with a
+            ``record.json`` (of any status) is refused with :class:`RecordError`.
+
+    ``record.json`` is written with status ``"running"`` at once; :meth:`finish` rewrites it with
+    status ``"complete"`` after everything else, so a killed run is recognisably incomplete.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str],
+        kind: str,
+        config_toml_text: str,
+        parameters: Mapping[str, Sequence[int]],
+        *,
+        optimizer: Mapping[str, Any] | None = None,
+        var_init: float | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        if kind not in RECORD_KINDS:
+            raise ValueError(f"kind: got {kind!r}; allowed: {', '.join(map(repr, RECORD_KINDS))}")
+        try:
+            tomllib.loads(config_toml_text)
+        except (tomllib.TOMLDecodeError, TypeError) as error:
+            raise ValueError(f"config_toml_text: not valid TOML ({error})") from None
+        self.run_dir = Path(run_dir)
+        self._parameters: dict[str, dict[str, Any]] = {}
+        for name, shape in parameters.items():
+            self._parameters[str(name)] = {"shape": [int(n) for n in shape], "layer": layer_of(str(name))}
+        _refuse_study_dir(self.run_dir)
+        # One writer per run directory (docs/record.md, "Locks"): held from before a previous record
+        # is looked at or removed until the record's last write (see ``_finished``).
+        self._lock = DirectoryLock(self.run_dir)
+        self._lock.acquire()
+        try:
+            _refuse_study_dir(self.run_dir)  # again, now that no one else can write it
+            self._start(kind, config_toml_text, optimizer=optimizer, var_init=var_init, overwrite=overwrite)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _start(
+        self,
+        kind: str,
+        config_toml_text: str,
+        *,
+        optimizer: Mapping[str, Any] | None,
+        var_init: float | None,
+        overwrite: bool,
+    ) -> None:
+        """Under the lock: refuse or remove a previous record, write config.toml and the manifest."""
+        manifest_path = self.run_dir / _MANIFEST
+        if manifest_path.exists():
+            if not overwrite:
+                status = _peek_status(manifest_path)
+                raise RecordError(
+                    f"{self.run_dir} already holds a run record (status {status}); "
+                    "choose another directory or overwrite it explicitly"
+                )
+            try:
+                _remove_record_files(self.run_dir)
+            except OSError as error:  # read-only, no permission: the path and the OS's reason
+                raise write_error(error, self.run_dir) from None
+
+        make_directory(self.run_dir, "out")  # a RecordError naming the path and the OS's reason
+        make_directory(self.run_dir / _SNAPSHOT_DIR, "out")
+        self._steps: list[dict[str, Any]] = []
+        self._epochs: list[dict[str, Any]] = []
+        self._snapshot_rows: list[dict[str, Any]] = []
+        self._snapshot_steps: list[int] = []
+        self._finished = False
+        self._manifest: dict[str, Any] = {
+            "format": RECORD_FORMAT,
+            "status": "running",
+            "kind": kind,
+            "steps": 0,
+            "snapshot_steps": [],
+            "parameters": self._parameters,
+            "optimizer": dict(optimizer) if optimizer is not None else {},
+            "var_init": var_init,
+            "created": _now(),
+            "arturo_diag_version": _version(),
+        }
+        atomic_write_text(self.run_dir / _CONFIG, config_toml_text)
+        self._write_manifest()
+
+    # -- end and lock ---------------------------------------------------------------------------
+    # Every terminal method (finish, fail, ...) ends with ``self._finished = True`` after its last
+    # write: that one assignment releases the run directory's lock.
+    @property
+    def _finished(self) -> bool:
+        return self.__dict__.get("_done", False)
+
+    @_finished.setter
+    def _finished(self, value: bool) -> None:
+        self.__dict__["_done"] = bool(value)
+        if value:
+            self.close()
+
+    def close(self) -> None:
+        """Release the run directory's lock (done by :meth:`finish` and :meth:`fail`). A record not
+        finished stays ``"running"``: incomplete. Idempotent."""
+        lock = self.__dict__.get("_lock")
+        if lock is not None:
+            lock.release()
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is not None and not self.finished:
+                self.fail(f"{exc_type.__name__}: {exc}")
+        finally:
+            self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- rows ---------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._finished:
+            raise RecordError(f"{self.run_dir}: the record is already finished; nothing more can be added")
+
+    def add_step(self, row: Mapping[str, Any]) -> None:
+        """Append one row of ``steps.csv`` (columns of docs/record.md; ``step`` required)."""
+        self._check_open()
+        if "step" not in row:
+            raise ValueError("add_step: the row has no 'step'")
+        self._steps.append({key: _plain(value) for key, value in row.items()})
+
+    def add_epoch(self, row: Mapping[str, Any]) -> None:
+        """Append one row of ``epochs.csv`` (``epoch``, ``step``, train/test loss and accuracy)."""
+        self._check_open()
+        if "epoch" not in row:
+            raise ValueError("add_epoch: the row has no 'epoch'")
+        self._epochs.append({key: _plain(value) for key, value in row.items()})
+
+    def add_snapshot(
+        self,
+        step: int,
+        scalars: Mapping[str, Any],
+        arrays: Mapping[str, Mapping[str, Any]],
+    ) -> None:
+        """Write the arrays of one snapshot now (atomically) and queue its ``snapshots.csv`` row.
+
+        ``arrays`` maps parameter name -> field (``curvature``, ``filter_cov_aa``, ``h_exact``, ...)
+        -> array shaped like the parameter; arrays are stored as float64.
+        """
+        self._check_open()
+        step = int(step)
+        if step in self._snapshot_steps:
+            raise ValueError(f"add_snapshot: step {step} already has a snapshot")
+        payload: dict[str, np.ndarray] = {}
+        for name, fields in arrays.items():
+            if name not in self._parameters:
+                raise ValueError(f"add_snapshot: unknown parameter {name!r}; known: {', '.join(self._parameters)}")
+            shape = tuple(self._parameters[name]["shape"])
+            for field, value in fields.items():
+                if "/" in field or not field:
+                    raise ValueError(f"add_snapshot: field name {field!r} must be non-empty and hold no '/'")
+                array = _as_float64(value)
+                if array.shape != shape:
+                    raise ValueError(
+                        f"add_snapshot: {name}/{field} has shape {list(array.shape)}; the parameter's is {list(shape)}"
+                    )
+                payload[f"{name}/{field}"] = array
+        atomic_savez(self.run_dir / snapshot_filename(step), **payload)
+        row = {"step": step}
+        row.update({key: _plain(value) for key, value in scalars.items() if key != "step"})
+        self._snapshot_rows.append(row)
+        self._snapshot_steps.append(step)
+
+    # -- files --------------------------------------------------------------------------------
+    def _last_step(self) -> int:
+        steps = [row["step"] for row in self._steps if isinstance(row.get("step"), (int, float))]
+        finite = [int(s) for s in steps if not (isinstance(s, float) and math.isnan(s))]
+        return max(finite, default=0)
+
+    def _write_manifest(self) -> None:
+        atomic_write_json(self.run_dir / _MANIFEST, self._manifest)
+
+    def flush(self) -> None:
+        """Rewrite ``steps.csv``, ``epochs.csv``, ``snapshots.csv`` and the running manifest."""
+        self._check_open()
+        self._write_tables()
+        self._manifest["steps"] = self._last_step()
+        self._manifest["snapshot_steps"] = sorted(self._snapshot_steps)
+        self._write_manifest()
+
+    def _write_tables(self) -> None:
+        for rows, (filename, columns) in (
+            (self._steps, _TABLES["steps"]),
+            (self._epochs, _TABLES["epochs"]),
+            (self._snapshot_rows, _TABLES["snapshots"]),
+        ):
+            atomic_write_csv(self.run_dir / filename, _table(rows, columns))
+
+    def finish(self, extra: Mapping[str, Any] | None = None) -> None:
+        """Write the tables, then ``record.json`` with status ``"complete"`` (last).
+
+        ``extra`` is merged into the manifest (e.g. ``optimizer``, ``var_init``, ``seconds``); it
+        may not set ``format`` or ``status``.
+        """
+        self._check_open()
+        extra = dict(extra or {})
+        for reserved in ("format", "status"):
+            if reserved in extra:
+                raise ValueError(f"finish: extra may not set {reserved!r}")
+        self._write_tables()
+        self._manifest["steps"] = self._last_step()
+        self._manifest["snapshot_steps"] = sorted(self._snapshot_steps)
+        self._manifest.update(extra)
+        self._manifest["status"] = "complete"
+        self._manifest["finished"] = _now()
+        self._write_manifest()
+        self._finished = True
+
+    def fail(self, reason: str) -> None:
+        """Write the tables and mark the record ``"failed"`` with ``reason`` (e.g. an exception)."""
+        self._check_open()
+        self._write_tables()
+        self._manifest["steps"] = self._last_step()
+        self._manifest["snapshot_steps"] = sorted(self._snapshot_steps)
+        self._manifest["status"] = "failed"
+        self._manifest["error"] = str(reason)
+        self._write_manifest()
+        self._finished = True
+
+    def diverge(self, info: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> None:
+        """Write the tables, then ``record.json`` with status ``"diverged"`` and ``"divergence": info``
+        (last): the run ended at its first non-finite quantity (``step``, ``quantity``, ``parameter``,
+        ``layer``, ``count``, ``kind``, see :class:`arturo_diag.errors.Diverged`). A diverged record is
+        finished: reports render from it. ``extra`` is merged into the manifest as in :meth:`finish`."""
+        self._check_open()
+        extra = dict(extra or {})
+        for reserved in ("format", "status", "divergence"):
+            if reserved in extra:
+                raise ValueError(f"diverge: extra may not set {reserved!r}")
+        self._write_tables()
+        self._manifest["steps"] = self._last_step()
+        self._manifest["snapshot_steps"] = sorted(self._snapshot_steps)
+        self._manifest.update(extra)
+        self._manifest["status"] = "diverged"
+        self._manifest["divergence"] = {
+            key: _plain(value) if value is not None else None for key, value in info.items()
+        }
+        self._manifest["finished"] = _now()
+        self._write_manifest()
+        self._finished = True
+
+    @property
+    def finished(self) -> bool:
+        """Whether :meth:`finish` or :meth:`fail` has been called."""
+        return self._finished
+
+
+def _refuse_study_dir(run_dir: Path) -> None:
+    marker = study_marker(run_dir)
+    if marker is not None:
+        raise RecordError(
+            f"{run_dir} is an ablation study's directory (it holds {marker}), not a run's; choose another --out"
+        )
+
+
+def _peek_status(manifest_path: Path) -> str:
+    try:
+        return str(json.loads(manifest_path.read_text(encoding="utf-8")).get("status", "unknown"))
+    except (OSError, ValueError, AttributeError):
+        return "unreadable"
+
+
+def _remove_record_files(run_dir: Path) -> None:
+    # The manifest goes first: from then on the directory is not a (complete) record.
+    for name in _RECORD_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    snapshot_dir = run_dir / _SNAPSHOT_DIR
+    if snapshot_dir.is_dir():
+        for path in snapshot_dir.iterdir():
+            if _SNAPSHOT_RE.match(path.name):
+                path.unlink()
+    figures = run_dir / "figures"
+    if figures.is_dir():
+        for path in figures.glob("*.png"):
+            path.unlink()
