@@ -152,10 +152,7 @@ def compare(
 
     With no options: the small CNN on scikit-learn's 8x8 digits, exact reference every 20 steps.
 
-    Exit codes: 0 done; 1 internal error (a bug: a traceback); 2 bad input (one "error:" line,
-    nothing that looks complete); 3 diverged (a NaN/inf loss, gradient, weight or optimizer state:
-    the record is marked diverged and the report's first finding names step, quantity and layer);
-    130 interrupted (the record is left incomplete).
+    Exit codes: 0 done; 1 internal error (a bug: a traceback); 2 bad input (one "error:" line, nothing that looks complete); 3 diverged (a NaN/inf loss, gradient, weight or optimizer state: the record is marked diverged and the report's first finding names step, quantity and layer); 130 interrupted (the record is left incomplete).
     """
     options = {k: v for k, v in locals().items() if k not in ("config", "overwrite")}
     console = Console(stderr=True)
