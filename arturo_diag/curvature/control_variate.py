@@ -47,6 +47,7 @@ from arturo_diag.curvature.ggn_general import (
     _GGNRun,
     _is_hessian,
 )
+from arturo_diag.curvature.hutchinson import rademacher_probes
 from arturo_diag.curvature.hvp import batched_hvp, hvp_plan
 from arturo_diag.curvature.result import DiagonalHessian, split_like
 
@@ -107,31 +108,14 @@ def hessian_diagonal_cv(
         )  # fmt: skip
     plan = hvp_plan(loss, params, samples)
     chunk_size = min(chunk_size or plan.chunk, samples)
-    sizes = [p.numel() for p in params]
-    total = sum(sizes)
+    total = sum(p.numel() for p in params)
     hessian_times = batched_hvp(loss, params, plan.batched)
-    draw_device = generator.device if generator is not None else torch.device("cpu")
     shift = None
     total_sum = torch.zeros(total, dtype=like.dtype, device=like.device)
     total_sq = torch.zeros(total, dtype=like.dtype, device=like.device)
     for start in range(0, samples, chunk_size):
         count = min(chunk_size, samples - start)
-        # the draws of hutchinson_diagonal: one per probe, int8 on the generator's device
-        draws = torch.stack(
-            [
-                torch.randint(0, 2, (total,), generator=generator, device=draw_device,
-                              dtype=torch.int8)
-                for _ in range(count)
-            ]
-        ).to(like.device)  # fmt: skip
-        tangents, offset = [], 0
-        for p, size in zip(params, sizes):
-            z = torch.empty(count, size, dtype=like.dtype, device=like.device)
-            z.copy_(draws[:, offset : offset + size]).mul_(2).sub_(1)
-            tangents.append(z.view(count, *p.shape))
-            offset += size
-        del draws
-        tangents = tuple(tangents)
+        tangents = rademacher_probes(count, params, generator)  # the draws of hutchinson_diagonal
         h_products = hessian_times(tangents)
         g_products = run.ggn_times(tangents, plan.batched)
         terms = torch.cat(

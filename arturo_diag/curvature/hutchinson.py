@@ -25,7 +25,7 @@ estimate when the exact diagonal is too expensive.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +37,30 @@ from arturo_diag.curvature.hvp import batched_hvp, hvp_plan
 from arturo_diag.curvature.result import DiagonalHessian, split_like
 
 __all__ = ["hutchinson_diagonal"]
+
+
+def rademacher_probes(count: int, params: Sequence[Tensor], generator: torch.Generator | None) -> tuple[Tensor, ...]:
+    """``count`` Rademacher probes as contiguous ``(count, *p.shape)`` tangents, one per parameter.
+
+    One int8 draw of every coordinate per probe, on the generator's device: the stream, hence any
+    result built on it, does not depend on how the probes are chunked. ``z = 2 * draw - 1``.
+    """
+    like = params[0]
+    sizes = [p.numel() for p in params]
+    draw_device = generator.device if generator is not None else torch.device("cpu")
+    draws = torch.stack(
+        [
+            torch.randint(0, 2, (sum(sizes),), generator=generator, device=draw_device, dtype=torch.int8)
+            for _ in range(count)
+        ]
+    ).to(like.device)
+    tangents, offset = [], 0
+    for p, size in zip(params, sizes):
+        z = torch.empty(count, size, dtype=like.dtype, device=like.device)
+        z.copy_(draws[:, offset : offset + size]).mul_(2).sub_(1)
+        tangents.append(z.view(count, *p.shape))
+        offset += size
+    return tuple(tangents)
 
 
 def hutchinson_diagonal(
@@ -85,10 +109,8 @@ def hutchinson_diagonal(
     plan = hvp_plan(loss, params, samples)
     chunk_size = min(chunk_size or plan.chunk, samples)
     like = params[0]
-    sizes = [p.numel() for p in params]
-    total = sum(sizes)
+    total = sum(p.numel() for p in params)
     hessian_times = batched_hvp(loss, params, plan.batched)
-    draw_device = generator.device if generator is not None else torch.device("cpu")
     # Sums of the terms and of their squares, shifted by the first chunk's mean so that the
     # variance stays accurate when |h| is much larger than its spread.
     shift = None
@@ -96,23 +118,8 @@ def hutchinson_diagonal(
     total_sq = torch.zeros(total, dtype=like.dtype, device=like.device)
     for start in range(0, samples, chunk_size):
         count = min(chunk_size, samples - start)
-        # One draw per probe: the stream, hence the result, does not depend on chunk_size.
-        draws = torch.stack(
-            [
-                torch.randint(0, 2, (total,), generator=generator, device=draw_device,
-                              dtype=torch.int8)
-                for _ in range(count)
-            ]
-        ).to(like.device)  # fmt: skip
-        # z = 2 * draw - 1, cut per parameter into contiguous (count, *shape) tangents
-        tangents, offset = [], 0
-        for p, size in zip(params, sizes):
-            z = torch.empty(count, size, dtype=like.dtype, device=like.device)
-            z.copy_(draws[:, offset : offset + size]).mul_(2).sub_(1)
-            tangents.append(z.view(count, *p.shape))
-            offset += size
-        del draws
-        products = hessian_times(tuple(tangents))
+        tangents = rademacher_probes(count, params, generator)
+        products = hessian_times(tangents)
         terms = torch.cat([(z * h).reshape(count, -1) for z, h in zip(tangents, products)], dim=1)
         del tangents, products
         if shift is None:
