@@ -201,23 +201,6 @@ class Arturo(Optimizer):
         dual_rtol: float = 1e-6,
         fused: bool | None = None,
     ):
-        _validate(
-            lr=lr,
-            reg_weight=reg_weight,
-            prior_prec=prior_prec,
-            var_init=var_init,
-            nu=nu,
-            dynamic_model_noise=dynamic_model_noise,
-            measurement_noise=measurement_noise,
-            start_filter_cov=start_filter_cov,
-            eta_tol=eta_tol,
-            weight_decay=weight_decay,
-            kl=kl,
-            dual=dual,
-            fixed_eta=fixed_eta,
-            dual_rtol=dual_rtol,
-            fused=fused,
-        )
         defaults = dict(
             lr=lr,
             reg_weight=reg_weight,
@@ -236,6 +219,7 @@ class Arturo(Optimizer):
             dual_rtol=dual_rtol,
             fused=fused,
         )
+        _validate(**defaults)  # the same checks as each param group's own values (add_param_group)
         super().__init__(params, defaults)
         self.eta: float | None = None  # the previous step's eta (None before the first step)
         self.last_step: dict[str, Any] | None = None
