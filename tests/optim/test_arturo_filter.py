@@ -11,24 +11,12 @@ from __future__ import annotations
 
 import torch
 from arturo_cases import Case, compare_step, gradients, reference_for
-from arturo_reference import ArturoReference, batch_filter_posterior
+from arturo_reference import DEFAULTS, ArturoReference, batch_filter_posterior
 from torch import nn
 
 from arturo_diag.optim import Arturo
 
 F64 = torch.float64
-DEFAULTS = dict(
-    lr=0.08567456,
-    reg_weight=0.05865662,
-    prior_prec=0.0015,
-    var_init=0.01,
-    nu=1.3,
-    dynamic_model_noise=0.01739296,
-    measurement_noise=2.81679116,
-    start_filter_cov=5e-5,
-    weight_decay=1.5404e-6,
-    eta_tol=0.5,
-)
 FILTER_KEYS = ("intercept", "curvature", "filter_cov_bb", "filter_cov_ba", "filter_cov_aa")
 
 

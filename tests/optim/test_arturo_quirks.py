@@ -14,24 +14,12 @@ import math
 import pytest
 import torch
 from arturo_cases import Case, compare_step, reference_for, run_against_reference
-from arturo_reference import ArturoReference
+from arturo_reference import DEFAULTS, ArturoReference
 from torch import nn
 
 from arturo_diag.optim import Arturo
 
 F64 = torch.float64
-DEFAULTS = dict(
-    lr=0.08567456,
-    reg_weight=0.05865662,
-    prior_prec=0.0015,
-    var_init=0.01,
-    nu=1.3,
-    dynamic_model_noise=0.01739296,
-    measurement_noise=2.81679116,
-    start_filter_cov=5e-5,
-    weight_decay=1.5404e-6,
-    eta_tol=0.5,
-)
 
 
 def pair(weights, **hyper):

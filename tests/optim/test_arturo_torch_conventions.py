@@ -9,6 +9,7 @@ import copy
 import pytest
 import torch
 from arturo_cases import STATE_KEYS, Case
+from arturo_reference import DEFAULTS
 from torch import nn
 
 from arturo_diag.optim import Arturo
@@ -278,18 +279,7 @@ def test_float32_tracks_the_float64_reference(kind, kl, lr):
     case = Case(kind, seed=70)
     case.model.float()
     opt = Arturo(case.model.parameters(), kl=kl, lr=lr, weight_decay=0.01)
-    hyper = dict(
-        lr=lr,
-        reg_weight=0.05865662,
-        prior_prec=0.0015,
-        var_init=0.01,
-        nu=1.3,
-        dynamic_model_noise=0.01739296,
-        measurement_noise=2.81679116,
-        start_filter_cov=5e-5,
-        weight_decay=0.01,
-        eta_tol=0.5,
-    )
+    hyper = dict(DEFAULTS, lr=lr, weight_decay=0.01)
     ref = reference_for(opt, hyper=[hyper], kl=kl)
     for k in range(1, 21):
         x, y = case.minibatch()
