@@ -6,25 +6,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.app import app
+from tests.reliability.harness import TINY  # the small settings every CLI test trains with
 
-TINY = [
-    "--model",
-    "mlp",
-    "--dataset",
-    "teacher",
-    "--train-size",
-    "96",
-    "--batch-size",
-    "32",
-    "--epochs",
-    "2",
-    "--every",
-    "2",
-    "--probe-size",
-    "16",
-    "--lr-milestones",
-    "2",
-]
 runner = CliRunner()
 
 
