@@ -15,6 +15,7 @@ from types import MappingProxyType
 import pytest
 from typer.testing import CliRunner
 
+from arturo_diag.curvature import CurvatureError, exact_diagonal
 from arturo_diag.curvature.methods import EXACT_METHODS, ORACLES, REFERENCE_METHODS
 from arturo_diag.errors import ConfigError
 from arturo_diag.optim.arturo import DUAL_CHOICES, KL_CHOICES
@@ -115,3 +116,17 @@ def test_config_accepts_exactly_the_declared_names(field):
     assert str(error.value) == f"{field}: got 'not-a-declared-name'; allowed: one of " + ", ".join(
         sorted(declared) if field == "model" else declared
     )
+
+
+def test_exact_diagonal_accepts_exactly_the_declared_exact_methods():
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Linear(3, 2).double()
+    inputs = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    targets = torch.tensor([0, 1, 1, 0])
+    loss = torch.nn.CrossEntropyLoss()
+    for name in EXACT_METHODS:
+        result = exact_diagonal(model, loss, inputs, targets, method=name)
+        assert result.method == ("ggn" if name == "auto" else name)
+    with pytest.raises(CurvatureError) as error:
+        exact_diagonal(model, loss, inputs, targets, method="not-a-declared-name")
+    assert str(error.value) == "method: got 'not-a-declared-name'; allowed: " + ", ".join(EXACT_METHODS)

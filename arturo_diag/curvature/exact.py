@@ -37,11 +37,13 @@ from arturo_diag.curvature.errors import CurvatureError, GGNNotExactError
 from arturo_diag.curvature.functional import LossOfParameters, loss_of_parameters
 from arturo_diag.curvature.ggn import ggn_diagonal
 from arturo_diag.curvature.hvp import batched_hvp, hvp_plan
+from arturo_diag.curvature.methods import EXACT_METHODS
 from arturo_diag.curvature.result import DiagonalHessian, split_like
 
 __all__ = ["METHODS", "PIECEWISE_LINEAR_OPT_IN", "check_ggn_exact", "exact_diagonal"]
 
-METHODS = ("auto", "hvp", "ggn")
+#: The methods :func:`exact_diagonal` accepts: the names declared in ``methods.EXACT_METHODS``.
+METHODS = tuple(EXACT_METHODS)
 
 #: Class attribute by which a custom module declares that its own ``forward`` is, in every single
 #: weight, piecewise linear (uses each of its parameters once, linearly, and otherwise only
