@@ -1,11 +1,12 @@
-"""One intermediate structure for a report, written out as Markdown and as self-contained HTML.
+"""One intermediate structure for every report (a run's, a study's), and its three renderers.
 
 A report is a list of blocks (:class:`Heading`, :class:`Paragraph`, :class:`Bullets`,
-:class:`Table`, :class:`Image`); inline content is a tuple of spans ``(kind, text)`` with kind
-``"text"``, ``"code"`` or ``"strong"``, so text taken from elsewhere (findings, layer names) is
-never parsed as markup. :func:`to_markdown` and :func:`to_html` render the same blocks, so the two
-files always carry the same content. The HTML embeds images as base64 ``data:`` URIs and carries
-its CSS inline: it loads nothing from anywhere.
+:class:`Table`, :class:`Image`; defined in :mod:`arturo_diag.report.blocks`, re-exported here);
+inline content is a tuple of spans ``(kind, text)`` with kind ``"text"``, ``"code"`` or
+``"strong"``, so text taken from elsewhere (findings, layer names) is never parsed as markup. :func:`to_markdown`, :func:`to_html` and :func:`to_json` render the same
+blocks, so the files always carry the same content; :func:`from_json` reads the JSON form back.
+The HTML has a table of contents (the level-2 headings, level-3 nested), embeds images as base64
+``data:`` URIs and carries its CSS inline: it loads nothing from anywhere and runs no script.
 """
 
 from __future__ import annotations
@@ -13,10 +14,25 @@ from __future__ import annotations
 import base64
 import html
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from arturo_diag.report.blocks import (
+    Block,
+    Bullets,
+    Heading,
+    Image,
+    Inline,
+    Paragraph,
+    Table,
+    code,
+    inline,
+    strong,
+    text,
+)
 
 __all__ = [
+    "DOCUMENT_FORMAT",
     "Block",
     "Bullets",
     "Heading",
@@ -25,90 +41,17 @@ __all__ = [
     "Paragraph",
     "Table",
     "code",
+    "from_json",
     "inline",
+    "slug",
     "strong",
     "text",
     "to_html",
+    "to_json",
     "to_markdown",
 ]
 
-Span = tuple[str, str]
-Inline = tuple[Span, ...]
-InlineLike = str | Span | Sequence[Span]
-
-
-def text(s: str) -> Span:
-    """Plain text (escaped wherever it is written)."""
-    return ("text", str(s))
-
-
-def code(s: str) -> Span:
-    """A code span (file names, field names)."""
-    return ("code", str(s))
-
-
-def strong(s: str) -> Span:
-    """Bold text."""
-    return ("strong", str(s))
-
-
-def inline(content: InlineLike) -> Inline:
-    """Normalise a str, one span or a sequence of spans to a tuple of spans."""
-    if isinstance(content, str):
-        return (text(content),)
-    if isinstance(content, tuple) and len(content) == 2 and all(isinstance(c, str) for c in content):
-        return (content,)  # type: ignore[return-value]
-    return tuple(content)  # type: ignore[arg-type]
-
-
-@dataclass(frozen=True)
-class Heading:
-    level: int
-    content: Inline
-    anchor: str = ""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "content", inline(self.content))
-
-
-@dataclass(frozen=True)
-class Paragraph:
-    content: Inline
-    css_class: str = ""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "content", inline(self.content))
-
-
-@dataclass(frozen=True)
-class Bullets:
-    items: tuple[Inline, ...]
-    css_classes: tuple[str, ...] = ()  # one per item ("" for none), e.g. "warning"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "items", tuple(inline(item) for item in self.items))
-
-
-@dataclass(frozen=True)
-class Table:
-    header: tuple[str, ...]
-    rows: tuple[tuple[str, ...], ...]
-    align: tuple[str, ...] = ()  # "l" or "r" per column (default: first left, others right)
-    caption: str = ""
-
-
-@dataclass(frozen=True)
-class Image:
-    path: str  # relative to the report, e.g. "figures/agreement.png"
-    alt: str
-    caption: Inline
-    png: bytes = field(default=b"", repr=False)  # embedded in the HTML
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "caption", inline(self.caption))
-
-
-Block = Heading | Paragraph | Bullets | Table | Image
+DOCUMENT_FORMAT = "arturo-diag-document/1"
 
 
 # ----------------------------------------------------------------------------------- markdown
@@ -206,6 +149,28 @@ def to_markdown(blocks: Iterable[Block]) -> str:
     return "\n\n".join(out) + "\n"
 
 
+# ------------------------------------------------------------------------------------- anchors
+def slug(s: str) -> str:
+    """``s`` as an anchor: lower-case letters and digits, runs of anything else as one ``-``."""
+    return re.sub(r"[^0-9a-z]+", "-", str(s).lower()).strip("-") or "section"
+
+
+def _anchors(blocks: Sequence[Block]) -> dict[int, str]:
+    """Block index -> the anchor of each heading: its own or the slug of its text; unique in the
+    document (a repeated one gets ``-2``, ``-3``, ... in document order)."""
+    out: dict[int, str] = {}
+    used: set[str] = set()
+    for i, block in enumerate(blocks):
+        if isinstance(block, Heading):
+            base = block.anchor or slug("".join(value for _, value in block.content))
+            anchor, n = base, 2
+            while anchor in used:
+                anchor, n = f"{base}-{n}", n + 1
+            used.add(anchor)
+            out[i] = anchor
+    return out
+
+
 # --------------------------------------------------------------------------------------- html
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #1f2328;
@@ -229,6 +194,12 @@ p.note { color: #57606a; }
 figure { margin: 1.2em 0 2em; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eaeef2; }
 figcaption { color: #57606a; font-size: .92em; }
+nav.toc { background: #f6f8fa; border: 1px solid #d0d7de; border-radius: 6px; padding: 6px 20px;
+          margin: 1em 0 1.6em; font-size: .92em; }
+nav.toc p.toc-title { font-weight: 600; margin: .3em 0; }
+nav.toc ul { margin: .1em 0 .3em; padding-left: 1.3em; }
+nav.toc a { color: #0969da; text-decoration: none; }
+nav.toc a:hover { text-decoration: underline; }
 """
 
 
@@ -245,60 +216,84 @@ def _html_inline(content: Inline) -> str:
     return "".join(parts)
 
 
-def _slug(content: Inline) -> str:
-    words = re.sub(r"[^0-9a-z]+", "-", "".join(value for _, value in content).lower()).strip("-")
-    return words or "section"
+def _html_table(block: Table) -> str:
+    align = _alignments(block)
+    caption = f'<p class="table-caption">{html.escape(block.caption)}</p>\n' if block.caption else ""
+    header = "<tr>" + "".join(f'<th class="{a}">{html.escape(h)}</th>' for h, a in zip(block.header, align)) + "</tr>"
+    rows = [
+        "<tr>" + "".join(f'<td class="{a}">{html.escape(c)}</td>' for c, a in zip(row, align)) + "</tr>"
+        for row in block.rows
+    ]
+    return f"{caption}<table>\n<thead>\n{header}\n</thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>"
+
+
+def _html_block(block: Block, anchor: str | None) -> str:
+    if isinstance(block, Heading):
+        level = min(max(block.level, 1), 6)
+        return f'<h{level} id="{html.escape(anchor or "", quote=True)}">{_html_inline(block.content)}</h{level}>'
+    if isinstance(block, Paragraph):
+        css = f' class="{html.escape(block.css_class, quote=True)}"' if block.css_class else ""
+        return f"<p{css}>{_html_inline(block.content)}</p>"
+    if isinstance(block, Bullets):
+        items = []
+        for i, item in enumerate(block.items):
+            css = block.css_classes[i] if i < len(block.css_classes) else ""
+            attr = f' class="{html.escape(css, quote=True)}"' if css else ""
+            items.append(f"<li{attr}>{_html_inline(item)}</li>")
+        return "<ul>\n" + "\n".join(items) + "\n</ul>"
+    if isinstance(block, Table):
+        return _html_table(block)
+    if isinstance(block, Image):
+        data = base64.b64encode(block.png).decode("ascii")
+        return (
+            f'<figure>\n<img src="data:image/png;base64,{data}" alt="{html.escape(block.alt)}">\n'
+            f"<figcaption>{html.escape(block.path)}: {_html_inline(block.caption)}</figcaption>\n"
+            "</figure>"
+        )
+    raise TypeError(f"unknown block {type(block).__name__}")  # pragma: no cover - a programming error
+
+
+def _toc_position(blocks: Sequence[Block]) -> int:
+    """After the first level-1 heading and the paragraphs right after it (the top when there is none)."""
+    first = next((i for i, b in enumerate(blocks) if isinstance(b, Heading) and b.level == 1), None)
+    if first is None:
+        return 0
+    position = first + 1
+    while position < len(blocks) and isinstance(blocks[position], Paragraph):
+        position += 1
+    return position
+
+
+def _html_toc(blocks: Sequence[Block], anchors: dict[int, str]) -> str:
+    """``<nav class="toc">``: every level-2 heading, the level-3 ones nested under the level 2 above
+    them (those before any level 2 at the top level); "" when there is no level-2 heading."""
+    if not any(isinstance(b, Heading) and b.level == 2 for b in blocks):
+        return ""
+    entries: list[tuple[str, list[str]]] = []  # (level-2 item, its level-3 items)
+    for i, block in enumerate(blocks):
+        if not isinstance(block, Heading) or block.level not in (2, 3):
+            continue
+        link = f'<a href="#{html.escape(anchors[i], quote=True)}">{_html_inline(block.content)}</a>'
+        if block.level == 3 and entries:
+            entries[-1][1].append(f"<li>{link}</li>")
+        else:
+            entries.append((link, []))
+    items = [
+        f"<li>{link}" + ("\n<ul>\n" + "\n".join(children) + "\n</ul>\n" if children else "") + "</li>"
+        for link, children in entries
+    ]
+    return '<nav class="toc">\n<p class="toc-title">Contents</p>\n<ul>\n' + "\n".join(items) + "\n</ul>\n</nav>"
 
 
 def to_html(blocks: Iterable[Block], *, title: str) -> str:
-    """The blocks as one self-contained HTML page (inline CSS, images as base64 data URIs)."""
-    body: list[str] = []
-    used: set[str] = set()
-    for block in blocks:
-        if isinstance(block, Heading):
-            anchor = block.anchor or _slug(block.content)
-            base, n = anchor, 2
-            while anchor in used:
-                anchor, n = f"{base}-{n}", n + 1
-            used.add(anchor)
-            level = min(max(block.level, 1), 6)
-            body.append(f'<h{level} id="{anchor}">{_html_inline(block.content)}</h{level}>')
-        elif isinstance(block, Paragraph):
-            css = f' class="{block.css_class}"' if block.css_class else ""
-            body.append(f"<p{css}>{_html_inline(block.content)}</p>")
-        elif isinstance(block, Bullets):
-            items = []
-            for i, item in enumerate(block.items):
-                css = block.css_classes[i] if i < len(block.css_classes) else ""
-                attr = f' class="{css}"' if css else ""
-                items.append(f"<li{attr}>{_html_inline(item)}</li>")
-            body.append("<ul>\n" + "\n".join(items) + "\n</ul>")
-        elif isinstance(block, Table):
-            align = _alignments(block)
-            rows = []
-            if block.caption:
-                body.append(f'<p class="table-caption">{html.escape(block.caption)}</p>')
-            rows.append(
-                "<tr>"
-                + "".join(f'<th class="{a}">{html.escape(h)}</th>' for h, a in zip(block.header, align))
-                + "</tr>"
-            )
-            for row in block.rows:
-                rows.append(
-                    "<tr>" + "".join(f'<td class="{a}">{html.escape(c)}</td>' for c, a in zip(row, align)) + "</tr>"
-                )
-            body.append(
-                "<table>\n<thead>\n" + rows[0] + "\n</thead>\n<tbody>\n" + "\n".join(rows[1:]) + "\n</tbody>\n</table>"
-            )
-        elif isinstance(block, Image):
-            data = base64.b64encode(block.png).decode("ascii")
-            body.append(
-                f'<figure>\n<img src="data:image/png;base64,{data}" alt="{html.escape(block.alt)}">\n'
-                f"<figcaption>{html.escape(block.path)}: {_html_inline(block.caption)}</figcaption>\n"
-                "</figure>"
-            )
-        else:  # pragma: no cover - a programming error
-            raise TypeError(f"unknown block {type(block).__name__}")
+    """The blocks as one self-contained HTML page (inline CSS, images as base64 data URIs, a table of
+    contents after the title; no script, nothing loaded)."""
+    blocks = list(blocks)
+    anchors = _anchors(blocks)
+    body = [_html_block(block, anchors.get(i)) for i, block in enumerate(blocks)]
+    toc = _html_toc(blocks, anchors)
+    if toc:
+        body.insert(_toc_position(blocks), toc)
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
@@ -306,3 +301,79 @@ def to_html(blocks: Iterable[Block], *, title: str) -> str:
         + "\n".join(body)
         + "\n</main>\n</body>\n</html>\n"
     )
+
+
+# --------------------------------------------------------------------------------------- json
+def _json_spans(content: Inline) -> list[dict[str, str]]:
+    return [{"kind": kind, "text": value} for kind, value in content]
+
+
+def _json_block(block: Block, anchor: str | None) -> dict[str, Any]:
+    if isinstance(block, Heading):
+        return {"type": "heading", "level": block.level, "anchor": anchor, "content": _json_spans(block.content)}
+    if isinstance(block, Paragraph):
+        return {"type": "paragraph", "css_class": block.css_class, "content": _json_spans(block.content)}
+    if isinstance(block, Bullets):
+        classes = [block.css_classes[i] if i < len(block.css_classes) else "" for i in range(len(block.items))]
+        return {
+            "type": "bullets",
+            "items": [{"css_class": c, "content": _json_spans(item)} for c, item in zip(classes, block.items)],
+        }
+    if isinstance(block, Table):
+        return {
+            "type": "table",
+            "caption": block.caption,
+            "header": list(block.header),
+            "align": list(_alignments(block)),
+            "rows": [list(row) for row in block.rows],
+        }
+    if isinstance(block, Image):  # the PNG stays in its file (``path``); the JSON carries no bytes
+        return {"type": "image", "path": block.path, "alt": block.alt, "caption": _json_spans(block.caption)}
+    raise TypeError(f"unknown block {type(block).__name__}")  # pragma: no cover - a programming error
+
+
+def to_json(blocks: Iterable[Block]) -> dict[str, Any]:
+    """The blocks as one JSON-serialisable dict ``{"format": DOCUMENT_FORMAT, "blocks": [...]}``.
+
+    Each block is ``{"type": ...}`` with: heading ``level``, ``anchor`` (the HTML id) and
+    ``content``; paragraph ``content``, ``css_class``; bullets ``items`` (``content``,
+    ``css_class``); table ``caption``, ``header``, ``align``, ``rows``; image ``path``, ``alt``,
+    ``caption`` (no PNG bytes). Inline content is a list of ``{"kind", "text"}`` spans.
+    """
+    blocks = list(blocks)
+    anchors = _anchors(blocks)
+    return {"format": DOCUMENT_FORMAT, "blocks": [_json_block(block, anchors.get(i)) for i, block in enumerate(blocks)]}
+
+
+def _spans(items: Sequence[Mapping[str, str]]) -> Inline:
+    return tuple((item["kind"], item["text"]) for item in items)
+
+
+def from_json(document: Mapping[str, Any]) -> list[Block]:
+    """The blocks of a :func:`to_json` dict (images without their PNG bytes).
+
+    Raises:
+        ValueError: not a document of :data:`DOCUMENT_FORMAT`, or a block of unknown type.
+    """
+    if document.get("format") != DOCUMENT_FORMAT:
+        raise ValueError(f"not a {DOCUMENT_FORMAT} document (format {document.get('format')!r})")
+    out: list[Block] = []
+    for b in document["blocks"]:
+        kind = b.get("type")
+        if kind == "heading":
+            out.append(Heading(int(b["level"]), _spans(b["content"]), anchor=b.get("anchor") or ""))
+        elif kind == "paragraph":
+            out.append(Paragraph(_spans(b["content"]), css_class=b.get("css_class", "")))
+        elif kind == "bullets":
+            items = b["items"]
+            out.append(
+                Bullets(tuple(_spans(i["content"]) for i in items), tuple(i.get("css_class", "") for i in items))
+            )
+        elif kind == "table":
+            rows = tuple(tuple(row) for row in b["rows"])
+            out.append(Table(tuple(b["header"]), rows, tuple(b.get("align", ())), b.get("caption", "")))
+        elif kind == "image":
+            out.append(Image(b["path"], b["alt"], _spans(b["caption"])))
+        else:
+            raise ValueError(f"unknown block type {kind!r}")
+    return out
