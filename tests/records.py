@@ -97,8 +97,12 @@ def write_record(
     seed: int = 0,
     epochs=EPOCHS,
     finish: Mapping | None = None,
+    scalars: Callable[[dict, int], Mapping] | None = None,
 ):
     """Write the record and return ``run_dir``; ``finish=None`` leaves it incomplete (flushed only).
+
+    ``scalars(row, t)`` gives the ``snapshots.csv`` row of the snapshot at step row ``row`` (the
+    ``t``-th snapshot); by default the row's bound and eta with fixed probe and dual values.
 
     Per snapshot and parameter, in this order of draws from ``numpy.random.default_rng(seed)``:
     ``h, fields = arrays(rng, shape, t)``, then ``h_hutchinson = h + hutchinson_noise * normal``
@@ -121,21 +125,7 @@ def write_record(
                 fields["h_hutchinson"] = h + hutchinson_noise * rng.normal(size=shape)
                 fields["h_hutchinson_se"] = np.full(shape, hutchinson_noise)
             snapshot[name] = {key: value for key, value in fields.items() if key not in drop_fields}
-        writer.add_snapshot(
-            row["step"],
-            {
-                "kl_bound": row["kl_bound"],
-                "eta": row["eta"],
-                "kl0_ratio": 3.0 if t % 2 else 0.5,
-                "eta_star": 0.5 if t % 2 else math.nan,
-                "reference": reference,
-                "exact_method": "hvp" if reference != "hutchinson" else "",
-                "hutchinson_samples": 8,
-                "probe_loss": 0.5,
-                "seconds": 0.1,
-            },
-            snapshot,
-        )
+        writer.add_snapshot(row["step"], (scalars or _default_scalars(reference))(row, t), snapshot)
     for epoch in epochs:
         writer.add_epoch(dict(epoch))
     if finish is not None:
@@ -143,3 +133,20 @@ def write_record(
     else:
         writer.flush()
     return run_dir
+
+
+def _default_scalars(reference: str) -> Callable[[dict, int], dict]:
+    def scalars(row: dict, t: int) -> dict:
+        return {
+            "kl_bound": row["kl_bound"],
+            "eta": row["eta"],
+            "kl0_ratio": 3.0 if t % 2 else 0.5,
+            "eta_star": 0.5 if t % 2 else math.nan,
+            "reference": reference,
+            "exact_method": "hvp" if reference != "hutchinson" else "",
+            "hutchinson_samples": 8,
+            "probe_loss": 0.5,
+            "seconds": 0.1,
+        }
+
+    return scalars

@@ -7,10 +7,10 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from records import write_record
 from scipy import stats
 
 from arturo_diag.diagnostics.io import atomic_write_text
-from arturo_diag.diagnostics.record import RecordWriter
 from arturo_diag.errors import RecordError
 from arturo_diag.study import expand_grid, is_study_dir, render_study, study_from_mapping, study_to_toml
 from arturo_diag.study.aggregate import CURVE_COLUMNS, RUN_COLUMNS
@@ -24,46 +24,47 @@ SGD = [0.900, 0.905, 0.899, 0.902, 0.904]
 ACCURACY = {"faithful": FAITHFUL, "fixed-eta:1.0": FIXED, "no-drift": FAITHFUL, "adam": ADAM, "sgd": SGD}
 
 
-def write_record(spec, accuracy):
+def _curvature(rng, shape, t):
+    """a = 1.1 h, a filter variance of 1e-4 and a precision of 100 around h ~ U(0.5, 2)."""
+    h = rng.uniform(0.5, 2.0, size=shape)
+    return h, {"curvature": 1.1 * h, "filter_cov_aa": np.full(shape, 1e-4), "precision": np.full(shape, 100.0)}
+
+
+def write_run(spec, accuracy):
     """A complete run record of two epochs ending at ``accuracy``, with one snapshot for arTuRO runs."""
-    writer = RecordWriter(
-        spec.config.out,
-        "compare",
-        config_to_toml(spec.config.resolved()),
-        {"fc.weight": (10, 3), "fc.bias": (10,)},
-        overwrite=True,
-    )
     arturo = spec.variant.family == "arturo"
     eta = spec.config.fixed_eta if spec.config.fixed_eta is not None else 0.254
+    rows = []
     for step in (1, 2, 3, 4):
         row = {"step": step, "epoch": 1 + (step > 2), "loss": 2.0 / step}
         if arturo:
             row.update(eta=eta, iterations=0 if spec.config.fixed_eta is not None else 1, kl_ratio=0.5, kl_bound=0.08)
-        writer.add_step(row)
-    for epoch, acc in ((1, accuracy - 0.1), (2, accuracy)):
-        writer.add_epoch(
-            {
-                "epoch": epoch,
-                "step": 2 * epoch,
-                "train_loss": 1.0 / epoch,
-                "train_accuracy": acc,
-                "test_loss": 1.5 - acc,
-                "test_accuracy": acc,
-            }
-        )
-    if arturo:
-        rng = np.random.default_rng(spec.seed)
-        arrays = {}
-        for name, shape in (("fc.weight", (10, 3)), ("fc.bias", (10,))):
-            h = rng.uniform(0.5, 2.0, size=shape)
-            arrays[name] = {
-                "curvature": 1.1 * h,
-                "filter_cov_aa": np.full(shape, 1e-4),
-                "h_exact": h,
-                "precision": np.full(shape, 100.0),
-            }
-        writer.add_snapshot(4, {"kl_bound": 0.08, "eta": eta, "reference": "exact"}, arrays)
-    writer.finish()
+        rows.append(row)
+    epochs = [
+        {
+            "epoch": epoch,
+            "step": 2 * epoch,
+            "train_loss": 1.0 / epoch,
+            "train_accuracy": acc,
+            "test_loss": 1.5 - acc,
+            "test_accuracy": acc,
+        }
+        for epoch, acc in ((1, accuracy - 0.1), (2, accuracy))
+    ]
+    write_record(
+        spec.config.out,
+        arrays=_curvature,
+        steps=rows,
+        config=config_to_toml(spec.config.resolved()),
+        parameters={"fc.weight": (10, 3), "fc.bias": (10,)},
+        var_init=None,
+        reference="exact" if arturo else "none",
+        every=4,
+        seed=spec.seed,
+        epochs=epochs,
+        finish={},
+        scalars=lambda row, t: {"kl_bound": row["kl_bound"], "eta": row["eta"], "reference": "exact"},
+    )
 
 
 def make_study(root, *, setup=None, missing=()):
@@ -76,7 +77,7 @@ def make_study(root, *, setup=None, missing=()):
     atomic_write_text(root / "study.toml", study_to_toml(study))
     for spec in expand_grid(study, root):
         if (spec.variant.name, spec.seed) not in missing:
-            write_record(spec, ACCURACY[spec.variant.name][SEEDS.index(spec.seed)])
+            write_run(spec, ACCURACY[spec.variant.name][SEEDS.index(spec.seed)])
     return study
 
 
