@@ -11,7 +11,9 @@ One concept per module:
 - ``aggregate``: the run records as tidy tables and per-variant statistics.
 - ``findings``: the results in words.
 - ``report``: ``render_study(study_dir)``: study.json, runs.csv, curves.csv, eta.csv, study.md,
-  study.html (self-contained), figures.
+  study.html (self-contained), figures; the document is built of the report engine's blocks
+  (``sections``, one function per section) and written by its renderers
+  (``arturo_diag.report.document``); ``figures`` draws the plots.
 """
 
 from arturo_diag.study.config import (
