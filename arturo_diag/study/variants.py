@@ -1,30 +1,17 @@
 """The variants of an ablation study: which part of arTuRO is changed, as RunConfig field changes.
 
 A variant never adds optimizer code: it names a switch that :class:`~arturo_diag.training.config.RunConfig`
-already has (ARTURO.md, "Ablations this project must support"):
-
-=====================  =================================================================
-name                   RunConfig changes
-=====================  =================================================================
-``faithful``           none (the published rule, the setup's preset)
-``fixed-eta:V``        ``fixed_eta=V``: trust region off, eta = V every step, no dual solve
-``coupled-kl``         ``kl="coupled"``: one constraint on the full KL
-``no-drift``           ``dynamic_model_noise=0.0``: q = 0, plain recursive least squares
-``oracle-exact[:K]``   ``oracle="exact"``: a <- exact minibatch diagonal Hessian every K steps
-``oracle-hutchinson``  ``oracle="hutchinson"``: the same with a Hutchinson estimate (``[:K]`` too)
-``exact-dual``         ``dual="exact"``: solve K(eta) = eps to 1e-6 instead of the coarse bisection
-``guarded``            ``guard=True``: keep precision and denominators positive
-``sgd``/``adam``/      ``optimizer=...`` with the baseline hyperparameters of
-``adamw``              ``experiments/baselines.toml`` (see :class:`Baselines`)
-=====================  =================================================================
-
-``K`` of the oracle variants defaults to the setup's ``oracle_every``.
+already has (ARTURO.md, "Ablations this project must support"). Every variant kind is declared once,
+in :data:`VARIANT_SPECS`: its name, its ``--help`` line, its RunConfig changes (a table, or a
+function of its ``:VALUE``), the phrase the findings use, and the value it takes. ``Variant.changes``,
+``Variant.describe``, :func:`parse_variant` and ``ablate --variants`` read that declaration; a new
+variant is one :class:`VariantKind` there (docs/studies.md lists them for users).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -36,6 +23,7 @@ from arturo_diag.errors import ConfigError
 __all__ = [
     "Variant",
     "VariantKind",
+    "Argument",
     "VARIANT_SPECS",
     "Baselines",
     "parse_variant",
@@ -46,45 +34,173 @@ __all__ = [
     "experiments_dirs",
 ]
 
+_Value = float | int | None
+
+
+@dataclass(frozen=True)
+class Argument:
+    """The ``:VALUE`` a variant kind takes (``fixed-eta:1.0``, ``oracle-exact:5``)."""
+
+    name: str  # as --help writes it: "VALUE", "EVERY"
+    convert: Callable[[str], _Value]  # the value of the text after ":", None if it is not an allowed one
+    expected: str  # the error's "allowed" for a bad value ("{kind}" is replaced by the kind's name)
+    required: bool = False
+    missing: str = ""  # the error's "allowed" when a required value is left out
+
 
 @dataclass(frozen=True)
 class VariantKind:
-    """One kind of variant, as ``--help``, errors and the docs show it."""
+    """One kind of variant: how it is written, what it changes, and how ``--help`` and the findings say it.
 
-    syntax: str  # how it is written, e.g. "fixed-eta:VALUE"
-    help: str  # one line: what it changes
+    ``changes`` is the table of RunConfig field changes, or a function of the variant's value (None
+    when an optional argument is left out) that returns it. ``description`` is the phrase of the
+    findings, a template: ``{value}`` is the variant's value, ``{period}`` "every step" / "every K
+    steps" with K the value or the setup's ``oracle_every``. A ``"baseline"`` kind trains
+    ``changes["optimizer"]`` with the hyperparameters ``baseline_fields`` of the baseline table.
+    """
+
+    name: str  # as written in a study: "fixed-eta"
+    help: str  # one line for --help: what it changes
+    changes: Mapping[str, Any] | Callable[[_Value], Mapping[str, Any]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    description: str = ""  # the findings' phrase (default: the help line)
     family: str = "arturo"  # "arturo" or "baseline"
+    argument: Argument | None = None  # the ":VALUE" it takes, if any
+    baseline_fields: tuple[str, ...] = ()  # fields a baseline table may set for it
+
+    @property
+    def syntax(self) -> str:
+        """How it is written, as --help and the errors show it: ``fixed-eta:VALUE``, ``oracle-exact[:EVERY]``."""
+        if self.argument is None:
+            return self.name
+        return f"{self.name}:{self.argument.name}" if self.argument.required else f"{self.name}[:{self.argument.name}]"
 
 
-#: Every variant kind, declared once, in the order a study lists them by default (the CLI's help and
-#: the accepted names are built from it). A new kind: one line here and its branch in
-#: :meth:`Variant.changes` and :meth:`Variant.describe`.
+def _finite_at_least_0(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def _whole_at_least_1(text: str) -> int | None:
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    return value if value >= 1 else None
+
+
+def _oracle(method: str) -> Callable[[_Value], dict[str, Any]]:
+    def changes(every: _Value) -> dict[str, Any]:
+        return {"oracle": method} if every is None else {"oracle": method, "oracle_every": int(every)}
+
+    return changes
+
+
+_ETA = Argument(
+    "VALUE",
+    _finite_at_least_0,
+    "{kind}:VALUE with a finite number VALUE >= 0",
+    required=True,
+    missing="fixed-eta with a value, e.g. fixed-eta:1.0 (or a bare fixed-eta with [study] fixed_eta = [...])",
+)
+_EVERY = Argument("EVERY", _whole_at_least_1, "{kind}:EVERY with a whole number of steps EVERY >= 1")
+_ORACLE_PHRASE = "replacing a by {how} minibatch diagonal Hessian {{period}}"
+_BASELINES = "(experiments/baselines.toml)"
+
+#: Every variant kind, declared once, in the order a study lists them by default (the CLI's help, the
+#: accepted names, the RunConfig changes and the findings' phrases are built from it).
 VARIANT_SPECS: Mapping[str, VariantKind] = MappingProxyType(
     {
-        "faithful": VariantKind("faithful", "the published rule"),
-        "fixed-eta": VariantKind("fixed-eta:VALUE", "eta fixed at VALUE, trust region off"),
-        "coupled-kl": VariantKind("coupled-kl", "one constraint on the full KL"),
-        "no-drift": VariantKind("no-drift", "the filter's drift q = 0"),
-        "oracle-exact": VariantKind("oracle-exact[:EVERY]", "a <- the exact minibatch diagonal Hessian"),
-        "oracle-hutchinson": VariantKind("oracle-hutchinson[:EVERY]", "a <- a Hutchinson estimate of it"),
-        "exact-dual": VariantKind("exact-dual", "the dual solved exactly instead of the coarse bisection"),
-        "guarded": VariantKind("guarded", "precision and denominators kept positive"),
-        "sgd": VariantKind("sgd", "SGD with momentum (experiments/baselines.toml)", "baseline"),
-        "adam": VariantKind("adam", "Adam (experiments/baselines.toml)", "baseline"),
-        "adamw": VariantKind("adamw", "AdamW (experiments/baselines.toml)", "baseline"),
+        spec.name: spec
+        for spec in (
+            VariantKind("faithful", "the published rule", changes={}, description="the published rule"),
+            VariantKind(
+                "fixed-eta",
+                "eta fixed at VALUE, trust region off",
+                changes=lambda value: {"fixed_eta": float(value)},
+                description="fixing eta at {value} (trust region off, no dual solve)",
+                argument=_ETA,
+            ),
+            VariantKind(
+                "coupled-kl",
+                "one constraint on the full KL",
+                changes={"kl": "coupled"},
+                description="the coupled KL constraint",
+            ),
+            VariantKind(
+                "no-drift",
+                "the filter's drift q = 0",
+                changes={"dynamic_model_noise": 0.0},
+                description="removing the filter's drift (q = 0)",
+            ),
+            VariantKind(
+                "oracle-exact",
+                "a <- the exact minibatch diagonal Hessian",
+                changes=_oracle("exact"),
+                description=_ORACLE_PHRASE.format(how="the exact"),
+                argument=_EVERY,
+            ),
+            VariantKind(
+                "oracle-hutchinson",
+                "a <- a Hutchinson estimate of it",
+                changes=_oracle("hutchinson"),
+                description=_ORACLE_PHRASE.format(how="a Hutchinson estimate of the"),
+                argument=_EVERY,
+            ),
+            VariantKind(
+                "exact-dual",
+                "the dual solved exactly instead of the coarse bisection",
+                changes={"dual": "exact"},
+                description="solving the dual exactly",
+            ),
+            VariantKind(
+                "guarded",
+                "precision and denominators kept positive",
+                changes={"guard": True},
+                description="the positivity guard",
+            ),
+            VariantKind(
+                "sgd",
+                f"SGD with momentum {_BASELINES}",
+                changes={"optimizer": "sgd"},
+                description="SGD with momentum",
+                family="baseline",
+                baseline_fields=("lr", "momentum", "weight_decay", "lr_gamma"),
+            ),
+            VariantKind(
+                "adam",
+                f"Adam {_BASELINES}",
+                changes={"optimizer": "adam"},
+                description="Adam",
+                family="baseline",
+                baseline_fields=("lr", "weight_decay", "lr_gamma"),
+            ),
+            VariantKind(
+                "adamw",
+                f"AdamW {_BASELINES}",
+                changes={"optimizer": "adamw"},
+                description="AdamW",
+                family="baseline",
+                baseline_fields=("lr", "weight_decay", "lr_gamma"),
+            ),
+        )
     }
 )
-#: Kinds that change arTuRO (in the order a study lists them by default).
-ARTURO_VARIANTS = tuple(kind for kind, spec in VARIANT_SPECS.items() if spec.family == "arturo")
-BASELINE_OPTIMIZERS = tuple(kind for kind, spec in VARIANT_SPECS.items() if spec.family == "baseline")
-VARIANT_KINDS = ARTURO_VARIANTS + BASELINE_OPTIMIZERS
 
-# Fields a baseline table may set, per optimizer.
-_BASELINE_FIELDS = {
-    "sgd": ("lr", "momentum", "weight_decay", "lr_gamma"),
-    "adam": ("lr", "weight_decay", "lr_gamma"),
-    "adamw": ("lr", "weight_decay", "lr_gamma"),
-}
+
+def _kinds(family: str) -> tuple[str, ...]:
+    """The declared kinds of one family, read when called (a kind registered later counts)."""
+    return tuple(kind for kind, spec in VARIANT_SPECS.items() if spec.family == family)
+
+
+#: Kinds that change arTuRO, and the baselines (in the order a study lists them by default), as declared at import.
+ARTURO_VARIANTS = _kinds("arturo")
+BASELINE_OPTIMIZERS = _kinds("baseline")
+VARIANT_KINDS = ARTURO_VARIANTS + BASELINE_OPTIMIZERS
 
 
 def _allowed_names() -> str:
@@ -97,6 +213,14 @@ class Variant:
 
     kind: str
     value: float | int | None = None
+
+    @property
+    def spec(self) -> VariantKind:
+        """Its declaration in :data:`VARIANT_SPECS`."""
+        try:
+            return VARIANT_SPECS[self.kind]
+        except KeyError:
+            raise ConfigError("variants", self.kind, _allowed_names()) from None
 
     @property
     def name(self) -> str:
@@ -112,53 +236,25 @@ class Variant:
     @property
     def family(self) -> str:
         """``"arturo"`` for arTuRO variants, ``"baseline"`` for SGD/Adam/AdamW."""
-        return "baseline" if self.kind in BASELINE_OPTIMIZERS else "arturo"
+        return self.spec.family
 
     def changes(self, baselines: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
         """The RunConfig field changes of this variant (baselines: optimizer -> hyperparameters)."""
-        kind = self.kind
-        if kind == "faithful":
-            return {}
-        if kind == "fixed-eta":
-            return {"fixed_eta": float(self.value)}
-        if kind == "coupled-kl":
-            return {"kl": "coupled"}
-        if kind == "no-drift":
-            return {"dynamic_model_noise": 0.0}
-        if kind in ("oracle-exact", "oracle-hutchinson"):
-            changes: dict[str, Any] = {"oracle": kind.split("-", 1)[1]}
-            if self.value is not None:
-                changes["oracle_every"] = int(self.value)
-            return changes
-        if kind == "exact-dual":
-            return {"dual": "exact"}
-        if kind == "guarded":
-            return {"guard": True}
-        values = dict((baselines or {}).get(kind, {}))
-        values.pop("source", None)
-        return {"optimizer": kind, **values}
+        spec = self.spec
+        changes = dict(spec.changes(self.value) if callable(spec.changes) else spec.changes)
+        if spec.family == "baseline":
+            values = dict((baselines or {}).get(self.kind, {}))
+            values.pop("source", None)
+            changes.update(values)
+        return changes
 
     def describe(self, every: int | None = None) -> str:
-        """A phrase for findings: what this variant changes."""
-        kind = self.kind
-        if kind == "faithful":
-            return "the published rule"
-        if kind == "fixed-eta":
-            return f"fixing eta at {_format_value(self.value)} (trust region off, no dual solve)"
-        if kind == "coupled-kl":
-            return "the coupled KL constraint"
-        if kind == "no-drift":
-            return "removing the filter's drift (q = 0)"
-        if kind in ("oracle-exact", "oracle-hutchinson"):
-            k = self.value if self.value is not None else every
-            how = "the exact" if kind == "oracle-exact" else "a Hutchinson estimate of the"
-            period = "every step" if k in (None, 1) else f"every {k} steps"
-            return f"replacing a by {how} minibatch diagonal Hessian {period}"
-        if kind == "exact-dual":
-            return "solving the dual exactly"
-        if kind == "guarded":
-            return "the positivity guard"
-        return {"sgd": "SGD with momentum", "adam": "Adam", "adamw": "AdamW"}[kind]
+        """A phrase for findings: what this variant changes (``every``: the setup's ``oracle_every``)."""
+        spec = self.spec
+        k = self.value if self.value is not None else every
+        period = "every step" if k in (None, 1) else f"every {k} steps"
+        value = "" if self.value is None else _format_value(self.value)
+        return (spec.description or spec.help).format(value=value, period=period)
 
 
 def _format_value(value: float | int | None) -> str:
@@ -177,33 +273,24 @@ def parse_variant(name: Any, *, source: str = "variants") -> Variant:
         raise ConfigError(source, name, _allowed_names())
     kind, sep, text = name.strip().partition(":")
     kind = kind.strip().lower().replace("_", "-")
-    if kind not in VARIANT_KINDS:
+    spec = VARIANT_SPECS.get(kind)
+    if spec is None:
         raise ConfigError(source, name, _allowed_names())
-    if kind == "fixed-eta":
-        if not sep:
-            raise ConfigError(
-                source,
-                name,
-                "fixed-eta with a value, e.g. fixed-eta:1.0 (or a bare fixed-eta with [study] fixed_eta = [...])",
-            )
-        try:
-            value = float(text)
-        except ValueError:
-            raise ConfigError(source, name, "fixed-eta:VALUE with a finite number VALUE >= 0") from None
-        if not math.isfinite(value) or value < 0:
-            raise ConfigError(source, name, "fixed-eta:VALUE with a finite number VALUE >= 0")
-        return Variant(kind, value)
-    if kind in ("oracle-exact", "oracle-hutchinson") and sep:
-        try:
-            every = int(text)
-        except ValueError:
-            every = 0
-        if every < 1:
-            raise ConfigError(source, name, f"{kind}:EVERY with a whole number of steps EVERY >= 1")
-        return Variant(kind, every)
-    if sep:
-        raise ConfigError(source, name, f"{kind} without a value (only fixed-eta and the oracle variants take one)")
-    return Variant(kind)
+    argument = spec.argument
+    if argument is None:
+        if sep:
+            takers = [s.name for s in VARIANT_SPECS.values() if s.argument is not None]
+            only = ", ".join(takers[:-1]) + " and " + takers[-1] if len(takers) > 1 else "".join(takers)
+            raise ConfigError(source, name, f"{kind} without a value (only {only} take one)")
+        return Variant(kind)
+    if not sep:
+        if argument.required:
+            raise ConfigError(source, name, argument.missing or f"{spec.syntax} with a value")
+        return Variant(kind)
+    value = argument.convert(text)
+    if value is None:
+        raise ConfigError(source, name, argument.expected.format(kind=kind))
+    return Variant(kind, value)
 
 
 def experiments_dirs() -> list[Path]:
@@ -232,7 +319,7 @@ class Baselines:
         if not overrides:
             return self
         checked = check_baseline_table(overrides, where=where)
-        values = {opt: dict(self.values.get(opt, {})) for opt in BASELINE_OPTIMIZERS}
+        values = {opt: dict(self.values.get(opt, {})) for opt in _kinds("baseline")}
         for opt, table in checked.items():
             if opt != "source":
                 values[opt].update(table)
@@ -251,14 +338,15 @@ def check_baseline_table(table: Mapping[str, Any], *, where: str) -> dict[str, A
                 raise ConfigError(f"{where}: source", value, "a non-empty string naming where the values come from")
             out["source"] = value
             continue
-        if key not in BASELINE_OPTIMIZERS:
-            raise ConfigError(f"{where}: {key}", value, "source, " + ", ".join(BASELINE_OPTIMIZERS))
+        if key not in _kinds("baseline"):
+            raise ConfigError(f"{where}: {key}", value, "source, " + ", ".join(_kinds("baseline")))
+        allowed = VARIANT_SPECS[key].baseline_fields
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: {key}", value, "a table of " + ", ".join(_BASELINE_FIELDS[key]))
+            raise ConfigError(f"{where}: {key}", value, "a table of " + ", ".join(allowed))
         fields_ = {}
         for name, item in value.items():
-            if name not in _BASELINE_FIELDS[key]:
-                raise ConfigError(f"{where}: [{key}] {name}", item, ", ".join(_BASELINE_FIELDS[key]))
+            if name not in allowed:
+                raise ConfigError(f"{where}: [{key}] {name}", item, ", ".join(allowed))
             ok = isinstance(item, (int, float)) and not isinstance(item, bool) and math.isfinite(item) and item >= 0
             if not ok or (name in ("lr", "lr_gamma") and item <= 0):
                 raise ConfigError(
@@ -282,4 +370,4 @@ def load_baselines(path: str | Path | None = None) -> Baselines:
     checked = check_baseline_table(data, where=str(path))
     if "source" not in checked:
         raise ConfigError(f"{path}: source", None, "a string naming where the values come from")
-    return Baselines({opt: checked.get(opt, {}) for opt in BASELINE_OPTIMIZERS}, checked["source"])
+    return Baselines({opt: checked.get(opt, {}) for opt in _kinds("baseline")}, checked["source"])
