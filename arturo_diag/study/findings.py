@@ -78,46 +78,49 @@ def _comparison_text(variant, comparison: dict[str, Any], setup, every: int) -> 
     return f"{subject} {verb} test accuracy by {abs(diff):.1f} +- {half:.1f} points, p = {_p(p)} over {seeds}."
 
 
-def study_findings(data: StudyData, summary: dict[str, Any]) -> list[dict[str, str]]:
-    """The findings of a study, in words (see the module docstring)."""
-    study, runs = data.study, data.runs
+def _some_runs(runs: pd.DataFrame, detail: str) -> str:
+    """The first five runs as ``setup/variant/seedN`` + ``detail`` (formatted with the row's
+    ``error``), and how many more."""
+    listed = "; ".join(
+        f"{r.setup}/{r.variant}/seed{r.seed}" + detail.format(r.error) for r in runs.head(5).itertuples()
+    )
+    more = f" and {len(runs) - 5} more" if len(runs) > 5 else ""
+    return listed + more
+
+
+def _execution_findings(runs: pd.DataFrame) -> list[dict[str, str]]:
+    """Runs left out: failed, damaged, diverged, unfinished (warnings, in that order)."""
     out: list[dict[str, str]] = []
-    many = len(study.setups) > 1
-    variants = {v.name: v for v in study.variants}
-    counts = runs.status.value_counts().to_dict()
     failed = runs[runs.status == "failed"]
     if len(failed):
-        listed = "; ".join(f"{r.setup}/{r.variant}/seed{r.seed} ({r.error})" for r in failed.head(5).itertuples())
-        more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
         out.append(
             _finding(
-                f"{len(failed)} of {len(runs)} runs failed and are left out: {listed}{more}.", "execution", "warning"
+                f"{len(failed)} of {len(runs)} runs failed and are left out: {_some_runs(failed, ' ({})')}.",
+                "execution",
+                "warning",
             )
         )
     damaged = runs[runs.status == "damaged"]
     if len(damaged):
-        listed = "; ".join(f"{r.setup}/{r.variant}/seed{r.seed} ({r.error})" for r in damaged.head(5).itertuples())
-        more = f" and {len(damaged) - 5} more" if len(damaged) > 5 else ""
         out.append(
             _finding(
                 f"{len(damaged)} of {len(runs)} runs have a damaged record and are left out of every "
-                f"number: {listed}{more}. Run the study again to redo them.",
+                f"number: {_some_runs(damaged, ' ({})')}. Run the study again to redo them.",
                 "execution",
                 "warning",
             )
         )
     diverged = runs[runs.status == "diverged"]
     if len(diverged):
-        listed = "; ".join(f"{r.setup}/{r.variant}/seed{r.seed}: {r.error}" for r in diverged.head(5).itertuples())
-        more = f" and {len(diverged) - 5} more" if len(diverged) > 5 else ""
         out.append(
             _finding(
                 f"{len(diverged)} of {len(runs)} runs diverged (NaN/inf; a result, not retried) and are "
-                f"left out of the accuracy statistics: {listed}{more}.",
+                f"left out of the accuracy statistics: {_some_runs(diverged, ': {}')}.",
                 "execution",
                 "warning",
             )
         )
+    counts = runs.status.value_counts().to_dict()
     unfinished = int(sum(counts.get(s, 0) for s in ("missing", "incomplete", "stale")))
     if unfinished:
         out.append(
@@ -128,126 +131,155 @@ def study_findings(data: StudyData, summary: dict[str, Any]) -> list[dict[str, s
                 "warning",
             )
         )
+    return out
 
-    for setup in study.setups:
-        prefix = f"[{setup.name}] " if many else ""
-        block = summary[setup.name]
-        every = setup.config.oracle_every
-        accuracy = [c for c in block["comparisons"] if c["metric"] == "test_accuracy"]
-        if not any(v.name == REFERENCE_VARIANT for v in study.variants):
-            out.append(
-                _finding(f"{prefix}No faithful variant in the study: no paired comparisons.", "statistics", "warning")
-            )
-        for comparison in accuracy:
-            if comparison["n"] == 0:
-                continue
-            variant = variants[comparison["variant"]]
-            out.append(_finding(prefix + _comparison_text(variant, comparison, setup, every), "comparison"))
 
-        for entry in block["summary"]:
-            variant = variants[entry["variant"]]
-            done = runs[(runs.setup == setup.name) & (runs.variant == variant.name) & (runs.status == "complete")]
-            if not len(done):
-                continue
-            acc = pd.to_numeric(done.test_accuracy, errors="coerce")
-            loss = pd.to_numeric(done.test_loss, errors="coerce")
-            classes = pd.to_numeric(done.num_classes, errors="coerce").dropna()
-            if len(classes) and acc.notna().all():
-                chance = 1.0 / float(classes.iloc[0])
-                stuck = int((acc <= 1.5 * chance).sum())
-                if stuck == len(done):
-                    out.append(
-                        _finding(
-                            f"{prefix}{variant.name} ends at chance level (test accuracy <= 1.5 x {chance:.0%}) in every seed "
-                            f"(mean {acc.mean():.1%}): it did not learn in this setup.",
-                            "outcome",
-                            "warning",
-                        )
-                    )
-                elif stuck:
-                    out.append(
-                        _finding(
-                            f"{prefix}{variant.name} ends at chance level (test accuracy <= 1.5 x {chance:.0%}) in {stuck} of "
-                            f"{len(done)} seeds.",
-                            "outcome",
-                            "warning",
-                        )
-                    )
-            diverged = int((~loss.apply(lambda x: math.isfinite(x))).sum())
-            if diverged:
-                out.append(
-                    _finding(
-                        f"{prefix}{variant.name}: non-finite final test loss in {diverged} of {len(done)} "
-                        "seeds (diverged).",
-                        "outcome",
-                        "warning",
-                    )
-                )
-            if variant.kind == "guarded":
-                acted = pd.to_numeric(done.guard_acted, errors="coerce")
-                if acted.notna().all() and (acted == 0).all():
-                    out.append(
-                        _finding(
-                            f"{prefix}guarded: the guard never acted (no curvature estimate below 0 at any "
-                            "step of any seed), so it equals faithful by construction.",
-                            "variant",
-                        )
-                    )
-                elif acted.notna().any():
-                    out.append(
-                        _finding(
-                            f"{prefix}guarded: the guard clamped {int(acted.sum())} coordinate-steps of "
-                            f"negative curvature in {int((acted > 0).sum())} of {len(done)} seeds.",
-                            "variant",
-                        )
-                    )
-            if variant.kind == "fixed-eta":
-                iterations = pd.to_numeric(done.dual_iterations_mean, errors="coerce")
-                trace = data.eta[(data.eta.setup == setup.name) & (data.eta.variant == variant.name)]["eta"]
-                if (
-                    iterations.notna().all()
-                    and (iterations == 0).all()
-                    and len(trace)
-                    and (pd.to_numeric(trace) == float(variant.value)).all()
-                ):
-                    out.append(
-                        _finding(
-                            f"{prefix}{variant.name} never solved the dual (0 K evaluations per step; "
-                            f"eta = {variant.value:g} throughout).",
-                            "variant",
-                        )
-                    )
-
-        curvature = [
-            (e["variant"], e["curvature"])
-            for e in block["summary"]
-            if e.get("curvature") and e["curvature"]["assessed_seeds"]
-        ]
-        if curvature:
-            parts = ", ".join(f"{name} {c['beats_constant_seeds']}/{c['assessed_seeds']}" for name, c in curvature)
+def _outcome_findings(prefix: str, name: str, done: pd.DataFrame) -> list[dict[str, str]]:
+    """A variant's complete runs at chance level (all or some seeds), and non-finite final losses."""
+    out: list[dict[str, str]] = []
+    acc = pd.to_numeric(done.test_accuracy, errors="coerce")
+    loss = pd.to_numeric(done.test_loss, errors="coerce")
+    classes = pd.to_numeric(done.num_classes, errors="coerce").dropna()
+    if len(classes) and acc.notna().all():
+        chance = 1.0 / float(classes.iloc[0])
+        stuck = int((acc <= 1.5 * chance).sum())
+        if stuck == len(done):
             out.append(
                 _finding(
-                    f"{prefix}Does the curvature estimate a beat the constant 0.1 (relative error to the "
-                    f"reference h at the final snapshot)? Seeds where it does: {parts}.",
-                    "curvature",
+                    f"{prefix}{name} ends at chance level (test accuracy <= 1.5 x {chance:.0%}) in every seed "
+                    f"(mean {acc.mean():.1%}): it did not learn in this setup.",
+                    "outcome",
+                    "warning",
                 )
             )
-        if block["paper"]:
-            config = setup.config
-            length = f"{config.steps} steps" if config.steps is not None else f"{config.epochs} epochs"
-            reported = ", ".join(
-                f"{k} {v:.2f} %"
-                for k, v in ((row["optimizer"], row["paper_percent"]) for row in block["paper_table"])
-                if math.isfinite(v)
-            )
+        elif stuck:
             out.append(
                 _finding(
-                    f"{prefix}The paper reports ({block['paper']}): {reported}. This study ran {length} "
-                    "of that protocol; compare with care when that is shorter.",
-                    "paper",
+                    f"{prefix}{name} ends at chance level (test accuracy <= 1.5 x {chance:.0%}) in {stuck} of "
+                    f"{len(done)} seeds.",
+                    "outcome",
+                    "warning",
                 )
             )
+    diverged = int((~loss.apply(lambda x: math.isfinite(x))).sum())
+    if diverged:
+        out.append(
+            _finding(
+                f"{prefix}{name}: non-finite final test loss in {diverged} of {len(done)} seeds (diverged).",
+                "outcome",
+                "warning",
+            )
+        )
+    return out
 
+
+def _variant_findings(prefix: str, variant, done: pd.DataFrame, eta: pd.Series) -> list[dict[str, str]]:
+    """What a variant's own switch did: whether the guard acted; whether fixed-eta kept its eta.
+    ``eta`` is the eta trace of the variant's runs in this setup."""
+    out: list[dict[str, str]] = []
+    if variant.kind == "guarded":
+        acted = pd.to_numeric(done.guard_acted, errors="coerce")
+        if acted.notna().all() and (acted == 0).all():
+            out.append(
+                _finding(
+                    f"{prefix}guarded: the guard never acted (no curvature estimate below 0 at any "
+                    "step of any seed), so it equals faithful by construction.",
+                    "variant",
+                )
+            )
+        elif acted.notna().any():
+            out.append(
+                _finding(
+                    f"{prefix}guarded: the guard clamped {int(acted.sum())} coordinate-steps of "
+                    f"negative curvature in {int((acted > 0).sum())} of {len(done)} seeds.",
+                    "variant",
+                )
+            )
+    if variant.kind == "fixed-eta":
+        iterations = pd.to_numeric(done.dual_iterations_mean, errors="coerce")
+        if (
+            iterations.notna().all()
+            and (iterations == 0).all()
+            and len(eta)
+            and (pd.to_numeric(eta) == float(variant.value)).all()
+        ):
+            out.append(
+                _finding(
+                    f"{prefix}{variant.name} never solved the dual (0 K evaluations per step; "
+                    f"eta = {variant.value:g} throughout).",
+                    "variant",
+                )
+            )
+    return out
+
+
+def _curvature_and_paper_findings(prefix: str, setup, block: dict[str, Any]) -> list[dict[str, str]]:
+    """Per setup: in how many seeds a beats the constant 0.1; what the paper reports for it."""
+    out: list[dict[str, str]] = []
+    curvature = [
+        (e["variant"], e["curvature"])
+        for e in block["summary"]
+        if e.get("curvature") and e["curvature"]["assessed_seeds"]
+    ]
+    if curvature:
+        parts = ", ".join(f"{name} {c['beats_constant_seeds']}/{c['assessed_seeds']}" for name, c in curvature)
+        out.append(
+            _finding(
+                f"{prefix}Does the curvature estimate a beat the constant 0.1 (relative error to the "
+                f"reference h at the final snapshot)? Seeds where it does: {parts}.",
+                "curvature",
+            )
+        )
+    if block["paper"]:
+        config = setup.config
+        length = f"{config.steps} steps" if config.steps is not None else f"{config.epochs} epochs"
+        reported = ", ".join(
+            f"{k} {v:.2f} %"
+            for k, v in ((row["optimizer"], row["paper_percent"]) for row in block["paper_table"])
+            if math.isfinite(v)
+        )
+        out.append(
+            _finding(
+                f"{prefix}The paper reports ({block['paper']}): {reported}. This study ran {length} "
+                "of that protocol; compare with care when that is shorter.",
+                "paper",
+            )
+        )
+    return out
+
+
+def _setup_findings(data: StudyData, summary: dict[str, Any], setup) -> list[dict[str, str]]:
+    """One setup's findings: no reference, each comparison with faithful, each variant's outcome and
+    switch, then curvature and the paper (prefixed ``[setup]`` when the study has several)."""
+    study, runs = data.study, data.runs
+    prefix = f"[{setup.name}] " if len(study.setups) > 1 else ""
+    block = summary[setup.name]
+    variants = {v.name: v for v in study.variants}
+    out: list[dict[str, str]] = []
+    if not any(v.name == REFERENCE_VARIANT for v in study.variants):
+        out.append(
+            _finding(f"{prefix}No faithful variant in the study: no paired comparisons.", "statistics", "warning")
+        )
+    for comparison in block["comparisons"]:
+        if comparison["metric"] != "test_accuracy" or comparison["n"] == 0:
+            continue
+        variant = variants[comparison["variant"]]
+        text = _comparison_text(variant, comparison, setup, setup.config.oracle_every)
+        out.append(_finding(prefix + text, "comparison"))
+    for entry in block["summary"]:
+        variant = variants[entry["variant"]]
+        done = runs[(runs.setup == setup.name) & (runs.variant == variant.name) & (runs.status == "complete")]
+        if not len(done):
+            continue
+        eta = data.eta[(data.eta.setup == setup.name) & (data.eta.variant == variant.name)]["eta"]
+        out += _outcome_findings(prefix, variant.name, done)
+        out += _variant_findings(prefix, variant, done, eta)
+    return out + _curvature_and_paper_findings(prefix, setup, block)
+
+
+def _statistics_findings(study, summary: dict[str, Any]) -> list[dict[str, str]]:
+    """The caveats of the whole study: the baselines' source, Wilcoxon's floor, uncorrected p-values."""
+    out: list[dict[str, str]] = []
     if any(v.family == "baseline" for v in study.variants):
         sources = sorted({s.baselines.source for s in study.setups})
         out.append(
@@ -280,3 +312,12 @@ def study_findings(data: StudyData, summary: dict[str, Any]) -> list[dict[str, s
             )
         )
     return out
+
+
+def study_findings(data: StudyData, summary: dict[str, Any]) -> list[dict[str, str]]:
+    """The findings of a study, in words (see the module docstring), in this order: the runs left
+    out; per setup its findings; the study-wide caveats."""
+    out = _execution_findings(data.runs)
+    for setup in data.study.setups:
+        out += _setup_findings(data, summary, setup)
+    return out + _statistics_findings(data.study, summary)
