@@ -159,7 +159,7 @@ def compare(
     with user_errors():
         cfg = build_config(config, options)
         from arturo_diag.diagnostics.lock import keep_locked
-        from arturo_diag.report import render_report
+        from arturo_diag.report.render import render_report
 
         with keep_locked(cfg.out):  # no other process between the record and its report
             result, diverged = None, None

@@ -30,7 +30,7 @@ def report(
 
             result = render_study(run_dir)
         else:
-            from arturo_diag.report import render_report
+            from arturo_diag.report.render import render_report
 
             result = render_report(run_dir)
     out = Console()

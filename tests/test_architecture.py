@@ -5,7 +5,8 @@ import hides a cycle from Python, not from a reader).
 (b) The dependency rule of DESIGN.md ("Which part may import which"): ``optim`` imports nothing of
 the project; ``curvature`` nothing but itself and ``arturo_diag.errors``; no library module imports
 ``cli``; ``report`` reads records and analysis results, it never trains (no ``training``, no
-``study``); ``diagnostics`` does not import ``training``, ``study`` or ``report``.
+``study``); ``diagnostics`` does not import ``training``, ``study``, ``report`` or ``quantities``;
+``quantities`` imports of ``report`` only its engine (document, format, figures).
 
 An edge A -> B means that executing A's import statements executes B: ``from P import N`` runs
 ``P`` (and ``P.N`` when N is a submodule), and importing ``a.b.c`` also runs the packages ``a.b``
@@ -149,7 +150,29 @@ def test_report_never_trains():
 
 
 def test_diagnostics_does_not_import_the_layers_above_it():
-    assert _violations("diagnostics", lambda t: _part(t) not in ("training", "study", "report")) == []
+    assert _violations("diagnostics", lambda t: _part(t) not in ("training", "study", "report", "quantities")) == []
+
+
+def test_quantities_read_records_and_write_blocks_only():
+    # a quantity reads the record (diagnostics), computes, and describes itself in the report engine's
+    # blocks and figures; it never trains, runs a study or renders a whole report
+    allowed_report = ("arturo_diag.report.document", "arturo_diag.report.format", "arturo_diag.report.figures")
+    assert (
+        _violations(
+            "quantities",
+            lambda t: (
+                _part(t) not in ("training", "study", "optim", "report")
+                or t == "arturo_diag.report"  # the package runs first; it imports nothing (test below)
+                or any(t == m or t.startswith(m + ".") for m in allowed_report)
+            ),
+        )
+        == []
+    )
+
+
+def test_the_report_package_imports_nothing_when_imported():
+    # the quantities import the report's engine, and report.render imports the quantities
+    assert GRAPH["arturo_diag.report"] == set()
 
 
 def test_no_library_module_imports_the_cli():

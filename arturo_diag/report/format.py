@@ -11,7 +11,7 @@ from typing import Any
 
 from arturo_diag.numbers import NA, count, distinguishing_digits, is_number, num, pct
 
-__all__ = ["NA", "is_number", "num", "pct", "count", "get", "distinguishing_digits"]
+__all__ = ["NA", "is_number", "num", "pct", "count", "get", "distinguishing_digits", "plural", "yes_no"]
 
 
 def get(mapping: Any, *keys: Any) -> Any:
@@ -24,3 +24,13 @@ def get(mapping: Any, *keys: Any) -> Any:
         else:
             return None
     return mapping
+
+
+def plural(n: Any, noun: str) -> str:
+    """``1 step``, ``3 steps`` (the count formatted by :func:`count`)."""
+    return f"{count(n)} {noun}" + ("" if is_number(n) and float(n) == 1 else "s")
+
+
+def yes_no(value: Any) -> str:
+    """``yes`` / ``no`` for True / False, ``n/a`` for anything else."""
+    return "yes" if value is True else "no" if value is False else NA

@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from arturo_diag.diagnostics.analysis import analyze_record, write_metrics
+from arturo_diag import quantities
 from arturo_diag.diagnostics.io import atomic_write_bytes, atomic_write_text, write_error
 from arturo_diag.diagnostics.lock import DirectoryLock
 from arturo_diag.diagnostics.record import RunRecord
+from arturo_diag.quantities.analysis import analyze_record, write_metrics
 from arturo_diag.report import sections
-from arturo_diag.report.document import Block, to_html, to_markdown
-from arturo_diag.report.figures import FIGURES, FigureSkipped, draw_figure
+from arturo_diag.report.document import Block, Image, Paragraph, code, text, to_html, to_markdown
+from arturo_diag.report.figures.common import FigureSkipped, FigureSpec, draw_figure
 from arturo_diag.report.format import is_number
 
 __all__ = ["ReportResult", "render_report"]
@@ -37,7 +38,7 @@ class ReportResult:
     Attributes:
         run_dir: the record's directory.
         markdown, html, metrics_json: paths of ``report.md``, ``report.html``, ``metrics.json``.
-        metrics: the metrics dict of :func:`~arturo_diag.diagnostics.analysis.analyze_record` (NaN
+        metrics: the metrics dict of :func:`~arturo_diag.quantities.analysis.analyze_record` (NaN
             where ``metrics.json`` has null).
         findings: ``metrics["findings"]``, a list of ``{text, severity, topic}``.
         figures: figure name -> path of its PNG, for the figures drawn (report order).
@@ -65,9 +66,10 @@ def render_report(run_dir: str | os.PathLike[str]) -> ReportResult:
     """Analyse a complete run record and write its report (ARTURO.md, "Diagnostic quantities").
 
     Writes into ``run_dir``: ``metrics.json`` (the metrics dict), ``figures/NAME.png`` for every
-    figure of :data:`arturo_diag.report.figures.FIGURES` whose data the record has (a figure
-    without its data is listed in the report as skipped, with the reason, and a stale PNG of it is
-    removed), then ``report.html`` (self-contained) and ``report.md``.
+    figure of the quantities of :data:`arturo_diag.quantities.QUANTITIES` whose data the record
+    has (a figure without its data is named as skipped, with the reason, in its section, and a
+    stale PNG of it is removed), then ``report.html`` (self-contained, with a table of contents,
+    each figure in the section it illustrates) and ``report.md``.
 
     Raises:
         RecordError: ``run_dir`` is not a complete run record (missing, running, failed,
@@ -84,6 +86,14 @@ def render_report(run_dir: str | os.PathLike[str]) -> ReportResult:
             raise write_error(error, run_dir) from None
 
 
+def run_name(run_dir: Path) -> str:
+    """The run's name for a page title: its directory's name, with the study grid's
+    ``SETUP/VARIANT/seedN`` kept when the run belongs to a study (``runs/`` in the path)."""
+    parts = run_dir.resolve().parts
+    inside = [i for i, part in enumerate(parts[:-1]) if part == "runs"]
+    return "/".join(parts[inside[-1] + 1 :]) if inside else (parts[-1] if len(parts) > 1 else str(run_dir))
+
+
 def _render(run_dir: Path) -> ReportResult:
     record = RunRecord.load(run_dir)
     metrics = analyze_record(record, **_analysis_options(record))
@@ -98,34 +108,33 @@ def _render(run_dir: Path) -> ReportResult:
     figure_dir = run_dir / FIGURE_DIR
     figures: dict[str, Path] = {}
     skipped: dict[str, str] = {}
-    drawn: list[tuple[str, str, bytes]] = []
-    for spec in FIGURES:
+
+    def figure_blocks(spec: FigureSpec) -> list[Block]:
+        """Draw one figure into figures/NAME.png; its block, or a line saying why it was skipped."""
         path = figure_dir / f"{spec.name}.png"
         try:
             png = draw_figure(spec, record, metrics)
         except FigureSkipped as skip:
             skipped[spec.name] = skip.reason
             path.unlink(missing_ok=True)
-            continue
+            return [Paragraph((code(f"figures/{spec.name}.png"), text(f": skipped: {skip.reason}")), css_class="note")]
         atomic_write_bytes(path, png)
         figures[spec.name] = path
-        drawn.append((spec.name, spec.caption, png))
+        alt = f"{spec.name.replace('_', ' ')} figure"
+        return [Image(f"figures/{spec.name}.png", alt=alt, caption=(text(spec.caption),), png=png)]
 
-    title_path = run_dir.resolve()
     blocks: list[Block] = []
-    blocks += sections.title_section(record, metrics, title_path)
+    name = run_name(run_dir)
+    blocks += sections.title_section(record, metrics, name)
     blocks += sections.settings_section(record, metrics)
     blocks += sections.findings_section(metrics.get("findings") or [])
-    blocks += sections.agreement_section(metrics)
-    blocks += sections.movement_section(metrics)
-    blocks += sections.calibration_section(metrics)
-    blocks += sections.lag_section(metrics)
-    blocks += sections.trust_region_section(metrics)
-    blocks += sections.health_section(metrics)
-    blocks += sections.training_section(metrics)
-    blocks += sections.figures_section(drawn, skipped)
+    for quantity in quantities.QUANTITIES:  # each section with its figures in it
+        if quantity.blocks is not None:
+            blocks += quantity.blocks(metrics)
+        for spec in quantity.figures:
+            blocks += figure_blocks(spec)
 
-    atomic_write_text(html_path, to_html(blocks, title=f"arTuRO diagnostics: {title_path}"))
+    atomic_write_text(html_path, to_html(blocks, title=f"arTuRO diagnostics: {name}"))
     atomic_write_text(markdown_path, to_markdown(blocks))
     return ReportResult(
         run_dir=run_dir,

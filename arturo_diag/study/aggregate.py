@@ -17,8 +17,11 @@ from typing import Any
 
 import pandas as pd
 
+from arturo_diag import quantities
 from arturo_diag.diagnostics.record import RunRecord
 from arturo_diag.errors import RecordError
+from arturo_diag.quantities.analysis import METRICS_FORMAT, analyze_record
+from arturo_diag.quantities.base import number
 from arturo_diag.study.config import RunSpec, StudyConfig, expand_grid, load_study
 from arturo_diag.study.stats import holm, mean_ci, paired_comparison
 from arturo_diag.study.status import STUDY_FILE, run_status
@@ -28,6 +31,7 @@ __all__ = [
     "collect",
     "summarize",
     "RUN_COLUMNS",
+    "run_columns",
     "CURVE_COLUMNS",
     "ETA_COLUMNS",
     "REFERENCE_VARIANT",
@@ -35,7 +39,7 @@ __all__ = [
 ]
 
 REFERENCE_VARIANT = "faithful"
-RUN_COLUMNS = (
+_BASE_COLUMNS = (
     "setup",
     "variant",
     "family",
@@ -49,21 +53,18 @@ RUN_COLUMNS = (
     "train_loss",
     "train_accuracy",
     "best_test_accuracy",
-    "eta_final",
-    "eta_median",
-    "dual_iterations_mean",
-    "kl_ratio_median",
-    "guard_acted",
-    "snapshot_step",
-    "agreement_relative_error",
-    "constant_relative_error",
-    "agreement_spearman",
-    "beats_constant",
-    "calibration_coverage",
-    "calibration_sharpness",
-    "num_classes",
-    "error",
 )
+
+
+def run_columns() -> tuple[str, ...]:
+    """The columns of ``runs.csv``: the run's own, then each registered quantity's study columns
+    (:attr:`~arturo_diag.quantities.base.Quantity.study_keys`, registry order), then two more."""
+    keys = [key for quantity in quantities.QUANTITIES for key in quantity.study_keys]
+    return (*_BASE_COLUMNS, *dict.fromkeys(keys), "num_classes", "error")
+
+
+#: ``runs.csv``'s columns with the quantities registered at import (:func:`run_columns` is current).
+RUN_COLUMNS = run_columns()
 CURVE_COLUMNS = (
     "setup",
     "variant",
@@ -100,64 +101,28 @@ class StudyData:
     eta: pd.DataFrame
 
 
-def _number(value: Any) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return math.nan
-    return value
-
-
 def _metrics(run_dir: Path, record: RunRecord) -> dict[str, Any]:
     """The run's metrics.json (written by the study), else, if it is missing or not well formed,
     the metrics computed again from the record (a derived file is never trusted over its record)."""
-    from arturo_diag.diagnostics.analysis import METRICS_FORMAT, analyze_record
-
     path = run_dir / "metrics.json"
     if path.is_file():
         try:
             cached = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(cached, dict) and cached.get("format") == METRICS_FORMAT:
-                _curvature_columns(cached)  # the parts read here have their documented shape
+            registered = all(quantity.name in cached for quantity in quantities.QUANTITIES)
+            if isinstance(cached, dict) and cached.get("format") == METRICS_FORMAT and registered:
+                _quantity_columns(cached, record)  # the parts read here have their documented shape
                 return cached
         except (OSError, ValueError, AttributeError, TypeError, RecursionError):
             pass
     return analyze_record(record)
 
 
-def _at_last_snapshot(metrics: dict[str, Any], entry: Any) -> Any:
-    """``entry`` if it belongs to the run's last snapshot, else None.
-
-    The analysis skips snapshots it cannot compare (h all 0 or non-finite) and its ``final`` is then
-    an earlier one; the study's columns are "at the final snapshot", so such a run is not assessed.
-    """
-    if not entry:
-        return None
-    steps = (metrics.get("run") or {}).get("snapshot_steps") or []
-    if steps and entry.get("step") != steps[-1]:
-        return None
-    return entry
-
-
-def _curvature_columns(metrics: dict[str, Any]) -> dict[str, Any]:
-    final = _at_last_snapshot(metrics, (metrics.get("agreement") or {}).get("final"))
+def _quantity_columns(metrics: dict[str, Any], record: RunRecord) -> dict[str, Any]:
+    """One arTuRO run's study columns, from each registered quantity (registry order)."""
     out: dict[str, Any] = {}
-    steps = (metrics.get("run") or {}).get("snapshot_steps") or []
-    if steps and not final:
-        out["snapshot_step"] = steps[-1]
-    if final:
-        overall = final.get("overall") or {}
-        out["snapshot_step"] = final.get("step")
-        out["agreement_relative_error"] = _number((overall.get("estimate") or {}).get("relative_error"))
-        out["constant_relative_error"] = _number((overall.get("constant") or {}).get("relative_error"))
-        out["agreement_spearman"] = _number((overall.get("estimate") or {}).get("spearman"))
-        verdict = (overall.get("beats_constant") or {}).get("relative_error")
-        out["beats_constant"] = math.nan if verdict is None else float(bool(verdict))
-    calibration = _at_last_snapshot(metrics, (metrics.get("calibration") or {}).get("final"))
-    if calibration:
-        overall = calibration.get("overall") or {}
-        out["calibration_coverage"] = _number(overall.get("coverage"))
-        out["calibration_sharpness"] = _number(overall.get("sharpness"))
+    for quantity in quantities.QUANTITIES:
+        if quantity.study_columns is not None:
+            out.update(quantity.study_columns(metrics, record))
     return out
 
 
@@ -183,15 +148,10 @@ def _complete_run(spec: RunSpec, row: dict[str, Any]) -> tuple[list[dict[str, An
     if len(epochs):
         last = epochs.iloc[-1]
         for column in ("test_accuracy", "test_loss", "train_loss", "train_accuracy"):
-            row[column] = _number(last.get(column))
+            row[column] = number(last.get(column))
         row["best_test_accuracy"] = float(_series(epochs, "test_accuracy").max())
     eta = _series(steps, "eta")
     if spec.variant.family == "arturo" and eta.notna().any():
-        row["eta_final"] = float(eta.dropna().iloc[-1])
-        row["eta_median"] = float(eta.median())
-        row["dual_iterations_mean"] = float(_series(steps, "iterations").mean())
-        row["kl_ratio_median"] = float(_series(steps, "kl_ratio").median())
-        row["guard_acted"] = float(_series(steps, "guard_acted").fillna(0).sum())
         eta_frames.append(
             pd.DataFrame(
                 {
@@ -208,7 +168,7 @@ def _complete_run(spec: RunSpec, row: dict[str, Any]) -> tuple[list[dict[str, An
         last_shape = list(record.parameters.values())[-1]
         row["num_classes"] = int(last_shape[0]) if last_shape else math.nan
     if spec.variant.family == "arturo":
-        row.update(_curvature_columns(_metrics(Path(spec.config.out), record)))
+        row.update(_quantity_columns(_metrics(Path(spec.config.out), record), record))
     for _, epoch_row in epochs.iterrows():
         curve_rows.append(
             {
@@ -216,7 +176,7 @@ def _complete_run(spec: RunSpec, row: dict[str, Any]) -> tuple[list[dict[str, An
                 "variant": spec.variant.name,
                 "family": spec.variant.family,
                 "seed": spec.seed,
-                **{c: _number(epoch_row.get(c)) for c in CURVE_COLUMNS[4:]},
+                **{c: number(epoch_row.get(c)) for c in CURVE_COLUMNS[4:]},
             }
         )
     return curve_rows, eta_frames
@@ -265,7 +225,7 @@ def collect(study_dir: str | Path) -> StudyData:
                 curve_rows += run_curves
                 eta_frames += run_eta
         run_rows.append(row)
-    runs = pd.DataFrame.from_records(run_rows, columns=list(RUN_COLUMNS))
+    runs = pd.DataFrame.from_records(run_rows, columns=list(run_columns()))
     curves = pd.DataFrame.from_records(curve_rows, columns=list(CURVE_COLUMNS))
     for column in ("epoch", "step"):
         curves[column] = curves[column].astype("int64")
@@ -278,6 +238,23 @@ def collect(study_dir: str | Path) -> StudyData:
 def _by_seed(runs: pd.DataFrame, setup: str, variant: str, column: str) -> dict[int, float]:
     rows = runs[(runs.setup == setup) & (runs.variant == variant) & (runs.status == "complete")]
     return {int(s): float(v) for s, v in zip(rows.seed, pd.to_numeric(rows[column], errors="coerce"))}
+
+
+def _curvature_summary(done: pd.DataFrame) -> dict[str, Any]:
+    """Per arTuRO variant, each registered quantity's :attr:`study_table` columns over its complete runs:
+    the mean (``kind="mean"``), or how many runs said yes of how many were assessed (``kind="seeds"``)."""
+    out: dict[str, Any] = {}
+    counted: dict[str, Any] = {}
+    for quantity in quantities.QUANTITIES:
+        for column in quantity.study_table:
+            values = _series(done, column.key)
+            if column.kind == "seeds":
+                verdicts = values.dropna()
+                counted[f"{column.key}_seeds"] = int(verdicts.sum())
+                counted["assessed_seeds"] = int(len(verdicts))
+            else:
+                out[column.key] = float(values.mean()) if values.notna().any() else math.nan
+    return {**out, **counted}
 
 
 def summarize(data: StudyData) -> dict[str, Any]:
@@ -300,22 +277,7 @@ def summarize(data: StudyData) -> dict[str, Any]:
             for column in ("test_accuracy", "test_loss", "train_loss"):
                 entry[column] = mean_ci(pd.to_numeric(done[column], errors="coerce").tolist())
             if variant.family == "arturo":
-                curvature = {}
-                for column in (
-                    "agreement_relative_error",
-                    "constant_relative_error",
-                    "agreement_spearman",
-                    "calibration_coverage",
-                    "calibration_sharpness",
-                    "eta_median",
-                    "dual_iterations_mean",
-                ):
-                    values = pd.to_numeric(done[column], errors="coerce")
-                    curvature[column] = float(values.mean()) if values.notna().any() else math.nan
-                beats = pd.to_numeric(done["beats_constant"], errors="coerce").dropna()
-                curvature["beats_constant_seeds"] = int(beats.sum())
-                curvature["assessed_seeds"] = int(len(beats))
-                entry["curvature"] = curvature
+                entry["curvature"] = _curvature_summary(done)
             summary.append(entry)
         names = [v.name for v in data.study.variants]
         if REFERENCE_VARIANT in names:

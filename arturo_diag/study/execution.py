@@ -144,7 +144,7 @@ def _init_worker(parent: int) -> None:
 def _execute(spec: RunSpec) -> tuple[str, float, str]:
     """Run one cell (in a worker or in process); returns (status, seconds, error). Never raises
     for a failing run: the error is recorded in the run directory and returned."""
-    from arturo_diag.diagnostics.analysis import analyze_record, write_metrics
+    from arturo_diag.quantities.analysis import analyze_record, write_metrics
     from arturo_diag.training.loop import run
 
     run_dir = Path(spec.config.out)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from records import PARAMETERS, step_rows, write_record
 
-from arturo_diag.diagnostics.analysis import analyze_record, write_metrics
 from arturo_diag.diagnostics.io import jsonable
 from arturo_diag.diagnostics.record import RecordWriter, RunRecord
 from arturo_diag.errors import RecordError
+from arturo_diag.quantities.analysis import analyze_record, write_metrics
 
 CONFIG = "[optimizer]\nlr = 0.1\neta_tol = 0.5\nvar_init = 0.01\n"
 TOP_LEVEL = [

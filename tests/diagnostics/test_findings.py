@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from arturo_diag.diagnostics.findings import findings
+from arturo_diag.quantities.analysis import findings
 
 NAN = math.nan
 

@@ -39,7 +39,7 @@ def test_scale_relative_move_by_hand():
 
 
 def test_findings_warn_when_a_did_not_move_on_the_scale_of_h():
-    from arturo_diag.diagnostics.findings import findings
+    from arturo_diag.quantities.analysis import findings
 
     overall = movement([0.15, 0.05, 0.16, 0.14], [1.0, -2.0, 4.0, 3.0])  # moves ~0.05, |h| ~2.5
     texts = [
@@ -51,7 +51,7 @@ def test_findings_warn_when_a_did_not_move_on_the_scale_of_h():
 
 
 def test_log_spread_by_hand_and_its_finding():
-    from arturo_diag.diagnostics.findings import findings
+    from arturo_diag.quantities.analysis import findings
 
     # log10|h| = [-4, -2, 0, 1]: linear quantiles at positions 0.03 and 2.97 -> -3.94 and 0.97
     a = [0.12, 0.13, 0.125, 0.14]  # every coordinate moved by more than 1e-3 |h|

@@ -18,12 +18,12 @@ import pytest
 import torch
 from torch import nn
 
-from arturo_diag.diagnostics.analysis import analyze_record
 from arturo_diag.diagnostics.monitor import Monitor
 from arturo_diag.diagnostics.record import RunRecord
 from arturo_diag.diagnostics.trust_region import classify_regimes, trust_region_summary
 from arturo_diag.errors import Diverged
 from arturo_diag.optim import Arturo
+from arturo_diag.quantities.analysis import analyze_record
 from arturo_diag.study import load_study, run_study
 
 from .harness import assert_user_error, invoke, tiny
@@ -143,7 +143,7 @@ def test_a_finite_run_is_unchanged_by_the_check(tmp_path):
 
 
 def test_a_diverged_record_renders_its_report(tmp_path):
-    from arturo_diag.report import render_report
+    from arturo_diag.report.render import render_report
 
     with pytest.raises(Diverged):
         _train(tmp_path / "run", "gradient", "nan")

@@ -6,7 +6,6 @@ from html.parser import HTMLParser
 
 import pytest
 
-from arturo_diag.report import render_report
 from arturo_diag.report.document import (
     DOCUMENT_FORMAT,
     Bullets,
@@ -22,6 +21,7 @@ from arturo_diag.report.document import (
     to_json,
     to_markdown,
 )
+from arturo_diag.report.render import render_report
 
 
 class _Page(HTMLParser):

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from arturo_diag.diagnostics.analysis import analyze_record
+from arturo_diag import quantities
 from arturo_diag.diagnostics.record import RunRecord
+from arturo_diag.quantities.analysis import analyze_record
 from arturo_diag.report import figures
 from arturo_diag.report.figures import (
     DPI,
-    FIGURES,
     MAX_SCATTER_POINTS,
     FigureSkipped,
     draw_figure,
@@ -27,6 +27,7 @@ from arturo_diag.report.figures import (
     plot_trust_region,
 )
 
+FIGURES = quantities.figures()
 SPECS = {spec.name: spec for spec in FIGURES}
 
 

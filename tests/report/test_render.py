@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import re
 
 import pytest
 
-from arturo_diag.diagnostics.analysis import analyze_record
+from arturo_diag import quantities
 from arturo_diag.diagnostics.io import jsonable
 from arturo_diag.diagnostics.record import RunRecord
 from arturo_diag.errors import RecordError
-from arturo_diag.report import ReportResult, render_report, sections
-from arturo_diag.report import render as render_module
+from arturo_diag.quantities.agreement import agreement_section
+from arturo_diag.quantities.analysis import analyze_record
+from arturo_diag.report import sections
 from arturo_diag.report.document import Bullets, Heading, Paragraph, Table, code, strong, text, to_html, to_markdown
-from arturo_diag.report.figures import FIGURES, FigureSpec
+from arturo_diag.report.figures import FigureSpec
 from arturo_diag.report.format import count, distinguishing_digits, num, pct
+from arturo_diag.report.render import ReportResult, render_report
 
-FIGURE_NAMES = [spec.name for spec in FIGURES]
+FIGURE_NAMES = [spec.name for spec in quantities.figures()]
 SECTIONS = [
     "Settings",
     "Findings",
@@ -29,8 +32,17 @@ SECTIONS = [
     "Trust region",
     "Health",
     "Training",
-    "Figures",
 ]
+# the section each figure illustrates (it is drawn inside it)
+FIGURE_SECTIONS = {
+    "agreement": "Agreement",
+    "scatter": "Movement",
+    "calibration": "Calibration",
+    "lag": "Lag",
+    "trust_region": "Trust region",
+    "precision": "Health",
+    "training": "Training",
+}
 
 
 def _files(run_dir):
@@ -67,7 +79,18 @@ def test_render_writes_every_file_and_the_findings(rendered):
     assert json.loads(result.metrics_json.read_text()) == jsonable(result.metrics)
 
     markdown = result.markdown.read_text(encoding="utf-8")
-    assert markdown.startswith(f"# arTuRO diagnostics: `{record_dir.resolve()}`\n")
+    # the page is titled with the run's name, never an absolute path
+    assert markdown.startswith(f"# arTuRO diagnostics: `{record_dir.name}`\n")
+    page = result.html.read_text(encoding="utf-8")
+    assert f"<title>arTuRO diagnostics: {record_dir.name}</title>" in page
+    assert str(record_dir.resolve()) not in page and str(record_dir.resolve()) not in markdown
+    # each figure sits in the section it illustrates, in Markdown and in HTML
+    assert set(FIGURE_SECTIONS) == set(FIGURE_NAMES)
+    for name, title in FIGURE_SECTIONS.items():
+        assert f"](figures/{name}.png)" in _section(markdown, title), name
+        html_start = page.index(f">{title}</h2>")
+        html_end = page.find("<h2", html_start)
+        assert f'alt="{name.replace("_", " ")} figure"' in page[html_start : html_end if html_end != -1 else None]
     headings = re.findall(r"^## (.+)$", markdown, flags=re.M)
     assert headings == SECTIONS
     findings = _section(markdown, "Findings")
@@ -176,7 +199,7 @@ def test_record_without_snapshots_renders_with_figures_skipped(make_record):
     assert not (run_dir / "figures" / "scatter.png").exists()
     markdown = result.markdown.read_text(encoding="utf-8")
     for name, reason in result.skipped.items():
-        assert f"- `figures/{name}.png`: skipped: {reason}" in markdown
+        assert f"`figures/{name}.png`: skipped: {reason}" in _section(markdown, FIGURE_SECTIONS[name])
     for title in ("Agreement", "Movement", "Calibration", "Lag"):
         assert "**Not computed:**" in _section(markdown, title)
     page = result.html.read_text(encoding="utf-8")
@@ -211,8 +234,11 @@ def test_killed_render_leaves_no_report_that_looks_complete(record_dir, monkeypa
     def killed(record, metrics, fig):
         raise error("killed while drawing")
 
-    figures = tuple(FigureSpec(s.name, killed, s.size, s.caption) if s.name == "scatter" else s for s in FIGURES)
-    monkeypatch.setattr(render_module, "FIGURES", figures)
+    def kill_scatter(q):
+        specs = tuple(FigureSpec(s.name, killed, s.size, s.caption) if s.name == "scatter" else s for s in q.figures)
+        return dataclasses.replace(q, figures=specs)
+
+    monkeypatch.setattr(quantities, "QUANTITIES", tuple(kill_scatter(q) for q in quantities.QUANTITIES))
     with pytest.raises(error):
         render_report(record_dir)
     assert (record_dir / "figures" / "agreement.png").exists()  # it died mid-way, after the first figure
@@ -223,22 +249,22 @@ def test_killed_render_leaves_no_report_that_looks_complete(record_dir, monkeypa
 
 def test_hutchinson_reference_is_reported_with_its_noise(make_record):
     metrics = analyze_record(make_record(reference="both"))
-    agreement = to_markdown(sections.agreement_section(metrics))
+    agreement = to_markdown(agreement_section(metrics))
     final = metrics["agreement"]["hutchinson_vs_exact"]["final"]["overall"]
     assert f"| all coordinates | {num(final['relative_error'])} |" in agreement
 
     run_dir = make_record("hutchinson", reference="hutchinson")
     metrics = analyze_record(run_dir)
-    agreement = to_markdown(sections.agreement_section(metrics))
+    agreement = to_markdown(agreement_section(metrics))
     assert "Noise of the Hutchinson reference" in agreement
-    title = to_markdown(sections.title_section(RunRecord.load(run_dir), metrics, run_dir))
+    title = to_markdown(sections.title_section(RunRecord.load(run_dir), metrics, run_dir.name))
     assert "Reference h: a Hutchinson estimate (8 samples)." in title
 
 
 def test_many_layers_get_one_compact_agreement_row_each(make_record):
     parameters = {f"layers.{i}.weight": (3,) for i in range(12)}
     metrics = analyze_record(make_record(parameters=parameters))
-    agreement = to_markdown(sections.agreement_section(metrics))
+    agreement = to_markdown(agreement_section(metrics))
     assert agreement.count("| all coordinates (36) |") == 1
     for i in range(12):
         assert agreement.count(f"| layers.{i} (3) |") == 1

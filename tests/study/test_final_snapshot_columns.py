@@ -2,7 +2,17 @@
 compared (h all 0, e.g. a network whose ReLUs all died) is not assessed, rather than silently
 measured at an earlier snapshot."""
 
-from arturo_diag.study.aggregate import _curvature_columns
+from types import SimpleNamespace
+
+import pandas as pd
+
+from arturo_diag.study.aggregate import _quantity_columns
+
+NO_STEPS = SimpleNamespace(steps=pd.DataFrame())  # a record without steps.csv rows: no eta columns
+
+
+def _curvature_columns(metrics):
+    return _quantity_columns(metrics, NO_STEPS)
 
 
 def _metrics(final_step, snapshot_steps):

@@ -4,12 +4,12 @@ matplotlib's Agg backend).
 Every figure function has the signature ``plot_NAME(record, metrics, fig) -> None``: it draws
 into the empty :class:`matplotlib.figure.Figure` ``fig`` from the run record
 (:class:`~arturo_diag.diagnostics.record.RunRecord`) and the metrics dict of
-:func:`~arturo_diag.diagnostics.analysis.analyze_record`. Its docstring says what the plot means
+:func:`~arturo_diag.quantities.analysis.analyze_record`. Its docstring says what the plot means
 and which record/metrics fields it needs. When those are missing it raises
 :class:`FigureSkipped` with the reason, which the report lists instead of the figure (a missing
 quantity is never a crash).
 
-:func:`draw_figure` renders one of :data:`FIGURES` to PNG bytes, deterministically: fixed size
+:func:`draw_figure` renders one figure to PNG bytes, deterministically: fixed size
 and DPI, fixed style (``rc_context``, nothing global is changed), no pyplot state, and PNG
 metadata without the matplotlib version, so the same record gives byte-identical files.
 
@@ -17,22 +17,14 @@ Modules: :mod:`.common` (style, PNG writing, shared helpers), :mod:`.agreement`,
 :mod:`.movement` (the |a| vs |h| scatter), :mod:`.calibration`, :mod:`.lag`,
 :mod:`.trust_region`, :mod:`.health` (precision), :mod:`.training`. Each defines its plot
 function and its ``FIGURE`` (a :class:`FigureSpec`: file name, size, caption). To add a figure:
-write its module and add its ``FIGURE`` to :data:`FIGURES` below.
+write its plot function and ``FigureSpec`` and list it in its quantity's ``figures``
+(:mod:`arturo_diag.quantities`); the report draws it in that quantity's section.
 """
 
 from __future__ import annotations
 
 import matplotlib  # noqa: F401 - figures.matplotlib, on the Agg backend .common selects
 
-from arturo_diag.report.figures import (
-    agreement,
-    calibration,
-    health,
-    lag,
-    movement,
-    training,
-    trust_region,
-)
 from arturo_diag.report.figures.agreement import plot_agreement
 from arturo_diag.report.figures.calibration import plot_calibration
 from arturo_diag.report.figures.common import (
@@ -49,7 +41,6 @@ from arturo_diag.report.figures.trust_region import plot_trust_region
 
 __all__ = [
     "DPI",
-    "FIGURES",
     "MAX_SCATTER_POINTS",
     "FigureSkipped",
     "FigureSpec",
@@ -62,14 +53,3 @@ __all__ = [
     "plot_training",
     "plot_trust_region",
 ]
-
-#: The report's figures, in report order.
-FIGURES: tuple[FigureSpec, ...] = (
-    agreement.FIGURE,
-    movement.FIGURE,
-    calibration.FIGURE,
-    lag.FIGURE,
-    trust_region.FIGURE,
-    health.FIGURE,
-    training.FIGURE,
-)

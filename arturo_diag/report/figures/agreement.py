@@ -113,7 +113,7 @@ def plot_agreement(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> N
     fig.suptitle(f"Agreement of arTuRO's curvature estimate a with the {reference}, per snapshot and layer")
 
 
-#: This figure's entry in :data:`arturo_diag.report.figures.FIGURES`.
+#: This figure, listed in its quantity's ``figures`` (:mod:`arturo_diag.quantities`).
 FIGURE = FigureSpec(
     "agreement",
     plot_agreement,

@@ -177,7 +177,7 @@ def plot_calibration(record: RunRecord, metrics: dict[str, Any], fig: Figure) ->
     )
 
 
-#: This figure's entry in :data:`arturo_diag.report.figures.FIGURES`.
+#: This figure, listed in its quantity's ``figures`` (:mod:`arturo_diag.quantities`).
 FIGURE = FigureSpec(
     "calibration",
     plot_calibration,

@@ -90,7 +90,7 @@ def plot_precision(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> N
     _legend_outside(ax)
 
 
-#: This figure's entry in :data:`arturo_diag.report.figures.FIGURES`.
+#: This figure, listed in its quantity's ``figures`` (:mod:`arturo_diag.quantities`).
 FIGURE = FigureSpec(
     "precision",
     plot_precision,

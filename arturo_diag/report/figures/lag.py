@@ -100,7 +100,7 @@ def plot_lag(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> None:
     fig.suptitle(f"Lag of the curvature estimate behind h: {headline}")
 
 
-#: This figure's entry in :data:`arturo_diag.report.figures.FIGURES`.
+#: This figure, listed in its quantity's ``figures`` (:mod:`arturo_diag.quantities`).
 FIGURE = FigureSpec(
     "lag",
     plot_lag,

@@ -133,7 +133,7 @@ def plot_scatter(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> Non
     )
 
 
-#: This figure's entry in :data:`arturo_diag.report.figures.FIGURES`.
+#: This figure, listed in its quantity's ``figures`` (:mod:`arturo_diag.quantities`).
 FIGURE = FigureSpec(
     "scatter",
     plot_scatter,

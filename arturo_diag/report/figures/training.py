@@ -100,7 +100,7 @@ def plot_training(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> No
     fig.suptitle(f"Training{tail}")
 
 
-#: This figure's entry in :data:`arturo_diag.report.figures.FIGURES`.
+#: This figure, listed in its quantity's ``figures`` (:mod:`arturo_diag.quantities`).
 FIGURE = FigureSpec(
     "training",
     plot_training,

@@ -183,7 +183,7 @@ def plot_trust_region(record: RunRecord, metrics: dict[str, Any], fig: Figure) -
     )
 
 
-#: This figure's entry in :data:`arturo_diag.report.figures.FIGURES`.
+#: This figure, listed in its quantity's ``figures`` (:mod:`arturo_diag.quantities`).
 FIGURE = FigureSpec(
     "trust_region",
     plot_trust_region,

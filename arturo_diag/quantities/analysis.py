@@ -1,0 +1,161 @@
+"""``analyze_record(record)``: every diagnostic quantity of one run record, as the dict of ``metrics.json``.
+
+A pure function of a :class:`~arturo_diag.diagnostics.record.RunRecord` (ARTURO.md, "Diagnostic
+quantities"). It makes one pass over the snapshots, handing each one to the observers of the
+quantities of :data:`arturo_diag.quantities.QUANTITIES`, then asks every quantity for its entry
+(in registry order) and for its findings. It is deterministic: the same record gives an identical
+dict, so a re-rendered report equals the first.
+
+Which reference ``h`` is compared with the estimate ``a`` at a snapshot: the exact diagonal
+Hessian when the snapshot has it (for every parameter), otherwise the Hutchinson estimate. A
+snapshot whose ``a`` or ``h`` is NaN/inf, or whose ``h`` is 0 everywhere, is "unusable": it is
+listed in ``run.unusable_snapshots`` and left out of agreement, movement, calibration and lag.
+
+The structure of each entry is documented in the quantity's module (``docs/metrics.md`` lists
+them); the top level is ``format`` (``"arturo-diag-metrics/1"``), one key per quantity, then
+``findings`` (``[{text, severity ("info" | "warning"), topic}]``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from arturo_diag import quantities
+from arturo_diag.diagnostics.agreement import INITIAL_CURVATURE
+from arturo_diag.diagnostics.io import atomic_write_json
+from arturo_diag.diagnostics.record import RunRecord
+from arturo_diag.quantities.base import Context, Findings, Options, SnapshotView
+
+__all__ = ["METRICS_FORMAT", "analyze_record", "findings", "write_metrics"]
+
+METRICS_FORMAT = "arturo-diag-metrics/1"
+# Defaults of the published configs (ARTURO.md), used only when the record does not say.
+_DEFAULT_SETTINGS = {"var_init": 0.01, "eta_tol": 0.5}
+_REFERENCE_FIELDS = ("h_exact", "h_hutchinson", "h_hutchinson_se", "filter_cov_aa", "precision")
+
+
+def _setting(record: RunRecord, name: str) -> tuple[Any, str]:
+    """A setting from the manifest, the manifest's optimizer, the config's [optimizer], or the default."""
+    manifest_optimizer = record.manifest.get("optimizer") or {}
+    config_optimizer = record.config.get("optimizer") or {}
+    for value, source in (
+        (record.manifest.get(name), "record.json"),
+        (manifest_optimizer.get(name) if isinstance(manifest_optimizer, Mapping) else None, "record.json optimizer"),
+        (config_optimizer.get(name) if isinstance(config_optimizer, Mapping) else None, "config.toml [optimizer]"),
+    ):
+        if value is not None:
+            return value, source
+    return _DEFAULT_SETTINGS.get(name), "default"
+
+
+def _unusable(a: Mapping[str, np.ndarray], h: Mapping[str, np.ndarray], layers: Mapping[str, str]) -> str | None:
+    """Why a snapshot's a and h cannot be compared (None if they can): NaN/inf in either (a run
+    that was diverging), or h identically 0 (every relative metric would be 0/0)."""
+    for what, arrays in (("the curvature estimate a", a), ("the reference h", h)):
+        bad = {name: int(np.count_nonzero(~np.isfinite(x))) for name, x in arrays.items()}
+        total = sum(bad.values())
+        if total:
+            first = next(name for name, count in bad.items() if count)
+            size = sum(int(np.size(x)) for x in arrays.values())
+            return (
+                f"{what} is NaN/inf in {total} of {size} coordinates (first in layer "
+                f"{layers.get(first, first)}, {first})"
+            )
+    if not any(np.any(x != 0) for x in h.values()):
+        return "the reference h is 0 at every coordinate"
+    return None
+
+
+def snapshot_views(record: RunRecord):
+    """Each snapshot of ``record`` as a :class:`SnapshotView`, in step order (loaded one at a time)."""
+    previous: tuple[str, Mapping[str, np.ndarray]] | None = None  # (reference field, h by parameter)
+    for step in record.snapshot_steps:
+        snapshot = record.snapshot(step)
+        names = [name for name, fields in snapshot.items() if "curvature" in fields]
+        has = {f: bool(names) and all(f in snapshot[name] for name in names) for f in _REFERENCE_FIELDS}
+        label = (
+            "both"
+            if has["h_exact"] and has["h_hutchinson"]
+            else "exact"
+            if has["h_exact"]
+            else "hutchinson"
+            if has["h_hutchinson"]
+            else "none"
+        )
+        field = {"both": "h_exact", "exact": "h_exact", "hutchinson": "h_hutchinson"}.get(label)
+        a = {name: snapshot[name]["curvature"] for name in names}
+        h = {name: snapshot[name][field] for name in names} if field else None
+        problem = _unusable(a, h, record.layers) if h is not None else None
+        if h is None or problem is not None:
+            yield SnapshotView(int(step), snapshot, names, has, label, field, a, None, None, problem)
+            previous = None
+            continue
+        usable = previous is not None and previous[0] == field and set(previous[1]) >= set(h)
+        yield SnapshotView(int(step), snapshot, names, has, label, field, a, h, previous[1] if usable else None, None)
+        previous = (field, h)
+
+
+def analyze_record(
+    record: RunRecord | str | os.PathLike[str],
+    *,
+    collapse_fraction: float = 0.01,
+    max_lag: int = 5,
+    lag_metric: str = "spearman",
+    burn_in: int | None = None,
+    constant: float = INITIAL_CURVATURE,
+) -> dict[str, Any]:
+    """Every diagnostic of one run record (ARTURO.md, "Diagnostic quantities"), as a dict.
+
+    Args:
+        record: a loaded :class:`RunRecord` or its directory (loaded, complete records only).
+        collapse_fraction: variance collapse is ``1/pi < collapse_fraction * var_init``.
+        max_lag: the largest lag (in snapshots) of the lag curve.
+        lag_metric: the metric that decides the lag (``"spearman"`` or ``"relative_error"``).
+        burn_in: trust-region shares are also given after this step (default a tenth of the run).
+        constant: the constant-vector baseline (arTuRO's initial ``a`` = 0.1).
+
+    Returns:
+        ``{"format", <one key per registered quantity>, "findings"}``; NaN marks undefined numbers
+        (written as null by ``atomic_write_json``).
+    """
+    if not isinstance(record, RunRecord):
+        record = RunRecord.load(record)
+    options = Options(collapse_fraction, max_lag, lag_metric, burn_in, constant)
+    settings = {name: _setting(record, name) for name in ("var_init", "eta_tol", "fixed_eta")}
+    context = Context(record, options, settings)
+    registry = quantities.QUANTITIES
+    context.observers = {q.name: q.observer(context) if q.observer else None for q in registry}
+    active = [o for o in context.observers.values() if o is not None]
+    for view in snapshot_views(record):
+        context.labels.append(view.label)
+        if view.problem is not None:
+            context.unusable.append({"step": view.step, "reason": view.problem})
+        for observer in active:
+            observer.snapshot(view)
+
+    metrics: dict[str, Any] = {"format": METRICS_FORMAT}
+    for quantity in registry:
+        metrics[quantity.name] = quantity.compute(context)
+    metrics["findings"] = findings(metrics)
+    return metrics
+
+
+def findings(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
+    """Plain-English findings with numbers, from a metrics dict: each quantity's, in registry order.
+
+    Returns a list of ``{"text": str, "severity": "info" | "warning", "topic": str}``; a diverged
+    run's first finding says where it went NaN/inf. Missing parts of ``metrics`` are skipped.
+    """
+    out = Findings()
+    for quantity in quantities.QUANTITIES:
+        quantity.findings(out, metrics)
+    return out.items
+
+
+def write_metrics(run_dir: str | os.PathLike[str], metrics: Mapping[str, Any]) -> None:
+    """Write ``metrics`` to ``RUN_DIR/metrics.json`` atomically (NaN as null)."""
+    atomic_write_json(os.path.join(os.fspath(run_dir), "metrics.json"), metrics)

@@ -1,0 +1,127 @@
+"""Lag: does a track h of k snapshots ago better than the current h?
+
+``metrics["lag"]``: ``summarize_lag(...)`` (:mod:`arturo_diag.diagnostics.lag`): metric, window,
+n_snapshots, max_lag, snapshot_interval, interval_regular, identifiable, best_k, best_lag_steps,
+reason, curves {spearman, relative_error: {k, mean, n, range, noise, argbest, identifiable,
+best_k}}. Where the lag curve is flat within snapshot noise the text says "No identifiable lag".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from arturo_diag.diagnostics.lag import LagAccumulator, summarize_lag
+from arturo_diag.quantities._blocks import _SECTION_WORDS, _no_reference_reason, _not_computed
+from arturo_diag.quantities._words import _num
+from arturo_diag.quantities.base import (
+    Context,
+    Findings,
+    Quantity,
+    SnapshotView,
+    concat,
+)
+from arturo_diag.report.document import Block, Heading, Paragraph, Table, strong, text
+from arturo_diag.report.figures.lag import FIGURE
+from arturo_diag.report.format import NA, count, get, is_number, num, plural
+
+__all__ = ["QUANTITY"]
+
+
+class _Observer:
+    def __init__(self, context: Context) -> None:
+        self.lag = LagAccumulator(context.options.max_lag)
+
+    def snapshot(self, view: SnapshotView) -> None:
+        if view.usable:
+            self.lag.add(view.step, concat(list(view.a.values())), concat(list(view.h.values())))
+
+
+def compute(context: Context) -> dict[str, Any]:
+    table = context.observers["lag"].lag.table()
+    return summarize_lag(table, max_lag=context.options.max_lag, metric=context.options.lag_metric)
+
+
+def _lag(out: Findings, metrics: Mapping[str, Any]) -> None:
+    lag = metrics.get("lag")
+    if not lag:
+        return
+    if lag.get("identifiable"):
+        k = lag["best_k"]
+        if k == 0:
+            out.add("lag", "info", f"a tracks h without a lag: {lag['reason']}.")
+        else:
+            out.add(
+                "lag",
+                "info",
+                f"a lags h by about {k} snapshot{'s' if k != 1 else ''} ({_num(lag['best_lag_steps'])} "
+                f"steps): {lag['reason']}.",
+            )
+    elif lag.get("max_lag", 0) >= 1:
+        reason = lag.get("reason", "")
+        text = reason[0].upper() + reason[1:] if reason else "No identifiable lag"
+        out.add("lag", "info", text + ".")
+    else:
+        out.add("lag", "info", f"Lag {lag.get('reason', 'not assessed')}.")
+
+
+def lag_section(metrics: Mapping[str, Any]) -> list[Block]:
+    """The lag curve (agreement of a_t with h_(t-k) against k) with its noise, and the verdict."""
+    blocks: list[Block] = [Heading(2, (text("Lag"),))]
+    lag = metrics.get("lag") or {}
+    curves = lag.get("curves") or {}
+    reason = str(lag.get("reason") or "not assessed")
+    if not curves:
+        if not get(metrics, "agreement", "final"):
+            return blocks + [_not_computed(_no_reference_reason(metrics))]
+        return blocks + [_not_computed(f"lag {reason}.")]
+    sentence = reason[0].upper() + reason[1:] + "."
+    blocks.append(
+        Paragraph(
+            "Agreement of a_t with the reference of k snapshots earlier, h_(t-k), averaged over the same snapshots t "
+            f"for every k ({lag.get('window')} window). The best k is the lag when the curve's range exceeds the "
+            "snapshot-to-snapshot noise of the agreement; otherwise there is no identifiable lag. "
+            f"The lag is decided by {_SECTION_WORDS.get(lag.get('metric'), str(lag.get('metric')))}."
+        )
+    )
+    if lag.get("identifiable"):
+        best_k = lag.get("best_k")
+        verdict = (
+            f"Lag: {plural(best_k, 'snapshot')} ({num(lag.get('best_lag_steps'))} steps)."
+            if best_k
+            else "No lag: a_t agrees best with the same snapshot's h."
+        )
+        blocks.append(Paragraph((strong(verdict), text(" " + sentence))))
+    else:
+        blocks.append(Paragraph((strong(sentence),)))
+    spearman, relative = curves.get("spearman") or {}, curves.get("relative_error") or {}
+    ks = spearman.get("k") or relative.get("k") or []
+    interval = lag.get("snapshot_interval") if lag.get("interval_regular") else None
+    rows = []
+    for i, k in enumerate(ks):
+        rows.append(
+            (
+                str(k),
+                num(k * interval) if is_number(interval) else NA,
+                num(get(spearman, "mean", i)),
+                num(get(relative, "mean", i)),
+                count(get(spearman, "n", i)),
+            )
+        )
+    rows.append(("range", "", num(spearman.get("range")), num(relative.get("range")), ""))
+    rows.append(("snapshot noise", "", num(spearman.get("noise")), num(relative.get("noise")), ""))
+    blocks.append(
+        Table(("k (snapshots)", "steps back", "Spearman", "relative error", "snapshots averaged"), tuple(rows))
+    )
+    return blocks
+
+
+QUANTITY = Quantity(
+    name="lag",
+    needs=("snapshots: a (curvature), h",),
+    compute=compute,
+    observer=_Observer,
+    findings=_lag,
+    blocks=lag_section,
+    figures=(FIGURE,),
+)

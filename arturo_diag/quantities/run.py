@@ -1,0 +1,168 @@
+"""The run itself: what was trained, which reference h the snapshots carry, what was left out.
+
+``metrics["run"]``: kind, status, divergence (record.json's, of a "diverged" run, else None),
+unusable_snapshots ([{step, reason}]: a or h NaN/inf, or h all 0; such a snapshot is left out of
+agreement, movement, calibration and lag), steps, n_step_rows, n_snapshots, snapshot_steps,
+reference ("exact" | "hutchinson" | "both" | "none" | "mixed"), compared_against ("h_exact" |
+"h_hutchinson" | None | "mixed"), exact_method, hutchinson_samples, n_parameters, n_tensors,
+layers, optimizer, var_init, var_init_source, eta_tol, eta_tol_source, constant_baseline,
+arturo_diag_version.
+
+Findings (topics ``divergence`` and ``reference``): a diverged run's first finding says where it
+went NaN/inf (step, quantity, layer); then what h is and how noisy; then the unusable snapshots.
+The run's title and settings sections are the report's own (:mod:`arturo_diag.report.sections`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from arturo_diag.quantities._words import _count, _get, _is_number, _num
+from arturo_diag.quantities.base import Context, Findings, Quantity, SnapshotView, snapshot_value
+
+__all__ = ["QUANTITY"]
+
+
+class _Compared:
+    """The reference fields the usable snapshots were compared against."""
+
+    def __init__(self, context: Context) -> None:
+        self.fields: set[str] = set()
+
+    def snapshot(self, view: SnapshotView) -> None:
+        if view.usable:
+            self.fields.add(view.field)
+
+
+def compute(context: Context) -> dict[str, Any]:
+    record = context.record
+    distinct = sorted(set(context.labels))
+    compared = sorted(context.observers["run"].fields)
+    last_snapshot = record.snapshot_steps[-1] if record.snapshot_steps else None
+    optimizer = record.manifest.get("optimizer") or {}
+    var_init_source, eta_tol_source = context.settings["var_init"][1], context.settings["eta_tol"][1]
+    return {
+        "kind": record.kind,
+        "status": record.status,
+        "divergence": record.divergence,
+        "unusable_snapshots": context.unusable,
+        "steps": int(record.manifest.get("steps") or 0),
+        "n_step_rows": int(len(record.steps)),
+        "n_snapshots": len(record.snapshot_steps),
+        "snapshot_steps": [int(s) for s in record.snapshot_steps],
+        "reference": distinct[0] if len(distinct) == 1 else ("none" if not distinct else "mixed"),
+        "compared_against": compared[0] if len(compared) == 1 else (None if not compared else "mixed"),
+        "exact_method": snapshot_value(record.snapshots, last_snapshot, "exact_method"),
+        "hutchinson_samples": snapshot_value(record.snapshots, last_snapshot, "hutchinson_samples"),
+        "n_parameters": int(sum(int(np.prod(shape)) for shape in record.parameters.values())),
+        "n_tensors": len(record.parameters),
+        "layers": list(dict.fromkeys(record.layers[name] for name in record.parameters)),
+        "optimizer": dict(optimizer) if isinstance(optimizer, Mapping) else {},
+        "var_init": context.var_init,
+        "var_init_source": var_init_source,
+        "eta_tol": context.eta_tol,
+        "eta_tol_source": eta_tol_source,
+        "constant_baseline": float(context.options.constant),
+        "arturo_diag_version": record.manifest.get("arturo_diag_version"),
+    }
+
+
+def _divergence(out: Findings, metrics: Mapping[str, Any]) -> None:
+    info = _get(metrics, "run", "divergence")
+    if not isinstance(info, Mapping):
+        return
+    message = info.get("message") or f"non-finite {info.get('quantity')} at step {info.get('step')}"
+    snapshots = _get(metrics, "run", "snapshot_steps") or []
+    covered = f"the findings below cover steps 1-{info.get('step')}" + (
+        f" (snapshots up to step {max(snapshots)})" if snapshots else " (no snapshot was taken before it)"
+    )
+    out.add("divergence", "warning", f"The run diverged: {message}. Training stopped there; {covered}.")
+
+
+def _reference(out: Findings, metrics: Mapping[str, Any]) -> None:
+    run = metrics.get("run") or {}
+    reference = run.get("reference")
+    method = run.get("exact_method")
+    method_words = f" ({method})" if isinstance(method, str) and method else ""
+    noise_final = _get(metrics, "agreement", "reference_noise", "final")
+    samples = run.get("hutchinson_samples")
+    samples_words = f" with {samples} samples" if samples is not None else ""
+    if reference in (None, "none"):
+        out.add(
+            "reference",
+            "warning",
+            "No snapshot carries a reference diagonal Hessian h: agreement, "
+            "movement, calibration and lag could not be computed.",
+        )
+    elif reference == "hutchinson":
+        text = (
+            f"h is a Hutchinson estimate{samples_words}, not the exact diagonal Hessian, so it carries noise of its own"
+        )
+        relative_se = _get(noise_final, "relative_se")
+        severity = "info"
+        if _is_number(relative_se):
+            text += (
+                f": its standard error is {_num(relative_se)} of ||h|| at the final snapshot (median "
+                f"SE/|h| {_num(_get(noise_final, 'median_se_over_abs_h'))}); agreement of a with h "
+                "cannot be resolved below that level, and calibration counts h's noise as a's error"
+            )
+            severity = "warning" if relative_se >= 0.25 else "info"
+        out.add("reference", severity, text + ".")
+    elif reference == "both":
+        final = _get(metrics, "agreement", "hutchinson_vs_exact", "final", "overall")
+        estimate = _get(metrics, "agreement", "final", "overall", "estimate")
+        out.add(
+            "reference",
+            "info",
+            f"h is the exact diagonal Hessian{method_words} on a fixed probe batch. Hutchinson's "
+            f"estimate{samples_words} has relative error {_num(_get(final, 'relative_error'))} against it "
+            f"at the final snapshot (Spearman {_num(_get(final, 'spearman'))}), vs "
+            f"{_num(_get(estimate, 'relative_error'))} for arTuRO's a.",
+        )
+    elif reference == "exact":
+        out.add(
+            "reference",
+            "info",
+            f"h is the exact diagonal Hessian{method_words} of the training loss on a fixed probe batch.",
+        )
+    else:
+        out.add(
+            "reference",
+            "info",
+            f"The reference h differs between snapshots ({reference}); each "
+            "snapshot is compared with the exact h where it has one, else with Hutchinson's.",
+        )
+
+
+def _unusable(out: Findings, metrics: Mapping[str, Any]) -> None:
+    entries = _get(metrics, "run", "unusable_snapshots") or []
+    if not entries:
+        return
+    steps = ", ".join(str(entry["step"]) for entry in entries[:8]) + (" ..." if len(entries) > 8 else "")
+    reasons = list(dict.fromkeys(entry["reason"] for entry in entries))
+    reason = reasons[0] + (f" (and {len(reasons) - 1} other reasons)" if len(reasons) > 1 else "")
+    out.add(
+        "reference",
+        "warning",
+        f"{_count(len(entries), 'snapshot')} (step{'s' if len(entries) > 1 else ''} {steps}) "
+        f"{'are' if len(entries) > 1 else 'is'} left out of agreement, movement, calibration and lag: "
+        f"{reason}.",
+    )
+
+
+def findings(out: Findings, metrics: Mapping[str, Any]) -> None:
+    _divergence(out, metrics)
+    _reference(out, metrics)
+    _unusable(out, metrics)
+
+
+QUANTITY = Quantity(
+    name="run",
+    needs=("record.json", "config.toml", "snapshots.csv: exact_method, hutchinson_samples", "snapshots: a, h"),
+    compute=compute,
+    observer=_Compared,
+    findings=findings,
+)
