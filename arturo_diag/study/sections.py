@@ -13,7 +13,9 @@ from typing import Any
 
 import pandas as pd
 
+from arturo_diag import quantities
 from arturo_diag.numbers import NA, fixed, sig
+from arturo_diag.quantities.base import StudyColumn
 from arturo_diag.report.document import Block, Bullets, Heading, Image, Paragraph, Table, slug, strong, text
 from arturo_diag.study.aggregate import StudyData
 from arturo_diag.study.config import Setup, StudyConfig
@@ -196,27 +198,27 @@ def _comparison_blocks(setup: Setup, block: dict[str, Any]) -> list[Block]:
     ]
 
 
+def _curvature_cell(column: StudyColumn):
+    """The cell of one ``study_table`` column in a variant's curvature summary (``_curvature_summary``)."""
+    if column.kind == "seeds":
+        key = f"{column.key}_seeds"
+        return lambda c: f"{c[key]}/{c['assessed_seeds']}" if c.get("assessed_seeds") else "n/a"
+    return lambda c: _fmt(c.get(column.key), column.digits)
+
+
 def _curvature_blocks(arturo_entries: list[dict[str, Any]]) -> list[Block]:
     """The curvature table of one setup: agreement of a with h and calibration per arTuRO variant
     (final snapshot, mean over seeds), and what coverage and sharpness mean.
 
     ``arturo_entries`` are the setup's summary entries that carry ``"curvature"``; [] gives no
-    blocks. Self-contained on purpose: its columns are to come from the quantities' registry.
+    blocks. Its columns are the registered quantities' ``study_table`` (:mod:`arturo_diag.quantities`).
     """
     if not arturo_entries:
         return []
-    columns = [  # (header, cell of the entry's curvature dict)
-        ("rel. error ||a-h||/||h||", lambda c: _fmt(c["agreement_relative_error"])),
-        ("constant 0.1's", lambda c: _fmt(c["constant_relative_error"])),
-        ("Spearman", lambda c: _fmt(c["agreement_spearman"])),
-        (
-            "beats constant (seeds)",
-            lambda c: f"{c['beats_constant_seeds']}/{c['assessed_seeds']}" if c["assessed_seeds"] else "n/a",
-        ),
-        ("coverage (2 sd)", lambda c: _fmt(c["calibration_coverage"])),
-        ("sharpness", lambda c: _fmt(c["calibration_sharpness"])),
-        ("median eta", lambda c: _fmt(c["eta_median"])),
-        ("K evaluations / step", lambda c: _fmt(c["dual_iterations_mean"])),
+    columns = [  # (header, cell of the entry's curvature dict), from each registered quantity's study_table
+        (column.header, _curvature_cell(column))
+        for quantity in quantities.QUANTITIES
+        for column in quantity.study_table
     ]
     rows = [[e["variant"]] + [cell(e["curvature"]) for _, cell in columns] for e in arturo_entries]
     return [
