@@ -96,7 +96,6 @@ def test_no_second_engine_in_the_study_report():
     assert not defined & {"_markdown", "_html", "_md_cell", "_blocks"} and "_CSS" not in assigned
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     assert not imported & {"html", "base64"}
-    assert study_report.to_markdown is to_markdown and study_report.to_html is to_html
 
 
 def test_findings_keep_their_order_and_warnings_are_marked(study_dir):
