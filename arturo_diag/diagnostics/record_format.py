@@ -72,9 +72,9 @@ _RECORD_FILES = (
     "epochs.csv",
     "snapshots.csv",
     "metrics.json",
-    "report.md",
-    "report.html",
 )
+# ... and every report file, whatever its format: report.md, report.html, report.document.json, ...
+_REPORT_GLOB = "report.*"
 
 
 #: Every status a record may have; ``"complete"`` is the only one a report is rendered from as is.

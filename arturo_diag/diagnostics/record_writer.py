@@ -34,6 +34,7 @@ from arturo_diag.diagnostics.record_format import (
     _CONFIG,
     _MANIFEST,
     _RECORD_FILES,
+    _REPORT_GLOB,
     _SNAPSHOT_DIR,
     _SNAPSHOT_RE,
     _TABLES,
@@ -374,6 +375,9 @@ def _remove_record_files(run_dir: Path) -> None:
     # The manifest goes first: from then on the directory is not a (complete) record.
     for name in _RECORD_FILES:
         (run_dir / name).unlink(missing_ok=True)
+    for path in run_dir.glob(_REPORT_GLOB):
+        if path.is_file():
+            path.unlink()
     snapshot_dir = run_dir / _SNAPSHOT_DIR
     if snapshot_dir.is_dir():
         for path in snapshot_dir.iterdir():

@@ -2,8 +2,9 @@
 
 A pure function of the record on disk: it never trains, and rendering the same record twice gives
 byte-identical files. Order of writes (each atomic, :mod:`arturo_diag.diagnostics.io`): first any
-previous ``report.md``/``report.html`` are removed, then ``metrics.json``, then the figures, and
-the two report files last, so a render killed at any point leaves no report that looks complete.
+previous ``report.*`` files are removed, then ``metrics.json``, then the figures, and the report
+files last (one per output format of :mod:`arturo_diag.report.formats`, ``report.md`` the very
+last), so a render killed at any point leaves no report that looks complete.
 """
 
 from __future__ import annotations
@@ -14,19 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from arturo_diag import quantities
-from arturo_diag.diagnostics.io import atomic_write_bytes, atomic_write_text, write_error
+from arturo_diag.diagnostics.io import atomic_write_bytes, write_error
 from arturo_diag.diagnostics.lock import DirectoryLock
 from arturo_diag.diagnostics.record import RunRecord
 from arturo_diag.quantities.analysis import analyze_record, write_metrics
 from arturo_diag.report import sections
-from arturo_diag.report.document import Block, Image, Paragraph, code, text, to_html, to_markdown
+from arturo_diag.report.document import Block, Image, Paragraph, code, text
 from arturo_diag.report.figures.common import FigureSkipped, FigureSpec, draw_figure
 from arturo_diag.report.format import is_number
+from arturo_diag.report.formats import remove_documents, write_documents
 
 __all__ = ["ReportResult", "render_report"]
 
-REPORT_MD = "report.md"
-REPORT_HTML = "report.html"
+REPORT_STEM = "report"  # report.md, report.html, report.document.json (report/formats.py)
 METRICS_JSON = "metrics.json"
 FIGURE_DIR = "figures"
 
@@ -43,6 +44,7 @@ class ReportResult:
         findings: ``metrics["findings"]``, a list of ``{text, severity, topic}``.
         figures: figure name -> path of its PNG, for the figures drawn (report order).
         skipped: figure name -> why it was not drawn.
+        documents: format name -> path of the report in that format (:data:`~arturo_diag.report.formats.FORMATS`).
     """
 
     run_dir: Path
@@ -53,6 +55,7 @@ class ReportResult:
     findings: list[dict[str, Any]] = field(repr=False)
     figures: dict[str, Path]
     skipped: dict[str, str]
+    documents: dict[str, Path] = field(default_factory=dict)
 
 
 def _analysis_options(record: RunRecord) -> dict[str, Any]:
@@ -68,8 +71,9 @@ def render_report(run_dir: str | os.PathLike[str]) -> ReportResult:
     Writes into ``run_dir``: ``metrics.json`` (the metrics dict), ``figures/NAME.png`` for every
     figure of the quantities of :data:`arturo_diag.quantities.QUANTITIES` whose data the record
     has (a figure without its data is named as skipped, with the reason, in its section, and a
-    stale PNG of it is removed), then ``report.html`` (self-contained, with a table of contents,
-    each figure in the section it illustrates) and ``report.md``.
+    stale PNG of it is removed), then the report in every output format: ``report.document.json``,
+    ``report.html`` (self-contained, with a table of contents, each figure in the section it
+    illustrates) and ``report.md``.
 
     Raises:
         RecordError: ``run_dir`` is not a complete run record (missing, running, failed,
@@ -98,10 +102,8 @@ def _render(run_dir: Path) -> ReportResult:
     record = RunRecord.load(run_dir)
     metrics = analyze_record(record, **_analysis_options(record))
 
-    markdown_path, html_path = run_dir / REPORT_MD, run_dir / REPORT_HTML
     # from here until the end, no report file exists that could be taken for this render's
-    for path in (markdown_path, html_path):
-        path.unlink(missing_ok=True)
+    remove_documents(run_dir, REPORT_STEM)
     metrics_path = run_dir / METRICS_JSON
     write_metrics(run_dir, metrics)
 
@@ -134,12 +136,12 @@ def _render(run_dir: Path) -> ReportResult:
         for spec in quantity.figures:
             blocks += figure_blocks(spec)
 
-    atomic_write_text(html_path, to_html(blocks, title=f"arTuRO diagnostics: {name}"))
-    atomic_write_text(markdown_path, to_markdown(blocks))
+    documents = write_documents(run_dir, REPORT_STEM, blocks, title=f"arTuRO diagnostics: {name}")
     return ReportResult(
         run_dir=run_dir,
-        markdown=markdown_path,
-        html=html_path,
+        markdown=documents["markdown"],
+        html=documents["html"],
+        documents=documents,
         metrics_json=metrics_path,
         metrics=metrics,
         findings=list(metrics.get("findings") or []),

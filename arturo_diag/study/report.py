@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from arturo_diag.diagnostics.io import atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text
+from arturo_diag.diagnostics.io import atomic_write_bytes, atomic_write_csv, atomic_write_json
 from arturo_diag.diagnostics.lock import DirectoryLock
 from arturo_diag.diagnostics.record import looks_like_study_dir
-from arturo_diag.report.document import to_html, to_markdown
+from arturo_diag.report.formats import write_documents
 from arturo_diag.study.aggregate import CURVE_COLUMNS, StudyData, collect, summarize
 from arturo_diag.study.figures import draw_figures, plot_accuracy, plot_curves, plot_eta
 from arturo_diag.study.findings import study_findings
@@ -134,8 +134,7 @@ def _render_study(study_dir: str | os.PathLike[str], figures: bool) -> StudyRepo
     atomic_write_csv(study_dir / "curves.csv", data.curves[list(CURVE_COLUMNS)])
     atomic_write_csv(study_dir / "eta.csv", data.eta)
     atomic_write_json(study_dir / "study.json", content)
-    atomic_write_text(study_dir / "study.md", to_markdown(blocks))
-    atomic_write_text(study_dir / "study.html", to_html(blocks, title=f"Ablation study: {data.study.name}"))
+    write_documents(study_dir, "study", blocks, title=f"Ablation study: {data.study.name}")
     return StudyReport(
         study_dir,
         study_dir / "study.md",
