@@ -150,51 +150,8 @@ def health_section(metrics: Mapping[str, Any]) -> list[Block]:
     collapse and the non-positive precision/denominator events."""
     blocks: list[Block] = [Heading(2, (text("Health"),))]
     health = metrics.get("health") or {}
-    eta = health.get("eta") or {}
-    if eta.get("n"):
-        position = eta.get("bracket_position") or {}
-        blocks.append(
-            Table(
-                ("eta", "median", "min", "max", "first", "last", "bracket position 5% / 50% / 95%"),
-                (
-                    (
-                        "over steps",
-                        num(eta.get("median")),
-                        num(eta.get("min")),
-                        num(eta.get("max")),
-                        num(eta.get("first")),
-                        num(eta.get("last")),
-                        " / ".join(num(position.get(q)) for q in ("q05", "q50", "q95")),
-                    ),
-                ),
-                caption="eta per step; its position in the final bracket (eta - eta_lo) / (eta_hi - eta_lo) is 0.5 for "
-                "the midpoint the published rule returns.",
-            )
-        )
-    else:
-        blocks.append(Paragraph("No eta was recorded per step (not an arTuRO run)."))
-    iterations = health.get("iterations") or {}
-    histogram = iterations.get("histogram") or {}
-    if histogram:
-        total = sum(histogram.values())
-        rows = tuple((k, count(v), pct(v / total if total else None)) for k, v in histogram.items())
-        blocks.append(
-            Table(
-                ("K evaluations per step", "steps", "share"),
-                rows,
-                caption=f"Dual-solve iterations: mean {num(iterations.get('mean'))}, max "
-                f"{iterations.get('max')}; 0 evaluations is the 5/3 growth regime.",
-            )
-        )
-    kl = health.get("kl_ratio") or {}
-    if kl.get("n"):
-        blocks.append(
-            Table(
-                ("K(eta)/eps", "5%", "25%", "50%", "75%", "95%", "max"),
-                (("over steps",) + tuple(num(kl.get(q)) for q in ("q05", "q25", "q50", "q75", "q95", "max")),),
-                caption="Achieved KL relative to the bound (1 = on the bound).",
-            )
-        )
+    blocks.append(_eta_block(health.get("eta") or {}))
+    blocks += _dual_tables(health.get("iterations") or {}, health.get("kl_ratio") or {})
     precision = health.get("precision") or {}
     if precision.get("n"):
         rows = tuple(
@@ -211,29 +168,88 @@ def health_section(metrics: Mapping[str, Any]) -> list[Block]:
         )
     final = health.get("final") or {}
     if final:
-        collapse = final.get("variance_collapse") or {}
-        rows = [
-            ("precision pi 1% / 50% / 99%", " / ".join(num(final.get(f"precision_q{q}")) for q in ("01", "50", "99"))),
-            ("share with pi <= 0", pct(final.get("precision_nonpositive_share"))),
-        ]
-        if collapse:
-            rows += [
-                (
-                    f"variance collapse: share with 1/pi < {pct(collapse.get('fraction'))} of var_init "
-                    f"({num(collapse.get('threshold'))})",
-                    pct(collapse.get("share_collapsed")),
-                ),
-                (
-                    "variance 1/pi 1% / 50% / 99%",
-                    " / ".join(num(collapse.get(f"variance_q{q}")) for q in ("01", "50", "99")),
-                ),
-            ]
+        blocks.append(_final_snapshot_table(final))
+    blocks += _nonpositive_tables(health.get("nonpositive") or {})
+    return blocks
+
+
+def _eta_block(eta: Mapping[str, Any]) -> Block:
+    """eta over the steps and its position in the final bracket, or why there is none."""
+    if not eta.get("n"):
+        return Paragraph("No eta was recorded per step (not an arTuRO run).")
+    position = eta.get("bracket_position") or {}
+    return Table(
+        ("eta", "median", "min", "max", "first", "last", "bracket position 5% / 50% / 95%"),
+        (
+            (
+                "over steps",
+                num(eta.get("median")),
+                num(eta.get("min")),
+                num(eta.get("max")),
+                num(eta.get("first")),
+                num(eta.get("last")),
+                " / ".join(num(position.get(q)) for q in ("q05", "q50", "q95")),
+            ),
+        ),
+        caption="eta per step; its position in the final bracket (eta - eta_lo) / (eta_hi - eta_lo) is 0.5 for "
+        "the midpoint the published rule returns.",
+    )
+
+
+def _dual_tables(iterations: Mapping[str, Any], kl: Mapping[str, Any]) -> list[Block]:
+    """The dual solve: its K evaluations per step (a histogram) and the achieved K(eta)/eps quantiles."""
+    blocks: list[Block] = []
+    histogram = iterations.get("histogram") or {}
+    if histogram:
+        total = sum(histogram.values())
+        rows = tuple((k, count(v), pct(v / total if total else None)) for k, v in histogram.items())
+        blocks.append(
+            Table(
+                ("K evaluations per step", "steps", "share"),
+                rows,
+                caption=f"Dual-solve iterations: mean {num(iterations.get('mean'))}, max "
+                f"{iterations.get('max')}; 0 evaluations is the 5/3 growth regime.",
+            )
+        )
+    if kl.get("n"):
+        blocks.append(
+            Table(
+                ("K(eta)/eps", "5%", "25%", "50%", "75%", "95%", "max"),
+                (("over steps",) + tuple(num(kl.get(q)) for q in ("q05", "q25", "q50", "q75", "q95", "max")),),
+                caption="Achieved KL relative to the bound (1 = on the bound).",
+            )
+        )
+    return blocks
+
+
+def _final_snapshot_table(final: Mapping[str, Any]) -> Table:
+    """At the final snapshot: precision quantiles, variance collapse, the shares of a and h below 0."""
+    collapse = final.get("variance_collapse") or {}
+    rows = [
+        ("precision pi 1% / 50% / 99%", " / ".join(num(final.get(f"precision_q{q}")) for q in ("01", "50", "99"))),
+        ("share with pi <= 0", pct(final.get("precision_nonpositive_share"))),
+    ]
+    if collapse:
         rows += [
-            ("share of a < 0", pct(final.get("negative_a_share"))),
-            ("share of h < 0", pct(final.get("negative_h_share"))),
+            (
+                f"variance collapse: share with 1/pi < {pct(collapse.get('fraction'))} of var_init "
+                f"({num(collapse.get('threshold'))})",
+                pct(collapse.get("share_collapsed")),
+            ),
+            (
+                "variance 1/pi 1% / 50% / 99%",
+                " / ".join(num(collapse.get(f"variance_q{q}")) for q in ("01", "50", "99")),
+            ),
         ]
-        blocks.append(Table(("At the final snapshot (step %s)" % final.get("step"), "value"), tuple(rows)))
-    events = health.get("nonpositive") or {}
+    rows += [
+        ("share of a < 0", pct(final.get("negative_a_share"))),
+        ("share of h < 0", pct(final.get("negative_h_share"))),
+    ]
+    return Table(("At the final snapshot (step %s)" % final.get("step"), "value"), tuple(rows))
+
+
+def _nonpositive_tables(events: Mapping[str, Any]) -> list[Block]:
+    """The steps where pi' or the denominator went non-positive, and where the guard acted."""
     rows = []
     for key, words in (
         ("precision_nonpos", "new precision pi' <= 0"),
@@ -253,16 +269,16 @@ def health_section(metrics: Mapping[str, Any]) -> list[Block]:
                 count(entry.get("total")),
             )
         )
-    if rows:
-        blocks.append(
-            Table(
-                ("Non-positive event", "steps", "first step", "most coordinates in one step", "coordinate-steps"),
-                tuple(rows),
-                caption="Nothing in the published rule keeps pi' or the denominator positive; negative "
-                "curvature estimates can make either non-positive.",
-            )
+    if not rows:
+        return []
+    return [
+        Table(
+            ("Non-positive event", "steps", "first step", "most coordinates in one step", "coordinate-steps"),
+            tuple(rows),
+            caption="Nothing in the published rule keeps pi' or the denominator positive; negative "
+            "curvature estimates can make either non-positive.",
         )
-    return blocks
+    ]
 
 
 QUANTITY = Quantity(
