@@ -77,6 +77,31 @@ def _trust_region(out: Findings, metrics: Mapping[str, Any]) -> None:
     if tr.get("fixed_eta") is not None:
         _fixed_eta(out, metrics, tr)
         return
+    _regime_findings(out, tr)
+    _inactive_run_findings(out, tr)
+    _bound_drop_findings(out, tr)
+    overshoot = tr["overshoot_share"]
+    if _is_number(overshoot) and overshoot > 0:
+        out.add(
+            "trust_region",
+            "warning" if overshoot >= 0.05 else "info",
+            f"K/eps exceeded 1.1 in {_pct(overshoot)} of steps ({_pct(tr['overshoot_share_after_burn_in'])} "
+            f"after step {tr['burn_in']}); it was below 0.9 in {_pct(tr['undershoot_share'])}.",
+        )
+    snapshots = tr.get("snapshots") or {}
+    if snapshots.get("n") and _is_number(snapshots.get("binding_share")):
+        text = (
+            f"The trust region was binding (K(0)/eps > 1) at {_pct(snapshots['binding_share'])} of "
+            f"{_count(snapshots['n'], 'snapshot')}"
+        )
+        ratio = snapshots.get("eta_over_eta_star_median")
+        if _is_number(ratio):
+            text += f"; where it was, the rule's eta was a median {_num(ratio)} times the exact root eta*"
+        out.add("trust_region", "info", text + ".")
+
+
+def _regime_findings(out: Findings, tr: Mapping[str, Any]) -> None:
+    """How much of the run after the burn-in the bisection was active, or inactive (5/3 growth, frozen)."""
     late = tr["regime_share_after_burn_in"]
     burn_in = tr["burn_in"]
     inactive = tr["inactive_share_after_burn_in"]
@@ -97,6 +122,9 @@ def _trust_region(out: Findings, metrics: Mapping[str, Any]) -> None:
             text += f", eta fixed {_pct(late['fixed'])}"
         out.add("trust_region", "warning" if _is_number(inactive) and inactive >= 0.1 else "info", text + ").")
 
+
+def _inactive_run_findings(out: Findings, tr: Mapping[str, Any]) -> None:
+    """The longest run of 5/3 growth and the longest run frozen at the floor (3 steps or more)."""
     growth = _get(tr, "growth_runs", "longest")
     if growth and growth["length"] >= 3:
         out.add(
@@ -124,6 +152,9 @@ def _trust_region(out: Findings, metrics: Mapping[str, Any]) -> None:
             f"{frozen['start_step']}-{frozen['end_step']}) {kl_words}{more}.",
         )
 
+
+def _bound_drop_findings(out: Findings, tr: Mapping[str, Any]) -> None:
+    """After each drop of the KL bound: how far K/eps overshot and how long it took to come back."""
     for drop in tr.get("bound_drops") or []:
         factor = f" (x{_num(drop['factor'])})" if _is_number(drop.get("factor")) else ""
         peak = drop["peak_kl_ratio"]
@@ -144,26 +175,6 @@ def _trust_region(out: Findings, metrics: Mapping[str, Any]) -> None:
                 "info",
                 f"After the KL bound dropped at step {drop['step']}{factor}, K/eps stayed at or below 1.1.",
             )
-
-    overshoot = tr["overshoot_share"]
-    if _is_number(overshoot) and overshoot > 0:
-        out.add(
-            "trust_region",
-            "warning" if overshoot >= 0.05 else "info",
-            f"K/eps exceeded 1.1 in {_pct(overshoot)} of steps ({_pct(tr['overshoot_share_after_burn_in'])} "
-            f"after step {burn_in}); it was below 0.9 in {_pct(tr['undershoot_share'])}.",
-        )
-
-    snapshots = tr.get("snapshots") or {}
-    if snapshots.get("n") and _is_number(snapshots.get("binding_share")):
-        text = (
-            f"The trust region was binding (K(0)/eps > 1) at {_pct(snapshots['binding_share'])} of "
-            f"{_count(snapshots['n'], 'snapshot')}"
-        )
-        ratio = snapshots.get("eta_over_eta_star_median")
-        if _is_number(ratio):
-            text += f"; where it was, the rule's eta was a median {_num(ratio)} times the exact root eta*"
-        out.add("trust_region", "info", text + ".")
 
 
 def _fixed_eta(out: Findings, metrics: Mapping[str, Any], tr: Mapping[str, Any]) -> None:
@@ -219,6 +230,14 @@ def trust_region_section(metrics: Mapping[str, Any]) -> list[Block]:
             f"{count(tr.get('n_steps_after_burn_in'))} steps)."
         )
     )
+    blocks.append(_regime_table(tr, burn_in))
+    blocks += _inactive_runs_tables(tr)
+    blocks.append(_bound_drops_block(tr.get("bound_drops") or []))
+    return blocks + _binding_blocks(tr.get("snapshots"))
+
+
+def _regime_table(tr: Mapping[str, Any], burn_in: Any) -> Table:
+    """Steps and shares per regime, over all steps and after the burn-in, with over- and undershoot."""
     counts = tr.get("regime_counts") or {}
     share, late = tr.get("regime_share") or {}, tr.get("regime_share_after_burn_in") or {}
     rows = []
@@ -245,8 +264,11 @@ def trust_region_section(metrics: Mapping[str, Any]) -> list[Block]:
         ("overshoot (K/eps > 1.1)", "", pct(tr.get("overshoot_share")), pct(tr.get("overshoot_share_after_burn_in")))
     )
     rows.append(("undershoot (K/eps < 0.9)", "", pct(tr.get("undershoot_share")), ""))
-    blocks.append(Table(("Regime", "steps", "share of all steps", f"share after step {burn_in}"), tuple(rows)))
+    return Table(("Regime", "steps", "share of all steps", f"share after step {burn_in}"), tuple(rows))
 
+
+def _inactive_runs_tables(tr: Mapping[str, Any]) -> list[Block]:
+    """The runs of consecutive 5/3-growth and frozen steps, with eta and K/eps over each (none: no table)."""
     run_rows = []
     for key, words in (("growth_runs", "5/3 growth"), ("frozen_runs", "frozen at the floor")):
         runs = tr.get(key) or {}
@@ -266,46 +288,44 @@ def trust_region_section(metrics: Mapping[str, Any]) -> list[Block]:
                     f"{num(run['kl_ratio_start'])} -> {num(run['kl_ratio_end'])}",
                 )
             )
-    if run_rows:
-        blocks.append(
-            Table(
-                ("Inactive run", "steps", "length", "eta", "K/eps range", "K/eps first -> last"),
-                tuple(run_rows),
-                align=("l", "r", "r", "r", "r", "r"),
-                caption="The longest runs of consecutive inactive steps (up to 10 of each kind), in time order.",
-            )
+    if not run_rows:
+        return []
+    return [
+        Table(
+            ("Inactive run", "steps", "length", "eta", "K/eps range", "K/eps first -> last"),
+            tuple(run_rows),
+            align=("l", "r", "r", "r", "r", "r"),
+            caption="The longest runs of consecutive inactive steps (up to 10 of each kind), in time order.",
         )
+    ]
 
-    drops = tr.get("bound_drops") or []
-    if drops:
-        rows = []
-        for drop in drops:
-            peak_step = drop.get("peak_step")
-            recover = (
-                f"{plural(drop.get('steps_to_recover'), 'step')} (step {drop.get('recovery_step')})"
-                if drop.get("recovered")
-                else "not recovered by the end"
-            )
-            rows.append(
-                (
-                    str(drop["step"]),
-                    f"{num(drop['kl_bound_before'])} -> {num(drop['kl_bound_after'])}",
-                    f"x{num(drop.get('factor'))}",
-                    num(drop.get("peak_kl_ratio")) + (f" (step {peak_step})" if peak_step is not None else ""),
-                    recover,
-                )
-            )
-        blocks.append(
-            Table(
-                ("KL-bound drop at step", "bound", "factor", "peak K/eps", "back to K/eps <= 1.1 after"),
-                tuple(rows),
-                caption="The bracket moves at most 3x per step, so K/eps overshoots after "
-                "the scheduler drops the bound.",
+
+def _bound_drops_block(drops: list[Mapping[str, Any]]) -> Block:
+    """Each drop of the KL bound: the bound before and after, K/eps's peak and when it came back."""
+    if not drops:
+        return Paragraph("The KL bound never dropped during the run.")
+    rows = []
+    for drop in drops:
+        peak_step = drop.get("peak_step")
+        recover = (
+            f"{plural(drop.get('steps_to_recover'), 'step')} (step {drop.get('recovery_step')})"
+            if drop.get("recovered")
+            else "not recovered by the end"
+        )
+        rows.append(
+            (
+                str(drop["step"]),
+                f"{num(drop['kl_bound_before'])} -> {num(drop['kl_bound_after'])}",
+                f"x{num(drop.get('factor'))}",
+                num(drop.get("peak_kl_ratio")) + (f" (step {peak_step})" if peak_step is not None else ""),
+                recover,
             )
         )
-    else:
-        blocks.append(Paragraph("The KL bound never dropped during the run."))
-    return blocks + _binding_blocks(tr.get("snapshots"))
+    return Table(
+        ("KL-bound drop at step", "bound", "factor", "peak K/eps", "back to K/eps <= 1.1 after"),
+        tuple(rows),
+        caption="The bracket moves at most 3x per step, so K/eps overshoots after the scheduler drops the bound.",
+    )
 
 
 def _binding_blocks(binding: Mapping[str, Any] | None) -> list[Block]:
