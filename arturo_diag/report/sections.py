@@ -147,11 +147,7 @@ def settings_section(record: RunRecord, metrics: Mapping[str, Any]) -> list[Bloc
     settings = read_settings(record)
     rows = []
     changed = []
-    kl, dual, fixed, guard, oracle = (settings[k][0] for k in ("kl", "dual", "fixed_eta", "guard", "oracle"))
-    q = settings["dynamic_model_noise"][0]
-    eta_tol = settings["eta_tol"][0]
-
-    def row(option: str, value: str, meaning: str, faithful: bool | None) -> None:
+    for option, value, meaning, faithful in _switches(settings):
         source = settings[option][1] if option in settings else ""
         rows.append(
             (
@@ -165,54 +161,6 @@ def settings_section(record: RunRecord, metrics: Mapping[str, Any]) -> list[Bloc
         if faithful is False:
             changed.append(f"{option} = {value}")
 
-    row(
-        "kl",
-        str(kl or "decoupled (assumed)"),
-        "constraint on the mean part of the KL" if kl in (None, "decoupled") else "one constraint on the full KL",
-        None if kl is None else kl == "decoupled",
-    )
-    row(
-        "dual",
-        str(dual or "bisection (assumed)") + (f", eta_tol {num(eta_tol)}" if eta_tol is not None else ""),
-        "published bisection (with its floor and 5/3 growth)"
-        if dual in (None, "bisection")
-        else "exact root of K(eta) = eps",
-        None if dual is None else dual == "bisection",
-    )
-    row(
-        "fixed_eta",
-        "off" if fixed is None else num(fixed),
-        "eta from the trust region" if fixed is None else "eta fixed every step (trust region off)",
-        fixed is None if settings["fixed_eta"][1] != "not recorded" else None,
-    )
-    row(
-        "guard",
-        _value_words(bool(guard)) if guard is not None else "not recorded",
-        "positivity of pi' and of the denominator kept" if guard else "no positivity guard (as published)",
-        None if guard is None else not bool(guard),
-    )
-    oracle_every = settings["oracle_every"][0]
-    row(
-        "oracle",
-        str(oracle or "none")
-        + (f", every {oracle_every} steps" if oracle not in (None, "none") and oracle_every else ""),
-        "a is the filter's own estimate"
-        if oracle in (None, "none")
-        else "a replaced by the minibatch's diagonal Hessian",
-        None if oracle is None else oracle == "none",
-    )
-    if q is None:
-        row("dynamic_model_noise", "not recorded", "filter drift q", None)
-    else:
-        row(
-            "dynamic_model_noise",
-            f"q = {num(q)}" + (" (drift on)" if q > 0 else " (no drift)"),
-            "filter drift added to P_bb and P_aa every step"
-            if q > 0
-            else "no drift: plain recursive least squares, its gain decays",
-            q > 0,
-        )
-
     unknown = [r[0] for r in rows if r[2] == "not recorded"]
     if changed:
         verdict = (strong("Not the published rule."), text(" Options on: " + "; ".join(changed) + "."))
@@ -224,11 +172,77 @@ def settings_section(record: RunRecord, metrics: Mapping[str, Any]) -> list[Bloc
                 + (f"; not recorded: {', '.join(unknown)} (assumed as published)." if unknown else ".")
             ),
         )
-    blocks: list[Block] = [
+    return [
         Heading(2, (text("Settings"),)),
         Paragraph(verdict),
         Table(("Option", "Setting", "Rule", "Meaning", "Read from"), tuple(rows), align=("l", "l", "l", "l", "l")),
+        _hyperparameter_table(settings),
     ]
+
+
+def _switches(settings: Mapping[str, tuple[Any, str]]) -> list[tuple[str, str, str, bool | None]]:
+    """(option, setting, meaning, faithful) of each ablation switch; faithful is None when not recorded."""
+    kl, dual, fixed, guard, oracle = (settings[k][0] for k in ("kl", "dual", "fixed_eta", "guard", "oracle"))
+    q = settings["dynamic_model_noise"][0]
+    eta_tol = settings["eta_tol"][0]
+    switches: list[tuple[str, str, str, bool | None]] = [
+        (
+            "kl",
+            str(kl or "decoupled (assumed)"),
+            "constraint on the mean part of the KL" if kl in (None, "decoupled") else "one constraint on the full KL",
+            None if kl is None else kl == "decoupled",
+        ),
+        (
+            "dual",
+            str(dual or "bisection (assumed)") + (f", eta_tol {num(eta_tol)}" if eta_tol is not None else ""),
+            "published bisection (with its floor and 5/3 growth)"
+            if dual in (None, "bisection")
+            else "exact root of K(eta) = eps",
+            None if dual is None else dual == "bisection",
+        ),
+        (
+            "fixed_eta",
+            "off" if fixed is None else num(fixed),
+            "eta from the trust region" if fixed is None else "eta fixed every step (trust region off)",
+            fixed is None if settings["fixed_eta"][1] != "not recorded" else None,
+        ),
+        (
+            "guard",
+            _value_words(bool(guard)) if guard is not None else "not recorded",
+            "positivity of pi' and of the denominator kept" if guard else "no positivity guard (as published)",
+            None if guard is None else not bool(guard),
+        ),
+    ]
+    oracle_every = settings["oracle_every"][0]
+    switches.append(
+        (
+            "oracle",
+            str(oracle or "none")
+            + (f", every {oracle_every} steps" if oracle not in (None, "none") and oracle_every else ""),
+            "a is the filter's own estimate"
+            if oracle in (None, "none")
+            else "a replaced by the minibatch's diagonal Hessian",
+            None if oracle is None else oracle == "none",
+        )
+    )
+    if q is None:
+        switches.append(("dynamic_model_noise", "not recorded", "filter drift q", None))
+    else:
+        switches.append(
+            (
+                "dynamic_model_noise",
+                f"q = {num(q)}" + (" (drift on)" if q > 0 else " (no drift)"),
+                "filter drift added to P_bb and P_aa every step"
+                if q > 0
+                else "no drift: plain recursive least squares, its gain decays",
+                q > 0,
+            )
+        )
+    return switches
+
+
+def _hyperparameter_table(settings: Mapping[str, tuple[Any, str]]) -> Table:
+    """The hyperparameters (each, recorded or not), then the run's other settings that were recorded."""
     hyper = []
     for key, meaning in _HYPERPARAMETERS:
         value, source = settings[key]
@@ -244,8 +258,7 @@ def settings_section(record: RunRecord, metrics: Mapping[str, Any]) -> list[Bloc
         value, source = settings[key]
         if value is not None:
             hyper.append((key, _value_words(value), meaning, source))
-    blocks.append(Table(("Hyperparameter", "Value", "Meaning", "Read from"), tuple(hyper), align=("l", "r", "l", "l")))
-    return blocks
+    return Table(("Hyperparameter", "Value", "Meaning", "Read from"), tuple(hyper), align=("l", "r", "l", "l"))
 
 
 def findings_section(findings: Sequence[Mapping[str, Any]]) -> list[Block]:
