@@ -1,7 +1,7 @@
 """What every figure module shares: the Agg backend, the fixed style and deterministic PNG writing
 (:func:`draw_figure`), :class:`FigureSpec`, :class:`FigureSkipped`, and the small helpers the plot
-functions use (tables of the record, layer colours, legends, KL-bound drops). The underscore names
-are for the figure modules only.
+functions use (tables of the record, layer colours and per-layer lines, legends, KL-bound drops).
+The underscore names are for the figure modules only.
 """
 
 from __future__ import annotations
@@ -153,6 +153,34 @@ def _values(entries: Sequence[dict[str, Any]], *path: Any) -> np.ndarray:
         value = get(entry, *path)
         out.append(float(value) if is_number(value) else np.nan)
     return np.asarray(out, dtype=np.float64)
+
+
+def _plot_per_layer(ax: Any, steps: np.ndarray, entries: Sequence[dict[str, Any]], *path: Any) -> None:
+    """One line per layer of ``entry["layers"][layer][*path]`` and a thick black line of
+    ``entry["overall"][*path]`` over the snapshots ``entries`` (dots at each when at most 60)."""
+    layers = _series_layers(entries)
+    colors, many = _layer_colors(layers)
+    marker = "." if len(steps) <= 60 else None
+    for i, layer in enumerate(layers):
+        ax.plot(
+            steps,
+            _values(entries, "layers", layer, *path),
+            color=colors[layer],
+            lw=1.1,
+            marker=marker,
+            ms=4,
+            alpha=0.9,
+            label=_layer_label(layer, i, layers, many),
+        )
+    ax.plot(
+        steps,
+        _values(entries, "overall", *path),
+        color=_C["overall"],
+        lw=2.4,
+        marker=marker,
+        ms=5,
+        label="all coordinates",
+    )
 
 
 def _log_if_wide(ax: Any, values: np.ndarray, axis: str = "y", ratio: float = 20.0) -> None:
