@@ -16,12 +16,13 @@ Spearman and whether the estimate beat the constant, per run.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from arturo_diag.diagnostics.agreement import agreement, agreement_with_baselines, per_layer
+from arturo_diag.quantities._agreement_tables import _METRIC_ROWS, agreement_tables, hutchinson_table
 from arturo_diag.quantities._blocks import _no_reference_reason, _not_computed
 from arturo_diag.quantities._words import _FINDING_WORDS, _get, _num, _pct
 from arturo_diag.quantities.base import (
@@ -38,9 +39,9 @@ from arturo_diag.quantities.base import (
     snapshot_value,
     split,
 )
-from arturo_diag.report.document import Block, Heading, Paragraph, Table, strong, text
+from arturo_diag.report.document import Block, Heading, Inline, Paragraph, strong, text
 from arturo_diag.report.figures.agreement import FIGURE
-from arturo_diag.report.format import count, distinguishing_digits, get, num, pct, plural, yes_no
+from arturo_diag.report.format import distinguishing_digits, get, num, plural
 
 __all__ = ["QUANTITY"]
 
@@ -207,19 +208,7 @@ def _agreement(out: Findings, metrics: Mapping[str, Any]) -> None:
         )
 
 
-_METRIC_ROWS = (
-    ("relative_error", "relative error (lower is better)", num),
-    ("cosine", "cosine (higher is better)", num),
-    ("spearman", "Spearman (higher is better)", num),
-    ("sign_agreement", "sign agreement (higher is better)", pct),
-    ("log_ratio_abs_median", "median |log10(|a|/|h|)| (lower is better)", num),
-)
-
-
 _REFERENCE_WORDS = {"h_exact": "the exact diagonal Hessian h", "h_hutchinson": "the Hutchinson estimate of h"}
-
-
-_MANY_LAYERS = 10  # above this, per-layer agreement is one compact row per layer
 
 
 def agreement_section(metrics: Mapping[str, Any]) -> list[Block]:
@@ -242,6 +231,29 @@ def agreement_section(metrics: Mapping[str, Any]) -> list[Block]:
             "next to what a constant scores."
         )
     )
+    layers = final.get("layers") or {}
+    blocks.append(Paragraph(_verdict_spans(block, overall, layers, constant_name)))
+    blocks += agreement_tables(step, overall, layers, constant_name)
+    hutchinson = get(block, "hutchinson_vs_exact", "final")
+    if hutchinson:
+        blocks.append(hutchinson_table(hutchinson, overall, layers))
+    noise = get(block, "reference_noise", "final")
+    if noise:
+        blocks.append(
+            Paragraph(
+                f"Noise of the Hutchinson reference at step {noise['step']}: standard error {num(noise.get('relative_se'))} "
+                f"of ||h|| (median SE/|h| {num(noise.get('median_se_over_abs_h'))}, "
+                f"{plural(noise.get('samples'), 'sample')}); agreement below that level cannot be resolved."
+            )
+        )
+    return blocks
+
+
+def _verdict_spans(
+    block: Mapping[str, Any], overall: Mapping[str, Any], layers: Mapping[str, Any], constant_name: str
+) -> Inline:
+    """Whether a beats the constant on relative error over all coordinates, the metrics and layers
+    where it does not, the previous h's score and the share of snapshots a won."""
     estimate, constant = overall["estimate"], overall["constant"]
     verdict = overall.get("beats_constant") or {}
     pair = (estimate["relative_error"], constant["relative_error"])
@@ -258,7 +270,6 @@ def agreement_section(metrics: Mapping[str, Any]) -> list[Block]:
     words = {m: label.split(" (")[0] for m, label, _ in _METRIC_ROWS}
     if lost:
         sentence += (text(" It does not beat the constant on: " + ", ".join(words.get(m, m) for m in lost) + "."),)
-    layers = final.get("layers") or {}
     losing = [layer for layer, entry in layers.items() if get(entry, "beats_constant", "relative_error") is not True]
     if losing:
         sentence += (
@@ -287,111 +298,7 @@ def agreement_section(metrics: Mapping[str, Any]) -> list[Block]:
                 f"{len(entries)} snapshots."
             ),
         )
-    blocks.append(Paragraph(sentence))
-
-    caption = (
-        f"Agreement at step {step}; the constant has no ranks, so its Spearman is undefined and a beats it "
-        "when its own Spearman is above 0."
-    )
-    header = (
-        "Layer (coordinates)",
-        "Metric",
-        "a (estimate)",
-        constant_name,
-        "previous h",
-        "a beats constant",
-        "a beats previous h",
-    )
-    long_entries = [("all coordinates", overall)] + (list(layers.items()) if len(layers) <= _MANY_LAYERS else [])
-    blocks.append(
-        Table(header, tuple(_agreement_rows(long_entries)), align=("l", "l", "r", "r", "r", "r", "r"), caption=caption)
-    )
-    if len(layers) > _MANY_LAYERS:
-        rows = []
-        for name, entry in layers.items():
-            cells = [f"{name} ({count(get(entry, 'estimate', 'n'))})"]
-            for metric, kinds, fmt in (
-                ("relative_error", ("estimate", "constant", "previous_h"), num),
-                ("cosine", ("estimate", "constant", "previous_h"), num),
-                ("spearman", ("estimate", "previous_h"), num),
-                ("sign_agreement", ("estimate", "constant", "previous_h"), pct),
-            ):
-                values = [get(entry, kind, metric) for kind in kinds]
-                digits = distinguishing_digits(values, fmt)
-                cells += [fmt(v, digits) for v in values]
-            rows.append((*cells, yes_no(get(entry, "beats_constant", "relative_error"))))
-        blocks.append(
-            Table(
-                (
-                    "Layer (coordinates)",
-                    "rel. error a",
-                    "const.",
-                    "prev. h",
-                    "cosine a",
-                    "const.",
-                    "prev. h",
-                    "Spearman a",
-                    "prev. h",
-                    "sign agr. a",
-                    "const.",
-                    "prev. h",
-                    "a beats const. (rel. error)",
-                ),
-                tuple(rows),
-                caption=f"Per layer at step {step} ({len(layers)} layers, one row each; const. = the {constant_name}).",
-            )
-        )
-
-    hutchinson = get(block, "hutchinson_vs_exact", "final")
-    if hutchinson:
-        rows = []
-        for name, entry in [("all coordinates", hutchinson["overall"]), *(hutchinson.get("layers") or {}).items()]:
-            a_entry = overall if name == "all coordinates" else layers.get(name) or {}
-            rows.append(
-                (
-                    name,
-                    num(entry.get("relative_error")),
-                    num(entry.get("spearman")),
-                    num(get(a_entry, "estimate", "relative_error")),
-                    num(get(a_entry, "estimate", "spearman")),
-                )
-            )
-        blocks.append(
-            Table(
-                ("Layer", "Hutchinson rel. error", "Hutchinson Spearman", "a rel. error", "a Spearman"),
-                tuple(rows),
-                caption=f"Hutchinson's estimate against the exact h at step {hutchinson['step']}, beside arTuRO's a.",
-            )
-        )
-    noise = get(block, "reference_noise", "final")
-    if noise:
-        blocks.append(
-            Paragraph(
-                f"Noise of the Hutchinson reference at step {noise['step']}: standard error {num(noise.get('relative_se'))} "
-                f"of ||h|| (median SE/|h| {num(noise.get('median_se_over_abs_h'))}, "
-                f"{plural(noise.get('samples'), 'sample')}); agreement below that level cannot be resolved."
-            )
-        )
-    return blocks
-
-
-def _agreement_rows(entries: Sequence[tuple[str, Mapping[str, Any]]]) -> list[tuple[str, ...]]:
-    rows = []
-    for name, entry in entries:
-        label = f"{name} ({count(get(entry, 'estimate', 'n'))})"
-        for i, (metric, words, fmt) in enumerate(_METRIC_ROWS):
-            values = [get(entry, kind, metric) for kind in ("estimate", "constant", "previous_h")]
-            digits = distinguishing_digits(values, fmt)
-            rows.append(
-                (
-                    label if i == 0 else "",
-                    words,
-                    *(fmt(v, digits) for v in values),
-                    yes_no(get(entry, "beats_constant", metric)),
-                    yes_no(get(entry, "beats_previous_h", metric)),
-                )
-            )
-    return rows
+    return sentence
 
 
 QUANTITY = Quantity(
