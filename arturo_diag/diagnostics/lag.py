@@ -216,6 +216,14 @@ def summarize_lag(
             f"vs snapshot noise {chosen['noise']:.3g})"
         )
         return result
+    result.update(_identified_lag(table, chosen, metric, lag_max, window))
+    return result
+
+
+def _identified_lag(
+    table: pd.DataFrame, chosen: dict[str, Any], metric: str, lag_max: int, window: str
+) -> dict[str, Any]:
+    """The entries of an identifiable lag: ``best_k``, its length in steps and the reason in words."""
     best_k = int(chosen["best_k"])
     pairs = table[table["k"] == best_k]
     if window == "common":
@@ -231,15 +239,12 @@ def summarize_lag(
         )
     else:
         reason = f"a_t agrees best with h_(t-{best_k}): {_WORDS[metric]} {means[best_k]:.3g} vs {means[0]:.3g} at k = 0"
-    result.update(
-        {
-            "identifiable": True,
-            "best_k": best_k,
-            "best_lag_steps": lag_steps,
-            "reason": f"{reason} (curve range {chosen['range']:.3g} > snapshot noise {chosen['noise']:.3g})",
-        }
-    )
-    return result
+    return {
+        "identifiable": True,
+        "best_k": best_k,
+        "best_lag_steps": lag_steps,
+        "reason": f"{reason} (curve range {chosen['range']:.3g} > snapshot noise {chosen['noise']:.3g})",
+    }
 
 
 def lag_analysis(
