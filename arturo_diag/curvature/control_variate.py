@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from arturo_diag.curvature._checks import check_chunk_size, check_generator
 from arturo_diag.curvature.errors import CurvatureError
-from arturo_diag.curvature.functional import loss_of_parameters
+from arturo_diag.curvature.functional import ParameterLoss, loss_of_parameters
 from arturo_diag.curvature.ggn_general import (
     GGN_MEMORY_BYTES,
     OutputHessianFn,
@@ -97,7 +97,6 @@ def hessian_diagonal_cv(
     run = _GGNRun(problem, loss_fn, output_hessian, None)
     ggn, mode = _ggn_values(run, loss_fn, output_hessian, "auto", None, memory_budget)
     is_hessian, reason = _is_hessian(model, loss_fn, train, output_hessian)
-    like = params[0]
     if is_hessian and not force_residual:
         note = f"diag(H - G) = 0 proved ({reason}): exact, no probe drawn"
         zero = torch.zeros_like(ggn)
@@ -106,6 +105,35 @@ def hessian_diagonal_cv(
             DiagonalHessian(split_like(zero, names, params), "ggn+hutchinson-stderr", samples=0,
                             note=note),
         )  # fmt: skip
+    shift, centred_mean, stderr = _residual_probes(run, loss, params, samples, generator, chunk_size)
+    estimate = ggn + shift + centred_mean
+    note = (
+        f"GGN part exact ({mode} mode{', rows coupled' if run.coupled else ''}); "
+        f"residual diag(H - G) by {samples} Rademacher probes"
+    )
+    return (
+        DiagonalHessian(split_like(estimate, names, params), "ggn+hutchinson", samples=samples,
+                        note=note),
+        DiagonalHessian(split_like(stderr, names, params), "ggn+hutchinson-stderr",
+                        samples=samples, note=note),
+    )  # fmt: skip
+
+
+def _residual_probes(
+    run: _GGNRun,
+    loss: ParameterLoss,
+    params: tuple[Tensor, ...],
+    samples: int,
+    generator: torch.Generator | None,
+    chunk_size: int | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Hutchinson on diag(H - G): ``(shift, centred_mean, stderr)`` of the terms z * ((H - G) z).
+
+    The mean of the terms is ``shift + centred_mean`` (the first chunk's mean, then the mean of the
+    terms less it, so that the variance stays accurate when |h| is much larger than its spread);
+    the caller adds them to diag(G) in that order.
+    """
+    like = params[0]
     plan = hvp_plan(loss, params, samples)
     chunk_size = min(chunk_size or plan.chunk, samples)
     total = sum(p.numel() for p in params)
@@ -129,16 +157,6 @@ def hessian_diagonal_cv(
         total_sum += terms.sum(0)
         total_sq += (terms * terms).sum(0)
     centred_mean = total_sum / samples
-    estimate = ggn + shift + centred_mean
     variance = (total_sq - samples * centred_mean**2).clamp_min_(0) / (samples - 1)
     stderr = (variance / samples).sqrt_()
-    note = (
-        f"GGN part exact ({mode} mode{', rows coupled' if run.coupled else ''}); "
-        f"residual diag(H - G) by {samples} Rademacher probes"
-    )
-    return (
-        DiagonalHessian(split_like(estimate, names, params), "ggn+hutchinson", samples=samples,
-                        note=note),
-        DiagonalHessian(split_like(stderr, names, params), "ggn+hutchinson-stderr",
-                        samples=samples, note=note),
-    )  # fmt: skip
+    return shift, centred_mean, stderr
