@@ -147,6 +147,31 @@ def gradient_noise(
     check_chunk_size(chunk_size)
     if not isinstance(epsilon, (int, float)) or isinstance(epsilon, bool) or not epsilon >= 0:
         raise CurvatureError(f"epsilon: got {epsilon!r}; allowed: a number >= 0")
+    _refuse_coupled_samples(model, train)
+    names, params, loss = loss_of_parameters(model, loss_fn, inputs, targets, train=train)
+    count = loss.inputs.shape[0]
+    if count < 2:
+        raise CurvatureError(f"gradient noise needs at least 2 samples; the probe batch has {count}")
+    chunk = min(chunk_size or _default_chunk(loss, params), count)
+    mean, m2 = _per_sample_moments(loss, params, count, chunk)
+    variance = m2 / (count - 1)
+    minibatch = variance / count
+    population = m2 / count
+    gsnr = mean.pow(2) / (population + epsilon)
+    summary = _summaries(names, params, mean, variance, gsnr, count, float(epsilon))
+    return GradientNoise(
+        mean=split_like(mean, names, params),
+        variance=split_like(variance, names, params),
+        minibatch_variance=split_like(minibatch, names, params),
+        gsnr=split_like(gsnr, names, params),
+        summary=summary,
+        batch_size=count,
+        epsilon=float(epsilon),
+    )
+
+
+def _refuse_coupled_samples(model: nn.Module, train: bool) -> None:
+    """Batch norm that normalises with batch statistics: per-sample gradients do not exist."""
     coupled = (
         [
             name or "<root>"
@@ -161,11 +186,13 @@ def gradient_noise(
             "batch norm normalising with batch statistics couples the samples, so per-sample "
             f"gradients are undefined (at {coupled}); use train=False with running statistics"
         )
-    names, params, loss = loss_of_parameters(model, loss_fn, inputs, targets, train=train)
-    count = loss.inputs.shape[0]
-    if count < 2:
-        raise CurvatureError(f"gradient noise needs at least 2 samples; the probe batch has {count}")
-    chunk = min(chunk_size or _default_chunk(loss, params), count)
+
+
+def _per_sample_moments(
+    loss: ParameterLoss, params: tuple[Tensor, ...], count: int, chunk: int
+) -> tuple[Tensor, Tensor]:
+    """Mean and sum of squared deviations of the per-sample gradients (flat), ``chunk`` samples per
+    ``vmap`` call, the chunks merged exactly."""
     per_sample = vmap(grad(_SampleLoss(loss)), in_dims=(None, 0, 0))
     n_seen = 0
     mean = m2 = None
@@ -189,20 +216,7 @@ def gradient_noise(
             mean = mean + delta * (n_block / total)
             m2 = m2 + block_m2 + delta.pow(2) * (n_seen * n_block / total)
         n_seen += n_block
-    variance = m2 / (count - 1)
-    minibatch = variance / count
-    population = m2 / count
-    gsnr = mean.pow(2) / (population + epsilon)
-    summary = _summaries(names, params, mean, variance, gsnr, count, float(epsilon))
-    return GradientNoise(
-        mean=split_like(mean, names, params),
-        variance=split_like(variance, names, params),
-        minibatch_variance=split_like(minibatch, names, params),
-        gsnr=split_like(gsnr, names, params),
-        summary=summary,
-        batch_size=count,
-        epsilon=float(epsilon),
-    )
+    return mean, m2
 
 
 class _SampleLoss:
