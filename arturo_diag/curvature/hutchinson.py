@@ -39,21 +39,25 @@ from arturo_diag.curvature.result import DiagonalHessian, split_like
 __all__ = ["hutchinson_diagonal"]
 
 
-def rademacher_probes(count: int, params: Sequence[Tensor], generator: torch.Generator | None) -> tuple[Tensor, ...]:
-    """``count`` Rademacher probes as contiguous ``(count, *p.shape)`` tangents, one per parameter.
+def rademacher_draws(count: int, total: int, generator: torch.Generator | None) -> Tensor:
+    """The probe stream of every Rademacher estimator here: ``(count, total)`` int8 in {0, 1}.
 
-    One int8 draw of every coordinate per probe, on the generator's device: the stream, hence any
-    result built on it, does not depend on how the probes are chunked. ``z = 2 * draw - 1``.
+    One int8 draw of every coordinate per probe, on the generator's device (``None``: torch's
+    global generator, on the CPU): the stream, hence any result built on it, does not depend on
+    how the probes are chunked. The probe is ``z = 2 * draw - 1``.
     """
+    device = generator.device if generator is not None else torch.device("cpu")
+    return torch.stack(
+        [torch.randint(0, 2, (total,), generator=generator, device=device, dtype=torch.int8) for _ in range(count)]
+    )
+
+
+def rademacher_probes(count: int, params: Sequence[Tensor], generator: torch.Generator | None) -> tuple[Tensor, ...]:
+    """``count`` Rademacher probes (:func:`rademacher_draws`) as contiguous ``(count, *p.shape)``
+    tangents, one per parameter, typed and placed like the parameters."""
     like = params[0]
     sizes = [p.numel() for p in params]
-    draw_device = generator.device if generator is not None else torch.device("cpu")
-    draws = torch.stack(
-        [
-            torch.randint(0, 2, (sum(sizes),), generator=generator, device=draw_device, dtype=torch.int8)
-            for _ in range(count)
-        ]
-    ).to(like.device)
+    draws = rademacher_draws(count, sum(sizes), generator).to(like.device)
     tangents, offset = [], 0
     for p, size in zip(params, sizes):
         z = torch.empty(count, size, dtype=like.dtype, device=like.device)

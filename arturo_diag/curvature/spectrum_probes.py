@@ -11,6 +11,7 @@ from torch import Tensor
 
 from arturo_diag.curvature._checks import check_chunk_size, check_generator
 from arturo_diag.curvature.functional import LossOfParameters
+from arturo_diag.curvature.hutchinson import rademacher_draws
 from arturo_diag.curvature.hvp import batched_hvp, hvp_plan
 
 
@@ -20,13 +21,8 @@ def _check_common(generator, chunk_size) -> None:
 
 
 def _rademacher(generator: torch.Generator | None, count: int, total: int) -> Tensor:
-    """(count, total) float64 signs, one int8 draw of ``total`` per probe, as Hutchinson draws."""
-    device = generator.device if generator is not None else torch.device("cpu")
-    draws = torch.stack(
-        [torch.randint(0, 2, (total,), generator=generator, device=device, dtype=torch.int8)
-         for _ in range(count)]
-    )  # fmt: skip
-    return draws.to(torch.float64).mul_(2).sub_(1).cpu()
+    """(count, total) float64 signs on the CPU: Hutchinson's probe stream (:func:`rademacher_draws`)."""
+    return rademacher_draws(count, total, generator).to(torch.float64).mul_(2).sub_(1).cpu()
 
 
 class _Batched:
