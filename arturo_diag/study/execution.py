@@ -310,17 +310,7 @@ def _run_locked(
     make_directory(study_dir, "out")
     atomic_write_text(study_dir / STUDY_FILE, study_to_toml(study))
 
-    outcomes: dict[tuple[str, str, int], RunOutcome] = {}
-    pending: list[RunSpec] = []
-    for spec in specs:
-        if not fresh and run_status(spec)[0] in ("complete", "diverged"):
-            outcomes[spec.key] = RunOutcome(spec, "skipped")
-        else:
-            pending.append(spec)
-    # Seed-major order: an interrupted study has whole seeds rather than whole variants.
-    order = {s.name: i for i, s in enumerate(study.setups)}
-    vorder = {v.name: i for i, v in enumerate(study.variants)}
-    pending.sort(key=lambda s: (order[s.setup], study.seeds.index(s.seed), vorder[s.variant.name]))
+    outcomes, pending = _plan(study, specs, fresh)
     total = len(specs)
     notify("plan", {"total": total, "finished": total - len(pending), "pending": len(pending), "workers": workers})
     done = total - len(pending)
@@ -353,32 +343,7 @@ def _run_locked(
         for spec in pending:
             record(spec, *_execute(spec))
     elif pending:
-        context = multiprocessing.get_context("spawn")
-        with cf.ProcessPoolExecutor(
-            max_workers=min(workers, len(pending)),
-            mp_context=context,
-            initializer=_init_worker,
-            initargs=(os.getpid(),),
-        ) as pool:
-            futures = {pool.submit(_execute, spec): spec for spec in pending}
-            try:
-                for future in cf.as_completed(futures):
-                    spec = futures[future]
-                    try:
-                        status, seconds, error = future.result()
-                    except cf.process.BrokenProcessPool:
-                        status, seconds, error = (
-                            "failed",
-                            0.0,
-                            "the worker process died while running this "
-                            "or a concurrent run; run the study again to retry",
-                        )
-                        Path(spec.config.out).mkdir(parents=True, exist_ok=True)
-                        atomic_write_json(Path(spec.config.out) / FAILURE_FILE, {"error": error})
-                    record(spec, status, seconds, error)
-            except BaseException:
-                _stop_pool(pool)
-                raise
+        _run_in_pool(pending, workers, record)
 
     seconds = time.perf_counter() - started
     report = None
@@ -389,3 +354,51 @@ def _run_locked(
         report = render_study(study_dir)
     notify("done", {"seconds": seconds})
     return StudyRunResult(study_dir, [outcomes[spec.key] for spec in specs], seconds, report)
+
+
+def _plan(
+    study: StudyConfig, specs: list[RunSpec], fresh: bool
+) -> tuple[dict[tuple[str, str, int], RunOutcome], list[RunSpec]]:
+    """The runs already done (outcome "skipped", unless ``fresh``) and the others, in run order."""
+    outcomes: dict[tuple[str, str, int], RunOutcome] = {}
+    pending: list[RunSpec] = []
+    for spec in specs:
+        if not fresh and run_status(spec)[0] in ("complete", "diverged"):
+            outcomes[spec.key] = RunOutcome(spec, "skipped")
+        else:
+            pending.append(spec)
+    # Seed-major order: an interrupted study has whole seeds rather than whole variants.
+    order = {s.name: i for i, s in enumerate(study.setups)}
+    vorder = {v.name: i for i, v in enumerate(study.variants)}
+    pending.sort(key=lambda s: (order[s.setup], study.seeds.index(s.seed), vorder[s.variant.name]))
+    return outcomes, pending
+
+
+def _run_in_pool(pending: list[RunSpec], workers: int, record: Callable[[RunSpec, str, float, str], None]) -> None:
+    """Run ``pending`` in spawned worker processes, ``record`` each result as it comes; on any
+    exception (``record`` raising, Ctrl-C, SIGTERM) the pool is stopped before it propagates."""
+    context = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(
+        max_workers=min(workers, len(pending)),
+        mp_context=context,
+        initializer=_init_worker,
+        initargs=(os.getpid(),),
+    ) as pool:
+        futures = {pool.submit(_execute, spec): spec for spec in pending}
+        try:
+            for future in cf.as_completed(futures):
+                spec = futures[future]
+                try:
+                    status, seconds, error = future.result()
+                except cf.process.BrokenProcessPool:
+                    status, seconds, error = (
+                        "failed",
+                        0.0,
+                        "the worker process died while running this or a concurrent run; run the study again to retry",
+                    )
+                    Path(spec.config.out).mkdir(parents=True, exist_ok=True)
+                    atomic_write_json(Path(spec.config.out) / FAILURE_FILE, {"error": error})
+                record(spec, status, seconds, error)
+        except BaseException:
+            _stop_pool(pool)
+            raise
