@@ -19,8 +19,10 @@ EXIT_OK, EXIT_FAILED, EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2
 def choices_help(declaration: Mapping[str, str] | Iterable[str], default: str | None = None, lead: str = "") -> str:
     """The ``help=`` of an option from the declaration of its choices (name -> one line, or names):
     ``lead`` then ``name (default): line; name: line; ...`` (``name (default), name, ...`` when the
-    declaration has no lines, e.g. a registry of builders), escaped for typer's rich markup."""
+    declaration has no lines, e.g. a registry of builders; a value with a ``help`` attribute gives
+    that line), escaped for typer's rich markup."""
     lines = dict(declaration) if isinstance(declaration, Mapping) else dict.fromkeys(declaration, "")
+    lines = {name: getattr(line, "help", line) for name, line in lines.items()}  # a spec with a help line
     described = all(isinstance(line, str) and line for line in lines.values())
     parts = [
         name + (" (default)" if name == default else "") + (f": {lines[name]}" if described else "") for name in lines

@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from arturo_diag.curvature.methods import EXACT_METHODS, ORACLES, REFERENCE_METHODS
+from arturo_diag.curvature.methods import EXACT_METHODS, ORACLES
+from arturo_diag.curvature.references import REFERENCE_METHODS
 from arturo_diag.errors import Diverged
 from arturo_diag.optim.arturo import DUAL_CHOICES, KL_CHOICES
 from arturo_diag.optim.presets import PRESET_NAMES

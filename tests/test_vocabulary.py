@@ -16,7 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from arturo_diag.curvature import CurvatureError, exact_diagonal
-from arturo_diag.curvature.methods import EXACT_METHODS, ORACLES, REFERENCE_METHODS
+from arturo_diag.curvature.methods import EXACT_METHODS, ORACLES
+from arturo_diag.curvature.references import REFERENCE_METHODS
 from arturo_diag.errors import ConfigError
 from arturo_diag.optim.arturo import DUAL_CHOICES, KL_CHOICES
 from arturo_diag.optim.presets import PRESET_NAMES

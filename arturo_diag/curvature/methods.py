@@ -1,9 +1,9 @@
-"""The reference-curvature vocabulary, declared once: name -> one line for ``--help`` and the docs.
+"""The curvature vocabulary, declared once: name -> one line for ``--help`` and the docs.
 
-:class:`~arturo_diag.training.config.RunConfig` validates ``reference``, ``exact_method`` and
-``oracle`` against these, :class:`~arturo_diag.diagnostics.monitor.Monitor` checks ``reference``
-with them, and ``arturo-diag compare --help`` lists them. To add a reference method: implement it in
-this package, then add one line here (and its dispatch where the snapshot is taken).
+How the exact diagonal is computed (``--exact-method``) and what replaces arTuRO's estimate in the
+oracle ablation (``--oracle``); :class:`~arturo_diag.training.config.RunConfig` validates against
+these and ``arturo-diag compare --help`` lists them. The reference methods (``--reference``) and
+their estimators are declared in :mod:`arturo_diag.curvature.references`.
 """
 
 from __future__ import annotations
@@ -11,17 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-__all__ = ["EXACT_METHODS", "ORACLES", "REFERENCE_METHODS"]
-
-#: What a snapshot compares arTuRO's curvature with (the first is the default).
-REFERENCE_METHODS: Mapping[str, str] = MappingProxyType(
-    {
-        "exact": "the exact diagonal Hessian of the probe batch",
-        "hutchinson": "a Hutchinson estimate with --samples probes",
-        "both": "exact and Hutchinson",
-        "none": "no reference (training curves only)",
-    }
-)
+__all__ = ["EXACT_METHODS", "ORACLES"]
 
 #: How the exact diagonal is computed (``exact_diagonal(method=...)``; the first is the default).
 EXACT_METHODS: Mapping[str, str] = MappingProxyType(

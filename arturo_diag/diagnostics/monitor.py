@@ -35,8 +35,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from arturo_diag.curvature import exact_diagonal, hutchinson_diagonal
-from arturo_diag.curvature.methods import REFERENCE_METHODS as REFERENCES
+from arturo_diag.curvature.references import REFERENCE_ESTIMATORS, ReferenceRequest, estimators_of
+from arturo_diag.curvature.references import REFERENCE_METHODS as REFERENCES
 from arturo_diag.diagnostics.record import RecordWriter, layer_of
 from arturo_diag.errors import Diverged
 
@@ -303,26 +303,29 @@ class Monitor:
             self.model.train(was_training)
 
     def reference_diagonal(self, step: int) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:
-        """The reference diagonal Hessian(s) at the current weights on the probe batch."""
+        """The reference diagonal Hessian(s) at the current weights on the probe batch: the arrays of
+        every estimator of the run's reference method, and their ``snapshots.csv`` scalars
+        (:mod:`arturo_diag.curvature.references`)."""
         arrays: dict[str, dict[str, Tensor]] = {name: {} for name, _ in self.named}
-        info: dict[str, Any] = {"exact_method": "", "hutchinson_samples": math.nan}
-        if self.reference in ("exact", "both"):
-            exact = exact_diagonal(
-                self.model, self.loss_fn, self.probe_inputs, self.probe_targets, method=self.exact_method
-            )
-            info["exact_method"] = exact.method
+        info: dict[str, Any] = {}
+        for estimator in REFERENCE_ESTIMATORS.values():
+            info.update(estimator.info)  # the value of a scalar whose estimator does not run
+        request = ReferenceRequest(
+            self.model,
+            self.loss_fn,
+            self.probe_inputs,
+            self.probe_targets,
+            tuple(name for name, _ in self.named),
+            exact_method=self.exact_method,
+            samples=self.samples,
+            seed=self.seed + step,
+            device=self.named[0][1].device,
+        )
+        for estimator in estimators_of(self.reference):
+            fields, scalars = estimator.compute(request)
             for name, _ in self.named:
-                arrays[name]["h_exact"] = exact[name]
-        if self.reference in ("hutchinson", "both"):
-            device = self.named[0][1].device
-            generator = torch.Generator(device=device).manual_seed(self.seed + step)
-            estimate, stderr = hutchinson_diagonal(
-                self.model, self.loss_fn, self.probe_inputs, self.probe_targets, self.samples, generator
-            )
-            info["hutchinson_samples"] = self.samples
-            for name, _ in self.named:
-                arrays[name]["h_hutchinson"] = estimate[name]
-                arrays[name]["h_hutchinson_se"] = stderr[name]
+                arrays[name].update(fields[name])
+            info.update(scalars)
         return arrays, info
 
     def snapshot(self) -> None:

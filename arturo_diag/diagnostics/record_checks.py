@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from arturo_diag._toml import tomllib
+from arturo_diag.curvature.references import REFERENCE_METHODS, estimators_of
 from arturo_diag.diagnostics.record_format import (
     _MANIFEST,
     _TABLES,
@@ -137,15 +138,18 @@ _CONFIG_SCHEMA: dict[str, dict[str, _Rule]] = {
 
 # The tables: columns that must hold numbers (NaN allowed: an empty cell), and those that must hold
 # a whole number in every row.
-_TEXT_COLUMNS = {"reference": ("exact", "hutchinson", "both", "none"), "exact_method": None}  # allowed values
+_TEXT_COLUMNS = {"reference": REFERENCE_METHODS, "exact_method": None}  # allowed values (read at check time)
 _WHOLE_COLUMNS = {"steps": ("step",), "epochs": ("epoch", "step"), "snapshots": ("step",)}
 
+
 # A snapshot's fields that each value of snapshots.csv's ``reference`` requires of every parameter.
-_REFERENCE_FIELDS = {
-    "exact": ("h_exact",),
-    "hutchinson": ("h_hutchinson", "h_hutchinson_se"),
-    "both": ("h_exact", "h_hutchinson", "h_hutchinson_se"),
-}
+def reference_fields(reference: Any) -> tuple[str, ...]:
+    """The fields snapshots.csv's ``reference`` requires of every parameter (curvature/references.py)."""
+    if not isinstance(reference, str) or reference not in REFERENCE_METHODS:
+        return ()
+    return tuple(f for e in estimators_of(reference) for f in e.fields)
+
+
 _NPZ_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip with members, an empty zip
 
 
@@ -235,7 +239,7 @@ def _read_table(path: Path, columns: Sequence[str], whole: Sequence[str], *, req
     for column in columns:
         if column in _TEXT_COLUMNS:
             allowed = _TEXT_COLUMNS[column]
-            odd = table[column].notna() & ~table[column].isin(allowed or ())
+            odd = table[column].notna() & ~table[column].isin(tuple(allowed or ()))
             if allowed and odd.any():
                 row = int(np.flatnonzero(odd.to_numpy())[0])
                 raise RecordError(

@@ -20,13 +20,13 @@ import pandas as pd
 from arturo_diag.diagnostics.record_checks import (
     _CONFIG_SCHEMA,
     _NPZ_MAGIC,
-    _REFERENCE_FIELDS,
     _WHOLE_COLUMNS,
     _check_agreement,
     _check_manifest,
     _load_config,
     _npz_header,
     _read_table,
+    reference_fields,
 )
 from arturo_diag.diagnostics.record_format import (
     _CONFIG,
@@ -234,7 +234,7 @@ class RunRecord:
                 raise RecordError(f"{path}: no arrays of parameter {absent[0]} ({_MANIFEST} lists it)")
             rows = self.snapshots.loc[self.snapshots["step"] == step, "reference"]
             reference = rows.iloc[0] if len(rows) else None
-            for field in _REFERENCE_FIELDS.get(reference if isinstance(reference, str) else "", ()):
+            for field in reference_fields(reference):
                 for name, held in present.items():
                     if field not in held:
                         raise RecordError(

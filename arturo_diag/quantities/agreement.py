@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from arturo_diag.curvature.references import estimator_for_field
 from arturo_diag.diagnostics.agreement import agreement, agreement_with_baselines, per_layer
 from arturo_diag.quantities._agreement_tables import _METRIC_ROWS, agreement_tables, hutchinson_table
 from arturo_diag.quantities._blocks import _no_reference_reason, _not_computed
@@ -208,9 +209,6 @@ def _agreement(out: Findings, metrics: Mapping[str, Any]) -> None:
         )
 
 
-_REFERENCE_WORDS = {"h_exact": "the exact diagonal Hessian h", "h_hutchinson": "the Hutchinson estimate of h"}
-
-
 def agreement_section(metrics: Mapping[str, Any]) -> list[Block]:
     """Agreement of a with h at the final snapshot, per layer, each metric beside the constant-0.1 and
     previous-h baselines; says explicitly where the estimate does not beat the constant."""
@@ -222,7 +220,8 @@ def agreement_section(metrics: Mapping[str, Any]) -> list[Block]:
     step, overall = final["step"], final["overall"]
     value = overall.get("constant_value", 0.1)
     constant_name = f"constant {num(value)}"
-    reference = _REFERENCE_WORDS.get(final.get("reference"), "h")
+    estimator = estimator_for_field(final.get("reference"))
+    reference = f"the {estimator.words}" if estimator is not None else "h"  # "the exact diagonal Hessian h"
     blocks.append(
         Paragraph(
             f"At the final snapshot (step {step}) arTuRO's curvature estimate a is compared with {reference}. Every "

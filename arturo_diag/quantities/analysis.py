@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from arturo_diag import quantities
+from arturo_diag.curvature.references import REFERENCE_ESTIMATORS, method_of
 from arturo_diag.diagnostics.agreement import INITIAL_CURVATURE
 from arturo_diag.diagnostics.io import atomic_write_json
 from arturo_diag.diagnostics.record import RunRecord
@@ -35,7 +36,6 @@ __all__ = ["METRICS_FORMAT", "analyze_record", "findings", "write_metrics"]
 METRICS_FORMAT = "arturo-diag-metrics/1"
 # Defaults of the published configs (ARTURO.md), used only when the record does not say.
 _DEFAULT_SETTINGS = {"var_init": 0.01, "eta_tol": 0.5}
-_REFERENCE_FIELDS = ("h_exact", "h_hutchinson", "h_hutchinson_se", "filter_cov_aa", "precision")
 
 
 def _setting(record: RunRecord, name: str) -> tuple[Any, str]:
@@ -76,17 +76,12 @@ def snapshot_views(record: RunRecord):
     for step in record.snapshot_steps:
         snapshot = record.snapshot(step)
         names = [name for name, fields in snapshot.items() if "curvature" in fields]
-        has = {f: bool(names) and all(f in snapshot[name] for name in names) for f in _REFERENCE_FIELDS}
-        label = (
-            "both"
-            if has["h_exact"] and has["h_hutchinson"]
-            else "exact"
-            if has["h_exact"]
-            else "hutchinson"
-            if has["h_hutchinson"]
-            else "none"
-        )
-        field = {"both": "h_exact", "exact": "h_exact", "hutchinson": "h_hutchinson"}.get(label)
+        # the fields a view says whether every parameter has: the references' and the filter's
+        fields = (*(f for e in REFERENCE_ESTIMATORS.values() for f in e.fields), "filter_cov_aa", "precision")
+        has = {f: bool(names) and all(f in snapshot[name] for name in names) for f in fields}
+        present = tuple(e for e in REFERENCE_ESTIMATORS.values() if has[e.field])
+        label = method_of(tuple(e.name for e in present)) if present else "none"
+        field = present[0].field if present else None  # the preferred reference compares with a
         a = {name: snapshot[name]["curvature"] for name in names}
         h = {name: snapshot[name][field] for name in names} if field else None
         problem = _unusable(a, h, record.layers) if h is not None else None

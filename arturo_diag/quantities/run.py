@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from arturo_diag.curvature.references import REFERENCE_METHODS, estimators_of
 from arturo_diag.quantities._words import _count, _get, _is_number, _num
 from arturo_diag.quantities.base import Context, Findings, Quantity, SnapshotView, snapshot_value
 
@@ -128,6 +129,9 @@ def _reference(out: Findings, metrics: Mapping[str, Any]) -> None:
             "info",
             f"h is the exact diagonal Hessian{method_words} of the training loss on a fixed probe batch.",
         )
+    elif reference in REFERENCE_METHODS:  # a method declared in curvature/references.py, not worded above
+        words = " and the ".join(e.words for e in estimators_of(reference))
+        out.add("reference", "info", f"h is the {words} on a fixed probe batch.")
     else:
         out.add(
             "reference",

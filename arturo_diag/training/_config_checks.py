@@ -13,7 +13,8 @@ from dataclasses import fields
 from types import MappingProxyType
 from typing import Any
 
-from arturo_diag.curvature.methods import EXACT_METHODS, ORACLES, REFERENCE_METHODS
+from arturo_diag.curvature.methods import EXACT_METHODS, ORACLES
+from arturo_diag.curvature.references import REFERENCE_METHODS
 from arturo_diag.errors import ConfigError
 from arturo_diag.optim.arturo import DUAL_CHOICES, KL_CHOICES
 from arturo_diag.optim.presets import PRESET_NAMES

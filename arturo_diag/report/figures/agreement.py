@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from arturo_diag.curvature.references import estimator_for_field
 from arturo_diag.diagnostics.agreement import INITIAL_CURVATURE
 from arturo_diag.diagnostics.record import RunRecord
 from arturo_diag.report.figures.common import (
@@ -24,8 +25,6 @@ from arturo_diag.report.figures.common import (
 from arturo_diag.report.format import get, is_number, num
 
 __all__ = ["FIGURE", "plot_agreement"]
-
-_REFERENCE_WORDS = {"h_exact": "exact diagonal Hessian h", "h_hutchinson": "Hutchinson estimate of h"}
 
 
 def plot_agreement(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> None:
@@ -109,7 +108,8 @@ def plot_agreement(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> N
     ax_rho.set_title("Spearman rank correlation of a with h")
     _legend_outside(ax_err)
     _legend_outside(ax_rho)
-    reference = _REFERENCE_WORDS.get(get(entries[-1], "reference"), "reference h")
+    estimator = estimator_for_field(get(entries[-1], "reference"))
+    reference = estimator.words if estimator is not None else "reference h"
     fig.suptitle(f"Agreement of arTuRO's curvature estimate a with the {reference}, per snapshot and layer")
 
 

@@ -10,6 +10,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from arturo_diag.curvature.references import estimator_for_field
 from arturo_diag.diagnostics.agreement import INITIAL_CURVATURE
 from arturo_diag.diagnostics.record import RunRecord
 from arturo_diag.report.figures.common import (
@@ -109,7 +110,8 @@ def plot_scatter(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> Non
     ax.set_yscale("log")
     ax.set_xlim(x_low, x_high)
     ax.set_ylim(y_low, y_high)
-    reference = "exact" if field == "h_exact" else "Hutchinson"
+    estimator = estimator_for_field(field)
+    reference = estimator.label if estimator is not None else field
     ax.set_xlabel(f"|h|  (reference diagonal Hessian, {reference})")
     ax.set_ylabel("|a|  (arTuRO's curvature estimate)")
     handles += [
