@@ -13,7 +13,9 @@ listed in ``run.unusable_snapshots`` and left out of agreement, movement, calibr
 
 The structure of each entry is documented in the quantity's module (``docs/metrics.md`` lists
 them); the top level is ``format`` (``"arturo-diag-metrics/1"``), one key per quantity, then
-``findings`` (``[{text, severity ("info" | "warning"), topic}]``).
+``verdicts`` (``[{id, outcome, estimate, ci_low, ci_high, rule, text}]``, the decided questions,
+:mod:`arturo_diag.quantities.verdicts`) and ``findings`` (``[{text, severity ("info" |
+"warning"), topic}]``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from arturo_diag.diagnostics.io import atomic_write_json
 from arturo_diag.diagnostics.record import RunRecord
 from arturo_diag.quantities.base import Context, Findings, Options, SnapshotView
 
-__all__ = ["METRICS_FORMAT", "analyze_record", "findings", "write_metrics"]
+__all__ = ["METRICS_FORMAT", "analyze_record", "findings", "verdicts", "write_metrics"]
 
 METRICS_FORMAT = "arturo-diag-metrics/1"
 # Defaults of the published configs (ARTURO.md), used only when the record does not say.
@@ -135,8 +137,18 @@ def analyze_record(
     metrics: dict[str, Any] = {"format": METRICS_FORMAT}
     for quantity in registry:
         metrics[quantity.name] = quantity.compute(context)
+    metrics["verdicts"] = verdicts(metrics)
     metrics["findings"] = findings(metrics)
     return metrics
+
+
+def verdicts(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every quantity's verdicts (registry order), as the dicts of ``metrics["verdicts"]``."""
+    out: list[dict[str, Any]] = []
+    for quantity in quantities.QUANTITIES:
+        if quantity.verdicts is not None:
+            out += [verdict.as_dict() for verdict in quantity.verdicts(metrics)]
+    return out
 
 
 def findings(metrics: Mapping[str, Any]) -> list[dict[str, str]]:

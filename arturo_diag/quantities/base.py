@@ -161,6 +161,8 @@ class Quantity:
         study_columns: ``(metrics, record) -> {column: value}`` for one arTuRO run of a study.
         study_keys: the run columns ``study_columns`` fills, in ``runs.csv`` order.
         study_table: the per-variant summary of those columns (:class:`StudyColumn`).
+        verdicts: ``metrics -> [Verdict]`` (:mod:`arturo_diag.quantities.verdicts`): its decided
+            questions, each yes / no / inconclusive / not_applicable with estimate and interval.
     """
 
     name: str
@@ -174,6 +176,7 @@ class Quantity:
     study_table: tuple[StudyColumn, ...] = ()
 
     study_keys: tuple[str, ...] = ()
+    verdicts: Callable[[Mapping[str, Any]], list[Any]] | None = None
 
 
 # ------------------------------------------------------------------- helpers shared by quantities
