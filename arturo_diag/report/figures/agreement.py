@@ -14,11 +14,10 @@ from arturo_diag.report.figures.common import (
     _C,
     FigureSkipped,
     FigureSpec,
-    _layer_colors,
-    _layer_label,
     _legend_outside,
     _log_if_wide,
     _no_reference_reason,
+    _plot_per_layer,
     _series_layers,
     _values,
 )
@@ -44,41 +43,26 @@ def plot_agreement(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> N
     if not entries:
         raise FigureSkipped(_no_reference_reason(metrics))
     steps = np.asarray([e["step"] for e in entries], dtype=np.float64)
-    layers = _series_layers(entries)
-    colors, many = _layer_colors(layers)
     constant_value = get(entries[-1], "overall", "constant_value")
     constant_value = constant_value if is_number(constant_value) else INITIAL_CURVATURE
     ax_err, ax_rho = fig.subplots(2, 1, sharex=True)
-    marker = "." if len(steps) <= 60 else None
-    for metric, ax in (("relative_error", ax_err), ("spearman", ax_rho)):
-        for i, layer in enumerate(layers):
-            ax.plot(
-                steps,
-                _values(entries, "layers", layer, "estimate", metric),
-                color=colors[layer],
-                lw=1.1,
-                marker=marker,
-                ms=4,
-                alpha=0.9,
-                label=_layer_label(layer, i, layers, many),
-            )
-        ax.plot(
-            steps,
-            _values(entries, "overall", "estimate", metric),
-            color=_C["overall"],
-            lw=2.4,
-            marker=marker,
-            ms=5,
-            label="all coordinates",
-        )
-        previous = _values(entries, "overall", "previous_h", metric)
-        if np.isfinite(previous).any():
-            ax.plot(
-                steps, previous, color="0.45", ls=":", lw=1.6, marker="s", ms=3, label="baseline: previous snapshot's h"
-            )
+    _panel_relative_error(ax_err, steps, entries, constant_value)
+    _panel_spearman(ax_rho, steps, entries, constant_value)
+    _legend_outside(ax_err)
+    _legend_outside(ax_rho)
+    estimator = estimator_for_field(get(entries[-1], "reference"))
+    reference = estimator.words if estimator is not None else "reference h"
+    fig.suptitle(f"Agreement of arTuRO's curvature estimate a with the {reference}, per snapshot and layer")
+
+
+def _panel_relative_error(ax: Any, steps: np.ndarray, entries: list[dict[str, Any]], constant_value: float) -> None:
+    """Top: ||a-h||/||h|| per layer and overall, beside the constant and previous-h baselines (log
+    when the values span more than a factor 10)."""
+    _plot_per_layer(ax, steps, entries, "estimate", "relative_error")
+    _plot_previous_h(ax, steps, entries, "relative_error")
     constant = _values(entries, "overall", "constant", "relative_error")
     # drawn on top: early on a is still 0.1 and the estimate's line lies exactly under it
-    ax_err.plot(
+    ax.plot(
         steps,
         constant,
         color=_C["constant"],
@@ -87,7 +71,20 @@ def plot_agreement(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> N
         zorder=5,
         label=f"baseline: constant {num(constant_value)}",
     )
-    ax_rho.axhline(
+    every_err = np.concatenate(
+        [_values(entries, "overall", "estimate", "relative_error"), constant]
+        + [_values(entries, "layers", layer, "estimate", "relative_error") for layer in _series_layers(entries)]
+    )
+    _log_if_wide(ax, every_err, ratio=10.0)
+    ax.set_ylabel("relative error ||a-h||/||h||\n(lower is better)")
+    ax.set_title("relative error of a against h")
+
+
+def _panel_spearman(ax: Any, steps: np.ndarray, entries: list[dict[str, Any]], constant_value: float) -> None:
+    """Bottom: Spearman of a with h per layer and overall, beside the baselines (a constant at 0)."""
+    _plot_per_layer(ax, steps, entries, "estimate", "spearman")
+    _plot_previous_h(ax, steps, entries, "spearman")
+    ax.axhline(
         0.0,
         color=_C["constant"],
         ls="--",
@@ -95,22 +92,19 @@ def plot_agreement(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> N
         zorder=5,
         label=f"baseline: constant {num(constant_value)} (no ranks: 0)",
     )
-    every_err = np.concatenate(
-        [_values(entries, "overall", "estimate", "relative_error"), constant]
-        + [_values(entries, "layers", layer, "estimate", "relative_error") for layer in layers]
-    )
-    _log_if_wide(ax_err, every_err, ratio=10.0)
-    ax_err.set_ylabel("relative error ||a-h||/||h||\n(lower is better)")
-    ax_rho.set_ylabel("Spearman rank correlation\n(higher is better)")
-    ax_rho.set_ylim(-1.05, 1.05)
-    ax_rho.set_xlabel("optimizer step (snapshots)")
-    ax_err.set_title("relative error of a against h")
-    ax_rho.set_title("Spearman rank correlation of a with h")
-    _legend_outside(ax_err)
-    _legend_outside(ax_rho)
-    estimator = estimator_for_field(get(entries[-1], "reference"))
-    reference = estimator.words if estimator is not None else "reference h"
-    fig.suptitle(f"Agreement of arTuRO's curvature estimate a with the {reference}, per snapshot and layer")
+    ax.set_ylabel("Spearman rank correlation\n(higher is better)")
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_xlabel("optimizer step (snapshots)")
+    ax.set_title("Spearman rank correlation of a with h")
+
+
+def _plot_previous_h(ax: Any, steps: np.ndarray, entries: list[dict[str, Any]], metric: str) -> None:
+    """The baseline "previous snapshot's h", overall, when any snapshot has it."""
+    previous = _values(entries, "overall", "previous_h", metric)
+    if np.isfinite(previous).any():
+        ax.plot(
+            steps, previous, color="0.45", ls=":", lw=1.6, marker="s", ms=3, label="baseline: previous snapshot's h"
+        )
 
 
 #: This figure, listed in its quantity's ``figures`` (:mod:`arturo_diag.quantities`).
