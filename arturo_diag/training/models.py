@@ -1,4 +1,4 @@
-"""Models of arturo-diag, in plain torch: an MLP, small CNNs and CIFAR-style ResNets.
+"""Models of arturo-diag, in plain torch: an MLP, small CNNs, the paper's CNNs and torchvision-style ResNets.
 
 Every model here is built only from Linear/Conv2d/ReLU/pooling/Flatten/Dropout/BatchNorm layers and
 residual additions, and carries the class attribute ``arturo_diag_piecewise_linear = True``:
@@ -27,6 +27,7 @@ __all__ = [
     "MLP",
     "SmallCNN",
     "FashionCNN",
+    "CifarCNN",
     "BasicBlock",
     "ResNet",
     "resnet18",
@@ -136,8 +137,37 @@ class FashionCNN(nn.Module):
         return self.net(x)
 
 
+class CifarCNN(nn.Module):
+    """The arTuRO paper's CIFAR CNN (CIFAR-10 and CIFAR-100), input 3x32x32 (ARTURO.md, "Models").
+
+    Four blocks conv (3x3, stride 1, padding 1) ReLU maxpool2 dropout0.2 with channels
+    3->32->64->128->256, flatten (2*2*256 = 1024), linear 1024->256 ReLU dropout0.5, linear
+    256->``num_classes``: 653,386 parameters with 10 classes, 676,516 with 100.
+    """
+
+    #: the network is linear in each single weight, so diag(H) = diag(GGN) — the curvature
+    #: package's fast exact method may use that (BatchNorm only in eval mode).
+    arturo_diag_piecewise_linear = True
+
+    #: the only input shape the fixed 1024-wide linear layer accepts.
+    input_shape = (3, 32, 32)
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for c_in, c_out in ((3, 32), (32, 64), (64, 128), (128, 256)):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=1, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.2)]
+        layers += [nn.Flatten(), nn.Linear(2 * 2 * 256, 256), nn.ReLU(), nn.Dropout(0.5), nn.Linear(256, num_classes)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
 class BasicBlock(nn.Module):
-    """The ResNet basic block: two 3x3 conv-BN layers plus an identity (or 1x1 conv-BN) shortcut."""
+    """torchvision's ResNet basic block: conv3x3(stride)-BN-ReLU, conv3x3-BN, plus the identity or
+    a 1x1 conv(stride)-BN ``downsample``, then ReLU. Same parameters and names as torchvision's
+    (its one ReLU module, applied twice, is two modules here so each module runs once per pass)."""
 
     #: the network is linear in each single weight, so diag(H) = diag(GGN) — the curvature
     #: package's fast exact method may use that (BatchNorm only in eval mode).
@@ -153,9 +183,9 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.relu2 = nn.ReLU()
-        self.shortcut: nn.Module = nn.Sequential()
+        self.downsample: nn.Module | None = None
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(
+            self.downsample = nn.Sequential(
                 nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
                 nn.BatchNorm2d(planes),
             )
@@ -163,17 +193,22 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu2(out + self.shortcut(x))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu2(out + identity)
 
 
 class ResNet(nn.Module):
-    """A CIFAR-style ResNet: 3x3 stem conv (no max-pool), four stages of basic blocks, global
-    average pooling and a linear head. Widths 64, 128, 256, 512; stages 2-4 halve the resolution.
+    """torchvision's ImageNet-style ResNet with basic blocks, as the paper ran it (ARTURO.md:
+    "not a CIFAR variant"): 7x7 stride-2 stem conv (``in_channels`` -> 64, padding 3, no bias), BN,
+    ReLU, 3x3 stride-2 max-pool, four stages of widths 64, 128, 256, 512 (stages 2-4 halve the
+    resolution), global average pooling and a linear head ``fc``. Initialised as torchvision does
+    (Kaiming-normal fan-out conv weights, BN weight 1 and bias 0, torch's default Linear).
 
     Args:
         num_blocks: blocks per stage, e.g. ``(2, 2, 2, 2)`` for ResNet-18.
         num_classes: number of output logits.
-        in_channels: channels of the input image.
+        in_channels: channels of the input image (1 for Fashion-MNIST: the authors' stem
+            ``Conv2d(1, 64, 7, stride 2, padding 3, bias=False)``).
     """
 
     #: the network is linear in each single weight, so diag(H) = diag(GGN) — the curvature
@@ -182,9 +217,10 @@ class ResNet(nn.Module):
 
     def __init__(self, num_blocks: Sequence[int], num_classes: int = 10, in_channels: int = 3):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         in_planes = 64
         stages = []
         for i, (planes, n) in enumerate(zip((64, 128, 256, 512), num_blocks)):
@@ -195,23 +231,31 @@ class ResNet(nn.Module):
                 in_planes = planes
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
-        self.linear = nn.Linear(512 * BasicBlock.expansion, num_classes)
+        self.fc = nn.Linear(512 * BasicBlock.expansion, num_classes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.constant_(module.weight, 1.0)
+                nn.init.constant_(module.bias, 0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        return self.linear(self.flatten(self.pool(out)))
+        return self.fc(self.flatten(self.avgpool(out)))
 
 
 def resnet18(num_classes: int = 10, in_channels: int = 3) -> ResNet:
-    """CIFAR-style ResNet-18 (blocks 2, 2, 2, 2); 11,173,962 parameters for 3x32x32 and 10 classes."""
+    """torchvision's ``resnet18`` (blocks 2, 2, 2, 2): 11,181,642 parameters with 10 classes
+    (11,689,512 with torchvision's 1000), 11,175,370 with the 1-channel Fashion-MNIST stem."""
     return ResNet((2, 2, 2, 2), num_classes=num_classes, in_channels=in_channels)
 
 
 def resnet34(num_classes: int = 10, in_channels: int = 3) -> ResNet:
-    """CIFAR-style ResNet-34 (blocks 3, 4, 6, 3); 21,282,122 parameters for 10 classes."""
+    """torchvision's ``resnet34`` (blocks 3, 4, 6, 3): 21,289,802 parameters with 10 classes,
+    21,335,972 with 100 (21,797,672 with torchvision's 1000)."""
     return ResNet((3, 4, 6, 3), num_classes=num_classes, in_channels=in_channels)
 
 
@@ -236,9 +280,21 @@ def _build_fashion_cnn(in_channels: int, num_classes: int, image_size: int) -> n
     return FashionCNN(num_classes)
 
 
+def _build_cifar_cnn(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    if (in_channels, image_size) != (3, 32):
+        raise ConfigError(
+            "model",
+            "cifar_cnn",
+            "a dataset with 3x32x32 inputs such as cifar10 or cifar100 "
+            f"(this dataset's inputs are {in_channels}x{image_size}x{image_size})",
+        )
+    return CifarCNN(num_classes)
+
+
 def _build_resnet(factory: Callable[..., ResNet], name: str):
     def build(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
-        # Three stride-2 stages: below 8x8 the last stage would see a 1x1 (or empty) map.
+        # The stem and max-pool divide the side by 4 and stage 2 halves it: below 8x8 stages 2-4
+        # would all see a single pixel.
         if image_size < 8:
             raise ConfigError("model", name, f"an input of at least 8x8 pixels (got {image_size}x{image_size})")
         return factory(num_classes=num_classes, in_channels=in_channels)
@@ -251,6 +307,7 @@ MODELS: dict[str, Callable[[int, int, int], nn.Module]] = {
     "mlp": _build_mlp,
     "small_cnn": _build_small_cnn,
     "fashion_cnn": _build_fashion_cnn,
+    "cifar_cnn": _build_cifar_cnn,
     "resnet18": _build_resnet(resnet18, "resnet18"),
     "resnet34": _build_resnet(resnet34, "resnet34"),
 }

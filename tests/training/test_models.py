@@ -8,6 +8,7 @@ from arturo_diag.errors import ConfigError
 from arturo_diag.training.models import (
     MLP,
     MODELS,
+    CifarCNN,
     FashionCNN,
     SmallCNN,
     build_model,
@@ -33,12 +34,91 @@ def test_fashion_cnn_module_names_are_stable():
     assert names == [f"net.{i}.{k}" for i in (0, 4, 8, 12, 15) for k in ("weight", "bias")]
 
 
-def test_resnet18_cifar10_parameter_count():
-    assert count_parameters(resnet18(num_classes=10)) == 11_173_962
+def _conv(c_in, c_out, k, bias=True):
+    return c_in * c_out * k * k + (c_out if bias else 0)
 
 
-def test_resnet34_cifar10_parameter_count():
-    assert count_parameters(resnet34(num_classes=10)) == 21_282_122
+def _torchvision_resnet_count(blocks, num_classes, in_channels=3):
+    """Straight-line count of torchvision's basic-block ResNet: stem, stages, fc (BN: 2 per channel)."""
+    total = _conv(in_channels, 64, 7, bias=False) + 2 * 64
+    c_in = 64
+    for stage, (width, n) in enumerate(zip((64, 128, 256, 512), blocks)):
+        for b in range(n):
+            total += _conv(c_in, width, 3, False) + 2 * width + _conv(width, width, 3, False) + 2 * width
+            if b == 0 and (stage > 0 or c_in != width):
+                total += _conv(c_in, width, 1, False) + 2 * width  # downsample
+            c_in = width
+    return total + 512 * num_classes + num_classes
+
+
+def test_resnets_have_torchvisions_published_parameter_counts():
+    # torchvision's documented counts for the ImageNet models (1000 classes, 3 channels)
+    assert count_parameters(resnet18(num_classes=1000)) == 11_689_512
+    assert count_parameters(resnet34(num_classes=1000)) == 21_797_672
+    assert _torchvision_resnet_count((2, 2, 2, 2), 1000) == 11_689_512  # the straight-line count agrees
+    assert _torchvision_resnet_count((3, 4, 6, 3), 1000) == 21_797_672
+
+
+@pytest.mark.parametrize(
+    "factory,blocks,num_classes,in_channels",
+    [
+        (resnet18, (2, 2, 2, 2), 10, 1),
+        (resnet18, (2, 2, 2, 2), 10, 3),
+        (resnet34, (3, 4, 6, 3), 10, 3),
+        (resnet34, (3, 4, 6, 3), 100, 3),
+    ],
+)
+def test_resnet_parameter_counts_of_the_papers_setups(factory, blocks, num_classes, in_channels):
+    model = factory(num_classes=num_classes, in_channels=in_channels)
+    assert count_parameters(model) == _torchvision_resnet_count(blocks, num_classes, in_channels)
+    assert count_parameters(resnet18(num_classes=10)) == 11_181_642
+    assert count_parameters(resnet18(num_classes=10, in_channels=1)) == 11_175_370  # Fashion-MNIST stem
+
+
+def test_resnet_is_imagenet_style_with_torchvisions_names():
+    model = resnet18(num_classes=10, in_channels=1)
+    assert tuple(model.conv1.weight.shape) == (64, 1, 7, 7) and model.conv1.bias is None
+    assert model.conv1.stride == (2, 2) and model.conv1.padding == (3, 3)
+    assert (model.maxpool.kernel_size, model.maxpool.stride, model.maxpool.padding) == (3, 2, 1)
+    names = {n for n, _ in model.named_parameters()}
+    assert {
+        "conv1.weight",
+        "bn1.weight",
+        "layer2.0.downsample.0.weight",
+        "layer2.0.downsample.1.bias",
+        "fc.weight",
+    } <= names
+    assert not any("downsample" in n for n in names if n.startswith("layer1."))
+    # 28x28 -> stem 14 -> max-pool 7 -> stages 7, 4, 2, 1
+    model.eval()
+    with torch.no_grad():
+        x = model.maxpool(model.relu(model.bn1(model.conv1(torch.zeros(1, 1, 28, 28)))))
+        assert tuple(x.shape) == (1, 64, 7, 7)
+        sides = []
+        for stage in (model.layer1, model.layer2, model.layer3, model.layer4):
+            x = stage(x)
+            sides.append(x.shape[-1])
+    assert sides == [7, 4, 2, 1]
+
+
+def test_cifar_cnn_parameter_count_and_layout():
+    expected = _conv(3, 32, 3) + _conv(32, 64, 3) + _conv(64, 128, 3) + _conv(128, 256, 3)
+    expected += 1024 * 256 + 256
+    assert count_parameters(CifarCNN(num_classes=10)) == expected + 256 * 10 + 10 == 653_386
+    assert count_parameters(CifarCNN(num_classes=100)) == expected + 256 * 100 + 100 == 676_516
+    model = CifarCNN()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding) for c in convs] == [
+        (a, b, (3, 3), (1, 1), (1, 1)) for a, b in ((3, 32), (32, 64), (64, 128), (128, 256))
+    ]
+    drops = [m.p for m in model.modules() if isinstance(m, nn.Dropout)]
+    assert drops == [0.2, 0.2, 0.2, 0.2, 0.5]
+
+
+@pytest.mark.parametrize("shape", [DIGITS, FASHION, (3, 28, 10)])
+def test_cifar_cnn_rejects_other_input_shapes(shape):
+    with pytest.raises(ConfigError, match="3x32x32"):
+        build_model("cifar_cnn", in_channels=shape[0], num_classes=shape[2], image_size=shape[1])
 
 
 def test_small_cnn_is_small():
@@ -63,6 +143,8 @@ SHAPES = [
     ("small_cnn", CIFAR10),
     ("small_cnn", CIFAR100),
     ("fashion_cnn", FASHION),
+    ("cifar_cnn", CIFAR10),
+    ("cifar_cnn", CIFAR100),
     ("resnet18", DIGITS),
     ("resnet18", FASHION),
     ("resnet18", CIFAR10),
@@ -85,7 +167,7 @@ def test_output_shape(name, shape):
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_model_is_flagged_piecewise_linear(name):
-    shape = FASHION if name == "fashion_cnn" else DIGITS
+    shape = FASHION if name == "fashion_cnn" else CIFAR10 if name == "cifar_cnn" else DIGITS
     model = build_model(name, in_channels=shape[0], num_classes=shape[2], image_size=shape[1])
     assert type(model).arturo_diag_piecewise_linear is True
     allowed = (
@@ -166,6 +248,6 @@ def test_nonpositive_sizes_are_rejected():
 def test_curvature_package_accepts_every_model_as_ggn_exact(name):
     from arturo_diag.curvature.exact import check_ggn_exact
 
-    shape = FASHION if name == "fashion_cnn" else CIFAR10 if name.startswith("resnet") else DIGITS
+    shape = FASHION if name == "fashion_cnn" else CIFAR10 if name.startswith(("resnet", "cifar")) else DIGITS
     model = build_model(name, in_channels=shape[0], num_classes=shape[2], image_size=shape[1])
     assert check_ggn_exact(model, nn.functional.cross_entropy) == "cross_entropy"
