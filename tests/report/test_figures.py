@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import copy
+import json
+import re
 import struct
 
 import numpy as np
 import pytest
+import records
 from matplotlib.figure import Figure
 
 from arturo_diag import quantities
 from arturo_diag.diagnostics.record import RunRecord
-from arturo_diag.quantities.analysis import analyze_record
+from arturo_diag.quantities.analysis import analyze_record, write_metrics
 from arturo_diag.report import figures
 from arturo_diag.report.figures import (
     DPI,
@@ -28,6 +31,7 @@ from arturo_diag.report.figures import (
 )
 
 FIGURES = quantities.figures()
+FINISH = {"model": "mlp", "dataset": "teacher", "optimizer_name": "arturo", "seconds": 1.0}
 SPECS = {spec.name: spec for spec in FIGURES}
 
 
@@ -90,29 +94,148 @@ def test_agreement_draws_layers_overall_and_both_baselines(standard):
         "all coordinates",
         "baseline: constant 0.1",
         "baseline: previous snapshot's h",
+        "baseline: zero vector (relative error 1)",
+        "baseline: best constant (mean of h)",
         "baseline: constant 0.1 (no ranks: 0)",
+        "a minus constant 0.1, all coordinates",
     ):
         assert label in labels
-    err, rho = fig.axes[:2]
+    err, diff, rho = fig.axes[:3]
     steps = [e["step"] for e in metrics["agreement"]["snapshots"]]
     overall = next(line for line in err.get_lines() if line.get_label() == "all coordinates")
     assert list(overall.get_xdata()) == steps
     expected = [e["overall"]["estimate"]["relative_error"] for e in metrics["agreement"]["snapshots"]]
     np.testing.assert_allclose(overall.get_ydata(), expected)
+    zero = next(line for line in err.get_lines() if line.get_label().startswith("baseline: zero vector"))
+    assert np.all(np.asarray(zero.get_ydata()) == 1.0)
     assert rho.get_ylim() == (-1.05, 1.05)
     assert "relative error" in err.get_ylabel() and "Spearman" in rho.get_ylabel()
+    assert diff.get_title().startswith("difference of relative errors")
 
 
-def test_scatter_marks_signs_diagonal_and_prior(standard):
+def _line(ax, label):
+    return next(line for line in ax.get_lines() if line.get_label() == label)
+
+
+def test_agreement_difference_panel_is_a_minus_the_constant_from_metrics_json(standard, tmp_path):
     record, metrics = standard
-    fig = _draw(plot_scatter, record, metrics)
+    write_metrics(tmp_path, metrics)
+    loaded = json.loads((tmp_path / "metrics.json").read_text())
+    fig = _draw(plot_agreement, record, loaded)
+    diff = next(ax for ax in fig.axes if ax.get_title().startswith("difference"))
+    line = _line(diff, "a minus constant 0.1, all coordinates")
+    entries = loaded["agreement"]["snapshots"]
+    expected = [
+        e["overall"]["estimate"]["relative_error"] - e["overall"]["constant"]["relative_error"] for e in entries
+    ]
+    assert list(line.get_xdata()) == [e["step"] for e in entries]
+    np.testing.assert_allclose(line.get_ydata(), expected, rtol=1e-12)
+    zero = _line(diff, "0: a scores as the constant 0.1")
+    assert np.all(np.asarray(zero.get_ydata()) == 0.0)
+
+
+def test_agreement_difference_panel_tells_nearly_equal_errors_apart(standard):
+    """ "15.385 vs 15.355" are one line in the top panel; the middle panel shows 0.03 and the digits."""
+    record, metrics = standard
+    planted = copy.deepcopy(metrics)
+    for entry in planted["agreement"]["snapshots"]:
+        entry["overall"]["estimate"]["relative_error"] = 15.385
+        entry["overall"]["constant"]["relative_error"] = 15.355
+    diff = next(ax for ax in _draw(plot_agreement, record, planted).axes if ax.get_title().startswith("difference"))
+    np.testing.assert_allclose(_line(diff, "a minus constant 0.1, all coordinates").get_ydata(), 0.03, atol=1e-12)
+    (text,) = [t.get_text() for t in diff.texts]
+    shown = re.fullmatch(r"step 60: ([0-9.]+) - ([0-9.]+) = 0\.03", text)
+    assert shown, text
+    mine, theirs = float(shown[1]), float(shown[2])
+    assert mine != theirs and abs(mine - 15.385) < 0.006 and abs(theirs - 15.355) < 0.006
+    assert diff.get_ylim()[0] < 0.03 < diff.get_ylim()[1]
+
+
+def test_agreement_best_constant_is_the_mean_of_h(standard):
+    """The best constant's line is ||mean(h) - h|| / ||h|| of each snapshot's h (straight from the
+    record's arrays), never above the constant 0.1's; a best_constant entry in the metrics wins."""
+    record, metrics = standard
+    err = _draw(plot_agreement, record, metrics).axes[0]
+    best = _line(err, "baseline: best constant (mean of h)")
+    expected = []
+    for entry in metrics["agreement"]["snapshots"]:
+        h = np.concatenate([arrays["h_exact"].ravel() for arrays in record.snapshot(entry["step"]).values()])
+        expected.append(np.linalg.norm(h - h.mean()) / np.linalg.norm(h))
+    np.testing.assert_allclose(best.get_ydata(), expected, rtol=1e-10)
+    constant = [e["overall"]["constant"]["relative_error"] for e in metrics["agreement"]["snapshots"]]
+    assert np.all(np.asarray(best.get_ydata()) <= np.asarray(constant) + 1e-12)
+
+    given = copy.deepcopy(metrics)
+    for entry in given["agreement"]["snapshots"]:
+        entry["overall"]["best_constant"] = {"relative_error": 0.123}
+    best = _line(_draw(plot_agreement, record, given).axes[0], "baseline: best constant (mean of h)")
+    np.testing.assert_allclose(best.get_ydata(), 0.123)
+
+
+def _final_metrics(step: int = 60) -> dict:
+    return {"run": {"n_snapshots": 6}, "agreement": {"final": {"step": step, "reference": "h_exact"}}}
+
+
+def test_scatter_places_log_ratio_against_log_h_for_a_planted_ten_times_h(tmp_path):
+    """a = 10 h at every coordinate: every placed point has y = log10(a/h) = 1 and x = log10|h|;
+    the coordinates with h = 0 (there a = 0) and those whose sign is flipped (a/h < 0) are counted."""
+    shape = (7, 5)
+    zero = np.zeros(shape, dtype=bool)
+    zero[0, :2] = True  # 2 zeros per parameter
+    flipped = np.zeros(shape, dtype=bool)
+    flipped[1, :3] = True  # 3 opposite signs per parameter
+    planted = {}
+
+    def arrays(rng, shape, t):
+        h = rng.choice([-1.0, 1.0], size=shape) * 10.0 ** rng.uniform(-12, 2, size=shape)
+        h[zero] = 0.0
+        a = 10.0 * h
+        a[flipped] = -a[flipped]
+        planted.setdefault(t, []).append(h)
+        return h, {"curvature": a, "filter_cov_aa": np.full(shape, 0.04), "precision": np.full(shape, 100.0)}
+
+    parameters = {"net.0.weight": shape, "net.2.weight": shape}
+    record = RunRecord.load(
+        records.write_record(tmp_path / "run", arrays=arrays, parameters=parameters, kind="monitor", finish=FINISH)
+    )
+    fig = _draw(plot_scatter, record, _final_metrics())
     ax = fig.axes[0]
-    assert ax.get_xscale() == ax.get_yscale() == "log"
-    labels = _labels(fig)
-    assert {"same sign", "opposite sign", "y = x (a = h)", "0.1 = prior (initial a)"} <= set(labels)
-    assert sum(len(c.get_offsets()) for c in ax.collections) == 26
-    assert "step 60" in ax.get_title() and "opposite signs" in ax.get_title()
-    assert any(np.allclose(line.get_ydata(), 0.1) for line in ax.get_lines())
+    points = np.concatenate([np.asarray(c.get_offsets()) for c in ax.collections])
+    h = np.concatenate([x.ravel() for x in planted[6]])
+    placed = ~np.concatenate([zero.ravel(), zero.ravel()]) & ~np.concatenate([flipped.ravel(), flipped.ravel()])
+    assert len(points) == placed.sum() == 2 * (35 - 5)
+    np.testing.assert_allclose(points[:, 1], 1.0, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.sort(points[:, 0]), np.sort(np.log10(np.abs(h[placed]))), rtol=1e-12)
+    assert points[:, 0].max() - points[:, 0].min() > 10  # the planted 14 decades of |h|
+    hidden = "10 coordinates with a/h <= 0 or h = 0 not shown"
+    assert hidden in _labels(fig) and hidden in ax.get_title() and "step 60" in ax.get_title()
+    assert "median log10(a/h) of those placed 1" in ax.get_title()
+    assert ax.get_xscale() == ax.get_yscale() == "linear"
+    lines = {line.get_linestyle(): line for line in ax.get_lines()}
+    assert np.all(np.asarray(lines["-"].get_ydata()) == 0.0)  # y = 0: a = h
+    x, y = (np.asarray(v, dtype=float) for v in lines["--"].get_data())
+    np.testing.assert_allclose(y, np.log10(0.1 / 10.0**x))  # the prior a = 0.1
+    assert ax.get_ylim()[0] < 0 and ax.get_ylim()[1] > 1
+
+
+def test_scatter_counts_non_finite_coordinates_and_skips_when_none_can_be_placed(tmp_path):
+    def arrays(rng, shape, t):
+        h = np.abs(rng.normal(size=shape)) + 0.1
+        a = h.copy()
+        a[0] = np.nan
+        if t == 6:
+            a = -h  # nothing can be placed at the final snapshot
+        return h, {"curvature": a, "filter_cov_aa": np.full(shape, 0.04)}
+
+    parameters = {"net.0.weight": (6,)}
+    record = RunRecord.load(
+        records.write_record(tmp_path / "run", arrays=arrays, parameters=parameters, kind="monitor", finish=FINISH)
+    )
+    with pytest.raises(FigureSkipped, match="a/h > 0"):
+        _draw(plot_scatter, record, _final_metrics(60))
+    ax = _draw(plot_scatter, record, _final_metrics(50)).axes[0]
+    assert sum(len(c.get_offsets()) for c in ax.collections) == 5
+    assert "1 coordinate with a/h <= 0 or h = 0 not shown (1 of them not finite)" in ax.get_title()
 
 
 def test_scatter_subsamples_large_records_deterministically(make_record):
@@ -123,7 +246,7 @@ def test_scatter_subsamples_large_records_deterministically(make_record):
     for _ in range(2):
         ax = _draw(plot_scatter, record, metrics).axes[0]
         assert sum(len(c.get_offsets()) for c in ax.collections) == MAX_SCATTER_POINTS
-        assert "random subsample" in ax.get_title()
+        assert "random subsample" in ax.get_title() and "placeable coordinates" in ax.get_title()
         offsets.append(np.concatenate([np.asarray(c.get_offsets()) for c in ax.collections]))
     np.testing.assert_array_equal(offsets[0], offsets[1])
 
@@ -165,7 +288,7 @@ def test_lag_title_says_no_identifiable_lag_when_flat(standard):
 
     lagged = copy.deepcopy(metrics)
     lagged["lag"].update(identifiable=True, best_k=2, best_lag_steps=20.0)
-    assert "lags h by about 2 snapshots (20 steps)" in _draw(plot_lag, record, lagged).get_suptitle()
+    assert "a lags h by 2 snapshots (20 steps)" in _draw(plot_lag, record, lagged).get_suptitle()
 
 
 def test_trust_region_marks_inactive_steps_bound_drops_and_thresholds(standard):

@@ -14,7 +14,7 @@ and DPI, fixed style (``rc_context``, nothing global is changed), no pyplot stat
 metadata without the matplotlib version, so the same record gives byte-identical files.
 
 Modules: :mod:`.common` (style, PNG writing, shared helpers), :mod:`.agreement`,
-:mod:`.movement` (the |a| vs |h| scatter), :mod:`.calibration`, :mod:`.lag`,
+:mod:`.movement` (the log10(a/h) vs log10|h| scatter), :mod:`.calibration`, :mod:`.lag`,
 :mod:`.trust_region`, :mod:`.health` (precision), :mod:`.training`. Each defines its plot
 function and its ``FIGURE`` (a :class:`FigureSpec`: file name, size, caption). To add a figure:
 write its plot function and ``FigureSpec`` and list it in its quantity's ``figures``

@@ -1,5 +1,6 @@
-"""Figure of how far the curvature estimate a moved: |a| against |h| at the final snapshot, beside
-the prior 0.1 (coordinates that never left it lie along its line)."""
+"""Figure of how far the curvature estimate a moved: log10(a/h) against log10|h| at the final
+snapshot, beside a = h (the line y = 0) and the prior 0.1 (coordinates that never left it lie along
+the line log10(0.1/|h|))."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from arturo_diag.report.figures.common import (
     _legend_outside,
     _no_reference_reason,
 )
-from arturo_diag.report.format import count, get, num, pct
+from arturo_diag.report.format import count, get, num, plural
 
 __all__ = ["FIGURE", "MAX_SCATTER_POINTS", "plot_scatter"]
 
@@ -30,13 +31,16 @@ _SCATTER_SEED = 0
 
 
 def plot_scatter(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> None:
-    """|a| against |h| for every coordinate at the final snapshot (log-log), coloured by layer.
+    """log10(a/h) against log10|h| for every coordinate at the final snapshot, coloured by layer.
 
-    Circles are coordinates where a and h have the same sign, crosses where the signs differ. On
-    the diagonal ``y = x`` the estimate is exact; the dashed horizontal line is 0.1, arTuRO's
-    initial a (the prior): points spread along it are coordinates that never left it. Coordinates
-    with ``a = 0`` or ``h = 0`` cannot be drawn on log axes and are counted in the title. At most
-    20,000 points are drawn, a random subsample with a fixed seed.
+    The y axis is the error in orders of magnitude (1: a is ten times h, -1: a tenth of it), the x
+    axis where the coordinate lies in the curvature's range, so that the 14 decades of |h| no
+    longer squash the estimate's spread into a near-vertical y = x. On the solid line ``y = 0`` the
+    estimate is exact; the dashed line ``y = log10(0.1/|h|)`` is where ``a = 0.1``, arTuRO's initial
+    a (the prior): points along it are coordinates that never left it. Coordinates where ``a/h <=
+    0`` (a is zero or of the other sign), ``h = 0`` or either is not finite cannot be placed; they
+    are counted in the title and the legend. At most 20,000 points are drawn, a random subsample
+    (fixed seed) of those that can be placed.
 
     Needs ``metrics["agreement"]["final"]`` (``step``, ``reference``) and the arrays ``curvature``
     and that reference (``h_exact`` or ``h_hutchinson``) of the snapshot at that step.
@@ -48,91 +52,99 @@ def plot_scatter(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> Non
     arrays, layer_index = _final_arrays(record, step, ("curvature", field))
     a, h = arrays["curvature"], arrays[field]
     layers = list(dict.fromkeys(record.layers.get(n, n) for n in record.parameters))
-    n_total = a.size
-    usable = np.isfinite(a) & np.isfinite(h) & (a != 0) & (h != 0)
-    chosen = np.flatnonzero(usable)
+    finite = np.isfinite(a) & np.isfinite(h)
+    placeable = finite & (h != 0)
+    placeable[placeable] = a[placeable] / h[placeable] > 0
+    chosen = np.flatnonzero(placeable)
     if chosen.size == 0:
-        raise FigureSkipped(f"at step {step} no coordinate has a finite, non-zero a and h")
+        raise FigureSkipped(f"at step {step} no coordinate has finite a and h with h != 0 and a/h > 0")
+    x_all = np.log10(np.abs(h[chosen]))
+    y_all = np.log10(a[chosen] / h[chosen])
     subsampled = chosen.size > MAX_SCATTER_POINTS
+    picked = np.arange(chosen.size)
     if subsampled:
         rng = np.random.default_rng(_SCATTER_SEED)
-        chosen = np.sort(rng.choice(chosen, MAX_SCATTER_POINTS, replace=False))
-    a, h, layer_index = a[chosen], h[chosen], layer_index[chosen]
-    same = np.sign(a) == np.sign(h)
-    abs_a, abs_h = np.abs(a), np.abs(h)
-    colors, many = _layer_colors(layers)
-    dot, cross = (24, 36) if len(chosen) <= 2000 else (9, 16)
+        picked = np.sort(rng.choice(chosen.size, MAX_SCATTER_POINTS, replace=False))
+    x, y, layer_index = x_all[picked], y_all[picked], layer_index[chosen[picked]]
     ax = fig.subplots()
-    handles: list[Any] = []
-    if many:
-        cmap = sns.color_palette("viridis", as_cmap=True)
-        for mask, marker in ((same, "o"), (~same, "x")):
-            points = ax.scatter(
-                abs_h[mask],
-                abs_a[mask],
-                c=layer_index[mask],
-                cmap=cmap,
-                vmin=0,
-                vmax=max(len(layers) - 1, 1),
-                marker=marker,
-                s=dot if marker == "o" else cross,
-                alpha=0.55,
-                linewidths=0 if marker == "o" else 0.8,
-                rasterized=False,
-            )
-        colorbar = fig.colorbar(points, ax=ax, pad=0.01)
-        colorbar.set_label(f"layer index (0 = {layers[0]}, {len(layers) - 1} = {layers[-1]})")
-    else:
-        for i, layer in enumerate(layers):
-            in_layer = layer_index == i
-            if not in_layer.any():
-                continue
-            for mask, marker in ((in_layer & same, "o"), (in_layer & ~same, "x")):
-                if mask.any():
-                    ax.scatter(
-                        abs_h[mask],
-                        abs_a[mask],
-                        color=colors[layer],
-                        marker=marker,
-                        s=dot if marker == "o" else cross,
-                        alpha=0.55,
-                        linewidths=0 if marker == "o" else 0.8,
-                    )
-            handles.append(Line2D([], [], ls="", marker="o", color=colors[layer], label=layer))
-    # y covers |a| and the prior; x covers |h| and the y range, so that the diagonal is visible
-    y_low = float(min(abs_a.min(), INITIAL_CURVATURE)) / 1.5
-    y_high = float(max(abs_a.max(), INITIAL_CURVATURE)) * 1.5
-    x_low = min(float(abs_h.min()) / 1.5, y_low)
-    x_high = max(float(abs_h.max()) * 1.5, y_high)
-    ax.plot([x_low, x_high], [x_low, x_high], color="black", lw=1.0)
-    ax.axhline(INITIAL_CURVATURE, color="black", ls="--", lw=1.0)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlim(x_low, x_high)
-    ax.set_ylim(y_low, y_high)
+    handles = _draw_points(fig, ax, x, y, layer_index, layers)
+    _reference_lines(ax, x, y)
     estimator = estimator_for_field(field)
     reference = estimator.label if estimator is not None else field
-    ax.set_xlabel(f"|h|  (reference diagonal Hessian, {reference})")
-    ax.set_ylabel("|a|  (arTuRO's curvature estimate)")
+    ax.set_xlabel(f"log10 |h|  (reference diagonal Hessian, {reference})")
+    ax.set_ylabel("log10(a/h)  (0: a = h, 1: a is 10x h)")
+    not_placed = int(a.size - chosen.size)
+    nonfinite = int(a.size - np.count_nonzero(finite))
+    hidden = f"{plural(not_placed, 'coordinate')} with a/h <= 0 or h = 0 not shown" + (
+        f" ({count(nonfinite)} of them not finite)" if nonfinite else ""
+    )
     handles += [
-        Line2D([], [], ls="", marker="o", color="0.35", label="same sign"),
-        Line2D([], [], ls="", marker="x", color="0.35", label="opposite sign"),
-        Line2D([], [], color="black", lw=1.0, label="y = x (a = h)"),
-        Line2D([], [], color="black", ls="--", lw=1.0, label=f"{num(INITIAL_CURVATURE)} = prior (initial a)"),
+        Line2D([], [], color="black", lw=1.0, label="y = 0 (a = h)"),
+        Line2D(
+            [],
+            [],
+            color="black",
+            ls="--",
+            lw=1.0,
+            label=f"a = {num(INITIAL_CURVATURE)} = prior: log10({num(INITIAL_CURVATURE)}/|h|)",
+        ),
+        Line2D([], [], ls="", label=hidden),
     ]
     _legend_outside(ax, handles)
-    excluded = int(n_total - np.count_nonzero(usable))
     shown = (
-        f"{count(len(chosen))} of {count(int(usable.sum()))} drawable coordinates (random subsample, seed "
-        f"{_SCATTER_SEED})"
+        f"{count(len(picked))} of {count(chosen.size)} placeable coordinates (random subsample, seed {_SCATTER_SEED})"
         if subsampled
-        else f"{count(len(chosen))} coordinates"
+        else f"{count(len(picked))} of {count(a.size)} coordinates"
     )
-    zeros = f"{count(excluded)} of {count(n_total)} with a = 0 or h = 0 (or non-finite) not drawn; " if excluded else ""
     ax.set_title(
-        f"|a| vs |h| at the final snapshot (step {step}): {shown}\n"
-        f"{zeros}{pct(float(np.mean(~same)))} of those drawn have opposite signs"
+        f"log10(a/h) vs log10|h| at the final snapshot (step {step}): {shown}\n"
+        f"{hidden}; median log10(a/h) of those placed {num(float(np.median(y_all)))}"
     )
+
+
+def _draw_points(
+    fig: Figure, ax: Any, x: np.ndarray, y: np.ndarray, layer_index: np.ndarray, layers: list[str]
+) -> list[Any]:
+    """The points, one colour per layer (named in the legend), or by depth with a colour bar above
+    ten layers; returns the legend handles of the layers."""
+    colors, many = _layer_colors(layers)
+    size = 24 if len(x) <= 2000 else 9
+    handles: list[Any] = []
+    if many:
+        points = ax.scatter(
+            x,
+            y,
+            c=layer_index,
+            cmap=sns.color_palette("viridis", as_cmap=True),
+            vmin=0,
+            vmax=max(len(layers) - 1, 1),
+            s=size,
+            alpha=0.55,
+            linewidths=0,
+        )
+        colorbar = fig.colorbar(points, ax=ax, pad=0.01)
+        colorbar.set_label(f"layer index (0 = {layers[0]}, {len(layers) - 1} = {layers[-1]})")
+        return handles
+    for i, layer in enumerate(layers):
+        in_layer = layer_index == i
+        if in_layer.any():
+            ax.scatter(x[in_layer], y[in_layer], color=colors[layer], s=size, alpha=0.55, linewidths=0)
+            handles.append(Line2D([], [], ls="", marker="o", color=colors[layer], label=layer))
+    return handles
+
+
+def _reference_lines(ax: Any, x: np.ndarray, y: np.ndarray) -> None:
+    """y = 0 (a = h) and the prior's line y = log10(0.1) - x across the points' x range; the y range
+    covers the points and 0."""
+    pad_x = max(0.05 * float(x.max() - x.min()), 0.25)
+    x_low, x_high = float(x.min()) - pad_x, float(x.max()) + pad_x
+    y_low, y_high = min(float(y.min()), 0.0), max(float(y.max()), 0.0)
+    pad_y = max(0.05 * (y_high - y_low), 0.25)
+    ax.axhline(0.0, color="black", lw=1.0)
+    prior = np.log10(INITIAL_CURVATURE)
+    ax.plot([x_low, x_high], [prior - x_low, prior - x_high], color="black", ls="--", lw=1.0)
+    ax.set_xlim(x_low, x_high)
+    ax.set_ylim(y_low - pad_y, y_high + pad_y)
 
 
 #: This figure, listed in its quantity's ``figures`` (:mod:`arturo_diag.quantities`).
@@ -140,6 +152,7 @@ FIGURE = FigureSpec(
     "scatter",
     plot_scatter,
     (10.0, 6.5),
-    "|a| against |h| at the final snapshot, log-log, coloured by layer; circles same sign, crosses "
-    "opposite sign; the diagonal is a = h, the dashed line the prior 0.1.",
+    "log10(a/h) against log10|h| at the final snapshot, coloured by layer: on the solid line y = 0 a equals h, "
+    "the dashed line is a = 0.1 (the prior, log10(0.1/|h|)); coordinates with a/h <= 0 or h = 0 cannot be "
+    "placed and are counted in the title.",
 )
