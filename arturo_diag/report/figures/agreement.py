@@ -132,8 +132,8 @@ def _panel_relative_error(
 
 
 def _panel_difference(ax: Any, steps: np.ndarray, entries: list[dict[str, Any]], constant_value: float) -> None:
-    """Middle: a's relative error minus the constant's, overall, with 0 marked and the final
-    values written with the digits that tell them apart."""
+    """Middle: a's relative error minus the constant's, overall, with 0 marked; the title gives the
+    final values with the digits that tell them apart."""
     estimate = _values(entries, "overall", "estimate", "relative_error")
     constant = _values(entries, "overall", "constant", "relative_error")
     difference = estimate - constant
@@ -147,21 +147,16 @@ def _panel_difference(ax: Any, steps: np.ndarray, entries: list[dict[str, Any]],
         ms=5,
         label=f"a minus constant {num(constant_value)}, all coordinates",
     )
+    title = f"difference of relative errors, a minus the constant {num(constant_value)}"
     last = np.flatnonzero(np.isfinite(difference))
     if last.size:
         i = int(last[-1])
         digits = distinguishing_digits([estimate[i], constant[i]])
-        ax.annotate(
-            f"step {int(steps[i])}: {num(estimate[i], digits)} - {num(constant[i], digits)} = {num(difference[i])}",
-            (steps[i], difference[i]),
-            xytext=(-6, 8),
-            textcoords="offset points",
-            ha="right",
-            fontsize=8,
-            bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "0.8", "alpha": 0.9},
+        title += (
+            f" (step {int(steps[i])}: {num(estimate[i], digits)} - {num(constant[i], digits)} = {num(difference[i])})"
         )
     ax.set_ylabel(f"a's minus constant {num(constant_value)}'s\nrelative error (< 0: a better)")
-    ax.set_title(f"difference of relative errors, a minus the constant {num(constant_value)}")
+    ax.set_title(title)
 
 
 def _panel_spearman(ax: Any, steps: np.ndarray, entries: list[dict[str, Any]], constant_value: float) -> None:
