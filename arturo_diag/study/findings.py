@@ -1,10 +1,10 @@
 """A study's results in words: each variant against faithful, what did not learn, the caveats.
 
 ``study_findings(data, summary)`` returns ``[{text, severity ("info" | "warning"), topic}]`` in a
-fixed order. "x +- y points" is the mean paired difference of final test accuracy over seeds
-(variant minus faithful, in percentage points) and the half-width of its 95 % t interval; the
-p-value is the paired t-test's. Decisions use p < 0.05 without correction; the tables carry
-Holm-adjusted p-values beside.
+fixed order. Each variant's comparison with faithful quotes its verdict's text
+(:mod:`arturo_diag.study.verdicts`: the rule, the margins, the cautions). A baseline whose mean
+final train accuracy is more than TRAIN_GAP (5 points) below the best variant's gets a finding: it
+did not converge, so its difference in test accuracy measures its settings and budget.
 """
 
 from __future__ import annotations
@@ -14,68 +14,50 @@ from typing import Any
 
 import pandas as pd
 
-from arturo_diag.numbers import sig
 from arturo_diag.study.aggregate import REFERENCE_VARIANT, StudyData
+from arturo_diag.study.verdicts import ACCURACY_MARGIN, LOSS_MARGIN_RELATIVE, study_verdicts
 
-__all__ = ["study_findings", "ALPHA"]
+__all__ = ["study_findings", "TRAIN_GAP"]
 
-ALPHA = 0.05
-
-
-def _p(p: float) -> str:
-    return sig(p, 2)
+TRAIN_GAP = 0.05  # a baseline more than 5 points of train accuracy below the best variant did not converge
 
 
 def _finding(text: str, topic: str, severity: str = "info") -> dict[str, str]:
     return {"text": text, "severity": severity, "topic": topic}
 
 
-def _baseline_settings(values: dict[str, Any]) -> str:
-    parts = [f"{k} {v:g}" for k, v in values.items() if k != "lr_gamma"]
-    return ", ".join(parts)
-
-
-def _comparison_text(variant, comparison: dict[str, Any], setup, every: int) -> str:
-    n = comparison["n"]
-    diff = comparison["mean_diff"] * 100.0
-    half = comparison["half_width"] * 100.0
-    seeds = f"{n} seed{'s' if n != 1 else ''}"
-    if variant.family == "baseline":
-        settings = _baseline_settings(dict(setup.baselines.values.get(variant.kind, {})))
-        subject = f"{variant.describe()} ({settings})" if settings else variant.describe()
-    else:
-        phrase = variant.describe(every)
-        subject = phrase[0].upper() + phrase[1:]
-    note = comparison.get("note", "")
-    if n == 1:
-        return f"{subject}: {diff:+.1f} points of test accuracy against faithful arTuRO with 1 seed (no test possible)."
-    if "identical in every seed" in note:
-        return f"{subject} gives exactly the test accuracy of faithful arTuRO in each of the {seeds}."
-    if "zero spread" in note:
-        return (
-            f"{subject} differs from faithful arTuRO by exactly {diff:+.1f} points of test accuracy in each of "
-            f"the {seeds} (no spread: no t-test)."
-        )
-    p = comparison["p_t"]
-    significant = math.isfinite(p) and p < ALPHA
-    if not significant:
-        who = f"{subject} and faithful arTuRO are" if variant.family == "baseline" else f"{subject}:"
-        if variant.family == "baseline":
-            return (
-                f"{who} not distinguishable in test accuracy ({diff:+.1f} +- {half:.1f} points, "
-                f"p = {_p(p)} over {seeds})."
+def _convergence_findings(prefix: str, setup: str, study, runs: pd.DataFrame) -> list[dict[str, str]]:
+    """A baseline whose mean final train accuracy is more than TRAIN_GAP below the best variant's:
+    it did not converge, so its test-accuracy difference measures its settings, not the optimizer."""
+    done = runs[(runs.setup == setup) & (runs.status == "complete")]
+    train = pd.to_numeric(done.train_accuracy, errors="coerce")
+    means = {
+        v.name: float(train[done.variant == v.name].mean())
+        for v in study.variants
+        if train[done.variant == v.name].notna().any()
+    }
+    if not means:
+        return []
+    best = max(means, key=lambda k: means[k])
+    out = []
+    for variant in study.variants:
+        gap = means[best] - means.get(variant.name, math.nan)
+        if variant.family != "baseline" or not gap > TRAIN_GAP:
+            continue
+        values = train[done.variant == variant.name].dropna()
+        spread = f", {values.min():.1%} to {values.max():.1%}" if len(values) > 1 else ""
+        out.append(
+            _finding(
+                f"{prefix}{variant.name} did not converge: its final train accuracy is {means[variant.name]:.1%} "
+                f"(mean over {len(values)} seed{'s' if len(values) != 1 else ''}{spread}), {gap * 100:.1f} points "
+                f"below the best variant's ({best}, {means[best]:.1%}; rule: a baseline more than "
+                f"{TRAIN_GAP * 100:g} points below). Its difference in test accuracy measures its settings and "
+                "budget, not the optimizer.",
+                "convergence",
+                "warning",
             )
-        return (
-            f"{who} no detectable change in test accuracy ({diff:+.1f} +- {half:.1f} points, p = {_p(p)} over {seeds})."
         )
-    if variant.family == "baseline":
-        where = "below" if diff < 0 else "above"
-        return (
-            f"{subject} ends {abs(diff):.1f} +- {half:.1f} points {where} faithful arTuRO in test accuracy, "
-            f"p = {_p(p)} over {seeds}."
-        )
-    verb = "lowers" if diff < 0 else "raises"
-    return f"{subject} {verb} test accuracy by {abs(diff):.1f} +- {half:.1f} points, p = {_p(p)} over {seeds}."
+    return out
 
 
 def _some_runs(runs: pd.DataFrame, detail: str) -> str:
@@ -248,9 +230,12 @@ def _curvature_and_paper_findings(prefix: str, setup, block: dict[str, Any]) -> 
     return out
 
 
-def _setup_findings(data: StudyData, summary: dict[str, Any], setup) -> list[dict[str, str]]:
-    """One setup's findings: no reference, each comparison with faithful, each variant's outcome and
-    switch, then curvature and the paper (prefixed ``[setup]`` when the study has several)."""
+def _setup_findings(
+    data: StudyData, summary: dict[str, Any], setup, verdicts: list[dict[str, Any]]
+) -> list[dict[str, str]]:
+    """One setup's findings: no reference, each test-accuracy verdict against faithful, the baselines
+    that did not converge, each variant's outcome and switch, then curvature and the paper (prefixed
+    ``[setup]`` when the study has several)."""
     study, runs = data.study, data.runs
     prefix = f"[{setup.name}] " if len(study.setups) > 1 else ""
     block = summary[setup.name]
@@ -260,12 +245,10 @@ def _setup_findings(data: StudyData, summary: dict[str, Any], setup) -> list[dic
         out.append(
             _finding(f"{prefix}No faithful variant in the study: no paired comparisons.", "statistics", "warning")
         )
-    for comparison in block["comparisons"]:
-        if comparison["metric"] != "test_accuracy" or comparison["n"] == 0:
-            continue
-        variant = variants[comparison["variant"]]
-        text = _comparison_text(variant, comparison, setup, setup.config.oracle_every)
-        out.append(_finding(prefix + text, "comparison"))
+    for verdict in verdicts:
+        if verdict["setup"] == setup.name and verdict["metric"] == "test_accuracy" and verdict["n"]:
+            out.append(_finding(prefix + verdict["text"], "comparison"))
+    out += _convergence_findings(prefix, setup.name, study, runs)
     for entry in block["summary"]:
         variant = variants[entry["variant"]]
         done = runs[(runs.setup == setup.name) & (runs.variant == variant.name) & (runs.status == "complete")]
@@ -292,8 +275,8 @@ def _statistics_findings(study, summary: dict[str, Any]) -> list[dict[str, str]]
         out.append(
             _finding(
                 f"With {n_max} paired seeds the Wilcoxon signed-rank test cannot reach p < 0.05 (smallest "
-                f"possible p = {2.0 / 2**n_max:.3g}); the decisions above use the paired t-test, "
-                "Wilcoxon p-values are in the tables.",
+                f"possible p = {2.0 / 2**n_max:.3g}); the verdicts above use the t interval of the paired "
+                "difference, Wilcoxon p-values are in the tables.",
                 "statistics",
             )
         )
@@ -303,21 +286,36 @@ def _statistics_findings(study, summary: dict[str, Any]) -> list[dict[str, str]]
         for c in block["comparisons"]
         if c["metric"] == "test_accuracy" and math.isfinite(c["p_t"])
     )
+    if n_tests:
+        out.append(
+            _finding(
+                "Verdicts (variant - faithful on the same seeds): a difference when the 95 % t interval of "
+                f"the mean difference lies entirely beyond +-{ACCURACY_MARGIN * 100:g} points of test accuracy, "
+                "equal within that margin when it lies inside it, inconclusive otherwise and when it has zero "
+                'width (the same difference in every seed); the verdicts table and study.json ("verdicts", '
+                f"test loss too, margin {LOSS_MARGIN_RELATIVE:.0%} of faithful's) have them all.",
+                "statistics",
+            )
+        )
     if n_tests > 1:
         out.append(
             _finding(
-                f"p-values are not corrected for the {n_tests} comparisons; the tables give Holm-adjusted "
-                "ones beside. '+-' is the half-width of the 95 % t interval of the paired difference.",
+                f"p-values and intervals are not corrected for the {n_tests} comparisons; the tables give "
+                "Holm-adjusted p-values beside.",
                 "statistics",
             )
         )
     return out
 
 
-def study_findings(data: StudyData, summary: dict[str, Any]) -> list[dict[str, str]]:
+def study_findings(
+    data: StudyData, summary: dict[str, Any], verdicts: list[dict[str, Any]] | None = None
+) -> list[dict[str, str]]:
     """The findings of a study, in words (see the module docstring), in this order: the runs left
-    out; per setup its findings; the study-wide caveats."""
+    out; per setup its findings; the study-wide caveats. ``verdicts`` are :func:`study_verdicts`'
+    (computed when not given)."""
+    verdicts = study_verdicts(data, summary) if verdicts is None else verdicts
     out = _execution_findings(data.runs)
     for setup in data.study.setups:
-        out += _setup_findings(data, summary, setup)
+        out += _setup_findings(data, summary, setup, verdicts)
     return out + _statistics_findings(data.study, summary)

@@ -7,7 +7,8 @@ from the report engine's blocks, the same as a run's report (:mod:`arturo_diag.s
 one function per section) and written by the engine's renderers
 (:mod:`arturo_diag.report.document`): ``study.md`` (Markdown, links ``figures/*.png``) and
 ``study.html`` (self-contained, figures embedded as base64 PNG, a table of contents).
-``study.json`` is the data (every number), not the document. The figures are drawn by
+``study.json`` is the data (every number), not the document; its list ``"verdicts"`` holds each
+variant's verdict against faithful (:mod:`arturo_diag.study.verdicts`). The figures are drawn by
 :mod:`arturo_diag.study.figures`.
 """
 
@@ -27,6 +28,7 @@ from arturo_diag.study.aggregate import CURVE_COLUMNS, StudyData, collect, summa
 from arturo_diag.study.figures import draw_figures, plot_accuracy, plot_curves, plot_eta
 from arturo_diag.study.findings import study_findings
 from arturo_diag.study.sections import study_document
+from arturo_diag.study.verdicts import study_verdicts
 
 __all__ = ["render_study", "StudyReport", "is_study_dir", "STUDY_FORMAT", "plot_curves", "plot_eta", "plot_accuracy"]
 
@@ -52,7 +54,9 @@ def is_study_dir(path: str | os.PathLike[str]) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ render
-def _study_json(data: StudyData, summary: dict[str, Any], findings: list[dict[str, str]]) -> dict[str, Any]:
+def _study_json(
+    data: StudyData, summary: dict[str, Any], findings: list[dict[str, str]], verdicts: list[dict[str, Any]]
+) -> dict[str, Any]:
     study, runs = data.study, data.runs
     counts = {
         s: int((runs.status == s).sum()) for s in ("complete", "failed", "damaged", "missing", "incomplete", "stale")
@@ -100,6 +104,7 @@ def _study_json(data: StudyData, summary: dict[str, Any], findings: list[dict[st
             {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
             for row in runs.to_dict(orient="records")
         ],
+        "verdicts": verdicts,
     }
 
 
@@ -122,10 +127,11 @@ def _render_study(study_dir: str | os.PathLike[str], figures: bool) -> StudyRepo
     data = collect(study_dir)
     study_dir = data.study_dir
     summary = summarize(data)
-    findings = study_findings(data, summary)
+    verdicts = study_verdicts(data, summary)
+    findings = study_findings(data, summary, verdicts)
     drawn = draw_figures(data) if figures else {}
-    blocks = study_document(data, summary, findings, drawn)
-    content = _study_json(data, summary, findings)
+    blocks = study_document(data, summary, findings, drawn, verdicts)
+    content = _study_json(data, summary, findings, verdicts)
 
     for setup, items in drawn.items():
         for key, png in items.items():

@@ -20,6 +20,7 @@ from arturo_diag.report.document import Block, Bullets, Heading, Image, Paragrap
 from arturo_diag.study.aggregate import StudyData
 from arturo_diag.study.config import Setup, StudyConfig
 from arturo_diag.study.figures import FIGURE_CAPTIONS
+from arturo_diag.study.verdicts import METRICS, study_verdicts
 
 __all__ = ["study_document"]
 
@@ -198,6 +199,52 @@ def _comparison_blocks(setup: Setup, block: dict[str, Any]) -> list[Block]:
     ]
 
 
+def _verdict_row(v: dict[str, Any]) -> list[str]:
+    _, scale, unit = METRICS[v["metric"]]
+    digits = 2 if v["metric"] == "test_accuracy" else 4
+    number = (lambda x: _signed(x * scale, digits)) if v["metric"] == "test_accuracy" else (lambda x: _fmt(x, 3))
+    finite = math.isfinite(v["ci_low"]) and math.isfinite(v["ci_high"])
+    n = v["n"]
+    directions = f"{v['seeds_lower']} / {v['seeds_higher']} / {v['seeds_equal']} of {n}" if n else "n/a"
+    cautions = {"few_seeds": f"{n} seed{'s' if n != 1 else ''}", "degenerate": "zero-width interval"}
+    return [
+        v["variant"],
+        v["metric"].replace("_", " "),
+        v["outcome"],
+        number(v["estimate"]) + unit if math.isfinite(v["estimate"]) else "n/a",
+        f"[{number(v['ci_low'])}, {number(v['ci_high'])}]" if finite else "n/a",
+        f"±{number(v['margin']).lstrip('+')}" if math.isfinite(v["margin"]) else "n/a",
+        directions,
+        "; ".join(cautions[c] for c in v["cautions"]),
+    ]
+
+
+def _verdict_blocks(setup: Setup, verdicts: list[dict[str, Any]]) -> list[Block]:
+    """The setup's verdicts against faithful: outcome, estimate, its 95 % CI, the margin, seeds per direction."""
+    rows = [_verdict_row(v) for v in verdicts if v["setup"] == setup.name]
+    if not rows:
+        return []
+    header = [
+        "variant",
+        "metric",
+        "outcome",
+        "estimate",
+        "95 % CI",
+        "margin",
+        "seeds lower / higher / equal",
+        "caution",
+    ]
+    return [
+        Heading(3, "Verdicts against faithful (variant − faithful, same seeds)", anchor=_anchor(setup, "verdicts")),
+        _table(header, rows, "lllrrrrl"),
+        Paragraph(
+            "yes: the 95 % t interval of the mean paired difference lies entirely beyond the margin; no: "
+            "entirely within it; inconclusive: otherwise, or the interval has zero width (the same difference "
+            "in every seed). Accuracy in points; the loss margin is 1 % of faithful's mean test loss."
+        ),
+    ]
+
+
 def _curvature_cell(column: StudyColumn):
     """The cell of one ``study_table`` column in a variant's curvature summary (``_curvature_summary``)."""
     if column.kind == "seeds":
@@ -241,7 +288,9 @@ def _figure_blocks(setup: Setup, figures: dict[str, bytes]) -> list[Block]:
     ]
 
 
-def _setup_blocks(setup: Setup, block: dict[str, Any], figures: dict[str, bytes]) -> list[Block]:
+def _setup_blocks(
+    setup: Setup, block: dict[str, Any], figures: dict[str, bytes], verdicts: list[dict[str, Any]]
+) -> list[Block]:
     """One setup: its protocol, then its tables and figures."""
     config = setup.config
     length = f"{config.steps} steps" if config.steps is not None else f"{config.epochs} epochs"
@@ -255,6 +304,7 @@ def _setup_blocks(setup: Setup, block: dict[str, Any], figures: dict[str, bytes]
     ]
     blocks += _paper_table_blocks(setup, block)
     blocks += _final_numbers_blocks(setup, block)
+    blocks += _verdict_blocks(setup, verdicts)
     blocks += _comparison_blocks(setup, block)
     curvature = _curvature_blocks([e for e in block["summary"] if e.get("curvature")])
     if curvature:  # the heading's anchor names the setup (the same heading text recurs per setup)
@@ -286,16 +336,22 @@ def _files_blocks() -> list[Block]:
 
 
 def study_document(
-    data: StudyData, summary: dict[str, Any], findings: list[dict[str, str]], figures: dict[str, dict[str, bytes]]
+    data: StudyData,
+    summary: dict[str, Any],
+    findings: list[dict[str, str]],
+    figures: dict[str, dict[str, bytes]],
+    verdicts: list[dict[str, Any]] | None = None,
 ) -> list[Block]:
     """The study's document, section by section: title and findings, variants, per setup (protocol,
     paper table, final numbers, paired comparisons, curvature, figures), runs left out, files.
 
     ``summary`` is :func:`~arturo_diag.study.aggregate.summarize`'s, ``findings``
     :func:`~arturo_diag.study.findings.study_findings`', ``figures`` setup -> key -> PNG bytes
-    (:func:`~arturo_diag.study.figures.draw_figures`; ``{}`` for none).
+    (:func:`~arturo_diag.study.figures.draw_figures`; ``{}`` for none), ``verdicts``
+    :func:`~arturo_diag.study.verdicts.study_verdicts`' (computed when not given).
     """
+    verdicts = study_verdicts(data, summary) if verdicts is None else verdicts
     blocks = _header_blocks(data, findings) + _variants_blocks(data.study)
     for setup in data.study.setups:
-        blocks += _setup_blocks(setup, summary[setup.name], figures.get(setup.name, {}))
+        blocks += _setup_blocks(setup, summary[setup.name], figures.get(setup.name, {}), verdicts)
     return blocks + _problem_blocks(data.runs) + _files_blocks()

@@ -14,6 +14,14 @@ Pure functions on plain numbers. Conventions:
 - Degenerate cases give NaN with a ``note``, never an exception: fewer than 2 pairs; every
   difference zero (identical results: nothing to test); every difference the same non-zero value
   up to rounding (zero spread: the t statistic and ``d_z`` are infinite, reported as NaN with the note).
+- A verdict (:func:`paired_verdict`) decides "is the variant different from the reference?" from the
+  95 % t interval of the mean difference and a practical margin ``m`` (an equivalence margin):
+  ``yes`` when the whole interval lies beyond ``m`` (below ``-m`` or above ``+m``, so it also excludes
+  0), ``no`` when it lies within ``[-m, m]``, ``inconclusive`` otherwise. A zero-width interval
+  (the same difference in every seed) measures no uncertainty: ``inconclusive`` unless every
+  difference is exactly 0 (``no``: identical runs), and flagged ``degenerate``; fewer than 3 pairs
+  are flagged ``few_seeds`` (with 2 the t interval has 1 degree of freedom, t quantile 12.7); one
+  pair gives no interval (``inconclusive``), none ``not_applicable``.
 """
 
 from __future__ import annotations
@@ -26,7 +34,9 @@ from typing import Any
 import numpy as np
 from scipy import stats as _stats
 
-__all__ = ["mean_ci", "paired_comparison", "holm", "wilcoxon_min_p"]
+__all__ = ["mean_ci", "paired_comparison", "paired_verdict", "holm", "wilcoxon_min_p", "MIN_SEEDS"]
+
+MIN_SEEDS = 3  # fewer paired seeds than this get a caution
 
 
 def _finite_or_nan(value: Any) -> float:
@@ -63,6 +73,11 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict[str, Any]
     half = float(_stats.t.ppf(0.5 + confidence / 2.0, n - 1)) * sem
     out.update(sd=sd, sem=sem, half_width=half, ci_low=mean - half, ci_high=mean + half)
     return out
+
+
+def _zero_spread(d: np.ndarray, sd: float) -> bool:
+    """Every difference the same up to rounding (0.1 = 1.1 - 1.0 or 2.1 - 2.0)."""
+    return bool(len(d) >= 2 and sd <= 1e-9 * float(np.max(np.abs(d))))
 
 
 def wilcoxon_min_p(n: int) -> float:
@@ -127,7 +142,7 @@ def paired_comparison(
     if nonzero == 0:
         out["note"] = "; ".join(notes + ["identical in every seed: nothing to test"])
         return out
-    if summary["sd"] <= 1e-9 * float(np.max(np.abs(d))):  # zero up to rounding (0.1 = 1.1 - 1.0 or 2.1 - 2.0)
+    if _zero_spread(d, summary["sd"]):
         out["note"] = "; ".join(notes + ["the same difference in every seed (zero spread): t and d_z undefined"])
     else:
         with warnings.catch_warnings():
@@ -145,6 +160,56 @@ def paired_comparison(
     if out["note"]:
         notes.insert(0, out["note"])
     out["note"] = "; ".join(notes)
+    return out
+
+
+def _decide(low: float, high: float, margin: float) -> str:
+    if low > margin or high < -margin:
+        return "yes"
+    if -margin <= low and high <= margin:
+        return "no"
+    return "inconclusive"
+
+
+def paired_verdict(
+    variant: Mapping[Any, float], reference: Mapping[Any, float], margin: float, confidence: float = 0.95
+) -> dict[str, Any]:
+    """Whether ``variant`` differs from ``reference`` (seed -> value) by more than ``margin``.
+
+    The rule is the module docstring's. Returns ``{outcome, n, estimate, ci_low, ci_high, margin,
+    df, t_quantile, seeds_lower, seeds_higher, seeds_equal, few_seeds, degenerate}``: ``estimate``
+    is the mean paired difference (variant - reference) of :func:`paired_comparison` and its
+    interval, ``seeds_*`` count the pairs by the sign of their difference.
+    """
+    c = paired_comparison(variant, reference, confidence)
+    n = c["n"]
+    d = np.array([float(variant[s]) - float(reference[s]) for s in c["seeds"]])
+    out: dict[str, Any] = {
+        "outcome": "not_applicable",
+        "n": n,
+        "estimate": c["mean_diff"],
+        "ci_low": c["ci_low"],
+        "ci_high": c["ci_high"],
+        "margin": float(margin),
+        "df": n - 1 if n >= 2 else math.nan,
+        "t_quantile": float(_stats.t.ppf(0.5 + confidence / 2.0, n - 1)) if n >= 2 else math.nan,
+        "seeds_lower": int(np.sum(d < 0)),
+        "seeds_higher": int(np.sum(d > 0)),
+        "seeds_equal": int(np.sum(d == 0)),
+        "few_seeds": 0 < n < MIN_SEEDS,
+        "degenerate": False,
+    }
+    if n == 0:
+        return out
+    if n == 1 or not (math.isfinite(c["ci_low"]) and math.isfinite(c["ci_high"])):
+        out["outcome"] = "inconclusive"
+        return out
+    if not np.any(d):  # identical in every seed: the interval [0, 0]
+        out.update(outcome="no", degenerate=True)
+    elif _zero_spread(d, c["sd_diff"]):
+        out.update(outcome="inconclusive", degenerate=True)
+    else:
+        out["outcome"] = _decide(c["ci_low"], c["ci_high"], float(margin))
     return out
 
 

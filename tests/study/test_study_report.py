@@ -30,8 +30,9 @@ def _curvature(rng, shape, t):
     return h, {"curvature": 1.1 * h, "filter_cov_aa": np.full(shape, 1e-4), "precision": np.full(shape, 100.0)}
 
 
-def write_run(spec, accuracy):
-    """A complete run record of two epochs ending at ``accuracy``, with one snapshot for arTuRO runs."""
+def write_run(spec, accuracy, train=None):
+    """A complete run record of two epochs ending at ``accuracy`` (test; train accuracy ``train``, by
+    default the same), with one snapshot for arTuRO runs."""
     arturo = spec.variant.family == "arturo"
     eta = spec.config.fixed_eta if spec.config.fixed_eta is not None else 0.254
     rows = []
@@ -45,7 +46,7 @@ def write_run(spec, accuracy):
             "epoch": epoch,
             "step": 2 * epoch,
             "train_loss": 1.0 / epoch,
-            "train_accuracy": acc,
+            "train_accuracy": acc if train is None else train - 0.1 * (epoch == 1),
             "test_loss": 1.5 - acc,
             "test_accuracy": acc,
         }
@@ -67,9 +68,13 @@ def write_run(spec, accuracy):
     )
 
 
-def make_study(root, *, setup=None, missing=()):
+def make_study(root, *, setup=None, missing=(), accuracy=None, seeds=None, train=None):
+    """A study whose runs end at planted final accuracies: ``accuracy`` variant -> one test accuracy
+    per seed of ``seeds`` (default ACCURACY, SEEDS); ``train`` variant -> train accuracies (default
+    the test accuracies)."""
+    accuracy, seeds, train = accuracy or ACCURACY, seeds or SEEDS, train or {}
     data = {
-        "study": {"name": "known", "seeds": SEEDS, "variants": list(ACCURACY)},
+        "study": {"name": "known", "seeds": seeds, "variants": list(accuracy)},
         "setups": {"fmnist": setup or {"model": "fashion_cnn", "dataset": "fashion_mnist", "epochs": 2}},
     }
     study = study_from_mapping(data)
@@ -77,7 +82,9 @@ def make_study(root, *, setup=None, missing=()):
     atomic_write_text(root / "study.toml", study_to_toml(study))
     for spec in expand_grid(study, root):
         if (spec.variant.name, spec.seed) not in missing:
-            write_run(spec, ACCURACY[spec.variant.name][SEEDS.index(spec.seed)])
+            i = seeds.index(spec.seed)
+            planted = train.get(spec.variant.name)
+            write_run(spec, accuracy[spec.variant.name][i], None if planted is None else planted[i])
     return study
 
 
@@ -99,13 +106,16 @@ def test_findings_in_words_carry_the_paired_numbers(rendered):
     p = stats.ttest_rel(FIXED, FAITHFUL).pvalue
     half = stats.t.ppf(0.975, 4) * d.std(ddof=1) / math.sqrt(5) * 100
     text = finding(rendered, "Fixing eta at 1.0")
-    assert text == (
+    low, high = (d.mean() - half / 100) * 100, (d.mean() + half / 100) * 100
+    assert text == (  # issue 11: the verdict's words (estimate, 95 % CI, seeds per direction) replace "x +- y"
         f"Fixing eta at 1.0 (trust region off, no dual solve) lowers test accuracy by "
-        f"{abs(d.mean()) * 100:.1f} +- {half:.1f} points, p = {p:.2g} over 5 seeds."
+        f"{abs(d.mean()) * 100:.2f} points (95 % CI [{low:+.2f}, {high:+.2f}] points; lower in 5 of 5 seeds; "
+        f"p = {p:.2g})."
     )
-    assert "0.8 +- 0.3 points" in text
+    assert "0.80 points (95 % CI [-1.12, -0.48] points" in text
     assert "gives exactly the test accuracy of faithful arTuRO" in finding(rendered, "Removing the filter's drift")
-    assert "not distinguishable" in finding(rendered, "Adam (lr 0.001")
+    adam = finding(rendered, "Adam (lr 0.001")
+    assert "inconclusive (95 % CI [" in adam and "lower in 3 of 5 seeds, higher in 2" in adam
     sgd = finding(rendered, "SGD with momentum")
     assert "points below faithful arTuRO" in sgd and f"p = {stats.ttest_rel(SGD, FAITHFUL).pvalue:.2g}" in sgd
     assert "never solved the dual" in finding(rendered, "fixed-eta:1.0 never")
