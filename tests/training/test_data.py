@@ -252,15 +252,23 @@ def test_cifar_pixel_layout_is_channel_major(tmp_path):
     assert round(float(ds.x_train[0, 1, 2, 3]) * 255) == data[0, 1024 + 2 * 32 + 3]
 
 
-def test_cifar_standardised_per_channel_with_train_statistics(tmp_path):
-    write_cifar(tmp_path, "cifar10")
-    ds = load_dataset("cifar10", tmp_path, dtype=torch.float64)
-    assert len(ds.mean) == 3 and len(ds.std) == 3
-    per_channel = ds.x_train.transpose(0, 1).reshape(3, -1)
-    torch.testing.assert_close(per_channel.mean(1), torch.zeros(3, dtype=torch.float64), atol=1e-12, rtol=0)
-    torch.testing.assert_close(per_channel.std(1, unbiased=False), torch.ones(3, dtype=torch.float64))
-    raw = load_dataset("cifar10", tmp_path, dtype=torch.float64, normalize=False)
+@pytest.mark.parametrize("kind", ["cifar10", "cifar100"])
+def test_cifar_standardised_with_the_authors_normalize_constants(tmp_path, kind):
+    # ARTURO.md: Normalize(mean, std) with the authors' fixed constants, not the train statistics
+    authors = {
+        "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+        "cifar100": ((0.5074, 0.4867, 0.4411), (0.2011, 0.1987, 0.2025)),
+    }[kind]
+    folder, _ = write_cifar(tmp_path, kind)
+    ds = load_dataset(kind, folder, dtype=torch.float64)
+    raw = load_dataset(kind, folder, dtype=torch.float64, normalize=False)
+    assert (ds.mean, ds.std) == authors
+    mean = torch.tensor(authors[0], dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(authors[1], dtype=torch.float64).view(1, 3, 1, 1)
+    torch.testing.assert_close(ds.x_train, (raw.x_train - mean) / std)
+    torch.testing.assert_close(ds.x_test, (raw.x_test - mean) / std)
     np.testing.assert_array_equal(unnormalise(ds.x_test, ds), (raw.x_test * 255).round().numpy())
+    assert ds.train_transform is not None and raw.train_transform is not None
 
 
 def test_cifar_missing_file(tmp_path):

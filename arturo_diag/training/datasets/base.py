@@ -10,7 +10,7 @@ epoch, driven by a ``torch.Generator``) and a fixed probe batch for curvature sn
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +37,9 @@ class ArrayDataset:
         mean: per-channel train mean subtracted from the [0, 1]-scaled inputs (``None`` if the
             inputs were not standardised).
         std: per-channel train standard deviation the inputs were divided by (or ``None``).
+        train_transform: the training augmentation, ``(x_batch, generator) -> x_batch`` of the
+            same shape, applied by the training loop to each train minibatch (``None``: none);
+            evaluation and the curvature probe see the untransformed inputs.
     """
 
     name: str
@@ -48,6 +51,7 @@ class ArrayDataset:
     input_shape: tuple[int, int, int]
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    train_transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):

@@ -5,8 +5,10 @@ whose pickle references anything else (a function a payload would call) is refus
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,13 @@ from arturo_diag.training.datasets.files import (
     _check_labels,
 )
 
-__all__ = ["load_cifar", "load_cifar10", "load_cifar100"]
+__all__ = ["load_cifar", "load_cifar10", "load_cifar100", "CifarAugment", "CIFAR_NORMALIZE", "cifar_augment"]
+
+#: The authors' Normalize(mean, std) per dataset (ARTURO.md, "The paper's experiments").
+CIFAR_NORMALIZE = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar100": ((0.5074, 0.4867, 0.4411), (0.2011, 0.1987, 0.2025)),
+}
 
 _CIFAR = {
     # name -> (folder, train files, test file, label key, classes)
@@ -46,6 +54,56 @@ def _numpy_internals():
     except ImportError:  # pragma: no cover - numpy 1.x
         from numpy.core import multiarray, numeric  # type: ignore[no-redef]
     return multiarray, numeric
+
+
+@dataclass(frozen=True)
+class CifarAugment:
+    """The authors' CIFAR train augmentation in plain torch, on a normalised minibatch ``(N, C, H, W)``:
+    ``RandomCrop(H, padding)`` with ``padding_mode`` "zeros" (a pad pixel is a black pixel, i.e.
+    ``fill = -mean/std`` per channel after normalisation) or "reflect" (torch's reflect: the edge
+    pixel not repeated), and ``RandomHorizontalFlip(0.5)``, in ``order``. Per example one flip
+    (``rand < 0.5``) and one crop offset (``randint(0, 2*padding+1)`` for rows, then columns), drawn
+    from ``generator`` in that order: the same generator state gives the same batch."""
+
+    padding_mode: str  # "zeros" or "reflect"
+    fill: tuple[float, ...]  # per channel, the normalised value of a zero pixel (zeros mode)
+    order: tuple[str, str] = ("crop", "flip")
+    padding: int = 4
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n = x.shape[0]
+        flips = torch.rand(n, generator=generator, device=generator.device) < 0.5
+        offsets = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=generator, device=generator.device)
+        flips, offsets = flips.to(x.device), offsets.to(x.device)
+        for op in self.order:
+            x = self._crop(x, offsets) if op == "crop" else torch.where(flips.view(-1, 1, 1, 1), x.flip(-1), x)
+        return x
+
+    def _crop(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        p = self.padding
+        if self.padding_mode == "reflect":
+            padded = torch.nn.functional.pad(x, (p, p, p, p), mode="reflect")
+        else:
+            padded = torch.as_tensor(self.fill, dtype=x.dtype, device=x.device).view(1, c, 1, 1)
+            padded = padded.expand(n, c, h + 2 * p, w + 2 * p).clone()
+            padded[:, :, p : p + h, p : p + w] = x
+        rows = (offsets[:, 0:1] + torch.arange(h, device=x.device)).view(n, 1, h, 1)
+        cols = (offsets[:, 1:2] + torch.arange(w, device=x.device)).view(n, 1, 1, w)
+        index = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+        channels = torch.arange(c, device=x.device).view(1, c, 1, 1)
+        return padded[index, channels, rows, cols]
+
+
+def cifar_augment(name: str, normalized: bool = True) -> CifarAugment:
+    """The authors' train augmentation of ``cifar10`` (crop with zero padding, then flip) or
+    ``cifar100`` (flip, then crop with reflect padding); ``normalized``: the inputs carry the
+    authors' Normalize, so a zero pad pixel is ``-mean/std``."""
+    mean, std = CIFAR_NORMALIZE[name]
+    fill = tuple(-m / s for m, s in zip(mean, std)) if normalized else (0.0,) * len(mean)
+    if name == "cifar10":
+        return CifarAugment("zeros", fill, ("crop", "flip"))
+    return CifarAugment("reflect", fill, ("flip", "crop"))
 
 
 def _cifar_globals() -> dict[tuple[str, str], object]:
@@ -192,9 +250,12 @@ def load_cifar(
     *,
     dtype: torch.dtype = torch.float32,
     normalize: bool = True,
+    augment: bool = True,
 ) -> ArrayDataset:
     """CIFAR-10 (``name="cifar10"``) or CIFAR-100 (``"cifar100"``, fine labels) from the python
-    pickles, as ``3x32x32`` images in [0, 1] standardised per channel with the train mean and std.
+    pickles, as ``3x32x32`` images in [0, 1], as the authors ran them: standardised per channel with
+    their Normalize constants (:data:`CIFAR_NORMALIZE`) if ``normalize``, and, if ``augment``, with
+    their train augmentation (:func:`cifar_augment`) as the dataset's ``train_transform``.
 
     ``data_dir`` is either the release folder itself (``cifar-10-batches-py`` with ``data_batch_1``
     .. ``data_batch_5`` and ``test_batch``; ``cifar-100-python`` with ``train`` and ``test``) or
@@ -215,7 +276,23 @@ def load_cifar(
     x_train = np.concatenate([p[0] for p in parts])
     y_train = np.concatenate([p[1] for p in parts])
     x_test, y_test = _read_cifar_file(directory / test_file, label_key, num_classes)
-    return _build_uint8_dataset(name, x_train, y_train, x_test, y_test, num_classes, dtype, normalize)
+    return _cifar_dataset(name, x_train, y_train, x_test, y_test, dtype, normalize, augment)
+
+
+def _cifar_dataset(name, x_train, y_train, x_test, y_test, dtype, normalize, augment) -> ArrayDataset:
+    """uint8 arrays -> the dataset with the authors' Normalize constants and augmentation."""
+    data = _build_uint8_dataset(name, x_train, y_train, x_test, y_test, _CIFAR[name][4], dtype, False)
+    if not normalize and not augment:
+        return data
+    mean, std = CIFAR_NORMALIZE[name]
+    changes: dict = {"train_transform": cifar_augment(name, normalize) if augment else None}
+    if normalize:
+        shift = torch.tensor(mean, dtype=dtype).view(1, 3, 1, 1)
+        scale = torch.tensor(std, dtype=dtype).view(1, 3, 1, 1)
+        data.x_train.sub_(shift).div_(scale)  # in place: fresh tensors of _build_uint8_dataset
+        data.x_test.sub_(shift).div_(scale)
+        changes.update(mean=mean, std=std)
+    return dataclasses.replace(data, **changes)
 
 
 def load_cifar10(
