@@ -31,6 +31,8 @@ from arturo_diag.report.format import distinguishing_digits, get, is_number, num
 __all__ = ["FIGURE", "best_constant_relative_error", "plot_agreement"]
 
 _BEST = "#1b9e77"  # the best constant (mean h)
+# where the agreement quantity may store the best constant's relative error, under "overall"
+_BEST_PATHS = (("scale", "best_constant", "relative_error"), ("best_constant", "relative_error"))
 
 
 def plot_agreement(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> None:
@@ -49,8 +51,8 @@ def plot_agreement(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> N
 
     Needs ``metrics["agreement"]["snapshots"]`` (per snapshot: ``step``, ``reference``,
     ``overall`` and ``layers`` -> ``estimate``/``constant``/``previous_h`` -> ``relative_error``,
-    ``spearman``) and, for the best constant unless ``overall.best_constant.relative_error`` is
-    there, the arrays ``curvature`` and that reference (``h_exact`` or ``h_hutchinson``) of each
+    ``spearman``) and, for the best constant unless ``overall.scale.best_constant.relative_error``
+    (or ``overall.best_constant.relative_error``) is there, the arrays ``curvature`` and that reference (``h_exact`` or ``h_hutchinson``) of each
     snapshot (the line has gaps where they cannot be read).
     """
     entries = get(metrics, "agreement", "snapshots") or []
@@ -86,8 +88,8 @@ def _best_constant_series(record: RunRecord, entries: list[dict[str, Any]]) -> n
     snapshot's h at the coordinates where a and h are finite (those the metrics compare)."""
     out = []
     for entry in entries:
-        value = get(entry, "overall", "best_constant", "relative_error")
-        if is_number(value):
+        value = next((v for v in (get(entry, "overall", *path) for path in _BEST_PATHS) if is_number(v)), None)
+        if value is not None:
             out.append(float(value))
             continue
         field = str(entry.get("reference") or "h_exact")
