@@ -14,13 +14,17 @@ from typing import Any
 
 import numpy as np
 
+from arturo_diag.diagnostics.intervals import Z95, wilson_interval
+
 __all__ = [
     "COVERAGE_CALIBRATED",
     "GAUSSIAN_COVERAGE",
     "GAUSSIAN_SHARPNESS",
     "SHARPNESS_CALIBRATED",
     "calibration",
+    "calibration_intervals",
     "interpret_calibration",
+    "median_interval",
 ]
 
 # What an exactly calibrated Gaussian error gives: P(|z| <= 2) and median |z|.
@@ -102,4 +106,49 @@ def calibration(a: Any, h: Any, p_aa: Any) -> dict[str, Any]:
         "median_abs_error": median_error,
         "n_nonpositive_variance": n_nonpositive,
         "n_nonfinite": n_nonfinite,
+    }
+
+
+def median_interval(values: np.ndarray, z: float = Z95) -> tuple[float, float]:
+    """Distribution-free 95 % interval of the median: the order statistics ``n/2 -+ z sqrt(n)/2``.
+
+    The ranks (1-based) are ``floor(n/2 - z sqrt(n)/2)`` and ``ceil(n/2 + z sqrt(n)/2) + 1``,
+    clipped to ``[1, n]`` (the normal approximation of the binomial count below the median).
+    """
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    n = values.size
+    if n < 2:
+        return math.nan, math.nan
+    half = z * math.sqrt(n) / 2
+    low = min(max(int(math.floor(n / 2 - half)), 1), n)
+    high = min(max(int(math.ceil(n / 2 + half)) + 1, 1), n)
+    ordered = np.partition(values, sorted({low - 1, high - 1}))
+    return float(ordered[low - 1]), float(ordered[high - 1])
+
+
+def calibration_intervals(a: Any, h: Any, p_aa: Any) -> dict[str, Any]:
+    """Coverage and sharpness (as :func:`calibration`) with their 95 % intervals over coordinates.
+
+    Coverage: Wilson's interval of ``n_covered`` of ``n``; sharpness: :func:`median_interval` of
+    ``|a-h| / sqrt(P_aa)``. Same coordinates as :func:`calibration` (finite, ``P_aa > 0``).
+    """
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    h = np.asarray(h, dtype=np.float64).reshape(-1)
+    p_aa = np.asarray(p_aa, dtype=np.float64).reshape(-1)
+    keep = np.isfinite(a) & np.isfinite(h) & np.isfinite(p_aa) & (p_aa > 0)
+    error, std = np.abs(a[keep] - h[keep]), np.sqrt(p_aa[keep])
+    n = int(error.size)
+    n_covered = int(np.count_nonzero(error <= 2.0 * std))
+    z = error / std
+    coverage_low, coverage_high = wilson_interval(n_covered, n)
+    sharpness_low, sharpness_high = median_interval(z)
+    return {
+        "n": n,
+        "n_covered": n_covered,
+        "coverage": n_covered / n if n else math.nan,
+        "coverage_low": coverage_low,
+        "coverage_high": coverage_high,
+        "sharpness": float(np.median(z)) if n else math.nan,
+        "sharpness_low": sharpness_low,
+        "sharpness_high": sharpness_high,
     }

@@ -2,8 +2,8 @@
 
 ARTURO.md, "Diagnostic quantities": the agreement of ``a_t`` with ``h_{t-k}`` over earlier
 snapshots ``k``; the best ``k`` is the lag, reported with the spread of the agreement over ``k``.
-Where that curve is flat (its range is within the snapshot-to-snapshot noise) the report says
-"no identifiable lag" instead of a number.
+Unless the best ``k`` beats ``k = 0`` by a margin with a bootstrap interval over snapshots, the
+report says "no identifiable lag", with the interval, instead of a number.
 
 Definitions used here:
 
@@ -15,9 +15,15 @@ Definitions used here:
   ``window="all"`` averages each ``k`` over every ``t`` where ``t-k`` exists.
 - snapshot noise = mean ``|A[t, 0] - A[t-1, 0]|`` over consecutive snapshots: how much the
   agreement moves from one snapshot to the next without any change of lag.
-- the lag is identifiable when the curve's range ``max C - min C`` exceeds that noise; then
-  ``best_k`` is the arg-best of ``C`` (highest Spearman / lowest relative error), in snapshots,
-  and in steps the mean of ``step_t - step_{t-k}`` (``k`` times the interval when regular).
+- the lag test (:func:`lag_test`, issue 11): ``k*`` = the best ``k >= 1`` of the curve; the gain
+  ``G_t = s (A[t, k*] - A[t, 0])`` (``s = +1`` for Spearman, ``-1`` for relative error, so that a
+  positive gain means ``h_(t-k*)`` fits better) over the snapshots of the common window, its mean
+  and a 95 % circular block bootstrap interval over those snapshots. The lag is identified
+  (``yes``) when the whole interval is above the margin (0.02 of Spearman; 2 % of the k = 0
+  relative error), ``no`` (no lag) when it is entirely below, else ``inconclusive``; with fewer
+  than :data:`MIN_LAG_SNAPSHOTS` snapshots in the window it is not assessed. Only on ``yes`` is
+  ``best_k`` the lag, in snapshots, and in steps the mean of ``step_t - step_{t-k}``. The curve's
+  range and the snapshot noise are still reported, as a description of the curve.
 
 Memory: :class:`LagAccumulator` keeps only the last ``K+1`` references, so a long run is
 processed snapshot by snapshot.
@@ -34,12 +40,27 @@ import numpy as np
 import pandas as pd
 
 from arturo_diag.diagnostics.agreement import ranks, spearman
+from arturo_diag.diagnostics.intervals import block_bootstrap_indices
 
-__all__ = ["LAG_METRICS", "LagAccumulator", "lag_analysis", "lag_pair", "lag_table", "summarize_lag"]
+__all__ = [
+    "LAG_MARGIN",
+    "LAG_METRICS",
+    "MIN_LAG_SNAPSHOTS",
+    "LagAccumulator",
+    "lag_analysis",
+    "lag_pair",
+    "lag_table",
+    "lag_test",
+    "summarize_lag",
+]
 
 # metric -> True if larger is better
 LAG_METRICS: dict[str, bool] = {"spearman": True, "relative_error": False}
 _WORDS = {"spearman": "Spearman", "relative_error": "relative error"}
+# the practical margin of the lag test: absolute for Spearman, relative to the k = 0 value for the error
+LAG_MARGIN: dict[str, tuple[float, str]] = {"spearman": (0.02, "absolute"), "relative_error": (0.02, "relative")}
+MIN_LAG_SNAPSHOTS = 8  # snapshots in the common window below which the lag is not assessed
+LAG_BOOTSTRAP_SAMPLES = 2000
 
 
 def lag_pair(
@@ -202,49 +223,142 @@ def summarize_lag(
         return result
     result["max_lag"] = lag_max
     curves = {name: _curve(table, name, better, lag_max, window) for name, better in LAG_METRICS.items()}
+    for name, curve in curves.items():
+        curve["test"] = lag_test(table, name, lag_max)
+        curve["identifiable"] = curve["test"]["outcome"] == "yes"
+        curve["best_k"] = curve["test"]["best_k"] if curve["identifiable"] else None
     result["curves"] = curves
     chosen = curves[metric]
+    test = result["test"] = chosen["test"]
     if chosen["argbest"] is None:
         result["reason"] = (
             f"no identifiable lag: the {_WORDS[metric]} of a_t with h_(t-k) is undefined (a or h constant)"
         )
         return result
-    if not chosen["identifiable"]:
-        result["reason"] = (
-            f"no identifiable lag: the lag curve is flat within snapshot noise "
-            f"({_WORDS[metric]} range {chosen['range']:.3g} over k = 0..{lag_max} "
-            f"vs snapshot noise {chosen['noise']:.3g})"
+    if test["outcome"] == "yes":
+        result.update(_identified_lag(table, chosen, metric, lag_max, window))
+    else:
+        result["reason"] = _no_lag_reason(test, lag_max)
+    return result
+
+
+def _gain_words(test: dict[str, Any]) -> str:
+    """``the Spearman gain of h_(t-2) over h_t 0.05 (95 % CI [0.03, 0.07]), margin 0.02``."""
+    digits = 3
+    values = (test["estimate"], test["ci_low"], test["ci_high"], test["margin"])
+    while digits < 8 and len({f"{v:.{digits}g}" for v in values}) < len(set(values)):
+        digits += 1
+    est, lo, hi, margin = (f"{v:.{digits}g}" for v in values)
+    return (
+        f"the {_WORDS[test['metric']]} gain of h_(t-{test['best_k']}) over h_t is {est} "
+        f"(95 % CI [{lo}, {hi}] over {test['n_window']} snapshots), margin {margin}"
+    )
+
+
+def _no_lag_reason(test: dict[str, Any], lag_max: int) -> str:
+    if test["outcome"] == "not_applicable":
+        return f"no identifiable lag: {test['why']}"
+    if test["outcome"] == "no":
+        return (
+            f"no identifiable lag: no k = 1..{lag_max} fits a_t better than k = 0 by the margin; at the best k, "
+            f"{_gain_words(test)}: the interval is below the margin"
+        )
+    return f"no identifiable lag (inconclusive): {_gain_words(test)}: the interval includes the margin"
+
+
+def lag_test(
+    table: pd.DataFrame, metric: str, lag_max: int, *, samples: int = LAG_BOOTSTRAP_SAMPLES, seed: int = 0
+) -> dict[str, Any]:
+    """Does the best ``k >= 1`` fit ``a_t`` better than ``k = 0``? (the module docstring's lag test).
+
+    Returns ``{"metric", "outcome" (yes | no | inconclusive | not_applicable), "why", "best_k",
+    "estimate" (mean gain at best_k), "ci_low", "ci_high" (its 95 % block bootstrap interval),
+    "lag_ci_low", "lag_ci_high" (95 % interval of the best k, 0 included, over the same resamples),
+    "margin", "n_window", "needed", "samples", "window_start"}``.
+    """
+    rows = table[(table["k"] <= lag_max) & (table["t"] >= lag_max)]
+    values = rows.pivot(index="t", columns="k", values=metric).reindex(columns=range(lag_max + 1))
+    values = values.to_numpy(dtype=np.float64)
+    n = int(values.shape[0])
+    result: dict[str, Any] = {
+        "metric": metric,
+        "outcome": "not_applicable",
+        "why": "",
+        "best_k": None,
+        "estimate": math.nan,
+        "ci_low": math.nan,
+        "ci_high": math.nan,
+        "lag_ci_low": math.nan,
+        "lag_ci_high": math.nan,
+        "margin": math.nan,
+        "n_window": n,
+        "needed": MIN_LAG_SNAPSHOTS,
+        "samples": int(samples),
+        "window_start": int(lag_max),
+    }
+    if n < MIN_LAG_SNAPSHOTS:
+        result["why"] = (
+            f"not enough snapshots: {n} of {MIN_LAG_SNAPSHOTS} needed (the snapshots t >= {lag_max}, "
+            f"where every k = 0..{lag_max} is compared)"
         )
         return result
-    result.update(_identified_lag(table, chosen, metric, lag_max, window))
+    gain = (1.0 if LAG_METRICS[metric] else -1.0) * (values - values[:, :1])
+    mean_gain = np.array([_nan_stat(np.mean, gain[:, k]) for k in range(lag_max + 1)])
+    if not np.isfinite(mean_gain[1:]).any() or not np.isfinite(values[:, 0]).any():
+        result["why"] = f"the {_WORDS[metric]} of a_t with h_(t-k) is undefined (a or h constant)"
+        return result
+    best_k = 1 + int(np.nanargmax(mean_gain[1:]))
+    value, kind = LAG_MARGIN[metric]
+    margin = value if kind == "absolute" else value * abs(_nan_stat(np.mean, values[:, 0]))
+    means = _resampled_means(gain, samples, seed)
+    lo, hi = np.nanquantile(means[:, best_k], [0.025, 0.975])
+    ranked = np.where(np.isfinite(means), means, -np.inf)
+    ranked[:, 0] = 0.0  # k = 0 wins ties: a lag must fit strictly better
+    k_lo, k_hi = np.quantile(np.argmax(ranked, axis=1), [0.025, 0.975], method="inverted_cdf")
+    outcome = "yes" if lo > margin else "no" if hi < margin else "inconclusive"
+    result.update(
+        outcome=outcome,
+        best_k=best_k,
+        estimate=float(mean_gain[best_k]),
+        ci_low=float(lo),
+        ci_high=float(hi),
+        lag_ci_low=float(k_lo),
+        lag_ci_high=float(k_hi),
+        margin=float(margin),
+    )
     return result
+
+
+def _resampled_means(gain: np.ndarray, samples: int, seed: int) -> np.ndarray:
+    """Per resample (circular block bootstrap over the rows) the NaN-skipping column means of ``gain``."""
+    n = gain.shape[0]
+    finite = np.isfinite(gain)
+    filled = np.where(finite, gain, 0.0)
+    indices = block_bootstrap_indices(n, samples, seed=seed)
+    out = np.empty((samples, gain.shape[1]))
+    for start in range(0, samples, 200):
+        chunk = indices[start : start + 200]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[start : start + 200] = filled[chunk].sum(axis=1) / finite[chunk].sum(axis=1)
+    return out
 
 
 def _identified_lag(
     table: pd.DataFrame, chosen: dict[str, Any], metric: str, lag_max: int, window: str
 ) -> dict[str, Any]:
-    """The entries of an identifiable lag: ``best_k``, its length in steps and the reason in words."""
+    """The entries of a lag the test identified: ``best_k``, its length in steps and the reason in words."""
     best_k = int(chosen["best_k"])
     pairs = table[table["k"] == best_k]
     if window == "common":
         pairs = pairs[pairs["t"] >= lag_max]
-    lag_steps = float(np.mean(pairs["step"] - pairs["h_step"])) if best_k > 0 else 0.0
-    means = chosen["mean"]
-    if best_k == 0:
-        others = [m for m in means[1:] if math.isfinite(m)]
-        runner_up = (max if LAG_METRICS[metric] else min)(others) if others else math.nan
-        reason = (
-            f"a_t agrees best with the same snapshot's h: {_WORDS[metric]} {means[0]:.3g} at k = 0 vs "
-            f"{runner_up:.3g} at best for k = 1..{lag_max}"
-        )
-    else:
-        reason = f"a_t agrees best with h_(t-{best_k}): {_WORDS[metric]} {means[best_k]:.3g} vs {means[0]:.3g} at k = 0"
-    return {
-        "identifiable": True,
-        "best_k": best_k,
-        "best_lag_steps": lag_steps,
-        "reason": f"{reason} (curve range {chosen['range']:.3g} > snapshot noise {chosen['noise']:.3g})",
-    }
+    lag_steps = float(np.mean(pairs["step"] - pairs["h_step"]))
+    means, test = chosen["mean"], chosen["test"]
+    reason = (
+        f"a_t agrees best with h_(t-{best_k}): {_WORDS[metric]} {means[best_k]:.4g} vs {means[0]:.4g} at k = 0; "
+        f"{_gain_words(test)}: the interval is above the margin (best k over the resamples: 95 % CI "
+        f"[{test['lag_ci_low']:.0f}, {test['lag_ci_high']:.0f}] snapshots)"
+    )
+    return {"identifiable": True, "best_k": best_k, "best_lag_steps": lag_steps, "reason": reason}
 
 
 def lag_analysis(

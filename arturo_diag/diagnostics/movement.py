@@ -13,10 +13,12 @@ import numpy as np
 
 from arturo_diag.diagnostics.agreement import INITIAL_CURVATURE
 
-__all__ = ["NEVER_LEFT_RELATIVE", "movement"]
+__all__ = ["LEFT_PRIOR_FACTOR", "NEVER_LEFT_RELATIVE", "left_prior", "movement"]
 
 # A coordinate "never left the prior" if |a - 0.1| < NEVER_LEFT_RELATIVE * max(|h|, h_floor).
 NEVER_LEFT_RELATIVE = 1e-3
+# A coordinate "left the prior" (the verdict movement.left_prior) if a is outside [prior/2, 2 prior].
+LEFT_PRIOR_FACTOR = 2.0
 
 
 def movement(a: Any, h: Any, *, prior: float = INITIAL_CURVATURE, h_floor: float = 1e-5) -> dict[str, float]:
@@ -91,3 +93,27 @@ def _decades(magnitudes: np.ndarray) -> float:
         return math.nan
     lo, hi = np.quantile(np.log10(positive), (0.01, 0.99))
     return float(hi - lo)
+
+
+def left_prior(a: Any, *, prior: float = INITIAL_CURVATURE, factor: float = LEFT_PRIOR_FACTOR) -> dict[str, Any]:
+    """How many coordinates of ``a`` left ``prior`` by more than ``factor``: ``|log10(a/prior)| > log10 factor``.
+
+    A coordinate with ``a <= 0`` has left a positive prior (it counts as left); non-finite ones
+    are dropped. Returns ``{"n", "n_left", "share", "factor", "prior", "median_abs_log10"}`` (the
+    last: the median of ``|log10(a/prior)|`` over the positive coordinates, in decades).
+    """
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    a = a[np.isfinite(a)]
+    positive = a > 0
+    with np.errstate(divide="ignore"):
+        decades = np.abs(np.log10(a[positive] / prior))
+    n_left = int(np.count_nonzero(decades > math.log10(factor)) + np.count_nonzero(~positive))
+    n = int(a.size)
+    return {
+        "n": n,
+        "n_left": n_left,
+        "share": n_left / n if n else math.nan,
+        "factor": float(factor),
+        "prior": float(prior),
+        "median_abs_log10": float(np.median(decades)) if decades.size else math.nan,
+    }

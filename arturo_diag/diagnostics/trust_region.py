@@ -29,6 +29,7 @@ import pandas as pd
 __all__ = [
     "INACTIVE_REGIMES",
     "REGIMES",
+    "binding_steps",
     "bound_drop_episodes",
     "classify_regimes",
     "snapshot_binding",
@@ -330,4 +331,22 @@ def trust_region_summary(
         "growth_runs": _run_summary((regime == "growth_5_3").to_numpy(), step, eta, kl_ratio),
         "bound_drops": bound_drop_episodes(ordered),
         "snapshots": binding,
+        "binding_steps_after_burn_in": binding_steps(kl_ratio[late]),
+    }
+
+
+def binding_steps(kl_ratio: np.ndarray, *, threshold: float = UNDERSHOOT) -> dict[str, Any]:
+    """How many steps reached the KL bound: ``K/eps >= threshold`` (0.9; at, near or beyond the bound).
+
+    Over the steps with a finite ``kl_ratio``; ``{"n", "n_binding", "share", "threshold"}``.
+    A step whose ``K/eps`` stays below 0.9 took a step smaller than the bound allows: the bound did
+    not determine it (a frozen or 5/3-growth eta, or a bisection that ended inside its tolerance).
+    """
+    known = kl_ratio[np.isfinite(kl_ratio)]
+    n_binding = int(np.count_nonzero(known >= threshold))
+    return {
+        "n": int(known.size),
+        "n_binding": n_binding,
+        "share": n_binding / known.size if known.size else math.nan,
+        "threshold": float(threshold),
     }

@@ -2,7 +2,10 @@
 
 ``metrics["calibration"]``: a series of per-layer entries ``{step, reference, overall: X, layers}``
 with X = ``calibration(a, h, P_aa)`` (:mod:`arturo_diag.diagnostics.calibration`), for the
-snapshots that carry ``filter_cov_aa``. A study gets the final snapshot's coverage and sharpness.
+snapshots that carry ``filter_cov_aa``, and ``intervals`` (``calibration_intervals`` of the last such
+snapshot, with its ``step``): coverage and sharpness with their 95 % intervals, for the verdict
+``calibration.calibrated`` (:mod:`arturo_diag.quantities.topic_verdicts`). A study gets the final
+snapshot's coverage and sharpness.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from arturo_diag.diagnostics.agreement import per_layer
-from arturo_diag.diagnostics.calibration import calibration
+from arturo_diag.diagnostics.calibration import calibration, calibration_intervals
 from arturo_diag.quantities._blocks import _no_reference_reason, _not_computed
 from arturo_diag.quantities._words import _count, _get, _num, _pct
 from arturo_diag.quantities.base import (
@@ -21,10 +24,12 @@ from arturo_diag.quantities.base import (
     SnapshotView,
     StudyColumn,
     at_last_snapshot,
+    concat,
     number,
     series,
     split,
 )
+from arturo_diag.quantities.topic_verdicts import calibration_verdicts, with_finding
 from arturo_diag.report.document import Block, Heading, Paragraph, Table, strong, text
 from arturo_diag.report.figures.calibration import FIGURE
 from arturo_diag.report.format import count, get, num, pct, plural
@@ -36,11 +41,19 @@ class _Observer:
     def __init__(self, context: Context) -> None:
         self.layers = context.record.layers
         self.entries: list[dict[str, Any]] = []
+        self.intervals: dict[str, Any] | None = None
 
     def snapshot(self, view: SnapshotView) -> None:
         if not view.usable or not view.has["filter_cov_aa"]:
             return
         a, h, snapshot = view.a, view.h, view.snapshot
+        self.intervals = {
+            "step": view.step,
+            **calibration_intervals(
+                *(concat([source[n] for n in view.names]) for source in (a, h)),
+                concat([snapshot[n]["filter_cov_aa"] for n in view.names]),
+            ),
+        }
         self.entries.append(
             split(
                 per_layer(
@@ -53,7 +66,8 @@ class _Observer:
 
 
 def compute(context: Context) -> dict[str, Any]:
-    return series(context.observers["calibration"].entries)
+    observer = context.observers["calibration"]
+    return {**series(observer.entries), "intervals": observer.intervals}
 
 
 def study_columns(metrics: Mapping[str, Any], record: Any) -> dict[str, Any]:
@@ -75,7 +89,10 @@ def _calibration(out: Findings, metrics: Mapping[str, Any]) -> None:
     coverage, sharpness, label = overall["coverage"], overall["sharpness"], overall["interpretation"]
     where = f"at the final snapshot (step {final['step']})"
     expected = "95% and 0.67 if calibrated"
-    if label == "calibrated":
+    (verdict,) = calibration_verdicts(metrics)
+    if label == "calibrated" and verdict.outcome != "yes":
+        pass  # the label's point estimates only: the verdict's finding (with_finding) gives the intervals
+    elif label == "calibrated":
         out.add(
             "calibration",
             "info",
@@ -139,6 +156,9 @@ def calibration_section(metrics: Mapping[str, Any]) -> list[Block]:
         )
     )
     label = overall.get("interpretation")
+    (verdict,) = calibration_verdicts(metrics)
+    if label == "calibrated" and verdict.outcome != "yes":
+        label = f"calibrated on the point estimates ({verdict.outcome} with the intervals)"
     blocks.append(
         Paragraph(
             (
@@ -151,6 +171,9 @@ def calibration_section(metrics: Mapping[str, Any]) -> list[Block]:
                 ),
             )
         )
+    )
+    blocks.append(
+        Paragraph((strong(f"Calibrated ({verdict.outcome}):"), text(f" {verdict.text}. Rule: {verdict.rule}.")))
     )
     rows = []
     for name, entry in [("all coordinates", overall), *(final.get("layers") or {}).items()]:
@@ -193,9 +216,10 @@ QUANTITY = Quantity(
     needs=("snapshots: a (curvature), h, filter_cov_aa",),
     compute=compute,
     observer=_Observer,
-    findings=_calibration,
+    findings=with_finding(_calibration, calibration_verdicts, "calibration"),
     blocks=calibration_section,
     figures=(FIGURE,),
+    verdicts=calibration_verdicts,
     study_columns=study_columns,
     study_keys=("calibration_coverage", "calibration_sharpness"),
     study_table=(

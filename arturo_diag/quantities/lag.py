@@ -2,8 +2,10 @@
 
 ``metrics["lag"]``: ``summarize_lag(...)`` (:mod:`arturo_diag.diagnostics.lag`): metric, window,
 n_snapshots, max_lag, snapshot_interval, interval_regular, identifiable, best_k, best_lag_steps,
-reason, curves {spearman, relative_error: {k, mean, n, range, noise, argbest, identifiable,
-best_k}}. Where the lag curve is flat within snapshot noise the text says "No identifiable lag".
+reason, test, curves {spearman, relative_error: {k, mean, n, range, noise, argbest, identifiable,
+best_k, test}}. Unless the lag test (best k against k = 0, with a block-bootstrap interval over
+snapshots and a margin) says yes, the text says "No identifiable lag" with the interval; the
+verdict ``lag.identified`` (:mod:`arturo_diag.quantities.topic_verdicts`).
 """
 
 from __future__ import annotations
@@ -11,9 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from arturo_diag.diagnostics.lag import LagAccumulator, summarize_lag
+from arturo_diag.diagnostics.lag import LAG_MARGIN, MIN_LAG_SNAPSHOTS, LagAccumulator, summarize_lag
 from arturo_diag.quantities._blocks import _SECTION_WORDS, _no_reference_reason, _not_computed
-from arturo_diag.quantities._words import _num
 from arturo_diag.quantities.base import (
     Context,
     Findings,
@@ -21,6 +22,7 @@ from arturo_diag.quantities.base import (
     SnapshotView,
     concat,
 )
+from arturo_diag.quantities.topic_verdicts import lag_verdicts
 from arturo_diag.report.document import Block, Heading, Paragraph, Table, strong, text
 from arturo_diag.report.figures.lag import FIGURE
 from arturo_diag.report.format import NA, count, get, is_number, num, plural
@@ -46,23 +48,14 @@ def _lag(out: Findings, metrics: Mapping[str, Any]) -> None:
     lag = metrics.get("lag")
     if not lag:
         return
-    if lag.get("identifiable"):
-        k = lag["best_k"]
-        if k == 0:
-            out.add("lag", "info", f"a tracks h without a lag: {lag['reason']}.")
-        else:
-            out.add(
-                "lag",
-                "info",
-                f"a lags h by about {k} snapshot{'s' if k != 1 else ''} ({_num(lag['best_lag_steps'])} "
-                f"steps): {lag['reason']}.",
-            )
+    (verdict,) = lag_verdicts(metrics)
+    reason = str(lag.get("reason") or "")
+    if verdict.outcome == "yes":
+        out.add("lag", "info", verdict.text + ".")
     elif lag.get("max_lag", 0) >= 1:
-        reason = lag.get("reason", "")
-        text = reason[0].upper() + reason[1:] if reason else "No identifiable lag"
-        out.add("lag", "info", text + ".")
+        out.add("lag", "info", (reason[:1].upper() + reason[1:] if reason else "No identifiable lag") + ".")
     else:
-        out.add("lag", "info", f"Lag {lag.get('reason', 'not assessed')}.")
+        out.add("lag", "info", f"Lag {reason or 'not assessed'}.")
 
 
 def lag_section(metrics: Mapping[str, Any]) -> list[Block]:
@@ -79,18 +72,18 @@ def lag_section(metrics: Mapping[str, Any]) -> list[Block]:
     blocks.append(
         Paragraph(
             "Agreement of a_t with the reference of k snapshots earlier, h_(t-k), averaged over the same snapshots t "
-            f"for every k ({lag.get('window')} window). The best k is the lag when the curve's range exceeds the "
-            "snapshot-to-snapshot noise of the agreement; otherwise there is no identifiable lag. "
+            f"for every k ({lag.get('window')} window). The best k >= 1 is the lag only when its gain over k = 0, "
+            "snapshot by snapshot, has a 95 % block-bootstrap interval (over the snapshots of the common window) "
+            f"above the margin (Spearman {LAG_MARGIN['spearman'][0]:g}; relative error "
+            f"{LAG_MARGIN['relative_error'][0]:.0%} of its k = 0 value), with at least {MIN_LAG_SNAPSHOTS} "
+            "snapshots in that window; otherwise there is no identifiable lag. The range and the "
+            "snapshot-to-snapshot noise only describe the curve. "
             f"The lag is decided by {_SECTION_WORDS.get(lag.get('metric'), str(lag.get('metric')))}."
         )
     )
     if lag.get("identifiable"):
         best_k = lag.get("best_k")
-        verdict = (
-            f"Lag: {plural(best_k, 'snapshot')} ({num(lag.get('best_lag_steps'))} steps)."
-            if best_k
-            else "No lag: a_t agrees best with the same snapshot's h."
-        )
+        verdict = f"Lag: {plural(best_k, 'snapshot')} ({num(lag.get('best_lag_steps'))} steps)."
         blocks.append(Paragraph((strong(verdict), text(" " + sentence))))
     else:
         blocks.append(Paragraph((strong(sentence),)))
@@ -124,4 +117,5 @@ QUANTITY = Quantity(
     findings=_lag,
     blocks=lag_section,
     figures=(FIGURE,),
+    verdicts=lag_verdicts,
 )

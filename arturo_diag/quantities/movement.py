@@ -1,7 +1,9 @@
 """Movement: is a large where h is large? (ARTURO.md, "Diagnostic quantities").
 
 ``metrics["movement"]``: a series of per-layer entries ``{step, reference, overall: X, layers}``
-with X = ``movement(a, h, prior=0.1)`` (:mod:`arturo_diag.diagnostics.movement`).
+with X = ``movement(a, h, prior=0.1)`` (:mod:`arturo_diag.diagnostics.movement`), and ``left_prior``
+(``left_prior(a)`` of the final usable snapshot, with its ``step``): the counts of the verdict
+``movement.left_prior`` (:mod:`arturo_diag.quantities.topic_verdicts`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from arturo_diag.diagnostics.agreement import per_layer
-from arturo_diag.diagnostics.movement import movement
+from arturo_diag.diagnostics.movement import left_prior, movement
 from arturo_diag.quantities._blocks import _no_reference_reason, _not_computed
 from arturo_diag.quantities._words import _get, _is_number, _num, _pct
 from arturo_diag.quantities.base import (
@@ -18,9 +20,11 @@ from arturo_diag.quantities.base import (
     Findings,
     Quantity,
     SnapshotView,
+    concat,
     series,
     split,
 )
+from arturo_diag.quantities.topic_verdicts import movement_verdicts, with_finding
 from arturo_diag.report.document import Block, Heading, Paragraph, Table, text
 from arturo_diag.report.figures.movement import FIGURE
 from arturo_diag.report.format import count, get, num, pct
@@ -33,11 +37,13 @@ class _Observer:
         self.prior = context.options.constant
         self.layers = context.record.layers
         self.entries: list[dict[str, Any]] = []
+        self.left_prior: dict[str, Any] | None = None
 
     def snapshot(self, view: SnapshotView) -> None:
         if not view.usable:
             return
         prior, a, h = self.prior, view.a, view.h
+        self.left_prior = {"step": view.step, **left_prior(concat([a[n] for n in view.names]), prior=prior)}
         self.entries.append(
             split(
                 per_layer(lambda a, h: movement(a, h, prior=prior), {n: (a[n], h[n]) for n in view.names}, self.layers),
@@ -48,7 +54,8 @@ class _Observer:
 
 
 def compute(context: Context) -> dict[str, Any]:
-    return series(context.observers["movement"].entries)
+    observer = context.observers["movement"]
+    return {**series(observer.entries), "left_prior": observer.left_prior}
 
 
 def _movement(out: Findings, metrics: Mapping[str, Any]) -> None:
@@ -70,10 +77,12 @@ def _movement(out: Findings, metrics: Mapping[str, Any]) -> None:
             f"(moved by less than 1e-3 |h|); the median move |a-{prior:g}|/|h| is {_num(median)} and {span}.",
         )
     elif _is_number(spread) and spread < 0.1:
+        left = movement_verdicts(metrics)[0].outcome == "yes"
         out.add(
             "movement",
             "warning",
-            f"a stayed near its prior {prior:g}: at step {final['step']} its 1-99% range spans "
+            f"{'a moved off its prior but its spread stays small' if left else 'a stayed near its prior'} "
+            f"{prior:g}: at step {final['step']} its 1-99% range spans "
             f"{_num(overall['spread_decades_a'])} decades ({a_range}) while |h| "
             f"spans {_num(overall['spread_decades_h'])} decades; single coordinates moved (median |a-{prior:g}|/|h| "
             f"{_num(median)}), but a does not follow h's range.",
@@ -85,6 +94,13 @@ def _movement(out: Findings, metrics: Mapping[str, Any]) -> None:
             f"a barely moved on the scale of h: the median |a-{prior:g}| is {_num(scale)} times the median |h| "
             f"at step {final['step']}; {span} while h's is [{_num(overall.get('h_q01'))}, "
             f"{_num(overall.get('h_q99'))}].",
+        )
+    elif movement_verdicts(metrics)[0].outcome != "yes":
+        out.add(
+            "movement",
+            "info",
+            f"a moved by a median |a-{prior:g}|/|h| of {_num(median)} at step {final['step']} "
+            f"({_pct(share)} of coordinates still at the prior); {span}.",
         )
     else:
         out.add(
@@ -160,7 +176,8 @@ QUANTITY = Quantity(
     needs=("snapshots: a (curvature), h",),
     compute=compute,
     observer=_Observer,
-    findings=_movement,
+    findings=with_finding(_movement, movement_verdicts, "movement"),
     blocks=movement_section,
     figures=(FIGURE,),
+    verdicts=movement_verdicts,
 )

@@ -23,6 +23,7 @@ from arturo_diag.quantities.base import (
     Quantity,
     StudyColumn,
 )
+from arturo_diag.quantities.topic_verdicts import trust_region_verdicts, with_finding
 from arturo_diag.report.document import Block, Heading, Paragraph, Table, text
 from arturo_diag.report.figures.trust_region import FIGURE
 from arturo_diag.report.format import count, num, pct, plural, yes_no
@@ -369,9 +370,10 @@ QUANTITY = Quantity(
     name="trust_region",
     needs=("steps.csv: eta, kl, kl_bound, kl_ratio, iterations, regime columns", "snapshots.csv"),
     compute=compute,
-    findings=_trust_region,
+    findings=with_finding(_trust_region, trust_region_verdicts, "trust_region"),
     blocks=trust_region_section,
     figures=(FIGURE,),
+    verdicts=trust_region_verdicts,
     study_columns=study_columns,
     study_keys=("eta_final", "eta_median", "dual_iterations_mean", "kl_ratio_median", "guard_acted"),
     study_table=(StudyColumn("eta_median", "median eta"), StudyColumn("dual_iterations_mean", "K evaluations / step")),

@@ -1,4 +1,4 @@
-"""Lag: recovers a known shift; says "no identifiable lag" for flat curves."""
+"""Lag: recovers a known shift; says "no identifiable lag" (with the lag test's interval) for flat curves."""
 
 from __future__ import annotations
 
@@ -44,7 +44,10 @@ def test_constant_reference_gives_no_identifiable_lag():
     result = lag_analysis(steps, [h + 0.3 * rng.normal(size=N) for _ in range(T)], [h] * T, max_lag=4)
     assert result["identifiable"] is False and result["best_k"] is None and result["best_lag_steps"] is None
     assert result["curves"]["spearman"]["range"] == pytest.approx(0.0, abs=1e-12)
-    assert result["reason"].startswith("no identifiable lag: the lag curve is flat within snapshot noise")
+    # issue 11: the lag test (gain of the best k over k = 0, with its interval) replaces "flat within noise"
+    assert result["test"]["outcome"] == "no" and result["test"]["ci_high"] == pytest.approx(0.0, abs=1e-12)
+    assert result["reason"].startswith("no identifiable lag: no k = 1..4 fits a_t better than k = 0 by the margin")
+    assert "95 % CI [0, 0] over 26 snapshots" in result["reason"]
 
 
 def test_unrelated_noise_gives_no_identifiable_lag():

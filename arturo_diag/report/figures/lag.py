@@ -24,8 +24,9 @@ def plot_lag(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> None:
     Left: Spearman (higher is better), right: relative error (lower is better); the metric that
     decides the lag is named in its panel title. The shaded band reaches one snapshot-to-snapshot
     noise (the mean change of the k = 0 agreement between consecutive snapshots) from the best
-    value: a curve that stays inside it is flat, and the title then says "no identifiable lag"
-    instead of a number (ARTURO.md, "Diagnostic quantities").
+    value, a description of the curve. The lag itself is the verdict of the lag test (best k
+    against k = 0, block bootstrap over snapshots, ``metrics["lag"]["test"]``): the title and the
+    deciding panel say "no identifiable lag", with the interval, unless the test says yes.
 
     Needs ``metrics["lag"]`` (``curves`` -> ``spearman``/``relative_error`` -> ``k``, ``mean``,
     ``noise``, ``argbest``, ``identifiable``; ``metric``, ``identifiable``, ``best_k``,
@@ -64,7 +65,7 @@ def plot_lag(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> None:
                 )
             best = curve.get("argbest")
             if best is not None:
-                identifiable = bool(curve.get("identifiable"))
+                identifiable = bool(lag.get("identifiable")) and metric == decides and best == lag.get("best_k")
                 ax.plot(
                     [k[best]],
                     [mean[best]],
@@ -72,7 +73,7 @@ def plot_lag(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> None:
                     marker="*",
                     ms=15,
                     color="black" if identifiable else "0.6",
-                    label=f"best k = {best}" + ("" if identifiable else " (not distinguishable from noise)"),
+                    label=f"best k = {best}" + ("" if identifiable else " (not the verdict's lag)"),
                 )
         ax.set_xticks(k)
         steps_words = (
@@ -80,24 +81,38 @@ def plot_lag(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> None:
         )
         ax.set_xlabel(f"k, snapshots back{steps_words}")
         ax.set_ylabel(words + ("\n(higher is better)" if larger_is_better else "\n(lower is better)"))
-        role = "decides the lag" if metric == decides else "shown for reference"
-        verdict = "no identifiable lag" if not curve.get("identifiable") else f"best k = {curve.get('best_k')}"
+        if metric != decides:
+            role, verdict = "shown for reference", f"the lag is decided by {decides.replace('_', ' ')}"
+        else:
+            role = "decides the lag"
+            verdict = f"lag k = {lag.get('best_k')}" if lag.get("identifiable") else "no identifiable lag"
         ax.set_title(
             f"{metric.replace('_', ' ')}: {role}; {verdict}\n"
             f"range {num(curve.get('range'))} vs snapshot noise {num(noise)}"
         )
         ax.legend(loc="best")
+    fig.suptitle(f"Lag of the curvature estimate behind h: {_headline(lag)}")
+
+
+def _headline(lag: dict[str, Any]) -> str:
+    """The verdict of the lag test (``metrics["lag"]["test"]``) in a few words, with its interval."""
+    test = lag.get("test") or {}
+    gain = ""
+    if is_number(test.get("ci_low")) and is_number(test.get("ci_high")):
+        gain = (
+            f"; gain of k = {test.get('best_k')} over k = 0: {num(test.get('estimate'))}, 95 % CI "
+            f"[{num(test.get('ci_low'))}, {num(test.get('ci_high'))}], margin {num(test.get('margin'))}"
+        )
     if lag.get("identifiable"):
         best_k = lag.get("best_k")
-        headline = (
-            "no lag: a_t agrees best with the same snapshot's h"
-            if best_k == 0
-            else f"a lags h by about {best_k} snapshot{'s' if best_k != 1 else ''} "
-            f"({num(lag.get('best_lag_steps'))} steps)"
+        return (
+            f"a lags h by {best_k} snapshot{'s' if best_k != 1 else ''} ({num(lag.get('best_lag_steps'))} steps){gain}"
         )
-    else:
-        headline = "no identifiable lag (the curve is flat within snapshot noise)"
-    fig.suptitle(f"Lag of the curvature estimate behind h: {headline}")
+    if test.get("outcome") == "not_applicable" and test.get("why"):
+        return f"no identifiable lag ({str(test['why']).split(' (')[0]})"
+    if test.get("outcome") == "inconclusive":
+        return f"no identifiable lag (inconclusive{gain})"
+    return f"no identifiable lag{' (' + gain[2:] + ')' if gain else ''}"
 
 
 #: This figure, listed in its quantity's ``figures`` (:mod:`arturo_diag.quantities`).
@@ -105,6 +120,6 @@ FIGURE = FigureSpec(
     "lag",
     plot_lag,
     (11.0, 4.8),
-    "Lag curve: agreement of a_t with h_(t-k) against k, with the snapshot-noise band; a curve inside "
-    "the band has no identifiable lag.",
+    "Lag curve: agreement of a_t with h_(t-k) against k, with the snapshot-noise band; the lag is the "
+    "verdict of the test of the best k against k = 0 (title), with its interval.",
 )
