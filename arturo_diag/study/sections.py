@@ -201,8 +201,7 @@ def _comparison_blocks(setup: Setup, block: dict[str, Any]) -> list[Block]:
 
 def _verdict_row(v: dict[str, Any]) -> list[str]:
     _, scale, unit = METRICS[v["metric"]]
-    digits = 2 if v["metric"] == "test_accuracy" else 4
-    number = (lambda x: _signed(x * scale, digits)) if v["metric"] == "test_accuracy" else (lambda x: _fmt(x, 3))
+    number = (lambda x: _signed(x * scale, 2)) if v["metric"] == "test_accuracy" else (lambda x: f"{x:+.3g}")
     finite = math.isfinite(v["ci_low"]) and math.isfinite(v["ci_high"])
     n = v["n"]
     directions = f"{v['seeds_lower']} / {v['seeds_higher']} / {v['seeds_equal']} of {n}" if n else "n/a"
