@@ -103,7 +103,7 @@ def test_a_registered_quantity_reaches_metrics_and_both_reports(tmp_path, with_t
     metrics = json.loads(result.metrics_json.read_text(encoding="utf-8"))
     assert metrics["toy"]["snapshots_seen"] == 6 and metrics["toy"]["last_step"] == 60
     assert metrics["toy"]["a_sum"] == pytest.approx(expected, rel=1e-12)
-    assert list(metrics)[-2:] == ["toy", "findings"]  # after the built-in quantities, before the findings
+    assert list(metrics)[-3:] == ["toy", "verdicts", "findings"]  # after the built-in quantities
     toy_findings = [f for f in metrics["findings"] if f["topic"] == "toy"]
     assert [f["text"] for f in toy_findings] == [f"Toy quantity: 6 snapshots seen, sum of a {expected:.6f}."]
 
