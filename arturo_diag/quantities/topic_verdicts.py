@@ -201,13 +201,21 @@ def trust_region_verdicts(metrics: Mapping[str, Any]) -> list[Verdict]:
     share = float(steps["share"])
     low, high = wilson_interval(steps["n_binding"], steps["n"])
     outcome = decide_above(share, low, high, MAJORITY)
-    head = {"yes": "The KL bound binds", "no": "The KL bound does not bind in most steps"}.get(
-        outcome, "Whether the KL bound binds is inconclusive"
-    )
+    head = {
+        "yes": "The KL bound binds the steps taken",
+        "no": "The KL bound does not bind the step taken in most steps",
+    }.get(outcome, "Whether the KL bound binds the steps taken is inconclusive")
     text = (
         f"{head}: K/eps >= {steps['threshold']:g} in {_share_words(share, low, high)} of the {steps['n']} steps "
         f"after step {tr['burn_in']} (yes above {MAJORITY:.0%})"
     )
+    snapshots = tr.get("snapshots") or {}
+    active = snapshots.get("binding_share")
+    if isinstance(active, (int, float)) and math.isfinite(active) and snapshots.get("n"):
+        text += (
+            f"; the unconstrained step would exceed the bound (K(0)/eps > 1) at {_pct(active)} of "
+            f"{snapshots['n']} snapshots"
+        )
     return [Verdict("trust_region.binding", outcome, share, low, high, TRUST_REGION_RULE, text)]
 
 
