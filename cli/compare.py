@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from arturo_diag.curvature.methods import EXACT_METHODS, ORACLES
-from arturo_diag.curvature.references import REFERENCE_METHODS
+from arturo_diag.curvature.references import REFERENCE_BATCHES, REFERENCE_METHODS, REFERENCE_MODES
 from arturo_diag.errors import Diverged
 from arturo_diag.optim.arturo import DUAL_CHOICES, KL_CHOICES
 from arturo_diag.optim.presets import PRESET_NAMES
@@ -105,8 +105,14 @@ def compare(
     steps: Annotated[int | None, _O(help="Stop after this many steps (overrides --epochs).")] = None,
     batch_size: Annotated[int | None, _O(help="Minibatch size (default 64).")] = None,
     train_size: Annotated[int | None, _O(help="Use only the first N training examples.")] = None,
-    every: Annotated[int | None, _O(help="Snapshot (reference Hessian) every N steps (default 20).")] = None,
+    every: Annotated[int | None, _O(help="Snapshot (reference Hessian) every N steps (default 10).")] = None,
     reference: Annotated[str | None, _O(help=_choices("reference", REFERENCE_METHODS))] = None,
+    reference_mode: Annotated[
+        str | None, _O(help=_choices("reference_mode", REFERENCE_MODES, "The model's mode while h is taken: "))
+    ] = None,
+    reference_batch: Annotated[
+        str | None, _O(help=_choices("reference_batch", REFERENCE_BATCHES, "The batch h is taken on: "))
+    ] = None,
     exact_method: Annotated[str | None, _O(help=_choices("exact_method", EXACT_METHODS))] = None,
     samples: Annotated[int | None, _O(help="Hutchinson probes per snapshot (default 64).")] = None,
     probe_size: Annotated[int | None, _O(help="Examples in the fixed probe batch (default 128).")] = None,
@@ -151,7 +157,7 @@ def compare(
 ) -> None:
     """Train with arTuRO, compare its curvature estimate with the true diagonal Hessian, write a report.
 
-    With no options: the small CNN on scikit-learn's 8x8 digits, exact reference every 20 steps.
+    With no options: the small CNN on scikit-learn's 8x8 digits, exact reference every 10 steps.
 
     Exit codes: 0 done; 1 internal error (a bug: a traceback); 2 bad input (one "error:" line, nothing that looks complete); 3 diverged (a NaN/inf loss, gradient, weight or optimizer state: the record is marked diverged and the report's first finding names step, quantity and layer); 130 interrupted (the record is left incomplete).
     """

@@ -12,12 +12,19 @@ analysis picks the compared field, and ``--reference``'s choices and help come f
 :data:`REFERENCE_METHODS`. To add a reference: write its function in this package, then one
 :class:`ReferenceEstimator` in ``_ESTIMATORS`` and its method(s) in ``_METHODS`` (or call :func:`register_reference`; plus, if it records new per-snapshot
 scalars, their columns in the record format, ``diagnostics/record_format.py``).
+
+What h is the Hessian OF is declared here too, once: the model's mode (:data:`REFERENCE_MODES`,
+``--reference-mode``), the batch (:data:`REFERENCE_BATCHES`, ``--reference-batch``) and the loss by
+name (:func:`loss_name`); :func:`reference_meaning` words the three for the report.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -29,16 +36,56 @@ from arturo_diag.curvature.exact import exact_diagonal
 from arturo_diag.curvature.hutchinson import hutchinson_diagonal
 
 __all__ = [
+    "REFERENCE_BATCHES",
     "REFERENCE_ESTIMATORS",
     "REFERENCE_METHODS",
+    "REFERENCE_MODES",
+    "ReferenceChoice",
     "ReferenceEstimator",
     "ReferenceMethod",
     "ReferenceRequest",
+    "dropout_off",
     "estimator_for_field",
     "estimators_of",
+    "loss_name",
     "method_of",
+    "reference_meaning",
+    "reference_setting",
     "register_reference",
 ]
+
+
+@dataclass(frozen=True)
+class ReferenceChoice:
+    """One value of ``--reference-mode`` or ``--reference-batch``: its ``--help`` line and how the
+    report says it (``words``)."""
+
+    help: str
+    words: str
+
+
+#: The model's mode while h (and the snapshot's ``probe_loss``) is computed; the first is the default.
+REFERENCE_MODES: Mapping[str, ReferenceChoice] = MappingProxyType(
+    {
+        "eval": ReferenceChoice(
+            "BatchNorm on its running statistics, dropout off",
+            "model in eval mode (BatchNorm running statistics, dropout off)",
+        ),
+        "train": ReferenceChoice(
+            "BatchNorm on the batch's statistics (running statistics not updated), dropout off",
+            "model in train mode (BatchNorm batch statistics, dropout off)",
+        ),
+    }
+)
+#: The batch h is taken on; the first is the default.
+REFERENCE_BATCHES: Mapping[str, ReferenceChoice] = MappingProxyType(
+    {
+        "probe": ReferenceChoice("the fixed probe batch (--probe-size examples)", "on the fixed probe batch"),
+        "minibatch": ReferenceChoice(
+            "the minibatch of the snapshot's step (at the weights after that step)", "on the step's minibatch"
+        ),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -56,6 +103,57 @@ class ReferenceRequest:
     samples: int = 1
     seed: int = 0
     device: torch.device | None = None
+    train: bool = False  # the model in train mode (batch statistics); dropout is off either way
+
+
+@contextlib.contextmanager
+def dropout_off(model: nn.Module) -> Iterator[None]:
+    """Every dropout module of ``model`` at p = 0 for the block (then restored): in train mode h is
+    the Hessian of a deterministic loss (batch statistics, no dropout); eval mode has none anyway."""
+    saved = [(m, m.p) for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    try:
+        for m, _ in saved:
+            m.p = 0.0
+        yield
+    finally:
+        for m, p in saved:
+            m.p = p
+
+
+def loss_name(loss_fn: Callable[..., Any]) -> str:
+    """The loss by name: torch's losses as ``cross_entropy``, ``mse``, ``huber``, ``nll``, ``smooth_l1``
+    (a ``*Loss`` module's class or a function's name, snake case, without ``_loss``); any other
+    function or module by its own name (a partial by its function's); ``"unknown"`` for a lambda."""
+    target = loss_fn.func if isinstance(loss_fn, functools.partial) else loss_fn
+    is_object = isinstance(target, nn.Module) or not hasattr(target, "__name__")
+    name = type(target).__name__ if is_object else str(target.__name__)
+    if name == "<lambda>":
+        return "unknown"
+    if not str(getattr(target, "__module__", None) or type(target).__module__).startswith("torch"):
+        return name  # the user's own loss, by its own name
+    if is_object:  # CrossEntropyLoss -> cross_entropy_loss
+        name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
+    return re.sub(r"_loss$", "", name) or name
+
+
+def reference_setting(value: Any, choices: Mapping[str, ReferenceChoice]) -> str:
+    """A record's mode or batch: the value when it is one of ``choices``, else the default (the first:
+    older records, without the key, were taken in eval mode on the probe batch)."""
+    return value if isinstance(value, str) and value in choices else next(iter(choices))
+
+
+def reference_meaning(mode: Any, batch: Any, loss: Any) -> str:
+    """What h is the Hessian of, in words: ``"of the cross_entropy loss on the fixed probe batch,
+    model in eval mode (BatchNorm running statistics, dropout off)"``; a loss not recorded (older
+    records, a lambda) is "the training loss (its function not recorded)"."""
+    loss_words = (
+        f"the {loss} loss"
+        if isinstance(loss, str) and loss and loss != "unknown"
+        else "the training loss (its function not recorded)"
+    )
+    mode_words = REFERENCE_MODES[reference_setting(mode, REFERENCE_MODES)].words
+    batch_words = REFERENCE_BATCHES[reference_setting(batch, REFERENCE_BATCHES)].words
+    return f"of {loss_words} {batch_words}, {mode_words}"
 
 
 @dataclass(frozen=True)
@@ -92,7 +190,14 @@ class ReferenceMethod:
 
 
 def _exact(request: ReferenceRequest):
-    exact = exact_diagonal(request.model, request.loss_fn, request.inputs, request.targets, method=request.exact_method)
+    exact = exact_diagonal(
+        request.model,
+        request.loss_fn,
+        request.inputs,
+        request.targets,
+        method=request.exact_method,
+        train=request.train,
+    )
     return {name: {"h_exact": exact[name]} for name in request.names}, {"exact_method": exact.method}
 
 
@@ -100,7 +205,7 @@ def _hutchinson(request: ReferenceRequest):
     device = request.device if request.device is not None else next(request.model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(request.seed)
     estimate, stderr = hutchinson_diagonal(
-        request.model, request.loss_fn, request.inputs, request.targets, request.samples, generator
+        request.model, request.loss_fn, request.inputs, request.targets, request.samples, generator, train=request.train
     )
     arrays = {name: {"h_hutchinson": estimate[name], "h_hutchinson_se": stderr[name]} for name in request.names}
     return arrays, {"hutchinson_samples": request.samples}
@@ -121,7 +226,7 @@ _ESTIMATORS: dict[str, ReferenceEstimator] = {
     )
 }
 _METHODS: dict[str, ReferenceMethod] = {
-    "exact": ReferenceMethod("the exact diagonal Hessian of the probe batch", ("exact",)),
+    "exact": ReferenceMethod("the exact diagonal Hessian (of the --reference-batch's loss)", ("exact",)),
     "hutchinson": ReferenceMethod("a Hutchinson estimate with --samples probes", ("hutchinson",)),
     "both": ReferenceMethod("exact and Hutchinson", ("exact", "hutchinson")),
     "none": ReferenceMethod("no reference (training curves only)", ()),

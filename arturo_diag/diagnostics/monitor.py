@@ -13,7 +13,11 @@ Every step it records the optimizer's health (``optimizer.last_step``: eta, its 
 bisection's iterations, K/eps, non-positive precision/denominator counts) and quantiles of the
 precision; every ``every`` steps a snapshot on the fixed probe batch: per parameter the filter's
 curvature ``a``, its variance ``P_aa``, the intercept ``b``, the precision, the weight, and the
-reference diagonal Hessian ``h`` (exact, Hutchinson with its standard error, or both). The format
+reference diagonal Hessian ``h`` (exact, Hutchinson with its standard error, or both), of the
+loss on the probe batch (``reference_batch="minibatch"``: on the step's minibatch, given as
+``step(loss, batch=(x, y))``) with the model in eval mode (``reference_mode="train"``: batch statistics; dropout is off either
+way). ``record.json`` says so from the start, with the model's class, the loss's name, every param
+group's lr and the layers' module types (:mod:`~arturo_diag.diagnostics.monitor_facts`). The format
 is ``docs/record.md``. The monitor never changes what the optimizer does, except that before a
 snapshot step it sets ``optimizer.dual_diagnostics`` so that the step also reports K(0)/eps and the
 exact root ``eta*`` (extra passes that do not change the update).
@@ -35,9 +39,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from arturo_diag.curvature.references import REFERENCE_ESTIMATORS, ReferenceRequest, estimators_of
+from arturo_diag.curvature.functional import evaluation_mode
+from arturo_diag.curvature.references import REFERENCE_ESTIMATORS, ReferenceRequest, dropout_off, estimators_of
 from arturo_diag.curvature.references import REFERENCE_METHODS as REFERENCES
-from arturo_diag.diagnostics.record import RecordWriter, layer_of
+from arturo_diag.diagnostics.monitor_facts import divergence_info, layer_labels, layer_types, run_facts
+from arturo_diag.diagnostics.record import RecordWriter
 from arturo_diag.errors import Diverged
 
 __all__ = ["Monitor", "REFERENCES"]
@@ -52,19 +58,11 @@ _STATE_FIELDS = {
 }
 # What is checked for NaN/inf after every step, in the order a step computes it (the first one found
 # is named): the gradient, the filter (P, then a and b), eta, the precision, the new weight.
+# steps.csv's columns read from optimizer.last_step
+_LAST_STEP_KEYS = tuple(
+    "kl_bound eta eta_lo eta_hi iterations kl_ratio precision_nonpos denominator_nonpos guard_acted numel".split()
+)
 _FILTER_STATE = ("filter_cov_bb", "filter_cov_ba", "filter_cov_aa", "curvature", "intercept")
-_QUANTITY_WORDS = {
-    "loss": "loss",
-    "gradient": "gradient",
-    "weight": "weight",
-    "eta": "eta",
-    "curvature": "curvature a",
-    "intercept": "intercept b",
-    "filter_cov_bb": "filter covariance P_bb",
-    "filter_cov_ba": "filter covariance P_ba",
-    "filter_cov_aa": "filter covariance P_aa",
-    "precision": "precision pi",
-}
 
 
 def _minimal_config(every: int, reference: str) -> str:
@@ -79,7 +77,8 @@ class Monitor:
         optimizer: the optimizer stepping it (arTuRO for curvature snapshots; any torch optimizer
             for loss curves only).
         loss_fn: ``(outputs, targets) -> scalar`` mean loss, as used for training.
-        probe_batch: ``(inputs, targets)``, the fixed batch the reference Hessian is taken on.
+        probe_batch: ``(inputs, targets)``, the fixed batch the reference Hessian is taken on
+            (None with ``reference_batch="minibatch"``).
         every: snapshot every this many steps.
         reference: ``"exact"``, ``"hutchinson"``, ``"both"`` or ``"none"``.
         out: the run record's directory.
@@ -90,6 +89,12 @@ class Monitor:
         kind: ``"monitor"`` (your loop) or ``"compare"``.
         overwrite: replace a record already in ``out``.
         on_snapshot: called with ``(step, "start" | "end")`` around each snapshot (progress display).
+        reference_mode: ``"eval"`` (BatchNorm running statistics) or ``"train"`` (batch statistics);
+            dropout is off in both (:data:`~arturo_diag.curvature.references.REFERENCE_MODES`).
+        reference_batch: ``"probe"`` (``probe_batch``) or ``"minibatch"`` (the ``batch`` given to
+            :meth:`step` at a snapshot step).
+        loss_name: the loss's name in the record (default: ``loss_fn``'s, see
+            :func:`~arturo_diag.curvature.references.loss_name`).
     """
 
     def __init__(
@@ -110,6 +115,9 @@ class Monitor:
         overwrite: bool = False,
         on_snapshot: Callable[[int, str], None] | None = None,
         extra_manifest: Mapping[str, Any] | None = None,
+        reference_mode: str = "eval",
+        reference_batch: str = "probe",
+        loss_name: str | None = None,
     ) -> None:
         if reference not in tuple(REFERENCES):
             raise ValueError(f"reference: got {reference!r}; allowed: {', '.join(REFERENCES)}")
@@ -118,7 +126,11 @@ class Monitor:
         self.model = model
         self.optimizer = optimizer
         self.loss_fn = loss_fn
-        self.probe_inputs, self.probe_targets = probe_batch
+        if probe_batch is None and reference_batch != "minibatch":
+            raise ValueError("probe_batch: got None; allowed: (inputs, targets), unless reference_batch='minibatch'")
+        self.probe_inputs, self.probe_targets = probe_batch if probe_batch is not None else (None, None)
+        self.reference_mode, self.reference_batch = reference_mode, reference_batch
+        self._batch: tuple[Tensor, Tensor] | None = None  # the step's minibatch (reference_batch "minibatch")
         self.every = every
         self.reference = reference
         self.samples = samples
@@ -136,6 +148,12 @@ class Monitor:
             for k, v in group.items()
             if k not in ("params", "param_names")
         }
+        names = [name for name, _ in self.named]
+        types = layer_types(model, names)
+        facts = run_facts(
+            model, optimizer, loss_fn, mode=reference_mode, batch=reference_batch, loss=loss_name, types=types
+        )
+        self.layers = layer_labels(types, names)
         self.writer = RecordWriter(
             out,
             kind,
@@ -144,6 +162,8 @@ class Monitor:
             optimizer={"name": type(optimizer).__name__, **settings},
             var_init=settings.get("var_init"),
             overwrite=overwrite,
+            layers=self.layers,
+            manifest={**facts, **(extra_manifest or {})},
         )
         self._extra_manifest = dict(extra_manifest or {})
         self.steps = 0
@@ -163,8 +183,13 @@ class Monitor:
         if self.is_arturo:
             self.optimizer.dual_diagnostics = self.reference != "none" and (self.steps + 1) % self.every == 0
 
-    def step(self, loss: Tensor | float | None = None, *, epoch: int | None = None) -> None:
+    def step(
+        self, loss: Tensor | float | None = None, *, epoch: int | None = None, batch: Sequence[Tensor] | None = None
+    ) -> None:
         """Record the step the optimizer just took; take a snapshot if one is due.
+
+        ``batch``: the step's ``(inputs, targets)``; needed at snapshot steps with
+        ``reference_batch="minibatch"`` (h is then taken on it), ignored otherwise.
 
         Raises:
             Diverged: the loss, a gradient, a weight or the optimizer's state is NaN/inf after this
@@ -179,19 +204,7 @@ class Monitor:
         }
         last = getattr(self.optimizer, "last_step", None) if self.is_arturo else None
         if last is not None:
-            for key in (
-                "kl_bound",
-                "eta",
-                "eta_lo",
-                "eta_hi",
-                "iterations",
-                "kl_ratio",
-                "precision_nonpos",
-                "denominator_nonpos",
-                "guard_acted",
-                "numel",
-            ):
-                row[key] = last.get(key)
+            row.update({key: last.get(key) for key in _LAST_STEP_KEYS})
             row["eta_prev"] = self._previous_eta
             self._previous_eta = last.get("eta")
             row.update(self._precision_quantiles())
@@ -205,7 +218,15 @@ class Monitor:
             raise Diverged(divergence)
         self.step_seconds += time.perf_counter() - start
         if self.reference != "none" and self.steps % self.every == 0:
+            if self.reference_batch == "minibatch":
+                if batch is None:
+                    raise ValueError(
+                        f"step {self.steps}: a snapshot with reference_batch='minibatch' needs the step's "
+                        "batch: monitor.step(loss, batch=(inputs, targets))"
+                    )
+                self._batch = (batch[0], batch[1])
             self.snapshot()
+            self._batch = None
         self._arm_dual_diagnostics()
 
     # ------------------------------------------------------------------ NaN / inf
@@ -255,24 +276,7 @@ class Monitor:
         return None  # pragma: no cover - the fused check and the search agree
 
     def _divergence(self, quantity: str, name: str | None, tensor: Tensor) -> dict[str, Any]:
-        bad = ~torch.isfinite(tensor)
-        count, nan = int(bad.sum()), int(torch.isnan(tensor).sum())
-        words = f"non-finite {_QUANTITY_WORDS.get(quantity, quantity)} at step {self.steps}"
-        if name is None:  # a scalar: the loss or eta
-            message = f"{words} ({'NaN' if nan else float(tensor.reshape(-1)[0])})"
-        else:
-            what = "NaN" if nan == count else ("inf" if nan == 0 else f"NaN or inf ({nan} NaN)")
-            message = f"{words} in layer {layer_of(name)} ({name}: {count} of {tensor.numel()} coordinates {what})"
-        return {
-            "step": self.steps,
-            "quantity": quantity,
-            "parameter": name,
-            "layer": layer_of(name) if name is not None else None,
-            "count": count,
-            "numel": int(tensor.numel()),
-            "kind": "nan" if nan else "inf",
-            "message": message,
-        }
+        return divergence_info(self.steps, quantity, name, self.layers.get(name) if name else None, tensor)
 
     def _precision_quantiles(self) -> dict[str, float]:
         state = self.optimizer.state
@@ -293,39 +297,50 @@ class Monitor:
         self.writer.add_epoch(dict(row))
 
     # ------------------------------------------------------------------ snapshots
+    def _reference_batch(self) -> tuple[Tensor, Tensor]:
+        return self._batch if self.reference_batch == "minibatch" else (self.probe_inputs, self.probe_targets)
+
     def _probe_loss(self) -> float:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                return float(self.loss_fn(self.model(self.probe_inputs), self.probe_targets))
-        finally:
-            self.model.train(was_training)
+        """The loss h is the Hessian of, at the snapshot: its batch, in its mode."""
+        inputs, targets = self._reference_batch()
+        if self.reference_mode == "eval":  # as before the choice existed: the same numbers
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                with torch.no_grad():
+                    return float(self.loss_fn(self.model(inputs), targets))
+            finally:
+                self.model.train(was_training)
+        with torch.no_grad(), dropout_off(self.model), evaluation_mode(self.model, train=True):
+            return float(self.loss_fn(self.model(inputs), targets))
 
     def reference_diagonal(self, step: int) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:
-        """The reference diagonal Hessian(s) at the current weights on the probe batch: the arrays of
-        every estimator of the run's reference method, and their ``snapshots.csv`` scalars
-        (:mod:`arturo_diag.curvature.references`)."""
+        """The reference diagonal Hessian(s) at the current weights on the probe batch (or the step's
+        minibatch), in the reference's mode: the arrays of every estimator of the run's reference
+        method, and their ``snapshots.csv`` scalars (:mod:`arturo_diag.curvature.references`)."""
         arrays: dict[str, dict[str, Tensor]] = {name: {} for name, _ in self.named}
         info: dict[str, Any] = {}
         for estimator in REFERENCE_ESTIMATORS.values():
             info.update(estimator.info)  # the value of a scalar whose estimator does not run
+        inputs, targets = self._reference_batch()
         request = ReferenceRequest(
             self.model,
             self.loss_fn,
-            self.probe_inputs,
-            self.probe_targets,
+            inputs,
+            targets,
             tuple(name for name, _ in self.named),
             exact_method=self.exact_method,
             samples=self.samples,
             seed=self.seed + step,
             device=self.named[0][1].device,
+            train=self.reference_mode == "train",
         )
-        for estimator in estimators_of(self.reference):
-            fields, scalars = estimator.compute(request)
-            for name, _ in self.named:
-                arrays[name].update(fields[name])
-            info.update(scalars)
+        with dropout_off(self.model):
+            for estimator in estimators_of(self.reference):
+                fields, scalars = estimator.compute(request)
+                for name, _ in self.named:
+                    arrays[name].update(fields[name])
+                info.update(scalars)
         return arrays, info
 
     def snapshot(self) -> None:

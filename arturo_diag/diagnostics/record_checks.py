@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from arturo_diag._toml import tomllib
-from arturo_diag.curvature.references import REFERENCE_METHODS, estimators_of
+from arturo_diag.curvature.references import REFERENCE_BATCHES, REFERENCE_METHODS, REFERENCE_MODES, estimators_of
 from arturo_diag.diagnostics.record_format import (
     _MANIFEST,
     _TABLES,
@@ -80,7 +80,23 @@ _MANIFEST_REQUIRED = {
     "parameters": _PARAMETERS,
     "optimizer": _OBJECT,
 }
-_MANIFEST_OPTIONAL = {"var_init": _optional(_POSITIVE)}
+_GROUPS = _Rule(
+    lambda v: isinstance(v, list) and all(isinstance(g, dict) and (g.get("lr") is None or _finite(g["lr"])) for g in v),
+    'a list of objects {"lr": a finite number or null, ...}',
+)
+_NAMES = _Rule(
+    lambda v: isinstance(v, dict) and all(isinstance(t, str) for t in v.values()), "an object: layer -> type"
+)
+# Keys of newer records (issue 11): a record without them reads as before (eval mode, probe batch, loss unknown).
+_MANIFEST_OPTIONAL = {
+    "var_init": _optional(_POSITIVE),
+    "reference_mode": _one_of(*REFERENCE_MODES),
+    "reference_batch": _one_of(*REFERENCE_BATCHES),
+    "loss": _optional(_TEXT),
+    "model_class": _optional(_TEXT),
+    "param_groups": _GROUPS,
+    "layer_types": _NAMES,
+}
 _MANIFEST_OPTIMIZER = {"lr": _optional(_NUMBER), "var_init": _optional(_POSITIVE), "eta_tol": _optional(_POSITIVE)}
 _PARAMETER_REQUIRED = {"shape": _SHAPE}
 _PARAMETER_OPTIONAL = {"layer": _TEXT}
@@ -129,6 +145,8 @@ _CONFIG_SCHEMA: dict[str, dict[str, _Rule]] = {
     "diagnostics": {
         "every": _POSITIVE_COUNT,
         "reference": _TEXT,
+        "reference_mode": _TEXT,
+        "reference_batch": _TEXT,
         "exact_method": _TEXT,
         "samples": _COUNT,
         "probe_size": _POSITIVE_COUNT,

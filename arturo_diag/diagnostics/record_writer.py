@@ -97,6 +97,8 @@ class RecordWriter:
         optimizer: the optimizer's settings (``record.json``'s ``optimizer``), e.g. the group's
             ``lr`` (the KL bound), ``eta_tol``, ``var_init``.
         var_init: the initial variance of every coordinate (used by the variance-collapse check).
+        layers: parameter name -> its layer's name, where it is not :func:`layer_of` the name.
+        manifest: further ``record.json`` keys known from the start (the reference's mode, ...).
         overwrite: replace a record that ``run_dir`` already holds. Without it, a directory with a
             ``record.json`` (of any status) is refused with :class:`RecordError`.
 
@@ -114,6 +116,8 @@ class RecordWriter:
         optimizer: Mapping[str, Any] | None = None,
         var_init: float | None = None,
         overwrite: bool = False,
+        layers: Mapping[str, str] | None = None,
+        manifest: Mapping[str, Any] | None = None,
     ) -> None:
         if kind not in RECORD_KINDS:
             raise ValueError(f"kind: got {kind!r}; allowed: {', '.join(map(repr, RECORD_KINDS))}")
@@ -124,7 +128,9 @@ class RecordWriter:
         self.run_dir = Path(run_dir)
         self._parameters: dict[str, dict[str, Any]] = {}
         for name, shape in parameters.items():
-            self._parameters[str(name)] = {"shape": [int(n) for n in shape], "layer": layer_of(str(name))}
+            layer = (layers or {}).get(name) or layer_of(str(name))
+            self._parameters[str(name)] = {"shape": [int(n) for n in shape], "layer": str(layer)}
+        self._extra = {k: v for k, v in (manifest or {}).items() if k not in ("format", "status")}
         _refuse_study_dir(self.run_dir)
         # One writer per run directory (docs/record.md, "Locks"): held from before a previous record
         # is looked at or removed until the record's last write (see ``_finished``).
@@ -178,6 +184,7 @@ class RecordWriter:
             "var_init": var_init,
             "created": _now(),
             "arturo_diag_version": _version(),
+            **self._extra,
         }
         atomic_write_text(self.run_dir / _CONFIG, config_toml_text)
         self._write_manifest()

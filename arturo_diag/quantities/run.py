@@ -4,12 +4,17 @@
 unusable_snapshots ([{step, reason}]: a or h NaN/inf, or h all 0; such a snapshot is left out of
 agreement, movement, calibration and lag), steps, n_step_rows, n_snapshots, snapshot_steps,
 reference ("exact" | "hutchinson" | "both" | "none" | "mixed"), compared_against ("h_exact" |
-"h_hutchinson" | None | "mixed"), exact_method, hutchinson_samples, n_parameters, n_tensors,
+"h_hutchinson" | None | "mixed"), exact_method, hutchinson_samples, reference_mode ("eval" |
+"train"), reference_batch ("probe" | "minibatch"), loss (the loss's name, None when not recorded),
+model_class, param_groups ([{lr, n_tensors}], [] when not recorded), n_parameters, n_tensors,
 layers, optimizer, var_init, var_init_source, eta_tol, eta_tol_source, constant_baseline,
-arturo_diag_version.
+arturo_diag_version. A record without the reference's mode and batch (older than issue 11) was
+taken in eval mode on the probe batch, and reads so.
 
-Findings (topics ``divergence`` and ``reference``): a diverged run's first finding says where it
-went NaN/inf (step, quantity, layer); then what h is and how noisy; then the unusable snapshots.
+Findings (topics ``divergence``, ``reference`` and ``param_groups``): a diverged run's first finding
+says where it went NaN/inf (step, quantity, layer); then what h is (of which loss, on which batch,
+in which mode) and how noisy; then the unusable snapshots; a warning when a param group's lr
+differs from group 0's (the KL bound eps is group 0's).
 The run's title and settings sections are the report's own (:mod:`arturo_diag.report.sections`).
 """
 
@@ -20,7 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from arturo_diag.curvature.references import REFERENCE_METHODS, estimators_of
+from arturo_diag.curvature.references import (
+    REFERENCE_BATCHES,
+    REFERENCE_METHODS,
+    REFERENCE_MODES,
+    estimators_of,
+    reference_meaning,
+    reference_setting,
+)
 from arturo_diag.quantities._words import _count, _get, _is_number, _num
 from arturo_diag.quantities.base import Context, Findings, Quantity, SnapshotView, snapshot_value
 
@@ -58,6 +70,11 @@ def compute(context: Context) -> dict[str, Any]:
         "compared_against": compared[0] if len(compared) == 1 else (None if not compared else "mixed"),
         "exact_method": snapshot_value(record.snapshots, last_snapshot, "exact_method"),
         "hutchinson_samples": snapshot_value(record.snapshots, last_snapshot, "hutchinson_samples"),
+        "reference_mode": reference_setting(record.manifest.get("reference_mode"), REFERENCE_MODES),
+        "reference_batch": reference_setting(record.manifest.get("reference_batch"), REFERENCE_BATCHES),
+        "loss": record.manifest.get("loss") if isinstance(record.manifest.get("loss"), str) else None,
+        "model_class": record.manifest.get("model_class"),
+        "param_groups": [dict(g) for g in record.manifest.get("param_groups") or [] if isinstance(g, Mapping)],
         "n_parameters": int(sum(int(np.prod(shape)) for shape in record.parameters.values())),
         "n_tensors": len(record.parameters),
         "layers": list(dict.fromkeys(record.layers[name] for name in record.parameters)),
@@ -91,6 +108,7 @@ def _reference(out: Findings, metrics: Mapping[str, Any]) -> None:
     noise_final = _get(metrics, "agreement", "reference_noise", "final")
     samples = run.get("hutchinson_samples")
     samples_words = f" with {samples} samples" if samples is not None else ""
+    meaning = reference_meaning(run.get("reference_mode"), run.get("reference_batch"), run.get("loss"))
     if reference in (None, "none"):
         out.add(
             "reference",
@@ -100,7 +118,8 @@ def _reference(out: Findings, metrics: Mapping[str, Any]) -> None:
         )
     elif reference == "hutchinson":
         text = (
-            f"h is a Hutchinson estimate{samples_words}, not the exact diagonal Hessian, so it carries noise of its own"
+            f"h is a Hutchinson estimate{samples_words} of the diagonal Hessian {meaning}, not the exact "
+            "diagonal Hessian, so it carries noise of its own"
         )
         relative_se = _get(noise_final, "relative_se")
         severity = "info"
@@ -118,7 +137,7 @@ def _reference(out: Findings, metrics: Mapping[str, Any]) -> None:
         out.add(
             "reference",
             "info",
-            f"h is the exact diagonal Hessian{method_words} on a fixed probe batch. Hutchinson's "
+            f"h is the exact diagonal Hessian{method_words} {meaning}. Hutchinson's "
             f"estimate{samples_words} has relative error {_num(_get(final, 'relative_error'))} against it "
             f"at the final snapshot (Spearman {_num(_get(final, 'spearman'))}), vs "
             f"{_num(_get(estimate, 'relative_error'))} for arTuRO's a.",
@@ -127,11 +146,11 @@ def _reference(out: Findings, metrics: Mapping[str, Any]) -> None:
         out.add(
             "reference",
             "info",
-            f"h is the exact diagonal Hessian{method_words} of the training loss on a fixed probe batch.",
+            f"h is the exact diagonal Hessian{method_words} {meaning}.",
         )
     elif reference in REFERENCE_METHODS:  # a method declared in curvature/references.py, not worded above
         words = " and the ".join(e.words for e in estimators_of(reference))
-        out.add("reference", "info", f"h is the {words} on a fixed probe batch.")
+        out.add("reference", "info", f"h is the {words} {meaning}.")
     else:
         out.add(
             "reference",
@@ -157,15 +176,43 @@ def _unusable(out: Findings, metrics: Mapping[str, Any]) -> None:
     )
 
 
+def _param_groups(out: Findings, metrics: Mapping[str, Any]) -> None:
+    """A warning when a param group's lr differs from group 0's: arTuRO's one KL bound eps, and the
+    ``kl_bound`` of steps.csv, are group 0's lr; the other groups' lr is not that bound."""
+    groups = _get(metrics, "run", "param_groups") or []
+    rates = [g.get("lr") for g in groups]
+    if len(rates) < 2 or not _is_number(rates[0]):
+        return
+    differ = [(i, lr) for i, lr in enumerate(rates[1:], 1) if _is_number(lr) and lr != rates[0]]
+    if not differ:
+        return
+    # every digit (repr): two rates that differ must not print alike
+    shown = "; ".join(f"group {i}: lr {float(lr)!r}" for i, lr in differ[:4]) + (" ..." if len(differ) > 4 else "")
+    out.add(
+        "param_groups",
+        "warning",
+        f"{_count(len(differ), 'param group')} of {len(groups)} {'has' if len(differ) == 1 else 'have'} an lr "
+        f"other than group 0's ({float(rates[0])!r}): {shown}. The KL bound eps is group 0's lr alone (arTuRO "
+        "takes its one trust region from group 0, and the record's kl_bound is it); the other groups' lr "
+        "does not bound their step.",
+    )
+
+
 def findings(out: Findings, metrics: Mapping[str, Any]) -> None:
     _divergence(out, metrics)
     _reference(out, metrics)
     _unusable(out, metrics)
+    _param_groups(out, metrics)
 
 
 QUANTITY = Quantity(
     name="run",
-    needs=("record.json", "config.toml", "snapshots.csv: exact_method, hutchinson_samples", "snapshots: a, h"),
+    needs=(
+        "record.json (reference_mode, reference_batch, loss, model_class, param_groups when recorded)",
+        "config.toml",
+        "snapshots.csv: exact_method, hutchinson_samples",
+        "snapshots: a, h",
+    ),
     compute=compute,
     observer=_Compared,
     findings=findings,

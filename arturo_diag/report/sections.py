@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from arturo_diag.curvature.references import reference_meaning
 from arturo_diag.diagnostics.record import RunRecord
 from arturo_diag.report.document import Block, Bullets, Heading, Paragraph, Table, code, strong, text
 from arturo_diag.report.format import NA, get, num, plural
@@ -68,6 +69,10 @@ def read_settings(record: RunRecord) -> dict[str, tuple[Any, str]]:
         "seed",
         "dtype",
         "epochs",
+        "reference_mode",
+        "reference_batch",
+        "loss",
+        "model_class",
     )
     found: dict[str, tuple[Any, str]] = {}
     for key in keys:
@@ -101,7 +106,7 @@ def title_section(record: RunRecord, metrics: Mapping[str, Any], name: str | Pat
     """Title with the run's name, then one paragraph: model, dataset, steps, snapshots, reference."""
     settings = read_settings(record)
     run = metrics.get("run") or {}
-    model = record.manifest.get("model") or settings["model"][0]
+    model = record.manifest.get("model") or settings["model"][0] or record.manifest.get("model_class")
     dataset = record.manifest.get("dataset") or settings["dataset"][0]
     optimizer = record.manifest.get("optimizer_name") or settings["optimizer"][0] or get(run, "optimizer", "name")
     n_epochs = get(metrics, "training", "n_evaluations")
@@ -118,7 +123,11 @@ def title_section(record: RunRecord, metrics: Mapping[str, Any], name: str | Pat
     }.get(reference, str(reference))
     method = run.get("exact_method")
     if reference in ("exact", "both") and method:
-        reference_words += f", {method}"
+        reference_words += f" ({method})"
+    if reference not in (None, "none"):  # of which loss, on which batch, in which mode
+        reference_words += " " + reference_meaning(
+            run.get("reference_mode"), run.get("reference_batch"), run.get("loss")
+        )
     layers = run.get("layers") or []
     shown_layers = ", ".join(layers[:8]) + (f" and {len(layers) - 8} more" if len(layers) > 8 else "")
     spans = [
@@ -254,6 +263,10 @@ def _hyperparameter_table(settings: Mapping[str, tuple[Any, str]]) -> Table:
         ("batch_size", "minibatch size"),
         ("seed", "seed of data, init, batches and probes"),
         ("dtype", "parameter dtype"),
+        ("loss", "the training loss (h is its Hessian)"),
+        ("reference_mode", "the model's mode while h is taken"),
+        ("reference_batch", "the batch h is taken on"),
+        ("model_class", "the model's class"),
     ):
         value, source = settings[key]
         if value is not None:

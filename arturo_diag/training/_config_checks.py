@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from arturo_diag.curvature.methods import EXACT_METHODS, ORACLES
-from arturo_diag.curvature.references import REFERENCE_METHODS
+from arturo_diag.curvature.references import REFERENCE_BATCHES, REFERENCE_METHODS, REFERENCE_MODES
 from arturo_diag.errors import ConfigError
 from arturo_diag.optim.arturo import DUAL_CHOICES, KL_CHOICES
 from arturo_diag.optim.presets import PRESET_NAMES
@@ -131,6 +131,8 @@ def _check_choices(c: Any) -> None:
     _one_of(c, "kl", KL_CHOICES)
     _one_of(c, "dual", DUAL_CHOICES)
     _one_of(c, "reference", REFERENCE_METHODS)
+    _one_of(c, "reference_mode", REFERENCE_MODES)
+    _one_of(c, "reference_batch", REFERENCE_BATCHES)
     _one_of(c, "exact_method", EXACT_METHODS)
     _one_of(c, "oracle", ORACLES)
     _one_of(c, "dtype", DTYPES)
@@ -221,7 +223,7 @@ def unused_fields(config: Any) -> list[tuple[str, Any, str]]:
                     f"none with optimizer {config.optimizer} (baselines train without reference snapshots)",
                 )
             )
-        for name in ("exact_method", "samples"):
+        for name in ("exact_method", "samples", "reference_mode", "reference_batch"):
             if given(name):
                 unused.append(
                     (
@@ -243,6 +245,11 @@ def unused_fields(config: Any) -> list[tuple[str, Any, str]]:
         unused.append(("samples", config.samples, "unset unless reference or oracle is hutchinson (or both)"))
     if given("exact_method") and config.reference not in ("exact", "both") and config.oracle != "exact":
         unused.append(("exact_method", config.exact_method, "unset unless reference or oracle is exact (or both)"))
+    for name in ("reference_mode", "reference_batch"):
+        if given(name) and config.reference == "none":
+            unused.append((name, getattr(config, name), "unset with reference none (no h is taken)"))
+    if given("probe_size") and config.reference_batch == "minibatch":
+        unused.append(("probe_size", config.probe_size, "unset with reference_batch minibatch (no probe batch)"))
     return unused
 
 

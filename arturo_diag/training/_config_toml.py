@@ -41,7 +41,16 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "momentum",
     ),
     "schedule": ("lr_milestones", "lr_gamma"),
-    "diagnostics": ("every", "reference", "exact_method", "samples", "probe_size", "collapse_fraction"),
+    "diagnostics": (
+        "every",
+        "reference",
+        "reference_mode",
+        "reference_batch",
+        "exact_method",
+        "samples",
+        "probe_size",
+        "collapse_fraction",
+    ),
 }
 
 

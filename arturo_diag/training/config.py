@@ -91,6 +91,8 @@ class RunConfig:
     # [diagnostics]
     every: int = 20  # snapshots cost ~15 ms each on the default: every 20 keeps diagnostics near 30 %
     reference: str = "exact"
+    reference_mode: str = "eval"  # the model's mode for h: eval (running statistics) or train (batch statistics)
+    reference_batch: str = "probe"  # h on the fixed probe batch, or on the step's minibatch
     exact_method: str = "auto"
     samples: int = 64
     probe_size: int = 128

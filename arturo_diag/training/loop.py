@@ -121,7 +121,7 @@ def check_against_data(config: RunConfig, num_train: int, name: str) -> list[str
     if config.batch_size > num_train:
         raise ConfigError("batch_size", config.batch_size, f"at most {num_train}, the training examples of {name}")
     snapshots_taken = config.optimizer == "arturo" and config.reference != "none"
-    if snapshots_taken and config.probe_size > num_train:
+    if snapshots_taken and config.reference_batch == "probe" and config.probe_size > num_train:
         raise ConfigError("probe_size", config.probe_size, f"at most {num_train}, the training examples of {name}")
     batches_per_epoch = math.ceil(num_train / config.batch_size)
     total_steps = config.steps if config.steps is not None else config.epochs * batches_per_epoch
@@ -187,6 +187,8 @@ def prepare(
         samples=config.samples,
         exact_method=config.exact_method,
         seed=config.seed,
+        reference_mode=config.reference_mode,
+        reference_batch=config.reference_batch,
         config_toml=config_to_toml(config),
         kind=kind,
         overwrite=overwrite,
@@ -268,7 +270,7 @@ def run(
                 optimizer.step()
                 step += 1
                 loss_value = float(loss.detach())
-                monitor.step(loss_value, epoch=epoch)
+                monitor.step(loss_value, epoch=epoch, batch=(x, y))
                 notify("step", {"step": step, "loss": loss_value})
             train_loss, train_acc = evaluate(model, dataset.x_train, dataset.y_train)
             test_loss, test_acc = evaluate(model, dataset.x_test, dataset.y_test)

@@ -91,7 +91,11 @@ def test_a_registered_reference_is_computed_stored_compared_and_named(tmp_path, 
     relative_error = np.linalg.norm(a - h_toy) / np.linalg.norm(h_toy)
     final = metrics["agreement"]["final"]["overall"]["estimate"]["relative_error"]
     assert final == pytest.approx(relative_error, rel=1e-10)
-    assert "h is the doubled diagonal Hessian h on a fixed probe batch." in [f["text"] for f in metrics["findings"]]
+    stated = (
+        "h is the doubled diagonal Hessian h of the cross_entropy loss on the fixed probe batch, "
+        "model in eval mode (BatchNorm running statistics, dropout off)."
+    )  # issue 11: the loss, the batch and the mode by name
+    assert stated in [f["text"] for f in metrics["findings"]]
 
     markdown = render_report(tmp_path / "run").markdown.read_text(encoding="utf-8")
     assert "the doubled diagonal Hessian h" in markdown

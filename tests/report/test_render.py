@@ -258,7 +258,8 @@ def test_hutchinson_reference_is_reported_with_its_noise(make_record):
     agreement = to_markdown(agreement_section(metrics))
     assert "Noise of the Hutchinson reference" in agreement
     title = to_markdown(sections.title_section(RunRecord.load(run_dir), metrics, run_dir.name))
-    assert "Reference h: a Hutchinson estimate (8 samples)." in title
+    # issue 11: what h is the Hessian of (a record without the loss's name: "not recorded")
+    assert "Reference h: a Hutchinson estimate (8 samples) of the training loss (its function not recorded)" in title
 
 
 def test_many_layers_get_one_compact_agreement_row_each(make_record):
