@@ -3,9 +3,12 @@
 ``metrics["agreement"]``: a series (``{snapshots, final}``) of per-layer entries ``{step,
 reference, overall: X, layers: {layer: X}}`` with X = ``agreement_with_baselines(a, h, h_prev)``
 = ``{estimate, constant, previous_h, constant_value, beats_constant, beats_constant_summary {all,
-any, lost_on}, beats_previous_h}``; plus ``hutchinson_vs_exact`` (a series of per-layer
-``agreement(h_hutchinson, h_exact)``, or None) and ``reference_noise`` (a series of ``{step,
-relative_se, median_se_over_abs_h, samples}``, or None).
+any, lost_on}, beats_previous_h, scale}`` (``scale``: :func:`~arturo_diag.diagnostics.scale.scale_and_shape`,
+the zero/best-constant/median-|h| baselines and a optimally rescaled); plus ``hutchinson_vs_exact``
+(a series of per-layer ``agreement(h_hutchinson, h_exact)`` with its ``scale``, or None),
+``reference_noise`` (a series of ``{step, relative_se, median_se_over_abs_h, samples}``, or None)
+and ``bootstrap`` (the final snapshot's intervals behind the verdicts ``agreement.beats_constant``,
+``agreement.scale``, ``agreement.shape``: :mod:`arturo_diag.quantities.agreement_verdicts`).
 
 Wording (ARTURO.md, "Diagnostic quantities"): an agreement number is always given next to what
 the constant vector 0.1 scores, and an estimate that a constant matches or beats is never
@@ -22,10 +25,21 @@ from typing import Any
 import numpy as np
 
 from arturo_diag.curvature.references import estimator_for_field
-from arturo_diag.diagnostics.agreement import agreement, agreement_with_baselines, per_layer
+from arturo_diag.diagnostics.agreement import per_layer
+from arturo_diag.diagnostics.scale import agreement_scaled, agreement_with_baselines_scaled
+from arturo_diag.quantities._agreement_bootstrap import final_bootstrap
 from arturo_diag.quantities._agreement_tables import _METRIC_ROWS, agreement_tables, hutchinson_table
 from arturo_diag.quantities._blocks import _no_reference_reason, _not_computed
-from arturo_diag.quantities._words import _FINDING_WORDS, _get, _num, _pct
+from arturo_diag.quantities._scale_tables import scale_shape_blocks
+from arturo_diag.quantities._words import _get, _num
+from arturo_diag.quantities.agreement_verdicts import (
+    agreement_verdicts,
+    beats_constant_findings,
+    layer_findings,
+    layer_verdicts,
+    lost_metrics,
+    verdict,
+)
 from arturo_diag.quantities.base import (
     Context,
     Findings,
@@ -42,7 +56,7 @@ from arturo_diag.quantities.base import (
 )
 from arturo_diag.report.document import Block, Heading, Inline, Paragraph, strong, text
 from arturo_diag.report.figures.agreement import FIGURE
-from arturo_diag.report.format import distinguishing_digits, get, num, plural
+from arturo_diag.report.format import get, num, plural
 
 __all__ = ["QUANTITY"]
 
@@ -54,6 +68,7 @@ class _Observer:
         self.entries: list[dict[str, Any]] = []
         self.hutchinson: list[dict[str, Any]] = []
         self.noise: list[dict[str, Any]] = []
+        self.final: tuple[int, dict[str, tuple[np.ndarray, np.ndarray]]] | None = None  # for the verdicts
 
     def snapshot(self, view: SnapshotView) -> None:
         if not view.usable:
@@ -70,7 +85,7 @@ class _Observer:
         self.entries.append(
             split(
                 per_layer(
-                    lambda a, h, h_prev: agreement_with_baselines(a, h, h_prev, constant=constant),
+                    lambda a, h, h_prev: agreement_with_baselines_scaled(a, h, h_prev, constant=constant),
                     {
                         name: {"a": a[name], "h": h[name], "h_prev": None if h_prev is None else h_prev[name]}
                         for name in names
@@ -81,11 +96,12 @@ class _Observer:
                 reference=view.field,
             )
         )
+        self.final = (view.step, {name: (a[name], h[name]) for name in names})
         if view.label == "both":
             self.hutchinson.append(
                 split(
                     per_layer(
-                        agreement,
+                        agreement_scaled,
                         {name: (snapshot[name]["h_hutchinson"], snapshot[name]["h_exact"]) for name in names},
                         layers,
                     ),
@@ -114,6 +130,9 @@ def compute(context: Context) -> dict[str, Any]:
         **series(observer.entries),
         "hutchinson_vs_exact": series(observer.hutchinson) if observer.hutchinson else None,
         "reference_noise": series(observer.noise) if observer.noise else None,
+        "bootstrap": final_bootstrap(*observer.final, context.record.layers, observer.constant)
+        if observer.final
+        else None,
     }
 
 
@@ -140,43 +159,9 @@ def _agreement(out: Findings, metrics: Mapping[str, Any]) -> None:
     final = block.get("final")
     if not final:
         return
-    step = final.get("step")
     overall = final["overall"]
-    estimate, constant = overall["estimate"], overall["constant"]
-    value = overall.get("constant_value", 0.1)
-    verdict = overall["beats_constant"]
-    lost = overall["beats_constant_summary"]["lost_on"]
-    versus = (
-        f"relative error {_num(estimate['relative_error'])} vs {_num(constant['relative_error'])} "
-        f"for the constant {value:g}"
-    )
-    if verdict.get("relative_error") is not True:
-        out.add(
-            "agreement",
-            "warning",
-            f"The curvature estimate does not beat a constant vector: {versus} at the final snapshot "
-            f"(step {step}); Spearman {_num(estimate['spearman'])}, cosine {_num(estimate['cosine'])} "
-            f"vs {_num(constant['cosine'])}.",
-        )
-    elif lost:
-        details = "; ".join(f"{_FINDING_WORDS.get(m, m)} {_num(estimate[m])} vs {_num(constant[m])}" for m in lost)
-        out.add(
-            "agreement",
-            "warning",
-            f"The curvature estimate beats the constant {value:g} on relative error "
-            f"({_num(estimate['relative_error'])} vs {_num(constant['relative_error'])}) at the final "
-            f"snapshot (step {step}), but not on: {details}.",
-        )
-    else:
-        out.add(
-            "agreement",
-            "info",
-            f"At the final snapshot (step {step}) the curvature estimate beats the constant {value:g} on "
-            f"every agreement metric: {versus}, cosine {_num(estimate['cosine'])} vs "
-            f"{_num(constant['cosine'])}, Spearman {_num(estimate['spearman'])} (the constant has no "
-            f"ranks), sign agreement {_pct(estimate['sign_agreement'])} vs "
-            f"{_pct(constant['sign_agreement'])}.",
-        )
+    estimate = overall["estimate"]
+    beats_constant_findings(out, metrics)  # a against the constant, its scale and its shape: the verdicts
 
     previous = overall.get("previous_h")
     if previous:
@@ -188,16 +173,7 @@ def _agreement(out: Findings, metrics: Mapping[str, Any]) -> None:
             f"{_num(estimate['relative_error'])} and {_num(estimate['spearman'])}).",
         )
 
-    layers = final.get("layers") or {}
-    losing = [layer for layer, entry in layers.items() if _get(entry, "beats_constant", "relative_error") is not True]
-    if layers and losing and len(losing) < len(layers):
-        shown = ", ".join(losing[:8]) + (f" and {len(losing) - 8} more" if len(losing) > 8 else "")
-        out.add(
-            "agreement",
-            "warning",
-            f"In {len(losing)} of {len(layers)} layers the estimate does not beat the constant on "
-            f"relative error at the final snapshot: {shown}.",
-        )
+    layer_findings(out, metrics)
 
     entries = block.get("snapshots") or []
     if len(entries) > 1:
@@ -233,6 +209,7 @@ def agreement_section(metrics: Mapping[str, Any]) -> list[Block]:
     layers = final.get("layers") or {}
     blocks.append(Paragraph(_verdict_spans(block, overall, layers, constant_name)))
     blocks += agreement_tables(step, overall, layers, constant_name)
+    blocks += scale_shape_blocks(metrics)
     hutchinson = get(block, "hutchinson_vs_exact", "final")
     if hutchinson:
         blocks.append(hutchinson_table(hutchinson, overall, layers))
@@ -253,32 +230,33 @@ def _verdict_spans(
 ) -> Inline:
     """Whether a beats the constant on relative error over all coordinates, the metrics and layers
     where it does not, the previous h's score and the share of snapshots a won."""
-    estimate, constant = overall["estimate"], overall["constant"]
-    verdict = overall.get("beats_constant") or {}
-    pair = (estimate["relative_error"], constant["relative_error"])
-    digits = distinguishing_digits(pair)
-    versus = f"({num(pair[0], digits)} vs {num(pair[1], digits)})"
-    if verdict.get("relative_error") is not True:
-        sentence = (
-            strong(f"The estimate does not beat the {constant_name}"),
-            text(f" on relative error over all coordinates {versus}."),
-        )
-    else:
-        sentence = (text(f"The estimate beats the {constant_name} on relative error over all coordinates {versus}."),)
-    lost = (overall.get("beats_constant_summary") or {}).get("lost_on") or []
+    beats = verdict({"agreement": block}, "agreement.beats_constant")
+    said = text if beats.outcome == "yes" else strong
+    sentence: Inline = (said(beats.text),)
+    worse, equal = lost_metrics(overall)
     words = {m: label.split(" (")[0] for m, label, _ in _METRIC_ROWS}
-    if lost:
-        sentence += (text(" It does not beat the constant on: " + ", ".join(words.get(m, m) for m in lost) + "."),)
-    losing = [layer for layer, entry in layers.items() if get(entry, "beats_constant", "relative_error") is not True]
-    if losing:
+    if worse:
         sentence += (
             text(
-                f" Per layer, the estimate does not beat the constant on relative error in "
-                f"{len(losing)} of {len(layers)}: {', '.join(losing[:12])}"
-                + (f" and {len(losing) - 12} more" if len(losing) > 12 else "")
+                " Its point estimates are worse than the constant's on: "
+                + ", ".join(words.get(m, m) for m in worse)
                 + "."
             ),
         )
+    if equal:
+        sentence += (text(" Equal to the constant's on: " + ", ".join(words.get(m, m) for m in equal) + "."),)
+    per = layer_verdicts({"agreement": block})
+    for outcome, says in (("no", "does not beat the constant by the margin"), ("inconclusive", "is inconclusive")):
+        losing = [layer for layer, v in per.items() if v.outcome == outcome]
+        if losing and len(per) > 1:
+            sentence += (
+                text(
+                    f" Per layer, on relative error (same rule), the estimate {says} in {len(losing)} of {len(per)}: "
+                    + ", ".join(losing[:12])
+                    + (f" and {len(losing) - 12} more" if len(losing) > 12 else "")
+                    + "."
+                ),
+            )
     previous = overall.get("previous_h")
     if previous:
         better = (overall.get("beats_previous_h") or {}).get("relative_error")
@@ -309,6 +287,7 @@ QUANTITY = Quantity(
     compute=compute,
     observer=_Observer,
     findings=_agreement,
+    verdicts=agreement_verdicts,
     blocks=agreement_section,
     figures=(FIGURE,),
     study_columns=study_columns,

@@ -50,6 +50,21 @@ def _agreement(rel_a, rel_c, beats):
     }
 
 
+def _bootstrap(rel_a, rel_c, ci_low, ci_high):
+    """The final snapshot's bootstrap entry of the agreement verdicts (difference = rel_c - rel_a)."""
+    return {
+        "step": 800,
+        "overall": {
+            "constant": 0.1,
+            "relative_error": rel_a,
+            "constant_relative_error": rel_c,
+            "difference": {"estimate": rel_c - rel_a, "ci_low": ci_low, "ci_high": ci_high},
+            "margin": 0.01 * rel_c,
+        },
+        "layers": {},
+    }
+
+
 def _trust_region():
     run = {
         "start_step": 300,
@@ -84,7 +99,7 @@ def _trust_region():
 def test_the_sentences_of_the_brief():
     metrics = {
         "run": {"reference": "exact", "exact_method": "ggn"},
-        "agreement": {"final": _agreement(0.98, 0.97, False)},
+        "agreement": {"final": _agreement(0.98, 0.97, False), "bootstrap": _bootstrap(0.98, 0.97, -0.02, -0.005)},
         "lag": {
             "identifiable": False,
             "max_lag": 5,
@@ -96,8 +111,9 @@ def test_the_sentences_of_the_brief():
     }
     result = findings(metrics)
     texts = [f["text"] for f in result]
+    # issue 11: the sentence follows agreement.beats_constant (interval below the 1 % margin: "no")
     assert (
-        "The curvature estimate does not beat a constant vector: relative error 0.98 vs 0.97 for the constant 0.1"
+        "The estimate a does not beat the constant 0.1 by the margin: relative error 0.98 vs 0.97 for the constant 0.1"
     ) in texts[1]
     assert result[1]["severity"] == "warning" and result[1]["topic"] == "agreement"
     assert any(t.startswith("No identifiable lag: the lag curve is flat within snapshot noise") for t in texts)
@@ -117,10 +133,16 @@ def test_the_sentences_of_the_brief():
 
 
 def test_a_win_on_relative_error_alone_is_not_called_agreement():
+    metrics = {"agreement": {"final": _agreement(0.5, 0.97, True), "bootstrap": _bootstrap(0.5, 0.97, 0.4, 0.55)}}
+    (text,) = [f["text"] for f in findings(metrics) if f["topic"] == "agreement"]
+    assert "The estimate a beats the constant 0.1: relative error 0.5 vs 0.97" in text
+    assert "worse than the constant's on: cosine 0.2 vs 0.25" in text
+
+
+def test_without_an_interval_no_beats_statement_is_made():
+    """Hand-built metrics without the bootstrap entry: agreement.beats_constant is not applicable."""
     result = findings({"agreement": {"final": _agreement(0.5, 0.97, True)}})
-    (text,) = [f["text"] for f in result if f["topic"] == "agreement"]
-    assert "beats the constant 0.1 on relative error (0.5 vs 0.97)" in text
-    assert "but not on: cosine 0.2 vs 0.25" in text
+    assert not any("beat" in f["text"] for f in result if f["topic"] == "agreement")
 
 
 def test_missing_parts_are_skipped():

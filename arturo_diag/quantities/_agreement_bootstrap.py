@@ -1,0 +1,89 @@
+"""Bootstrap intervals over coordinates for the agreement verdicts, at the final snapshot.
+
+``metrics["agreement"]["bootstrap"]`` = ``{"step", "overall": X, "layers": {layer: X}}`` or None,
+with X = ``{n, n_resampled, samples, constant, relative_error, constant_relative_error,
+difference {estimate, ci_low, ci_high}, margin}`` and, overall only, ``factor`` (c* = <a,h>/<a,a>)
+and ``spearman`` (each ``{estimate, ci_low, ci_high}``). Estimates use every finite coordinate;
+intervals are 95 % percentile bootstraps (:func:`~arturo_diag.quantities.verdicts.bootstrap_ci`,
+200 resamples, seed 0) over the coordinates, or, above ``MAX_RESAMPLED`` coordinates, over a fixed
+random subset of that many (seed 0): a wider, conservative interval.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from arturo_diag.diagnostics.agreement import per_layer, spearman
+from arturo_diag.diagnostics.scale import optimal_scale, relative_error
+from arturo_diag.quantities.verdicts import BOOTSTRAP_SAMPLES, bootstrap_ci
+
+__all__ = ["BEATS_MARGIN", "MAX_RESAMPLED", "final_bootstrap"]
+
+MAX_RESAMPLED = 20_000  # coordinates resampled (a fixed random subset above this)
+BEATS_MARGIN = 0.01  # practical margin of agreement.beats_constant: 1 % of the constant's relative error
+
+
+def _flat_finite(a: Any, h: Any) -> tuple[np.ndarray, np.ndarray]:
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    h = np.asarray(h, dtype=np.float64).reshape(-1)
+    finite = np.isfinite(a) & np.isfinite(h)
+    return a[finite], h[finite]
+
+
+def _interval(estimate: float, statistic, n: int) -> dict[str, float]:
+    low, high = bootstrap_ci(statistic, n) if math.isfinite(estimate) else (math.nan, math.nan)
+    return {"estimate": float(estimate), "ci_low": low, "ci_high": high}
+
+
+def _entry(a: Any, h: Any, constant: float, *, overall: bool) -> dict[str, Any]:
+    a, h = _flat_finite(a, h)
+    n = int(a.size)
+    sub_a, sub_h = a, h
+    if n > MAX_RESAMPLED:
+        keep = np.sort(np.random.default_rng(0).choice(n, MAX_RESAMPLED, replace=False))
+        sub_a, sub_h = a[keep], h[keep]
+    m = int(sub_a.size)
+    c = np.full_like(h, constant)
+    error_a, error_c = relative_error(a, h), relative_error(c, h)
+
+    def difference(idx: np.ndarray) -> float:
+        x, y = sub_a[idx], sub_h[idx]
+        return relative_error(np.full_like(y, constant), y) - relative_error(x, y)
+
+    entry: dict[str, Any] = {
+        "n": n,
+        "n_resampled": m,
+        "samples": BOOTSTRAP_SAMPLES,
+        "constant": float(constant),
+        "relative_error": error_a,
+        "constant_relative_error": error_c,
+        "difference": _interval(error_c - error_a, difference, m),
+        "margin": BEATS_MARGIN * error_c,
+    }
+    if overall:
+        entry["factor"] = _interval(optimal_scale(a, h), lambda idx: optimal_scale(sub_a[idx], sub_h[idx]), m)
+        entry["spearman"] = _interval(
+            spearman(a, h) if n > 1 else math.nan, lambda idx: spearman(sub_a[idx], sub_h[idx]), m
+        )
+    return entry
+
+
+def final_bootstrap(
+    step: int, pairs: Mapping[str, tuple[Any, Any]], layers: Mapping[str, str], constant: float
+) -> dict[str, Any]:
+    """The intervals of the final snapshot, over all coordinates and per layer (see the module docstring).
+
+    ``pairs``: parameter name -> ``(a, h)`` of the final usable snapshot.
+    """
+    per = per_layer(lambda a, h: _entry(a, h, constant, overall=False), pairs, layers)
+    overall = _entry(
+        np.concatenate([np.ravel(p[0]) for p in pairs.values()]),
+        np.concatenate([np.ravel(p[1]) for p in pairs.values()]),
+        constant,
+        overall=True,
+    )
+    return {"step": int(step), "overall": overall, "layers": {k: v for k, v in per.items() if k != "overall"}}
