@@ -249,22 +249,22 @@ def run(
     monitor.on_snapshot = on_snapshot
     notify("start", {"total_steps": total_steps, "epochs": epochs, "snapshots": snapshots, "run_dir": config.out})
     generator = make_generator(config.seed, "cpu")
-    start = time.perf_counter()
-    step = 0
-    with monitor:
     # the train augmentation's own stream (CIFAR's crops and flips): the batch order stays the seed's
     augment = dataset.train_transform
     augment_generator = make_generator(config.seed + 1, "cpu") if augment is not None else None
+    start = time.perf_counter()
+    step = 0
+    with monitor:
         for epoch in range(1, epochs + 1):
             model.train()
             for x, y in batches(dataset.x_train, dataset.y_train, config.batch_size, generator):
                 if step >= total_steps:
                     break
+                if augment is not None:
+                    x = augment(x, augment_generator)
                 if config.oracle != "none" and step % config.oracle_every == 0:
                     optimizer.set_oracle_curvature(_oracle_curvature(config, model, x, y, step))
                 optimizer.zero_grad(set_to_none=True)
-                if augment is not None:
-                    x = augment(x, augment_generator)
                 loss = loss_fn(model(x), y)
                 loss.backward()
                 optimizer.step()
