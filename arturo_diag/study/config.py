@@ -34,7 +34,7 @@ from typing import Any
 
 from arturo_diag._toml import toml_value
 from arturo_diag.errors import ConfigError
-from arturo_diag.study.variants import Baselines, Variant, experiments_dirs, load_baselines, parse_variant
+from arturo_diag.study.variants import Baselines, Variant, baselines_for, experiments_dirs, parse_variant
 from arturo_diag.training.config import RunConfig, config_from_mapping, read_toml
 
 __all__ = [
@@ -156,7 +156,9 @@ def _printable(key: str) -> str:
     return key if key.isprintable() else repr(key)
 
 
-def _check_setup(name: str, data: Any, base_baselines: Baselines, where: str) -> Setup:
+def _check_setup(
+    name: str, data: Any, base_baselines: Baselines | None, study_overrides: Any, where: str, source: str
+) -> Setup:
     if not _SETUP_NAME.fullmatch(name):
         raise ConfigError(
             f"{where}",
@@ -183,7 +185,10 @@ def _check_setup(name: str, data: Any, base_baselines: Baselines, where: str) ->
                     "unset: the study sets it ([study] seeds; the run directories)",
                 )
     config = config_from_mapping(data, RunConfig(), source=where)
-    baselines = base_baselines.merged(overrides, where=f"{where}.baselines")
+    # per setup: the authors' tuned values for its (dataset, model) where published, else the digits grid's
+    base = base_baselines if base_baselines is not None else baselines_for(config.dataset, config.model)
+    base = base.merged(study_overrides, where=f"{source}: [baselines]")
+    baselines = base.merged(overrides, where=f"{where}.baselines")
     return Setup(name, config, baselines)
 
 
@@ -224,13 +229,14 @@ def study_from_mapping(
         )
     seeds = _check_seeds(study["seeds"], f"{source}: [study] seeds")
     variants = _check_variants(study["variants"], study.get("fixed_eta"), f"{source}: [study] variants")
-    base = baselines if baselines is not None else load_baselines()
-    base = base.merged(data.get("baselines"), where=f"{source}: [baselines]")
+    study_overrides = data.get("baselines")
+    if study_overrides:  # checked once up front, so an error names the study's table before any setup
+        Baselines().merged(study_overrides, where=f"{source}: [baselines]")
     setups_data = data.get("setups", {"default": {}})
     if not isinstance(setups_data, Mapping) or not setups_data:
         raise ConfigError(f"{source}: setups", setups_data, "one or more [setups.NAME] tables")
     setups = tuple(
-        _check_setup(str(key), value, base, f"{source}: [setups.{_printable(str(key))}]")
+        _check_setup(str(key), value, baselines, study_overrides, f"{source}: [setups.{_printable(str(key))}]", source)
         for key, value in setups_data.items()
     )
     return StudyConfig(name.strip(), seeds, variants, setups, description)

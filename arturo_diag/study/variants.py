@@ -31,6 +31,8 @@ __all__ = [
     "ARTURO_VARIANTS",
     "BASELINE_OPTIMIZERS",
     "load_baselines",
+    "load_setup_baselines",
+    "baselines_for",
     "experiments_dirs",
 ]
 
@@ -177,7 +179,7 @@ VARIANT_SPECS: Mapping[str, VariantKind] = MappingProxyType(
                 changes={"optimizer": "adam"},
                 description="Adam",
                 family="baseline",
-                baseline_fields=("lr", "weight_decay", "lr_gamma"),
+                baseline_fields=("lr", "beta1", "beta2", "weight_decay", "lr_gamma"),
             ),
             VariantKind(
                 "adamw",
@@ -185,7 +187,7 @@ VARIANT_SPECS: Mapping[str, VariantKind] = MappingProxyType(
                 changes={"optimizer": "adamw"},
                 description="AdamW",
                 family="baseline",
-                baseline_fields=("lr", "weight_decay", "lr_gamma"),
+                baseline_fields=("lr", "beta1", "beta2", "weight_decay", "lr_gamma"),
             ),
         )
     }
@@ -359,15 +361,54 @@ def check_baseline_table(table: Mapping[str, Any], *, where: str) -> dict[str, A
     return out
 
 
-def load_baselines(path: str | Path | None = None) -> Baselines:
-    """The baseline hyperparameters of ``experiments/baselines.toml`` (or ``path``)."""
+def _read_baselines_file(path: str | Path | None) -> tuple[Path, dict[str, Any]]:
     path = Path(path) if path is not None else _find_experiment_file("baselines.toml")
     try:
         with path.open("rb") as f:
-            data = tomllib.load(f)
+            return path, tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as error:
         raise ConfigError("baselines", str(path), f"a readable TOML file ({error})") from None
-    checked = check_baseline_table(data, where=str(path))
+
+
+def _baselines_of(table: Mapping[str, Any], where: str) -> Baselines:
+    checked = check_baseline_table(table, where=where)
     if "source" not in checked:
-        raise ConfigError(f"{path}: source", None, "a string naming where the values come from")
+        raise ConfigError(f"{where}: source", None, "a string naming where the values come from")
     return Baselines({opt: checked.get(opt, {}) for opt in _kinds("baseline")}, checked["source"])
+
+
+def load_baselines(path: str | Path | None = None) -> Baselines:
+    """The top-level baseline hyperparameters of ``experiments/baselines.toml`` (or ``path``): those of
+    a setup that is none of the paper's (the built-in digits: chosen on a validation split)."""
+    path, data = _read_baselines_file(path)
+    data = {k: v for k, v in data.items() if k != "setups"}
+    return _baselines_of(data, str(path))
+
+
+def load_setup_baselines(path: str | Path | None = None) -> dict[str, tuple[str, str, Baselines]]:
+    """The per-setup tables of ``experiments/baselines.toml``: name -> (dataset, model, baselines);
+    the authors' tuned settings for the paper's setups (ARTURO.md, "The paper's experiments")."""
+    path, data = _read_baselines_file(path)
+    setups = data.get("setups", {})
+    if not isinstance(setups, Mapping):
+        raise ConfigError(f"{path}: setups", setups, "[setups.NAME] tables")
+    out: dict[str, tuple[str, str, Baselines]] = {}
+    for name, table in setups.items():
+        where = f"{path}: [setups.{name}]"
+        if not isinstance(table, Mapping):
+            raise ConfigError(where, table, "a table with dataset, model, source, [sgd], [adam], [adamw]")
+        table = dict(table)
+        keys = (table.pop("dataset", None), table.pop("model", None))
+        if not all(isinstance(k, str) and k for k in keys):
+            raise ConfigError(f"{where} dataset/model", keys, "the dataset and model names the values are for")
+        out[str(name)] = (keys[0], keys[1], _baselines_of(table, where))
+    return out
+
+
+def baselines_for(dataset: str, model: str, path: str | Path | None = None) -> Baselines:
+    """The baselines of a setup training ``model`` on ``dataset``: the authors' tuned settings where
+    ``experiments/baselines.toml`` has them for that pair, else its top-level (digits) tables."""
+    for setup_dataset, setup_model, baselines in load_setup_baselines(path).values():
+        if (setup_dataset, setup_model) == (dataset, model):
+            return baselines
+    return load_baselines(path)

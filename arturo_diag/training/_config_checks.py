@@ -162,6 +162,10 @@ def _check_numbers(c: Any) -> None:
             f"{c.dtype} (the initial precision 1/var_init must be finite)",
         )
     _number(c, "momentum", 0.0, optional=False)
+    for name in ("beta1", "beta2"):  # torch.optim.Adam's range
+        _number(c, name, 0.0, optional=False)
+        if getattr(c, name) >= 1.0:
+            raise ConfigError(name, getattr(c, name), "a number >= 0 and < 1")
     _number(c, "collapse_fraction", 0.0, strict=True, optional=False)
 
 
@@ -205,6 +209,11 @@ def unused_fields(config: Any) -> list[tuple[str, Any, str]]:
 
     if config.optimizer != "sgd" and given("momentum"):
         unused.append(("momentum", config.momentum, "unset unless optimizer is sgd (it would be ignored)"))
+    for name in ("beta1", "beta2"):
+        if config.optimizer not in ("adam", "adamw") and given(name):
+            unused.append(
+                (name, getattr(config, name), "unset unless optimizer is adam or adamw (it would be ignored)")
+            )
     if config.optimizer != "arturo":
         for name in _ARTURO_ONLY:
             if given(name):

@@ -39,6 +39,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "oracle",
         "oracle_every",
         "momentum",
+        "beta1",
+        "beta2",
     ),
     "schedule": ("lr_milestones", "lr_gamma"),
     "diagnostics": (

@@ -8,6 +8,7 @@ bit (on the same machine and torch build).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -58,9 +59,23 @@ def build_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimize
         return Arturo(params, **config.arturo_kwargs())
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    betas = (config.beta1, config.beta2)
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(params, lr=config.lr, betas=betas, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, betas=betas, weight_decay=config.weight_decay)
+
+
+@contextlib.contextmanager
+def _one_torch_thread():
+    """Train on one torch thread (restored after): float sums then run in one order whatever the
+    machine's cores, so a `compare` run and the same cell of a study (whose workers have one thread
+    each) give the same numbers bit for bit."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @torch.no_grad()
@@ -254,7 +269,7 @@ def run(
     augment_generator = make_generator(config.seed + 1, "cpu") if augment is not None else None
     start = time.perf_counter()
     step = 0
-    with monitor:
+    with _one_torch_thread(), monitor:
         for epoch in range(1, epochs + 1):
             model.train()
             for x, y in batches(dataset.x_train, dataset.y_train, config.batch_size, generator):
