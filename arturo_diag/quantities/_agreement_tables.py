@@ -43,8 +43,8 @@ def agreement_tables(
         "a (estimate)",
         constant_name,
         "previous h",
-        "a beats constant",
-        "a beats previous h",
+        "a better than constant (point estimates)",
+        "a better than previous h (point estimates)",
     )
     long_entries = [("all coordinates", overall)] + (list(layers.items()) if len(layers) <= _MANY_LAYERS else [])
     blocks: list[Block] = [
@@ -67,7 +67,11 @@ def _agreement_rows(entries: Sequence[tuple[str, Mapping[str, Any]]]) -> list[tu
                     label if i == 0 else "",
                     words,
                     *(fmt(v, digits) for v in values),
-                    yes_no(get(entry, "beats_constant", metric)),
+                    "tie (a > 0)"  # a > 0 everywhere: a positive constant's signs are a's by construction
+                    if metric == "sign_agreement"
+                    and get(entry, "scale", "a_all_positive")
+                    and (get(entry, "constant_value") or 0) > 0
+                    else yes_no(get(entry, "beats_constant", metric)),
                     yes_no(get(entry, "beats_previous_h", metric)),
                 )
             )
