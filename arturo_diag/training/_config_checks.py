@@ -49,7 +49,7 @@ DTYPES: Mapping[str, str] = MappingProxyType(
 
 #: Upper bounds of the integer fields, stated in the error: beyond them a run would not end in any
 #: reasonable time or memory (10**7 steps take about 3 hours at 1 ms per step, the small CNN on
-#: digits; a month for a CIFAR ResNet-34 on a CPU; the paper's longest protocol is ~24,000 steps).
+#: digits; a month for a CIFAR ResNet-34 on a CPU; the paper's longest protocol is ~31,500 steps).
 LIMITS = {
     "epochs": 10**5,
     "steps": 10**7,
