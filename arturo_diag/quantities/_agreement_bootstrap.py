@@ -39,6 +39,11 @@ def _interval(estimate: float, statistic, n: int) -> dict[str, float]:
     return {"estimate": float(estimate), "ci_low": low, "ci_high": high}
 
 
+def _weighted_sums(columns: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Column sums over the resample ``idx`` (a coordinate drawn k times counts k times)."""
+    return columns @ np.bincount(idx, minlength=columns.shape[1]).astype(np.float64)
+
+
 def _entry(a: Any, h: Any, constant: float, *, overall: bool) -> dict[str, Any]:
     a, h = _flat_finite(a, h)
     n = int(a.size)
@@ -47,12 +52,17 @@ def _entry(a: Any, h: Any, constant: float, *, overall: bool) -> dict[str, Any]:
         keep = np.sort(np.random.default_rng(0).choice(n, MAX_RESAMPLED, replace=False))
         sub_a, sub_h = a[keep], h[keep]
     m = int(sub_a.size)
-    c = np.full_like(h, constant)
-    error_a, error_c = relative_error(a, h), relative_error(c, h)
+    error_a, error_c = relative_error(a, h), relative_error(np.full_like(h, constant), h)
+    # per coordinate: (a-h)^2, (c-h)^2, h^2, a h, a^2; a resample's statistics are sums of these
+    columns = np.stack([(sub_a - sub_h) ** 2, (constant - sub_h) ** 2, sub_h**2, sub_a * sub_h, sub_a**2])
 
     def difference(idx: np.ndarray) -> float:
-        x, y = sub_a[idx], sub_h[idx]
-        return relative_error(np.full_like(y, constant), y) - relative_error(x, y)
+        ea, ec, hh, _, _ = _weighted_sums(columns, idx)
+        return math.sqrt(ec / hh) - math.sqrt(ea / hh) if hh > 0 else math.nan
+
+    def factor(idx: np.ndarray) -> float:
+        _, _, _, ah, aa = _weighted_sums(columns, idx)
+        return ah / aa if aa > 0 else math.nan
 
     entry: dict[str, Any] = {
         "n": n,
@@ -65,7 +75,7 @@ def _entry(a: Any, h: Any, constant: float, *, overall: bool) -> dict[str, Any]:
         "margin": BEATS_MARGIN * error_c,
     }
     if overall:
-        entry["factor"] = _interval(optimal_scale(a, h), lambda idx: optimal_scale(sub_a[idx], sub_h[idx]), m)
+        entry["factor"] = _interval(optimal_scale(a, h), factor, m)
         entry["spearman"] = _interval(
             spearman(a, h) if n > 1 else math.nan, lambda idx: spearman(sub_a[idx], sub_h[idx]), m
         )

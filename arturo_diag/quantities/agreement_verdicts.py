@@ -228,6 +228,27 @@ def beats_constant_findings(out: Findings, metrics: Mapping[str, Any]) -> None:
         x = v[vid]
         if x.outcome != "not_applicable":
             out.add("agreement", "info" if x.outcome == "yes" else "warning", x.text)
+    _two_estimates_finding(out, metrics, overall)
+
+
+def _two_estimates_finding(out: Findings, metrics: Mapping[str, Any], overall: Mapping[str, Any]) -> None:
+    """Reference "both": a and Hutchinson's estimate of the same exact h, side by side on shape."""
+    hv = _get(metrics, "agreement", "hutchinson_vs_exact", "final", "overall")
+    if not hv or not hv.get("scale") or not overall.get("scale"):
+        return
+    a_scale, h_scale = overall["scale"]["rescaled"], hv["scale"]["rescaled"]
+    parts = [
+        ("Spearman", overall["estimate"]["spearman"], hv["spearman"]),
+        ("cosine", overall["estimate"]["cosine"], hv["cosine"]),
+        ("relative error after rescaling", a_scale["relative_error"], h_scale["relative_error"]),
+    ]
+    shown = "; ".join(f"{name} {' vs '.join(_pair(x, y))}" for name, x, y in parts)
+    out.add(
+        "agreement",
+        "info",
+        f"Shape of the two estimates of the exact h, a vs Hutchinson's (point estimates, no interval): {shown}; "
+        f"their scales: c* = {num(a_scale['factor'])} for a, {num(h_scale['factor'])} for Hutchinson's.",
+    )
 
 
 def layer_findings(out: Findings, metrics: Mapping[str, Any]) -> None:

@@ -13,13 +13,14 @@ import pytest
 from records import write_record
 from scipy import stats
 
+from arturo_diag.diagnostics.record import RunRecord
 from arturo_diag.quantities.analysis import analyze_record
 
 PARAMETERS = {"net.0.weight": (20, 10), "net.0.bias": (20,), "net.2.weight": (5, 20), "net.2.bias": (5,)}
 CONFIG = "[optimizer]\nlr = 0.1\neta_tol = 0.5\nvar_init = 0.01\n"
 
 
-def _analyze(tmp_path, estimate):
+def _analyze(tmp_path, estimate, reference="exact"):
     """A record whose a is ``estimate(h, rng)``; returns the metrics and the final snapshot's (a, h) flat."""
     calls = []
 
@@ -43,11 +44,15 @@ def _analyze(tmp_path, estimate):
         kind="monitor",
         config=CONFIG,
         optimizer={"lr": 0.1, "eta_tol": 0.5},
+        reference=reference,
+        hutchinson_noise=0.05,
         finish={"seconds": 1.0},
     )
     final = calls[-len(PARAMETERS) :]
     a = np.concatenate([x.reshape(-1) for x, _ in final])
     h = np.concatenate([y.reshape(-1) for _, y in final])
+    if reference == "both":
+        return analyze_record(run), a, h, RunRecord.load(run)
     return analyze_record(run), a, h
 
 
@@ -176,3 +181,19 @@ def test_above_the_cap_the_interval_comes_from_a_fixed_subset_and_the_estimate_f
     sa, sh = a[keep], h[keep]
     lo, hi = _bootstrap(lambda i: np.dot(sa[i], sh[i]) / np.dot(sa[i], sa[i]), 50)
     assert (entry["factor"]["ci_low"], entry["factor"]["ci_high"]) == pytest.approx((lo, hi), rel=1e-10)
+
+
+def test_with_two_estimates_their_shapes_are_compared_side_by_side(tmp_path):
+    metrics, a, h, record = _analyze(tmp_path, lambda h, rng: 3.0 * h + 0.05 * rng.normal(size=h.shape), "both")
+    snapshot = record.snapshot(metrics["agreement"]["final"]["step"])
+    hut = np.concatenate([snapshot[name]["h_hutchinson"].reshape(-1) for name in PARAMETERS])
+    exact = np.concatenate([snapshot[name]["h_exact"].reshape(-1) for name in PARAMETERS])
+    np.testing.assert_array_equal(exact, h)
+    hv = metrics["agreement"]["hutchinson_vs_exact"]["final"]["overall"]
+    factor = np.dot(hut, h) / np.dot(hut, hut)
+    assert hv["scale"]["rescaled"]["factor"] == pytest.approx(factor, rel=1e-12)
+    assert hv["scale"]["rescaled"]["relative_error"] == pytest.approx(_relerr(factor * hut, h), rel=1e-12)
+    assert hv["spearman"] == pytest.approx(stats.spearmanr(hut, h).statistic, rel=1e-12)
+    (text,) = [t for t in _agreement_findings(metrics) if t.startswith("Shape of the two estimates")]
+    assert f"c* = {np.dot(a, h) / np.dot(a, a):.3g} for a" in text  # a = 3 h: c* ~ 1/3
+    assert "Spearman " in text and "relative error after rescaling" in text
