@@ -97,7 +97,7 @@ def test_other_setups_take_the_digits_grid_values():
     assert "validation" in load_baselines().source and "test" in load_baselines().source
 
 
-STUDIES = ["fmnist_cnn", "cifar10_cnn", "cifar100_cnn", "cifar10_resnet34", "cifar100_resnet34"]
+STUDIES = ["fmnist_cnn", "fmnist_resnet18", "cifar10_cnn", "cifar100_cnn", "cifar10_resnet34", "cifar100_resnet34"]
 
 
 @pytest.mark.parametrize("name", STUDIES)
