@@ -16,6 +16,7 @@ One concept per module:
   (``arturo_diag.report.document``); ``figures`` draws the plots.
 """
 
+from arturo_diag.study.baselines import Baselines, load_baselines
 from arturo_diag.study.config import (
     RunSpec,
     Setup,
@@ -31,7 +32,7 @@ from arturo_diag.study.config import (
 )
 from arturo_diag.study.execution import RunOutcome, StudyRunResult, default_workers, run_status, run_study
 from arturo_diag.study.report import StudyReport, is_study_dir, render_study
-from arturo_diag.study.variants import Baselines, Variant, load_baselines, parse_variant
+from arturo_diag.study.variants import Variant, parse_variant
 
 __all__ = [
     "Baselines",

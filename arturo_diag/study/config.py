@@ -34,7 +34,8 @@ from typing import Any
 
 from arturo_diag._toml import toml_value
 from arturo_diag.errors import ConfigError
-from arturo_diag.study.variants import Baselines, Variant, baselines_for, experiments_dirs, parse_variant
+from arturo_diag.study.baselines import Baselines, baselines_for
+from arturo_diag.study.variants import Variant, experiments_dirs, parse_variant
 from arturo_diag.training.config import RunConfig, config_from_mapping, read_toml
 
 __all__ = [

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from arturo_diag.study import load_study
+from arturo_diag.study.baselines import baselines_for, load_baselines, load_setup_baselines
 from arturo_diag.study.config import expand_grid
-from arturo_diag.study.variants import baselines_for, load_baselines, load_setup_baselines
 from arturo_diag.training.loop import build_optimizer
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
