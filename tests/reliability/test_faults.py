@@ -29,7 +29,7 @@ from arturo_diag.study import load_study, run_study
 from .harness import assert_user_error, invoke, tiny
 
 INJECT_AT = 3  # snapshots every 2 steps: the partial record holds one (step 2) before the fault
-LAYER, PARAMETER = "2", "2.weight"  # the middle Linear of the model below
+LAYER, PARAMETER = "2 (Linear)", "2.weight"  # the middle Linear of the model below (a bare index: named with its type)
 
 
 def _model() -> nn.Module:
