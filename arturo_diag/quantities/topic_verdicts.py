@@ -50,8 +50,8 @@ LAG_RULE = (
     f"(s = +1 Spearman, -1 relative error), k* the best k >= 1; 95 % circular block bootstrap over snapshots "
     f"(blocks of ceil(n^(1/3))); yes if the interval is above the margin (Spearman {LAG_MARGIN['spearman'][0]:g}; "
     f"relative error {LAG_MARGIN['relative_error'][0]:.0%} of its k = 0 value), no if below, else inconclusive; "
-    f"at least {MIN_LAG_SNAPSHOTS} snapshots in the window. estimate: the lag in snapshots (k* on yes, else 0); "
-    "ci: 95 % interval of the best k (0 included) over the resamples"
+    f"at least {MIN_LAG_SNAPSHOTS} snapshots in the window. estimate: k*, the best candidate lag in snapshots "
+    "(a lag is identified only on yes); ci: 95 % interval of the best k (0 included) over the resamples"
 )
 LEFT_PRIOR_RULE = (
     f"share of coordinates with |log10(a / prior)| > log10 {LEFT_PRIOR_FACTOR:g} (a <= 0 counts as left) at the "
@@ -98,7 +98,7 @@ def lag_verdicts(metrics: Mapping[str, Any]) -> list[Verdict]:
     if test["outcome"] == "not_applicable":
         return [not_applicable("lag.identified", LAG_RULE, test["why"])]
     yes = test["outcome"] == "yes"
-    estimate = float(test["best_k"]) if yes else 0.0
+    estimate = float(test["best_k"])  # the candidate lag; identified only on yes (the outcome)
     if yes:
         k, steps = test["best_k"], lag.get("best_lag_steps")
         steps_words = f", {steps:.4g} steps" if isinstance(steps, (int, float)) else ""
