@@ -149,8 +149,15 @@ def study_columns(metrics: Mapping[str, Any], record: Any) -> dict[str, Any]:
         out["agreement_relative_error"] = number((overall.get("estimate") or {}).get("relative_error"))
         out["constant_relative_error"] = number((overall.get("constant") or {}).get("relative_error"))
         out["agreement_spearman"] = number((overall.get("estimate") or {}).get("spearman"))
-        verdict = (overall.get("beats_constant") or {}).get("relative_error")
-        out["beats_constant"] = math.nan if verdict is None else float(bool(verdict))
+        # the run's verdict agreement.beats_constant (interval and margin), not the bare comparison:
+        # yes 1, no 0, inconclusive or not decided NaN (not assessed); a record analysed before the
+        # verdicts existed falls back to the comparison of the point estimates
+        decided = [v for v in metrics.get("verdicts") or () if v.get("id") == "agreement.beats_constant"]
+        if decided:
+            out["beats_constant"] = {"yes": 1.0, "no": 0.0}.get(decided[0].get("outcome"), math.nan)
+        else:
+            verdict = (overall.get("beats_constant") or {}).get("relative_error")
+            out["beats_constant"] = math.nan if verdict is None else float(bool(verdict))
     return out
 
 

@@ -40,3 +40,12 @@ def test_a_run_whose_last_snapshot_was_unusable_is_not_assessed():
     assert out["snapshot_step"] == 30
     for column in ("agreement_relative_error", "agreement_spearman", "beats_constant", "calibration_coverage"):
         assert column not in out
+
+
+def test_the_beats_constant_column_is_the_runs_verdict_not_the_bare_comparison():
+    metrics = _metrics(30, [10, 20, 30])  # point estimates: a's error 2.0 vs the constant's 1.0
+    for outcome, expected in (("yes", 1.0), ("no", 0.0)):
+        metrics["verdicts"] = [{"id": "agreement.beats_constant", "outcome": outcome}]
+        assert _curvature_columns(metrics)["beats_constant"] == expected
+    metrics["verdicts"] = [{"id": "agreement.beats_constant", "outcome": "inconclusive"}]
+    assert _curvature_columns(metrics)["beats_constant"] != _curvature_columns(metrics)["beats_constant"]  # NaN
