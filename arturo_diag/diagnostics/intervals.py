@@ -28,6 +28,10 @@ def wilson_interval(successes: float, n: float, z: float = Z95) -> tuple[float, 
     z2 = z * z
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    if successes <= 0:  # the closed form's lower bound is 0 exactly here (not a rounding residue)
+        return 0.0, min(1.0, centre + half)
+    if successes >= n:
+        return max(0.0, centre - half), 1.0
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
