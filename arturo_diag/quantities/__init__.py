@@ -13,7 +13,7 @@ so a registered quantity (e.g. a test's) is seen everywhere.
 
 from __future__ import annotations
 
-from arturo_diag.quantities import agreement, calibration, health, lag, movement, run, training, trust_region
+from arturo_diag.quantities import agreement, calibration, gauges, health, lag, movement, run, training, trust_region
 from arturo_diag.quantities.base import Quantity
 
 __all__ = ["QUANTITIES", "Quantity", "figures", "quantity"]
@@ -27,6 +27,7 @@ QUANTITIES: tuple[Quantity, ...] = (
     lag.QUANTITY,
     trust_region.QUANTITY,
     health.QUANTITY,
+    gauges.QUANTITY,
     training.QUANTITY,
 )
 

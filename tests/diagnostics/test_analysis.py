@@ -23,6 +23,7 @@ TOP_LEVEL = [
     "lag",
     "trust_region",
     "health",
+    "gauges",
     "training",
     "verdicts",
     "findings",

@@ -64,6 +64,7 @@ def test_every_figure_is_one_documented_function():
         "lag",
         "trust_region",
         "precision",
+        "gauges",
         "training",
     ]
     for spec in FIGURES:
