@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from arturo_diag.curvature.instruments import INSTRUMENTS
 from arturo_diag.curvature.methods import EXACT_METHODS, ORACLES
 from arturo_diag.curvature.references import REFERENCE_BATCHES, REFERENCE_METHODS, REFERENCE_MODES
 from arturo_diag.errors import Diverged
@@ -44,9 +45,17 @@ def build_config(config_file: Path | None, options: dict[str, Any]) -> RunConfig
     given = {k: v for k, v in options.items() if v is not None}
     if "lr_milestones" in given:
         given["lr_milestones"] = tuple(given["lr_milestones"])
+    if "instruments" in given:  # comma-separated names; "none" (or nothing) for none
+        given["instruments"] = instrument_names(given["instruments"])
     config = config_from_mapping(given, base, source="option")
     check_used(config)
     return config
+
+
+def instrument_names(text: str) -> tuple[str, ...]:
+    """``--instruments``'s value as names: ``"noise,spectrum" -> ("noise", "spectrum")``, ``"none"`` -> ()."""
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    return () if names == ("none",) else names
 
 
 def progress_display(console: Console) -> Progress:
@@ -112,6 +121,16 @@ def compare(
     ] = None,
     reference_batch: Annotated[
         str | None, _O(help=_choices("reference_batch", REFERENCE_BATCHES, "The batch h is taken on: "))
+    ] = None,
+    instruments: Annotated[
+        str | None,
+        _O(
+            help=choices_help(
+                {**INSTRUMENTS, "none": "no instrument"},
+                ",".join(_DEFAULT["instruments"]),
+                "Instruments run at each snapshot beside h, comma-separated: ",
+            )
+        ),
     ] = None,
     exact_method: Annotated[str | None, _O(help=_choices("exact_method", EXACT_METHODS))] = None,
     samples: Annotated[int | None, _O(help="Hutchinson probes per snapshot (default 64).")] = None,

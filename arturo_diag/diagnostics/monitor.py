@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from arturo_diag.curvature.functional import evaluation_mode
+from arturo_diag.curvature.instruments import INSTRUMENTS, run_instruments
 from arturo_diag.curvature.references import REFERENCE_ESTIMATORS, ReferenceRequest, dropout_off, estimators_of
 from arturo_diag.curvature.references import REFERENCE_METHODS as REFERENCES
 from arturo_diag.diagnostics.monitor_facts import divergence_info, layer_labels, layer_types, run_facts
@@ -95,6 +96,9 @@ class Monitor:
             :meth:`step` at a snapshot step).
         loss_name: the loss's name in the record (default: ``loss_fn``'s, see
             :func:`~arturo_diag.curvature.references.loss_name`).
+        instruments: names of :data:`~arturo_diag.curvature.instruments.INSTRUMENTS` run at each
+            snapshot after the reference, on its batch and in its mode (their arrays in the snapshot,
+            their seconds in ``record.json``'s ``instruments``).
     """
 
     def __init__(
@@ -118,7 +122,12 @@ class Monitor:
         reference_mode: str = "eval",
         reference_batch: str = "probe",
         loss_name: str | None = None,
+        instruments: Sequence[str] = (),
     ) -> None:
+        if isinstance(instruments, str) or any(i not in INSTRUMENTS for i in instruments):
+            raise ValueError(f"instruments: got {instruments!r}; allowed: names among {', '.join(INSTRUMENTS)}")
+        self.instruments = tuple(instruments)
+        self.instrument_seconds = dict.fromkeys(self.instruments, 0.0)  # record.json's "instruments"
         if reference not in tuple(REFERENCES):
             raise ValueError(f"reference: got {reference!r}; allowed: {', '.join(REFERENCES)}")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
@@ -317,13 +326,29 @@ class Monitor:
     def reference_diagonal(self, step: int) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:
         """The reference diagonal Hessian(s) at the current weights on the probe batch (or the step's
         minibatch), in the reference's mode: the arrays of every estimator of the run's reference
-        method, and their ``snapshots.csv`` scalars (:mod:`arturo_diag.curvature.references`)."""
+        method, and their ``snapshots.csv`` scalars (:mod:`arturo_diag.curvature.references`); then
+        the arrays of the run's instruments (:mod:`arturo_diag.curvature.instruments`)."""
         arrays: dict[str, dict[str, Tensor]] = {name: {} for name, _ in self.named}
         info: dict[str, Any] = {}
         for estimator in REFERENCE_ESTIMATORS.values():
             info.update(estimator.info)  # the value of a scalar whose estimator does not run
+        request = self._request(step)
+        with dropout_off(self.model):
+            for estimator in estimators_of(self.reference):
+                fields, scalars = estimator.compute(request)
+                for name, _ in self.named:
+                    arrays[name].update(fields[name])
+                info.update(scalars)
+            if self.instruments:  # after the reference, on its batch and in its mode
+                fields, scalars = run_instruments(self.instruments, request, self.instrument_seconds)
+                for name, _ in self.named:
+                    arrays[name].update(fields[name])
+                info.update(scalars)
+        return arrays, info
+
+    def _request(self, step: int) -> ReferenceRequest:
         inputs, targets = self._reference_batch()
-        request = ReferenceRequest(
+        return ReferenceRequest(
             self.model,
             self.loss_fn,
             inputs,
@@ -335,13 +360,6 @@ class Monitor:
             device=self.named[0][1].device,
             train=self.reference_mode == "train",
         )
-        with dropout_off(self.model):
-            for estimator in estimators_of(self.reference):
-                fields, scalars = estimator.compute(request)
-                for name, _ in self.named:
-                    arrays[name].update(fields[name])
-                info.update(scalars)
-        return arrays, info
 
     def snapshot(self) -> None:
         """Take a snapshot now (normally called by :meth:`step` every ``every`` steps)."""
@@ -389,6 +407,7 @@ class Monitor:
         return {
             **self._extra_manifest,
             "diagnostics_seconds": self.snapshot_seconds + self.step_seconds,
+            "instruments": dict(self.instrument_seconds),
             **(extra or {}),
         }
 

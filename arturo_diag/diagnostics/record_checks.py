@@ -96,6 +96,11 @@ _MANIFEST_OPTIONAL = {
     "model_class": _optional(_TEXT),
     "param_groups": _GROUPS,
     "layer_types": _NAMES,
+    # issue 12: the instruments that ran and the seconds each took (absent: none ran)
+    "instruments": _Rule(
+        lambda v: isinstance(v, dict) and all(isinstance(k, str) and _finite(t) and t >= 0 for k, t in v.items()),
+        "an object: instrument name -> seconds (a finite number >= 0)",
+    ),
 }
 _MANIFEST_OPTIMIZER = {"lr": _optional(_NUMBER), "var_init": _optional(_POSITIVE), "eta_tol": _optional(_POSITIVE)}
 _PARAMETER_REQUIRED = {"shape": _SHAPE}
@@ -147,6 +152,7 @@ _CONFIG_SCHEMA: dict[str, dict[str, _Rule]] = {
         "reference": _TEXT,
         "reference_mode": _TEXT,
         "reference_batch": _TEXT,
+        "instruments": _Rule(lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v), "a list of names"),
         "exact_method": _TEXT,
         "samples": _COUNT,
         "probe_size": _POSITIVE_COUNT,

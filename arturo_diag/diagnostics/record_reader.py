@@ -98,6 +98,12 @@ class RunRecord:
     def kind(self) -> str:
         return str(self.manifest.get("kind"))
 
+    @property
+    def instruments(self) -> dict[str, float]:
+        """``record.json``'s ``"instruments"``: the instruments that ran -> their seconds in total
+        (``{}`` for an older record without the key: none ran)."""
+        return {str(k): float(v) for k, v in (self.manifest.get("instruments") or {}).items()}
+
     @classmethod
     def load(cls, run_dir: str | os.PathLike[str], *, allow_incomplete: bool = False) -> RunRecord:
         """Load the record in ``run_dir``.

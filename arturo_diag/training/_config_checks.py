@@ -13,6 +13,7 @@ from dataclasses import fields
 from types import MappingProxyType
 from typing import Any
 
+from arturo_diag.curvature.instruments import INSTRUMENTS
 from arturo_diag.curvature.methods import EXACT_METHODS, ORACLES
 from arturo_diag.curvature.references import REFERENCE_BATCHES, REFERENCE_METHODS, REFERENCE_MODES
 from arturo_diag.errors import ConfigError
@@ -189,8 +190,20 @@ def _check_others(c: Any) -> None:
             list(milestones) if isinstance(milestones, tuple) else milestones,
             "increasing whole epochs >= 1",
         )
+    _check_instruments(c)
     if c.oracle != "none" and c.optimizer != "arturo":
         raise ConfigError("oracle", c.oracle, "none unless optimizer is arturo")
+
+
+def _check_instruments(c: Any) -> None:
+    names = c.instruments
+    if (
+        not isinstance(names, tuple)
+        or not all(isinstance(n, str) and n in INSTRUMENTS for n in names)
+        or len(set(names)) != len(names)
+    ):
+        shown = list(names) if isinstance(names, tuple) else names
+        raise ConfigError("instruments", shown, "distinct names among " + ", ".join(INSTRUMENTS) + " (or none)")
 
 
 def unused_fields(config: Any) -> list[tuple[str, Any, str]]:
@@ -232,7 +245,7 @@ def unused_fields(config: Any) -> list[tuple[str, Any, str]]:
                     f"none with optimizer {config.optimizer} (baselines train without reference snapshots)",
                 )
             )
-        for name in ("exact_method", "samples", "reference_mode", "reference_batch"):
+        for name in ("exact_method", "samples", "reference_mode", "reference_batch", "instruments"):
             if given(name):
                 unused.append(
                     (
@@ -254,7 +267,7 @@ def unused_fields(config: Any) -> list[tuple[str, Any, str]]:
         unused.append(("samples", config.samples, "unset unless reference or oracle is hutchinson (or both)"))
     if given("exact_method") and config.reference not in ("exact", "both") and config.oracle != "exact":
         unused.append(("exact_method", config.exact_method, "unset unless reference or oracle is exact (or both)"))
-    for name in ("reference_mode", "reference_batch"):
+    for name in ("reference_mode", "reference_batch", "instruments"):
         if given(name) and config.reference == "none":
             unused.append((name, getattr(config, name), "unset with reference none (no h is taken)"))
     if given("probe_size") and config.reference_batch == "minibatch":

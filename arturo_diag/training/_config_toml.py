@@ -48,6 +48,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "reference",
         "reference_mode",
         "reference_batch",
+        "instruments",
         "exact_method",
         "samples",
         "probe_size",

@@ -97,6 +97,7 @@ class RunConfig:
     reference: str = "exact"
     reference_mode: str = "eval"  # the model's mode for h: eval (running statistics) or train (batch statistics)
     reference_batch: str = "probe"  # h on the fixed probe batch, or on the step's minibatch
+    instruments: tuple[str, ...] = ("noise",)  # run at each snapshot beside h (curvature/instruments.py)
     exact_method: str = "auto"
     samples: int = 64
     probe_size: int = 128
@@ -167,8 +168,9 @@ def config_from_mapping(data: Mapping[str, Any], base: RunConfig | None = None, 
             changes[key] = value
         else:
             raise ConfigError(f"{source}: {key}", value, "a known field or section")
-    if "lr_milestones" in changes and isinstance(changes["lr_milestones"], list):
-        changes["lr_milestones"] = tuple(changes["lr_milestones"])
+    for name in ("lr_milestones", "instruments"):  # TOML arrays are lists
+        if name in changes and isinstance(changes[name], list):
+            changes[name] = tuple(changes[name])
     try:
         return dataclasses.replace(base or RunConfig(), **changes)
     except ConfigError as error:  # a bad value of a file: name the file (and the setup) too

@@ -204,6 +204,7 @@ def prepare(
         seed=config.seed,
         reference_mode=config.reference_mode,
         reference_batch=config.reference_batch,
+        instruments=config.instruments if reference != "none" else (),
         config_toml=config_to_toml(config),
         kind=kind,
         overwrite=overwrite,
