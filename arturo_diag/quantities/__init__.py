@@ -13,7 +13,18 @@ so a registered quantity (e.g. a test's) is seen everywhere.
 
 from __future__ import annotations
 
-from arturo_diag.quantities import agreement, calibration, gauges, health, lag, movement, run, training, trust_region
+from arturo_diag.quantities import (
+    agreement,
+    calibration,
+    gauges,
+    health,
+    lag,
+    movement,
+    noise,
+    run,
+    training,
+    trust_region,
+)
 from arturo_diag.quantities.base import Quantity
 
 __all__ = ["QUANTITIES", "Quantity", "figures", "quantity"]
@@ -28,6 +39,7 @@ QUANTITIES: tuple[Quantity, ...] = (
     trust_region.QUANTITY,
     health.QUANTITY,
     gauges.QUANTITY,
+    noise.QUANTITY,
     training.QUANTITY,
 )
 

@@ -24,6 +24,7 @@ TOP_LEVEL = [
     "trust_region",
     "health",
     "gauges",
+    "noise",
     "training",
     "verdicts",
     "findings",

@@ -70,6 +70,9 @@ def _arrays(rng, shape, t):
         "intercept": rng.normal(size=shape),
         "precision": np.full(shape, 100.0 + t),
         "weight": rng.normal(size=shape),
+        # the noise instrument's arrays, deterministic (no draw from rng: the other arrays stay as they were)
+        "grad_mean": 1e-3 * np.cos(np.arange(np.prod(shape)).reshape(shape) + t),
+        "grad_var": 5e-6 * (1.0 + (np.arange(np.prod(shape)).reshape(shape) % 7) / 7.0) * (1.0 + 0.1 * t),
     }
 
 

@@ -65,6 +65,7 @@ def test_every_figure_is_one_documented_function():
         "trust_region",
         "precision",
         "gauges",
+        "noise",
         "training",
     ]
     for spec in FIGURES:

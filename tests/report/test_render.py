@@ -32,6 +32,7 @@ SECTIONS = [
     "Trust region",
     "Health",
     "Gauges",
+    "Gradient noise",
     "Training",
 ]
 # the section each figure illustrates (it is drawn inside it)
@@ -43,6 +44,7 @@ FIGURE_SECTIONS = {
     "trust_region": "Trust region",
     "precision": "Health",
     "gauges": "Gauges",
+    "noise": "Gradient noise",
     "training": "Training",
 }
 
@@ -195,7 +197,7 @@ def test_record_without_snapshots_renders_with_figures_skipped(make_record):
     (run_dir / "figures").mkdir()
     (run_dir / "figures" / "scatter.png").write_bytes(b"stale")  # from an earlier report of this directory
     result = render_report(run_dir)
-    assert set(result.skipped) == {"agreement", "scatter", "calibration", "lag", "gauges"}
+    assert set(result.skipped) == {"agreement", "scatter", "calibration", "lag", "gauges", "noise"}
     assert all("no snapshots" in reason for reason in result.skipped.values())
     assert set(result.figures) == {"trust_region", "precision", "training"}
     assert not (run_dir / "figures" / "scatter.png").exists()

@@ -1,0 +1,241 @@
+"""Gradient noise per snapshot and layer, set beside the filter's measurement noise r.
+
+Reads the ``noise`` instrument's arrays (:mod:`arturo_diag.curvature.instruments`): per coordinate
+``grad_mean`` (the mean per-sample gradient gbar of the snapshot's batch) and ``grad_var`` (the
+variance of the minibatch gradient, per-sample variance (ddof 1) / B). Per snapshot and layer:
+
+- ``variance_median``: the median over coordinates of ``grad_var``;
+- ``mean_gsnr``: Cockpit's mean GSNR, mean over coordinates of gbar^2 / (v + 1e-5), with v the
+  ddof-0 per-sample variance = ``grad_var`` * (B - 1) (needs B: the probe size, or the minibatch
+  size with ``reference_batch = "minibatch"``, from config.toml; None without it);
+- ``r_over_median``: r / ``variance_median``, r = the optimizer's ``measurement_noise`` (record.json),
+  the noise the filter assumes for one minibatch gradient.
+
+``metrics["noise"]`` = ``{measurement_noise, batch_size, factor, verdict, snapshots: [{step, overall,
+layers: {layer: {n, variance_median, mean_gsnr, r_over_median}}}], final}``; ``verdict`` =
+``{step, n, n_resampled, median, estimate, ci_low, ci_high}`` (or None).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from arturo_diag.curvature.noise import COCKPIT_GSNR_EPSILON
+from arturo_diag.quantities._blocks import _not_computed
+from arturo_diag.quantities._words import _is_number, _num
+from arturo_diag.quantities.base import Context, Findings, Quantity, SnapshotView, series
+from arturo_diag.quantities.verdicts import Verdict, bootstrap_ci, interval_words, not_applicable
+from arturo_diag.report.document import Block, Heading, Paragraph, Table, text
+from arturo_diag.report.figures.noise import FIGURE
+from arturo_diag.report.format import num
+
+__all__ = ["FACTOR", "QUANTITY", "RULE", "noise_verdicts"]
+
+FACTOR = 3.0  # r is calibrated when r / median variance lies within [1/3, 3]
+MAX_RESAMPLED = 20_000  # coordinates resampled for the interval (a fixed random subset above this)
+RULE = (
+    "estimate: r (measurement_noise) / the median over coordinates of the minibatch-gradient variance "
+    "(per-sample variance / B) at the final snapshot; 95 % percentile bootstrap over the coordinates (200 "
+    "resamples, seed 0; above 20 000 coordinates over a fixed random subset); yes (calibrated) if the "
+    f"interval lies within [1/{FACTOR:g}, {FACTOR:g}], no if it lies entirely outside it, else inconclusive; "
+    "not applicable without r or without the noise instrument's arrays at the final snapshot"
+)
+
+
+def _median(values: np.ndarray) -> float | None:
+    return float(np.median(values)) if values.size else None
+
+
+class _Observer:
+    """Every snapshot with the instrument's arrays: per layer the median variance and the mean GSNR."""
+
+    def __init__(self, context: Context) -> None:
+        self.r = _measurement_noise(context)
+        self.batch = _batch_size(context)
+        self.layers = context.record.layers
+        self.entries: list[dict[str, Any]] = []
+        self.final: np.ndarray | None = None
+
+    def snapshot(self, view: SnapshotView) -> None:
+        held = {n: f for n, f in view.snapshot.items() if "grad_var" in f and "grad_mean" in f}
+        if not held:
+            return
+        groups: dict[str, list[str]] = {}
+        for name in held:
+            groups.setdefault(self.layers.get(name, name), []).append(name)
+        flat = {n: (_flat(f["grad_var"]), _flat(f["grad_mean"])) for n, f in held.items()}
+        layers = {layer: self._group([flat[n] for n in names]) for layer, names in groups.items()}
+        self.final = np.concatenate([v for v, _ in flat.values()])
+        self.entries.append({"step": view.step, "overall": self._group(list(flat.values())), "layers": layers})
+
+    def _group(self, parts: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+        var = np.concatenate([v for v, _ in parts])
+        mean = np.concatenate([m for _, m in parts])
+        median = _median(var)
+        gsnr = None
+        if self.batch is not None and self.batch >= 2 and var.size:
+            gsnr = float(np.mean(mean**2 / (var * (self.batch - 1) + COCKPIT_GSNR_EPSILON)))
+        ratio = self.r / median if self.r is not None and median else None
+        return {"n": int(var.size), "variance_median": median, "mean_gsnr": gsnr, "r_over_median": ratio}
+
+
+def _flat(values: Any) -> np.ndarray:
+    return np.asarray(values, dtype=np.float64).reshape(-1)
+
+
+def _measurement_noise(context: Context) -> float | None:
+    value = (context.record.manifest.get("optimizer") or {}).get("measurement_noise")
+    return float(value) if _is_number(value) and value > 0 else None
+
+
+def _batch_size(context: Context) -> int | None:
+    diagnostics = context.record.config.get("diagnostics") or {}
+    key = ("batch_size", "run") if diagnostics.get("reference_batch") == "minibatch" else ("probe_size", "diagnostics")
+    value = (context.record.config.get(key[1]) or {}).get(key[0])
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _interval(r: float | None, variance: np.ndarray | None, step: int | None) -> dict[str, Any] | None:
+    if r is None or variance is None or not variance.size or not np.median(variance) > 0:
+        return None
+    n = int(variance.size)
+    sub = variance
+    if n > MAX_RESAMPLED:
+        sub = variance[np.sort(np.random.default_rng(0).choice(n, MAX_RESAMPLED, replace=False))]
+    median = float(np.median(variance))
+    low, high = bootstrap_ci(lambda idx: r / float(np.median(sub[idx])), int(sub.size))
+    low, high = (min(low, high), max(low, high)) if _is_number(low) and _is_number(high) else (low, high)
+    return {"step": step, "n": n, "n_resampled": int(sub.size), "median": median, "estimate": r / median,
+            "ci_low": low, "ci_high": high}  # fmt: skip
+
+
+def compute(context: Context) -> dict[str, Any]:
+    observer = context.observers["noise"]
+    entries = observer.entries
+    return {
+        "measurement_noise": observer.r,
+        "batch_size": observer.batch,
+        "factor": FACTOR,
+        "verdict": _interval(observer.r, observer.final, entries[-1]["step"] if entries else None),
+        **series(entries),
+    }
+
+
+def decide_within(estimate: float, low: float, high: float, factor: float) -> str:
+    """``yes`` if [low, high] lies within [1/factor, factor], ``no`` if entirely outside, else inconclusive."""
+    if not all(_is_number(v) for v in (estimate, low, high)):
+        return "not_applicable"
+    if 1.0 / factor <= low and high <= factor:
+        return "yes"
+    if high < 1.0 / factor or low > factor:
+        return "no"
+    return "inconclusive"
+
+
+def noise_verdicts(metrics: Mapping[str, Any]) -> list[Verdict]:
+    """``noise.r_calibrated``: is the filter's r the measured minibatch-gradient noise (:data:`RULE`)."""
+    noise = metrics.get("noise") or {}
+    vid = "noise.r_calibrated"
+    if not noise.get("snapshots"):
+        why = "No snapshot holds the gradient-noise instrument's arrays (grad_var), so r is not checked."
+        return [not_applicable(vid, RULE, why)]
+    found = noise.get("verdict")
+    if not found:
+        why = (
+            "r (measurement_noise) is not recorded"
+            if noise.get("measurement_noise") is None
+            else "the median variance is 0"
+        )
+        return [not_applicable(vid, RULE, f"r not checked against the measured noise: {why}.")]
+    estimate, low, high = found["estimate"], found["ci_low"], found["ci_high"]
+    outcome = decide_within(estimate, low, high, FACTOR)
+    words = (
+        f"r / median minibatch-gradient variance = {interval_words(estimate, low, high)} at the final snapshot "
+        f"(step {found['step']})"
+    )
+    band = f"[1/{FACTOR:g}, {FACTOR:g}]"
+    says = {
+        "yes": f"The filter's r matches the measured gradient noise: {words}, within {band}.",
+        "no": f"The filter's r does not match the measured gradient noise: {words}, outside {band}.",
+        "inconclusive": f"r against the measured gradient noise inconclusive: {words}; the interval overlaps {band}'s edge.",
+    }.get(outcome, f"r not checked against the measured noise: {words}.")
+    return [Verdict(vid, outcome, estimate, low, high, RULE, says)]
+
+
+def _short(value: float) -> str:
+    """One significant digit, exponents without padding: 5e5, 30, 0.2."""
+    return f"{value:.1g}".replace("e+0", "e").replace("e+", "e").replace("e-0", "e-")
+
+
+def _findings(out: Findings, metrics: Mapping[str, Any]) -> None:
+    noise = metrics.get("noise") or {}
+    found = noise.get("verdict")
+    r = noise.get("measurement_noise")
+    if not found or r is None:
+        return
+    ratio, median = found["estimate"], found["median"]
+    if ratio >= 1:
+        size = f"~{_short(ratio)}x"
+        trust = "the filter trusts each gradient far less than its noise warrants"
+    else:
+        size = f"~1/{_short(1 / ratio)} of"
+        trust = "the filter trusts each gradient more than its noise warrants"
+    (verdict,) = noise_verdicts(metrics)
+    if verdict.outcome == "yes":
+        trust = "within the calibrated band"
+    severity = "warning" if verdict.outcome == "no" else "info"
+    out.add(
+        "noise",
+        severity,
+        f"r = {_num(r)} is {size} the measured minibatch-gradient variance (median {median:.2g}, step "
+        f"{found['step']}): {trust}; the measured noise suggests r ~ {median:.2g}. {verdict.text}",
+    )
+
+
+def _rows(final: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    groups = [("all coordinates", final["overall"]), *final.get("layers", {}).items()]
+    return [
+        (layer, str(g["n"]), num(g["variance_median"]), num(g["r_over_median"]), num(g["mean_gsnr"]))
+        for layer, g in groups
+    ]
+
+
+def noise_section(metrics: Mapping[str, Any]) -> list[Block]:
+    """The final snapshot's gradient noise per layer beside r, and the verdict."""
+    blocks: list[Block] = [Heading(2, (text("Gradient noise"),))]
+    noise = metrics.get("noise") or {}
+    final = noise.get("final")
+    if not final:
+        return blocks + [
+            _not_computed("no snapshot holds the gradient-noise instrument's arrays (--instruments noise).")
+        ]
+    blocks.append(
+        Paragraph(
+            "The variance of the minibatch gradient per coordinate (per-sample variance / B, from per-sample "
+            "gradients of the snapshot's batch) beside the filter's measurement noise r, its assumed noise of "
+            "one minibatch gradient, and Cockpit's mean gradient signal-to-noise ratio (GSNR)."
+        )
+    )
+    caption = (
+        f"At the final snapshot (step {final['step']}; r = {num(noise.get('measurement_noise'))}, "
+        f"B = {noise.get('batch_size') if noise.get('batch_size') is not None else 'unknown'})."
+    )
+    header = ("layer", "coordinates", "median variance", "r / median", "mean GSNR")
+    blocks.append(Table(header, tuple(_rows(final)), caption=caption))
+    blocks += [Paragraph(v.text) for v in noise_verdicts(metrics)]
+    return blocks
+
+
+QUANTITY = Quantity(
+    name="noise",
+    needs=("snapshots: grad_mean, grad_var (the noise instrument)", "record.json: optimizer measurement_noise"),
+    compute=compute,
+    observer=_Observer,
+    findings=_findings,
+    blocks=noise_section,
+    figures=(FIGURE,),
+    verdicts=noise_verdicts,
+)
