@@ -4,7 +4,9 @@ Reads the ``noise`` instrument's arrays (:mod:`arturo_diag.curvature.instruments
 ``grad_mean`` (the mean per-sample gradient gbar of the snapshot's batch) and ``grad_var`` (the
 variance of the minibatch gradient, per-sample variance (ddof 1) / B). Per snapshot and layer:
 
-- ``variance_median``: the median over coordinates of ``grad_var``;
+- ``variance_median``: the median over coordinates of the variance of one TRAINING minibatch
+  gradient, ``grad_var`` * B / B_train (B the snapshot batch's size, B_train the run's
+  ``batch_size``; unscaled when either is unknown), the quantity r stands for;
 - ``mean_gsnr``: Cockpit's mean GSNR, mean over coordinates of gbar^2 / (v + 1e-5), with v the
   ddof-0 per-sample variance = ``grad_var`` * (B - 1) (needs B: the probe size, or the minibatch
   size with ``reference_batch = "minibatch"``, from config.toml; None without it);
@@ -37,8 +39,8 @@ __all__ = ["FACTOR", "QUANTITY", "RULE", "noise_verdicts"]
 FACTOR = 3.0  # r is calibrated when r / median variance lies within [1/3, 3]
 MAX_RESAMPLED = 20_000  # coordinates resampled for the interval (a fixed random subset above this)
 RULE = (
-    "estimate: r (measurement_noise) / the median over coordinates of the minibatch-gradient variance "
-    "(per-sample variance / B) at the final snapshot; 95 % percentile bootstrap over the coordinates (200 "
+    "estimate: r (measurement_noise) / the median over coordinates of the variance of one training "
+    "minibatch gradient (per-sample variance / B_train, B_train the run's batch_size) at the final snapshot; 95 % percentile bootstrap over the coordinates (200 "
     "resamples, seed 0; above 20 000 coordinates over a fixed random subset); yes (calibrated) if the "
     f"interval lies within [1/{FACTOR:g}, {FACTOR:g}], no if it lies entirely outside it, else inconclusive; "
     "not applicable without r or without the noise instrument's arrays at the final snapshot"
@@ -55,6 +57,11 @@ class _Observer:
     def __init__(self, context: Context) -> None:
         self.r = _measurement_noise(context)
         self.batch = _batch_size(context)
+        # r is the noise of one TRAINING minibatch gradient: the snapshot batch's minibatch variance
+        # (per-sample variance / B) is rescaled to the training batch (per-sample variance / B_train)
+        train = (context.record.config.get("run") or {}).get("batch_size")
+        self.train_batch = int(train) if isinstance(train, int) and not isinstance(train, bool) and train > 0 else None
+        self.rescale = self.batch / self.train_batch if self.batch and self.train_batch else 1.0
         self.layers = context.record.layers
         self.entries: list[dict[str, Any]] = []
         self.final: np.ndarray | None = None
@@ -68,13 +75,14 @@ class _Observer:
             groups.setdefault(self.layers.get(name, name), []).append(name)
         flat = {n: (_flat(f["grad_var"]), _flat(f["grad_mean"])) for n, f in held.items()}
         layers = {layer: self._group([flat[n] for n in names]) for layer, names in groups.items()}
-        self.final = np.concatenate([v for v, _ in flat.values()])
+        self.final = np.concatenate([v for v, _ in flat.values()]) * self.rescale
         self.entries.append({"step": view.step, "overall": self._group(list(flat.values())), "layers": layers})
 
     def _group(self, parts: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
         var = np.concatenate([v for v, _ in parts])
         mean = np.concatenate([m for _, m in parts])
-        median = _median(var)
+        raw = _median(var)
+        median = raw * self.rescale if raw is not None else None  # of a training minibatch's gradient
         gsnr = None
         if self.batch is not None and self.batch >= 2 and var.size:
             gsnr = float(np.mean(mean**2 / (var * (self.batch - 1) + COCKPIT_GSNR_EPSILON)))
@@ -118,6 +126,7 @@ def compute(context: Context) -> dict[str, Any]:
     return {
         "measurement_noise": observer.r,
         "batch_size": observer.batch,
+        "train_batch_size": observer.train_batch,
         "factor": FACTOR,
         "verdict": _interval(observer.r, observer.final, entries[-1]["step"] if entries else None),
         **series(entries),

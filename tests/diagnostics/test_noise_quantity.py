@@ -14,10 +14,12 @@ VARIANCE = 5.4e-6  # the planted median minibatch-gradient variance
 PROBE = 16
 
 
-def _planted(path, r, snapshots=3, seed=0):
+def _planted(path, r, snapshots=3, seed=0, train_batch=None):
     rng = np.random.default_rng(seed)
     shapes = {"l1.weight": (40, 50), "l2.weight": (30,)}
     config = f"[diagnostics]\nevery = 1\nprobe_size = {PROBE}\n"
+    if train_batch is not None:
+        config = f"[run]\nbatch_size = {train_batch}\n" + config
     writer = RecordWriter(path, "monitor", config, shapes, optimizer={"lr": 0.1, "measurement_noise": r})
     planted = []
     for step in range(1, snapshots + 1):
@@ -92,3 +94,17 @@ def test_a_record_without_the_instrument_is_not_applicable_and_renders(tmp_path)
     result = render_report(tmp_path / "old")
     assert "noise" in result.skipped
     assert "Gradient noise" in (tmp_path / "old" / "report.md").read_text()
+
+
+def test_the_probe_variance_is_rescaled_to_the_training_minibatch_r_stands_for(tmp_path):
+    # grad_var is per-sample variance / PROBE; r is the noise of one training minibatch of 4 examples,
+    # whose gradient variance is per-sample variance / 4 = grad_var * PROBE / 4
+    planted = _planted(tmp_path / "run", VARIANCE, train_batch=4)
+    metrics = analyze_record(tmp_path / "run")
+    final = planted[-1]
+    median = np.median(np.concatenate([final[n]["grad_var"].reshape(-1) for n in final])) * PROBE / 4
+    verdict = _verdict(metrics)
+    assert verdict["estimate"] == pytest.approx(VARIANCE / median, rel=1e-12)
+    assert metrics["noise"]["final"]["overall"]["variance_median"] == pytest.approx(median, rel=1e-12)
+    assert metrics["noise"]["train_batch_size"] == 4
+    assert verdict["outcome"] == "no"  # r is 4x too small for a batch of 4 (outside [1/3, 3])
