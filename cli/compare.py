@@ -102,6 +102,8 @@ def run_with_progress(config: RunConfig, console: Console, overwrite: bool):
         return run(prepared.config, progress=progress, prepared=prepared)
 
 
+# Longer than 80 lines by design: typer reads the options from this signature, one parameter per
+# RunConfig field; the body only gathers them into a RunConfig and hands over to the library.
 def compare(
     model: Annotated[str | None, _O(help=_choices("model", MODELS, "Network: "))] = None,
     dataset: Annotated[

@@ -40,10 +40,18 @@ import torch
 from torch import Tensor, nn
 
 from arturo_diag.curvature.functional import evaluation_mode
-from arturo_diag.curvature.instruments import INSTRUMENTS, run_instruments
+from arturo_diag.curvature.instruments import run_instruments
 from arturo_diag.curvature.references import REFERENCE_ESTIMATORS, ReferenceRequest, dropout_off, estimators_of
 from arturo_diag.curvature.references import REFERENCE_METHODS as REFERENCES
-from arturo_diag.diagnostics.monitor_facts import divergence_info, layer_labels, layer_types, run_facts
+from arturo_diag.diagnostics.monitor_checks import first_non_finite
+from arturo_diag.diagnostics.monitor_facts import (
+    check_arguments,
+    divergence_info,
+    group_settings,
+    layer_labels,
+    layer_types,
+    run_facts,
+)
 from arturo_diag.diagnostics.record import RecordWriter
 from arturo_diag.errors import Diverged
 
@@ -57,13 +65,10 @@ _STATE_FIELDS = {
     "intercept": "intercept",
     "precision": "precision",
 }
-# What is checked for NaN/inf after every step, in the order a step computes it (the first one found
-# is named): the gradient, the filter (P, then a and b), eta, the precision, the new weight.
 # steps.csv's columns read from optimizer.last_step
 _LAST_STEP_KEYS = tuple(
     "kl_bound eta eta_lo eta_hi iterations kl_ratio precision_nonpos denominator_nonpos guard_acted numel".split()
 )
-_FILTER_STATE = ("filter_cov_bb", "filter_cov_ba", "filter_cov_aa", "curvature", "intercept")
 
 
 def _minimal_config(every: int, reference: str) -> str:
@@ -124,19 +129,13 @@ class Monitor:
         loss_name: str | None = None,
         instruments: Sequence[str] = (),
     ) -> None:
-        if isinstance(instruments, str) or any(i not in INSTRUMENTS for i in instruments):
-            raise ValueError(f"instruments: got {instruments!r}; allowed: names among {', '.join(INSTRUMENTS)}")
+        check_arguments(instruments=instruments, reference=reference, every=every, probe_batch=probe_batch,
+                        reference_batch=reference_batch)  # fmt: skip
         self.instruments = tuple(instruments)
         self.instrument_seconds = dict.fromkeys(self.instruments, 0.0)  # record.json's "instruments"
-        if reference not in tuple(REFERENCES):
-            raise ValueError(f"reference: got {reference!r}; allowed: {', '.join(REFERENCES)}")
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every: got {every!r}; allowed: an integer >= 1")
         self.model = model
         self.optimizer = optimizer
         self.loss_fn = loss_fn
-        if probe_batch is None and reference_batch != "minibatch":
-            raise ValueError("probe_batch: got None; allowed: (inputs, targets), unless reference_batch='minibatch'")
         self.probe_inputs, self.probe_targets = probe_batch if probe_batch is not None else (None, None)
         self.reference_mode, self.reference_batch = reference_mode, reference_batch
         self._batch: tuple[Tensor, Tensor] | None = None  # the step's minibatch (reference_batch "minibatch")
@@ -151,12 +150,7 @@ class Monitor:
         if not self.named:
             raise ValueError("optimizer: it holds none of the model's parameters")
         self.is_arturo = hasattr(optimizer, "last_step") and hasattr(optimizer, "dual_diagnostics")
-        group = optimizer.param_groups[0]
-        settings = {
-            k: (float(v) if isinstance(v, Tensor) else v)
-            for k, v in group.items()
-            if k not in ("params", "param_names")
-        }
+        settings = group_settings(optimizer.param_groups[0])
         names = [name for name, _ in self.named]
         types = layer_types(model, names)
         facts = run_facts(
@@ -239,50 +233,9 @@ class Monitor:
         self._arm_dual_diagnostics()
 
     # ------------------------------------------------------------------ NaN / inf
-    def _checked(self, quantity: str) -> list[tuple[str, Tensor]]:
-        """(parameter name, tensor) of one checked quantity, for the parameters that have it."""
-        out = []
-        state = self.optimizer.state
-        for name, p in self.named:
-            if quantity == "weight":
-                tensor = p.detach()
-            elif quantity == "gradient":
-                tensor = p.grad
-            else:
-                tensor = state[p].get(quantity) if p in state else None
-            if isinstance(tensor, Tensor) and not tensor.is_sparse and tensor.is_floating_point():
-                out.append((name, tensor))
-        return out
-
     def _first_non_finite(self, loss: float | None, last: Mapping[str, Any] | None) -> dict[str, Any] | None:
-        """The first NaN/inf of this step (None if all is finite); see :class:`arturo_diag.errors.Diverged`.
-
-        One fused reduction over every checked tensor (max |x| per tensor: NaN-propagating, and it
-        cannot overflow) and one synchronisation per step; only when it fails is the first bad
-        quantity and parameter looked for, in the order of ``_FILTER_STATE``'s comment.
-        """
-        if loss is not None and not math.isfinite(loss):
-            return self._divergence("loss", None, torch.tensor([loss], dtype=torch.float64))
-        eta = (last or {}).get("eta")
-        zero_bound = not (last or {}).get("kl_bound", 1.0) > 0
-        eta_bad = (
-            isinstance(eta, (int, float)) and not math.isfinite(eta) and not (eta == math.inf and zero_bound)
-        )  # eps = 0: eta = inf is the exact root (no step)
-        state = [*_FILTER_STATE, "eta", "precision"] if self.is_arturo else []
-        quantities = ["gradient", *state, "weight"]
-        if not eta_bad:
-            tensors = [t for quantity in quantities for _, t in self._checked(quantity)]
-            if not tensors or bool(torch.stack(torch._foreach_norm(tensors, math.inf)).isfinite().all()):
-                return None
-        for quantity in quantities:
-            if quantity == "eta":
-                if eta_bad:
-                    return self._divergence("eta", None, torch.tensor([eta], dtype=torch.float64))
-                continue
-            for name, tensor in self._checked(quantity):
-                if not bool(tensor.isfinite().all()):
-                    return self._divergence(quantity, name, tensor)
-        return None  # pragma: no cover - the fused check and the search agree
+        """The first NaN/inf of this step (None if all is finite); see :func:`monitor_checks.first_non_finite`."""
+        return first_non_finite(self.optimizer, self.named, self.is_arturo, loss, last, self._divergence)
 
     def _divergence(self, quantity: str, name: str | None, tensor: Tensor) -> dict[str, Any]:
         return divergence_info(self.steps, quantity, name, self.layers.get(name) if name else None, tensor)

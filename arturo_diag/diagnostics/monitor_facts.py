@@ -13,10 +13,38 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from arturo_diag.curvature.references import REFERENCE_BATCHES, REFERENCE_MODES, loss_name
+from arturo_diag.curvature.instruments import INSTRUMENTS
+from arturo_diag.curvature.references import REFERENCE_BATCHES, REFERENCE_METHODS, REFERENCE_MODES, loss_name
 from arturo_diag.diagnostics.record_format import layer_of
 
-__all__ = ["check_choice", "divergence_info", "layer_labels", "layer_types", "run_facts"]
+__all__ = [
+    "check_arguments",
+    "check_choice",
+    "divergence_info",
+    "group_settings",
+    "layer_labels",
+    "layer_types",
+    "run_facts",
+]
+
+
+def check_arguments(*, instruments: Any, reference: Any, every: Any, probe_batch: Any, reference_batch: Any) -> None:
+    """The Monitor's arguments that are checked before anything is built (ValueError naming the argument)."""
+    if isinstance(instruments, str) or any(i not in INSTRUMENTS for i in instruments):
+        raise ValueError(f"instruments: got {instruments!r}; allowed: names among {', '.join(INSTRUMENTS)}")
+    if reference not in tuple(REFERENCE_METHODS):
+        raise ValueError(f"reference: got {reference!r}; allowed: {', '.join(REFERENCE_METHODS)}")
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"every: got {every!r}; allowed: an integer >= 1")
+    if probe_batch is None and reference_batch != "minibatch":
+        raise ValueError("probe_batch: got None; allowed: (inputs, targets), unless reference_batch='minibatch'")
+
+
+def group_settings(group: dict[str, Any]) -> dict[str, Any]:
+    """A param group's hyperparameters as plain values (tensors as floats), without its parameters."""
+    return {
+        k: (float(v) if isinstance(v, Tensor) else v) for k, v in group.items() if k not in ("params", "param_names")
+    }
 
 
 def check_choice(what: str, value: Any, choices: Sequence[str]) -> None:
