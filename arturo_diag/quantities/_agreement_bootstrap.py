@@ -19,11 +19,12 @@ import numpy as np
 
 from arturo_diag.diagnostics.agreement import per_layer, spearman
 from arturo_diag.diagnostics.scale import optimal_scale, relative_error
+from arturo_diag.quantities import verdicts
 from arturo_diag.quantities.verdicts import BOOTSTRAP_SAMPLES, bootstrap_ci
 
 __all__ = ["BEATS_MARGIN", "MAX_RESAMPLED", "final_bootstrap"]
 
-MAX_RESAMPLED = 20_000  # coordinates resampled (a fixed random subset above this)
+MAX_RESAMPLED = verdicts.MAX_RESAMPLED  # coordinates resampled (a fixed random subset above this)
 BEATS_MARGIN = 0.01  # practical margin of agreement.beats_constant: 1 % of the constant's relative error
 
 
@@ -48,8 +49,8 @@ def _entry(a: Any, h: Any, constant: float, *, overall: bool) -> dict[str, Any]:
     a, h = _flat_finite(a, h)
     n = int(a.size)
     sub_a, sub_h = a, h
-    if n > MAX_RESAMPLED:
-        keep = np.sort(np.random.default_rng(0).choice(n, MAX_RESAMPLED, replace=False))
+    keep = verdicts.fixed_subset(n, MAX_RESAMPLED)
+    if keep is not None:
         sub_a, sub_h = a[keep], h[keep]
     m = int(sub_a.size)
     error_a, error_c = relative_error(a, h), relative_error(np.full_like(h, constant), h)

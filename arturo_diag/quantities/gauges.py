@@ -35,7 +35,15 @@ from arturo_diag.diagnostics.gauges import distance_from_init, precision_drift, 
 from arturo_diag.quantities._blocks import _not_computed
 from arturo_diag.quantities._words import _get, _is_number, _num, _pct
 from arturo_diag.quantities.base import Context, Findings, Quantity, SnapshotView, series, snapshot_value
-from arturo_diag.quantities.verdicts import Verdict, bootstrap_ci, decide_above, interval_words, not_applicable
+from arturo_diag.quantities.verdicts import (
+    MAX_RESAMPLED,
+    Verdict,
+    bootstrap_ci,
+    decide_above,
+    fixed_subset,
+    interval_words,
+    not_applicable,
+)
 from arturo_diag.report.document import Block, Heading, Paragraph, Table, text
 from arturo_diag.report.figures.gauges import FIGURE
 from arturo_diag.report.format import num, pct
@@ -43,7 +51,6 @@ from arturo_diag.report.format import num, pct
 __all__ = ["DRIFT_RATIO", "DRIFT_RULE", "MAX_RESAMPLED", "QUANTITY", "drift_verdicts"]
 
 DRIFT_RATIO = 10.0  # 1/pi more than 10x var_init is drift (precision_drift's flag_ratio)
-MAX_RESAMPLED = 20_000  # coordinates resampled for the drift interval (a fixed random subset above this)
 WEIGHT_FIELD = "weight"  # the Monitor's snapshot field of the weights
 DISTANCE_REFERENCE = (
     "the first snapshot's weights: the record holds no step-0 weights, so this is the distance from the "
@@ -124,9 +131,8 @@ def _drift_interval(ratios: np.ndarray | None, step: int | None) -> dict[str, An
     if ratios is None or not ratios.size:
         return None
     n = int(ratios.size)
-    sub = ratios
-    if n > MAX_RESAMPLED:
-        sub = ratios[np.sort(np.random.default_rng(0).choice(n, MAX_RESAMPLED, replace=False))]
+    keep = fixed_subset(n)
+    sub = ratios if keep is None else ratios[keep]
     low, high = bootstrap_ci(lambda idx: float(np.median(sub[idx])), int(sub.size))
     return {"step": step, "n": n, "n_resampled": int(sub.size), "estimate": float(np.median(ratios)),
             "ci_low": low, "ci_high": high, "threshold": DRIFT_RATIO}  # fmt: skip

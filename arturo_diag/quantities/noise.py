@@ -29,7 +29,7 @@ from arturo_diag.curvature.noise import COCKPIT_GSNR_EPSILON
 from arturo_diag.quantities._blocks import _not_computed
 from arturo_diag.quantities._words import _is_number, _num
 from arturo_diag.quantities.base import Context, Findings, Quantity, SnapshotView, series
-from arturo_diag.quantities.verdicts import Verdict, bootstrap_ci, interval_words, not_applicable
+from arturo_diag.quantities.verdicts import Verdict, bootstrap_ci, fixed_subset, interval_words, not_applicable
 from arturo_diag.report.document import Block, Heading, Paragraph, Table, text
 from arturo_diag.report.figures.noise import FIGURE
 from arturo_diag.report.format import num
@@ -37,7 +37,6 @@ from arturo_diag.report.format import num
 __all__ = ["FACTOR", "QUANTITY", "RULE", "noise_verdicts"]
 
 FACTOR = 3.0  # r is calibrated when r / median variance lies within [1/3, 3]
-MAX_RESAMPLED = 20_000  # coordinates resampled for the interval (a fixed random subset above this)
 RULE = (
     "estimate: r (measurement_noise) / the median over coordinates of the variance of one training "
     "minibatch gradient (per-sample variance / B_train, B_train the run's batch_size) at the final snapshot; 95 % percentile bootstrap over the coordinates (200 "
@@ -110,9 +109,8 @@ def _interval(r: float | None, variance: np.ndarray | None, step: int | None) ->
     if r is None or variance is None or not variance.size or not np.median(variance) > 0:
         return None
     n = int(variance.size)
-    sub = variance
-    if n > MAX_RESAMPLED:
-        sub = variance[np.sort(np.random.default_rng(0).choice(n, MAX_RESAMPLED, replace=False))]
+    keep = fixed_subset(n)
+    sub = variance if keep is None else variance[keep]
     median = float(np.median(variance))
     low, high = bootstrap_ci(lambda idx: r / float(np.median(sub[idx])), int(sub.size))
     low, high = (min(low, high), max(low, high)) if _is_number(low) and _is_number(high) else (low, high)

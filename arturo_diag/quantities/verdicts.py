@@ -24,16 +24,19 @@ import numpy as np
 
 __all__ = [
     "BOOTSTRAP_SAMPLES",
+    "MAX_RESAMPLED",
     "OUTCOMES",
     "Verdict",
     "bootstrap_ci",
     "decide_above",
+    "fixed_subset",
     "interval_words",
     "not_applicable",
 ]
 
 OUTCOMES = ("yes", "no", "inconclusive", "not_applicable")
 BOOTSTRAP_SAMPLES = 200  # resamples of the percentile bootstrap (fixed seed: the same record, the same interval)
+MAX_RESAMPLED = 20_000  # coordinates a bootstrap over coordinates resamples (a fixed random subset above this)
 LEVEL = 0.95
 
 
@@ -101,6 +104,15 @@ def bootstrap_ci(
     tail = (1 - level) / 2
     low, high = np.quantile(values, [tail, 1 - tail])
     return float(low), float(high)
+
+
+def fixed_subset(n: int, limit: int = MAX_RESAMPLED) -> np.ndarray | None:
+    """The sorted indices of a fixed random subset (seed 0) of ``limit`` of ``n`` units when ``n > limit``,
+    else None (resample them all): a bootstrap over many coordinates runs on the subset, which
+    widens its interval (conservative) while the estimate itself uses every coordinate."""
+    if n <= limit:
+        return None
+    return np.sort(np.random.default_rng(0).choice(n, limit, replace=False))
 
 
 def interval_words(estimate: float, ci_low: float, ci_high: float, digits: int = 3) -> str:
