@@ -129,8 +129,8 @@ def compare(
         _O(
             help=choices_help(
                 {**INSTRUMENTS, "none": "no instrument"},
-                ",".join(_DEFAULT["instruments"]),
-                "Instruments run at each snapshot beside h, comma-separated: ",
+                None,
+                f"Instruments run at snapshots beside h, comma-separated (default {','.join(_DEFAULT['instruments'])}): ",
             )
         ),
     ] = None,

@@ -4,9 +4,12 @@ An *instrument* measures something of the probe loss at a snapshot that is not h
 gradient's noise, ...). Like a reference estimator (:mod:`arturo_diag.curvature.references`) it is
 given a :class:`~arturo_diag.curvature.references.ReferenceRequest` (the model at its current
 weights, the loss, the reference's batch and mode) and returns the arrays it stores per parameter
-(``fields``) and snapshot scalars (none so far). The Monitor runs the run's instruments after the
-reference, stores their arrays in the snapshot and the seconds each took in ``record.json``
-(``instruments: {name: seconds}``); ``--instruments``'s choices and help come from
+(``fields``), its ``snapshots.csv`` scalars and, optionally, arrays of any shape
+(``instruments/step_*.npz``, keys ``<instrument>/<field>``). The Monitor runs the run's instruments
+after the reference, at the snapshots each one is due (every ``every``-th snapshot from the first,
+and the last one when the Monitor knows the run's length), and stores the seconds each took in
+``record.json`` (``instruments: {name: seconds}``) and their measured snapshot steps
+(``instrument_steps``); ``--instruments``'s choices and help come from
 :data:`INSTRUMENTS`.
 
 To add one: write its function in this package, then one :class:`Instrument` in ``_INSTRUMENTS``
@@ -25,6 +28,7 @@ from torch import Tensor
 
 from arturo_diag.curvature.noise import gradient_noise
 from arturo_diag.curvature.references import REFERENCE_ESTIMATORS, ReferenceRequest
+from arturo_diag.curvature.spectrum_instrument import spectrum_snapshot
 
 __all__ = ["INSTRUMENTS", "Instrument", "register_instrument", "run_instruments"]
 
@@ -37,13 +41,20 @@ class Instrument:
         name: its ``--instruments`` name (``"noise"``).
         help: its ``--help`` line.
         fields: the arrays it stores per parameter.
-        compute: ``ReferenceRequest -> ({parameter: {field: tensor}}, {snapshot scalar: value})``.
+        compute: ``ReferenceRequest -> ({parameter: {field: tensor}}, {snapshot scalar: value})``,
+            or a third item ``{field: array}`` of snapshot arrays of any shape.
+        every: run at every ``every``-th snapshot (the first one included), and at the last.
     """
 
     name: str
     help: str
     fields: tuple[str, ...]
-    compute: Callable[[ReferenceRequest], tuple[dict[str, dict[str, Tensor]], dict[str, Any]]]
+    compute: Callable[[ReferenceRequest], tuple[Any, ...]]
+    every: int = 1
+
+    def due(self, index: int, last: bool) -> bool:
+        """Whether it runs at the snapshot numbered ``index`` (0: the first); ``last``: the run's last one."""
+        return last or index % self.every == 0
 
 
 def _noise(request: ReferenceRequest):
@@ -55,6 +66,16 @@ def _noise(request: ReferenceRequest):
     return arrays, {}
 
 
+_SPECTRUM_SEED = 2**40  # its probes differ from a Hutchinson reference's (seeded seed + step)
+
+
+def _spectrum(request: ReferenceRequest):
+    """Trace, extreme eigenvalues, SLQ and the Frobenius norm's per-probe terms (spectrum_instrument)."""
+    scalars, extras = spectrum_snapshot(request.model, request.loss_fn, request.inputs, request.targets,
+                                        request.names, seed=request.seed + _SPECTRUM_SEED, train=request.train)  # fmt: skip
+    return {name: {} for name in request.names}, scalars, extras
+
+
 _INSTRUMENTS: dict[str, Instrument] = {
     i.name: i
     for i in (
@@ -63,6 +84,14 @@ _INSTRUMENTS: dict[str, Instrument] = {
             "gradient noise from per-sample gradients (mean and minibatch variance per coordinate)",
             ("grad_mean", "grad_var"),
             _noise,
+        ),
+        Instrument(
+            "spectrum",
+            "Hessian trace (Hutchinson, Hutch++), top and most negative eigenvalues (Lanczos), spectral "
+            "density (SLQ) and ||H||_F for the diagonal's share; every 9th snapshot and the last",
+            (),
+            _spectrum,
+            every=9,
         ),
     )
 }
@@ -82,21 +111,31 @@ def register_instrument(instrument: Instrument) -> None:
 
 
 def run_instruments(
-    names: Iterable[str], request: ReferenceRequest, seconds: dict[str, float]
-) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:
-    """Run the named instruments (in :data:`INSTRUMENTS` order) on ``request``: their arrays per
-    parameter and scalars; each one's wall time is added to ``seconds[name]``."""
+    names: Iterable[str],
+    request: ReferenceRequest,
+    seconds: dict[str, float],
+    *,
+    index: int = 0,
+    last: bool = False,
+) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any], dict[str, Any]]:
+    """Run the named instruments (in :data:`INSTRUMENTS` order) that are due at the snapshot
+    numbered ``index`` (``last``: the run's last one) on ``request``: their arrays per parameter,
+    scalars, and arrays of any shape keyed ``<instrument>/<field>``. Each one's wall time is added
+    to ``seconds[name]``."""
     wanted = set(names)
     unknown = wanted - set(INSTRUMENTS)
     if unknown:
         raise ValueError(f"instruments: got {sorted(unknown)}; allowed: {', '.join(INSTRUMENTS)}")
     arrays: dict[str, dict[str, Tensor]] = {name: {} for name in request.names}
     info: dict[str, Any] = {}
-    for instrument in (i for i in INSTRUMENTS.values() if i.name in wanted):
+    extras: dict[str, Any] = {}
+    for instrument in (i for i in INSTRUMENTS.values() if i.name in wanted and i.due(index, last)):
         start = time.perf_counter()
-        fields, scalars = instrument.compute(request)
+        fields, scalars, *more = instrument.compute(request)
         for name in request.names:
-            arrays[name].update(fields[name])
+            arrays[name].update(fields.get(name, {}))
         info.update(scalars)
+        for field, value in (more[0] if more else {}).items():
+            extras[f"{instrument.name}/{field}"] = value
         seconds[instrument.name] = seconds.get(instrument.name, 0.0) + time.perf_counter() - start
-    return arrays, info
+    return arrays, info, extras

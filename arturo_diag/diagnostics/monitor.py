@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from arturo_diag.curvature.functional import evaluation_mode
-from arturo_diag.curvature.instruments import run_instruments
+from arturo_diag.curvature.instruments import INSTRUMENTS, run_instruments
 from arturo_diag.curvature.references import REFERENCE_ESTIMATORS, ReferenceRequest, dropout_off, estimators_of
 from arturo_diag.curvature.references import REFERENCE_METHODS as REFERENCES
 from arturo_diag.diagnostics.monitor_checks import first_non_finite
@@ -103,7 +103,11 @@ class Monitor:
             :func:`~arturo_diag.curvature.references.loss_name`).
         instruments: names of :data:`~arturo_diag.curvature.instruments.INSTRUMENTS` run at each
             snapshot after the reference, on its batch and in its mode (their arrays in the snapshot,
-            their seconds in ``record.json``'s ``instruments``).
+            their seconds in ``record.json``'s ``instruments``, the steps each measured in
+            ``instrument_steps``). An instrument with ``every`` > 1 runs at every ``every``-th
+            snapshot and at the last one, which the Monitor knows when given ``total_steps``.
+        total_steps: the run's length in steps, if known (its last snapshot is then
+            ``every * (total_steps // every)``).
     """
 
     def __init__(
@@ -128,11 +132,15 @@ class Monitor:
         reference_batch: str = "probe",
         loss_name: str | None = None,
         instruments: Sequence[str] = (),
+        total_steps: int | None = None,
     ) -> None:
         check_arguments(instruments=instruments, reference=reference, every=every, probe_batch=probe_batch,
                         reference_batch=reference_batch)  # fmt: skip
         self.instruments = tuple(instruments)
         self.instrument_seconds = dict.fromkeys(self.instruments, 0.0)  # record.json's "instruments"
+        self.instrument_steps: dict[str, list[int]] = {name: [] for name in self.instruments}
+        self._last_snapshot = every * (int(total_steps) // every) if total_steps else None
+        self._snapshot_index = 0
         self.model = model
         self.optimizer = optimizer
         self.loss_fn = loss_fn
@@ -276,13 +284,15 @@ class Monitor:
         with torch.no_grad(), dropout_off(self.model), evaluation_mode(self.model, train=True):
             return float(self.loss_fn(self.model(inputs), targets))
 
-    def reference_diagonal(self, step: int) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:
+    def reference_diagonal(self, step: int) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any], dict[str, Any]]:
         """The reference diagonal Hessian(s) at the current weights on the probe batch (or the step's
         minibatch), in the reference's mode: the arrays of every estimator of the run's reference
         method, and their ``snapshots.csv`` scalars (:mod:`arturo_diag.curvature.references`); then
-        the arrays of the run's instruments (:mod:`arturo_diag.curvature.instruments`)."""
+        the arrays, scalars and other arrays of the run's instruments due at this snapshot
+        (:mod:`arturo_diag.curvature.instruments`)."""
         arrays: dict[str, dict[str, Tensor]] = {name: {} for name, _ in self.named}
         info: dict[str, Any] = {}
+        extras: dict[str, Any] = {}
         for estimator in REFERENCE_ESTIMATORS.values():
             info.update(estimator.info)  # the value of a scalar whose estimator does not run
         request = self._request(step)
@@ -293,11 +303,17 @@ class Monitor:
                     arrays[name].update(fields[name])
                 info.update(scalars)
             if self.instruments:  # after the reference, on its batch and in its mode
-                fields, scalars = run_instruments(self.instruments, request, self.instrument_seconds)
+                index, last = self._snapshot_index, step == self._last_snapshot
+                fields, scalars, extras = run_instruments(
+                    self.instruments, request, self.instrument_seconds, index=index, last=last
+                )
+                for name in self.instruments:
+                    if INSTRUMENTS[name].due(index, last):
+                        self.instrument_steps[name].append(step)
                 for name, _ in self.named:
                     arrays[name].update(fields[name])
                 info.update(scalars)
-        return arrays, info
+        return arrays, info, extras
 
     def _request(self, step: int) -> ReferenceRequest:
         inputs, targets = self._reference_batch()
@@ -320,7 +336,8 @@ class Monitor:
         if self.on_snapshot:
             self.on_snapshot(step, "start")
         start = time.perf_counter()
-        arrays, info = self.reference_diagonal(step)
+        arrays, info, extras = self.reference_diagonal(step)
+        self._snapshot_index += 1
         state = self.optimizer.state
         for name, p in self.named:
             arrays[name]["weight"] = p.detach()
@@ -342,7 +359,7 @@ class Monitor:
             for name, fields in arrays.items()
         }
         scalars["seconds"] = time.perf_counter() - start
-        self.writer.add_snapshot(step, scalars, cpu)
+        self.writer.add_snapshot(step, scalars, cpu, extras)
         now = time.perf_counter()
         if now - self._last_flush >= _FLUSH_SECONDS:  # rewriting the tables costs ~10 ms
             self.writer.flush()
@@ -361,6 +378,7 @@ class Monitor:
             **self._extra_manifest,
             "diagnostics_seconds": self.snapshot_seconds + self.step_seconds,
             "instruments": dict(self.instrument_seconds),
+            "instrument_steps": {name: list(steps) for name, steps in self.instrument_steps.items()},
             **(extra or {}),
         }
 

@@ -63,6 +63,10 @@ _TABLES = {
 }
 _SNAPSHOT_DIR = "snapshots"
 _SNAPSHOT_RE = re.compile(r"^step_(\d{7,})\.npz$")
+# Instruments' arrays of any shape (the spectrum's per-probe values, ...), one file per snapshot
+# that has any: instruments/step_0000010.npz with keys INSTRUMENT/FIELD.
+_INSTRUMENT_DIR = "instruments"
+_INSTRUMENT_KEY_RE = re.compile(r"^[a-z][a-z0-9_]*/[a-z][a-z0-9_]*$")
 # Files of a record and of its reports; removed when a directory is overwritten, so that nothing
 # of the previous run can be mistaken for the new one's.
 _RECORD_FILES = (
@@ -93,6 +97,11 @@ def layer_of(name: str) -> str:
 def snapshot_filename(step: int) -> str:
     """Path of the arrays of the snapshot at ``step``, relative to the run directory."""
     return f"{_SNAPSHOT_DIR}/step_{int(step):07d}.npz"
+
+
+def instrument_filename(step: int) -> str:
+    """Path of the instruments' arrays of the snapshot at ``step``, relative to the run directory."""
+    return f"{_INSTRUMENT_DIR}/step_{int(step):07d}.npz"
 
 
 def study_marker(path: str | os.PathLike[str]) -> str | None:

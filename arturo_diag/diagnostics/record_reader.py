@@ -30,10 +30,12 @@ from arturo_diag.diagnostics.record_checks import (
 )
 from arturo_diag.diagnostics.record_format import (
     _CONFIG,
+    _INSTRUMENT_KEY_RE,
     _MANIFEST,
     _SNAPSHOT_DIR,
     _SNAPSHOT_RE,
     _TABLES,
+    instrument_filename,
     layer_of,
     snapshot_filename,
 )
@@ -204,6 +206,38 @@ class RunRecord:
             raise RecordError(f"{path}: unreadable snapshot ({type(error).__name__}: {error})") from None
         order = {name: i for i, name in enumerate(self.parameters)}
         return dict(sorted(result.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
+
+    def instrument_arrays(self, step: int) -> dict[str, np.ndarray]:
+        """The instruments' arrays of any shape at the snapshot at ``step`` (``INSTRUMENT/FIELD`` ->
+        float64 array; {} when no instrument stored any there). Read from disk at each call.
+
+        Raises:
+            RecordError: naming the file and the problem: not an npz archive, a key that is not
+                ``INSTRUMENT/FIELD``, an array not of numbers (never unpickled), unreadable data.
+        """
+        step = int(step)
+        if step not in self.snapshot_steps:
+            raise RecordError(f"{self.run_dir}: no snapshot at step {step}; snapshots at steps {self.snapshot_steps}")
+        path = self.run_dir / instrument_filename(step)
+        if not path.is_file():
+            return {}
+        result: dict[str, np.ndarray] = {}
+        try:
+            with open(path, "rb") as handle:
+                if handle.read(4) not in _NPZ_MAGIC:
+                    raise RecordError(f"{path}: not an npz archive (a zip of .npy arrays)")
+            with np.load(path, allow_pickle=False) as archive:
+                for member in archive.zip.namelist():
+                    key = member[: -len(".npy")] if member.endswith(".npy") else member
+                    if not member.endswith(".npy") or not _INSTRUMENT_KEY_RE.match(key):
+                        raise RecordError(f"{path}: member {member!r} is not an INSTRUMENT/FIELD .npy array")
+                    header = _npz_header(archive.zip, member)
+                    if header is not None and header[1].kind not in "fiu":
+                        raise RecordError(f"{path}: {key} holds {header[1]} values; instrument arrays hold numbers")
+                    result[key] = np.asarray(archive[key], dtype=np.float64)
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
+            raise RecordError(f"{path}: unreadable instrument arrays ({type(error).__name__}: {error})") from None
+        return result
 
     def _check_array(self, path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
         name = key.rpartition("/")[0]

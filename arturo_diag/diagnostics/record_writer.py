@@ -32,6 +32,8 @@ from arturo_diag.diagnostics.io import (
 from arturo_diag.diagnostics.lock import DirectoryLock
 from arturo_diag.diagnostics.record_format import (
     _CONFIG,
+    _INSTRUMENT_DIR,
+    _INSTRUMENT_KEY_RE,
     _MANIFEST,
     _RECORD_FILES,
     _REPORT_GLOB,
@@ -40,6 +42,7 @@ from arturo_diag.diagnostics.record_format import (
     _TABLES,
     RECORD_FORMAT,
     RECORD_KINDS,
+    instrument_filename,
     layer_of,
     snapshot_filename,
     study_marker,
@@ -249,11 +252,14 @@ class RecordWriter:
         step: int,
         scalars: Mapping[str, Any],
         arrays: Mapping[str, Mapping[str, Any]],
+        extras: Mapping[str, Any] | None = None,
     ) -> None:
         """Write the arrays of one snapshot now (atomically) and queue its ``snapshots.csv`` row.
 
         ``arrays`` maps parameter name -> field (``curvature``, ``filter_cov_aa``, ``h_exact``, ...)
-        -> array shaped like the parameter; arrays are stored as float64.
+        -> array shaped like the parameter; arrays are stored as float64. ``extras``: the
+        instruments' arrays of any shape, keyed ``INSTRUMENT/FIELD`` (``instruments/step_*.npz``,
+        written before the snapshot's own file).
         """
         self._check_open()
         step = int(step)
@@ -273,6 +279,12 @@ class RecordWriter:
                         f"add_snapshot: {name}/{field} has shape {list(array.shape)}; the parameter's is {list(shape)}"
                     )
                 payload[f"{name}/{field}"] = array
+        if extras:
+            bad = [key for key in extras if not _INSTRUMENT_KEY_RE.match(key)]
+            if bad:
+                raise ValueError(f"add_snapshot: instrument array key {bad[0]!r} is not INSTRUMENT/FIELD (lower case)")
+            make_directory(self.run_dir / _INSTRUMENT_DIR, "out")
+            atomic_savez(self.run_dir / instrument_filename(step), **{k: _as_float64(v) for k, v in extras.items()})
         atomic_savez(self.run_dir / snapshot_filename(step), **payload)
         row = {"step": step}
         row.update({key: _plain(value) for key, value in scalars.items() if key != "step"})
@@ -388,6 +400,11 @@ def _remove_record_files(run_dir: Path) -> None:
     snapshot_dir = run_dir / _SNAPSHOT_DIR
     if snapshot_dir.is_dir():
         for path in snapshot_dir.iterdir():
+            if _SNAPSHOT_RE.match(path.name):
+                path.unlink()
+    instrument_dir = run_dir / _INSTRUMENT_DIR
+    if instrument_dir.is_dir():
+        for path in instrument_dir.iterdir():
             if _SNAPSHOT_RE.match(path.name):
                 path.unlink()
     figures = run_dir / "figures"

@@ -205,6 +205,7 @@ def prepare(
         reference_mode=config.reference_mode,
         reference_batch=config.reference_batch,
         instruments=config.instruments if reference != "none" else (),
+        total_steps=total_steps,
         config_toml=config_to_toml(config),
         kind=kind,
         overwrite=overwrite,
