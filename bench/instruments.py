@@ -13,16 +13,37 @@ see :func:`median_times`). The Lanczos HVP is :meth:`HessianOperator.matvec` on 
 gradient graph is built once per Lanczos run: its cost is printed separately, and amortised in the
 end-to-end eigsh line).
 
-    python bench/instruments.py [--repeats 15] [--threads 2]
+Then (issue 12's target: the default instrument set <= 25 % of `compare`'s wall time) the default
+compare job in this process: ``arturo-diag compare --out TMP`` through the typer application itself
+(:data:`cli.app.app`, as a user runs it: RunConfig's defaults, option parsing, run lock, training
+with snapshots, report rendering), alternately with the default instruments (``RunConfig().
+instruments``, read at run time, never hard-coded here) and with ``--instruments none``, over
+``--compare-repeats`` rounds (the order swapped every round; one short untimed warm-up run first,
+so that no round pays the first imports). Per round and as medians it prints
+
+* (a) share as measured inside the run = sum over instruments of record.json's ``instruments``
+  seconds / the whole compare command's wall time of that run (and per instrument);
+* (b) share by difference = (median wall with - median wall without) / median wall with;
+* (c) and (c') the same two, (a) and (b), with the training loop's own record.json ``"seconds"``
+  (training + snapshots; without imports, run setup and report rendering) as the denominator
+  (and, for (c'), the loop seconds as the minuend and subtrahend) instead of the whole command.
+
+The target line judges (a). ``--no-compare`` skips this part (2 x ``--compare-repeats`` + 1
+compare runs, about 10 s each on 2 idle cores).
+
+    python bench/instruments.py [--repeats 15] [--threads 2] [--compare-repeats 3] [--no-compare]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -39,11 +60,13 @@ from arturo_diag.curvature.spectrum import (
     spectral_density,
     top_eigenvalues,
 )
+from arturo_diag.training.config import RunConfig
 from arturo_diag.training.datasets import load_digits, probe_batch
 from arturo_diag.training.models import build_model
 
 PROBE = 128
 LOSS = nn.CrossEntropyLoss()
+SHARE_TARGET = 0.25  # issue 12: the default instruments' share of compare's wall time
 
 
 def median_times(tasks: dict[str, Callable[[], object]], repeats: int) -> tuple[dict[str, float], dict[str, float]]:
@@ -66,10 +89,98 @@ def median_times(tasks: dict[str, Callable[[], object]], repeats: int) -> tuple[
     )
 
 
+def compare_once(out: str, *options: str) -> tuple[float, dict]:
+    """``arturo-diag compare --out OUT *options`` in this process, through the typer application
+    (output captured, not printed): (wall seconds of the whole command, its record.json)."""
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    start = time.perf_counter()
+    outcome = CliRunner().invoke(app, ["compare", "--out", out, *options])
+    wall = time.perf_counter() - start
+    if outcome.exit_code != 0:
+        raise RuntimeError(
+            f"arturo-diag compare {' '.join(options)} exited {outcome.exit_code}:\n{outcome.output}"
+        ) from (outcome.exception)
+    return wall, json.loads((Path(out) / "record.json").read_text())
+
+
+def compare_share(repeats: int) -> float:
+    """The default instruments' share of the default compare run, printed per round and as medians
+    (module docstring, (a)-(c)); returns (a)'s median."""
+    names = tuple(RunConfig().instruments)
+    print(
+        f"\n== share of the default instruments ({','.join(names) or 'none'}) in `arturo-diag compare` "
+        f"(defaults, report included; in this process, {torch.get_num_threads()} threads; "
+        f"{repeats} rounds, with/without interleaved)"
+    )
+    wall: dict[str, list[float]] = {"with": [], "without": []}
+    loop: dict[str, list[float]] = {"with": [], "without": []}
+    inside, inside_loop = [], []
+    per: dict[str, list[float]] = {name: [] for name in names}
+    options = {"with": (), "without": ("--instruments", "none")}
+    with tempfile.TemporaryDirectory(prefix="bench-instruments-") as tmp:
+        compare_once(os.path.join(tmp, "warmup"), "--steps", "10")  # imports (report, instruments); untimed
+        for round_ in range(1, repeats + 1):
+            order = ("with", "without") if round_ % 2 else ("without", "with")
+            load = os.getloadavg()[0]
+            for kind in order:
+                seconds, record = compare_once(os.path.join(tmp, f"{kind}{round_}"), *options[kind])
+                wall[kind].append(seconds)
+                loop[kind].append(float(record["seconds"]))
+                if kind == "with":
+                    spent = {name: float(record.get("instruments", {}).get(name, 0.0)) for name in names}
+                    for name in names:
+                        per[name].append(spent[name] / seconds)
+                    inside.append(sum(spent.values()) / seconds)
+                    inside_loop.append(sum(spent.values()) / float(record["seconds"]))
+            by_name = ", ".join(f"{name} {100 * per[name][-1]:.1f} %" for name in names)
+            print(
+                f"  round {round_} ({' then '.join(order)}; load average {load:.1f} before, {os.getloadavg()[0]:.1f} "
+                f"after): wall {wall['with'][-1]:.1f} s with / {wall['without'][-1]:.1f} s without; training loop "
+                f"{loop['with'][-1]:.1f} s / {loop['without'][-1]:.1f} s; (a) {100 * inside[-1]:.1f} % ({by_name}); "
+                f"(c) {100 * inside_loop[-1]:.1f} %; (b) "
+                f"{100 * (wall['with'][-1] - wall['without'][-1]) / wall['with'][-1]:.1f} %; (c') "
+                f"{100 * (loop['with'][-1] - loop['without'][-1]) / loop['with'][-1]:.1f} %",
+                flush=True,
+            )
+    med = {kind: statistics.median(values) for kind, values in wall.items()}
+    med_loop = {kind: statistics.median(values) for kind, values in loop.items()}
+    share = statistics.median(inside)
+    print(f"  medians over {repeats} rounds:")
+    print(
+        f"    whole compare command wall time: {med['with']:.1f} s with the instruments, {med['without']:.1f} s "
+        f'with --instruments none; training loop (record.json "seconds"): {med_loop["with"]:.1f} s, '
+        f"{med_loop['without']:.1f} s"
+    )
+    print(
+        f'    (a)  instruments\' own seconds (record.json "instruments", summed) / whole compare wall time '
+        f"= {100 * share:.1f} %"
+    )
+    for name in names:
+        print(f"           {name:10s} seconds / whole compare wall time = {100 * statistics.median(per[name]):.1f} %")
+    print(
+        f"    (b)  (wall with - wall without) / wall with (whole command, medians) "
+        f"= {100 * (med['with'] - med['without']) / med['with']:.1f} %"
+    )
+    print(
+        f"    (c)  instruments' own seconds (summed) / training loop's \"seconds\" "
+        f"= {100 * statistics.median(inside_loop):.1f} %"
+    )
+    print(
+        f"    (c') (loop seconds with - loop seconds without) / loop seconds with (medians) "
+        f"= {100 * (med_loop['with'] - med_loop['without']) / med_loop['with']:.1f} %"
+    )
+    return share
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compare-repeats", type=int, default=3, help="rounds of the compare share (with/without)")
+    parser.add_argument("--no-compare", action="store_true", help="skip the (slow) share in compare")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
@@ -168,6 +279,8 @@ def main() -> None:
         f"(||H||_F {share.frobenius:.3g}), {t_share:.2f} s"
     )
 
+    share = None if args.no_compare else compare_share(args.compare_repeats)
+
     print("\n== targets")
     for label, name, target in (
         ("per-sample gradients (gradient_noise) / one gradient", "noise", 3.0),
@@ -177,6 +290,15 @@ def main() -> None:
         print(
             f"  [{'PASS' if value <= target else 'FAIL'}] {label} = {value:.2f} <= {target:g} "
             f"(CPU-time ratio {low[name]:.2f})"
+        )
+    if share is None:
+        print(
+            f"  [skipped] default instruments' share of compare's wall time (--no-compare); target <= {100 * SHARE_TARGET:.0f} %"
+        )
+    else:
+        print(
+            f"  [{'PASS' if share <= SHARE_TARGET else 'FAIL'}] (a) default instruments' own seconds / whole compare "
+            f"wall time = {100 * share:.1f} % <= {100 * SHARE_TARGET:.0f} % (issue 12)"
         )
     print(f"load average at end {os.getloadavg()[0]:.1f} (other processes share the CPUs)")
 
