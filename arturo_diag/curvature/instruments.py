@@ -5,7 +5,10 @@ gradient's noise, ...). Like a reference estimator (:mod:`arturo_diag.curvature.
 given a :class:`~arturo_diag.curvature.references.ReferenceRequest` (the model at its current
 weights, the loss, the reference's batch and mode) and returns the arrays it stores per parameter
 (``fields``), its ``snapshots.csv`` scalars and, optionally, arrays of any shape
-(``instruments/step_*.npz``, keys ``<instrument>/<field>``). The Monitor runs the run's instruments
+(``instruments/step_*.npz``, keys ``<instrument>/<field>``). A *step instrument* (``needs_step``)
+looks at the optimizer step the snapshot follows: the Monitor then copies the weights and the
+optimizer's filter state before that step and fills the request's ``step_state``
+(:class:`~arturo_diag.curvature.references.StepState`). The Monitor runs the run's instruments
 after the reference, at the snapshots each one is due (every ``every``-th snapshot from the first,
 and the last one when the Monitor knows the run's length), and stores the seconds each took in
 ``record.json`` (``instruments: {name: seconds}``) and their measured snapshot steps
@@ -26,6 +29,8 @@ from typing import Any
 
 from torch import Tensor
 
+from arturo_diag.curvature.alpha import step_alpha
+from arturo_diag.curvature.innovation import innovation
 from arturo_diag.curvature.noise import gradient_noise
 from arturo_diag.curvature.references import REFERENCE_ESTIMATORS, ReferenceRequest
 from arturo_diag.curvature.spectrum_instrument import spectrum_snapshot
@@ -44,6 +49,8 @@ class Instrument:
         compute: ``ReferenceRequest -> ({parameter: {field: tensor}}, {snapshot scalar: value})``,
             or a third item ``{field: array}`` of snapshot arrays of any shape.
         every: run at every ``every``-th snapshot (the first one included), and at the last.
+        needs_step: it reads ``request.step_state`` (the step the snapshot follows; None when the
+            Monitor could not take it, e.g. a snapshot called by hand, and then it stores nothing).
     """
 
     name: str
@@ -51,6 +58,7 @@ class Instrument:
     fields: tuple[str, ...]
     compute: Callable[[ReferenceRequest], tuple[Any, ...]]
     every: int = 1
+    needs_step: bool = False
 
     def due(self, index: int, last: bool) -> bool:
         """Whether it runs at the snapshot numbered ``index`` (0: the first); ``last``: the run's last one."""
@@ -76,6 +84,32 @@ def _spectrum(request: ReferenceRequest):
     return {name: {} for name in request.names}, scalars, extras
 
 
+def _innovation(request: ReferenceRequest):
+    """arTuRO's innovation d and its predicted variance s at the snapshot's step (curvature/innovation.py),
+    for every parameter whose filter had state before the step and that had a gradient."""
+    step = request.step_state
+    arrays: dict[str, dict[str, Tensor]] = {name: {} for name in request.names}
+    if step is None:
+        return arrays, {}
+    for name in request.names:
+        if name in step.filter_before and name in step.grads and name in step.settings:
+            s = step.settings[name]
+            d, var = innovation(step.weights_before[name], step.grads[name], step.filter_before[name], lr=s["lr"],
+                                weight_decay=s["weight_decay"], q=s["dynamic_model_noise"], r=s["measurement_noise"])  # fmt: skip
+            arrays[name] = {"innovation": d, "innovation_var": var}
+    return arrays, {}
+
+
+def _alpha(request: ReferenceRequest):
+    """Cockpit's alpha of the snapshot's step on the reference's batch, in its mode (curvature/alpha.py)."""
+    step = request.step_state
+    if step is None:
+        return {}, {}
+    scalars = step_alpha(request.model, request.loss_fn, request.inputs, request.targets, step.weights_before,
+                         train=request.train)  # fmt: skip
+    return {}, scalars
+
+
 _INSTRUMENTS: dict[str, Instrument] = {
     i.name: i
     for i in (
@@ -92,6 +126,22 @@ _INSTRUMENTS: dict[str, Instrument] = {
             (),
             _spectrum,
             every=9,
+        ),
+        Instrument(
+            "innovation",
+            "arTuRO's innovation residual d = g - (a theta + b) and its predicted variance s per coordinate "
+            "at the snapshot's step (the filter's own, to set beside r)",
+            ("innovation", "innovation_var"),
+            _innovation,
+            needs_step=True,
+        ),
+        Instrument(
+            "alpha",
+            "Cockpit's alpha: where the snapshot's step lands on the 1-D quadratic along its direction "
+            "(-1 no move, 0 the minimum, 1 the mirror point)",
+            (),
+            _alpha,
+            needs_step=True,
         ),
     )
 }

@@ -44,6 +44,7 @@ __all__ = [
     "ReferenceEstimator",
     "ReferenceMethod",
     "ReferenceRequest",
+    "StepState",
     "dropout_off",
     "estimator_for_field",
     "estimators_of",
@@ -89,10 +90,35 @@ REFERENCE_BATCHES: Mapping[str, ReferenceChoice] = MappingProxyType(
 
 
 @dataclass(frozen=True)
+class StepState:
+    """The optimizer step a snapshot follows (step ``step``), for the instruments that look at the
+    step itself (``Instrument.needs_step``); copies the Monitor took, keyed by parameter name.
+
+    Attributes:
+        step: the step (1-based) these belong to: the snapshot's.
+        weights_before: theta_t, every optimized parameter before the step (before its weight decay).
+        filter_before: arTuRO's filter state before the step, ``{name: {intercept, curvature,
+            filter_cov_bb, filter_cov_ba, filter_cov_aa}}``; a parameter without state yet (its first
+            step) is absent, and the mapping is empty for any other optimizer.
+        grads: the step's minibatch gradient (``p.grad`` after ``optimizer.step()``, which arTuRO
+            leaves as it was), for the parameters that had one.
+        settings: per parameter its group's ``lr``, ``weight_decay``, ``dynamic_model_noise`` (q) and
+            ``measurement_noise`` (r) as read after the step (arTuRO only; else empty).
+    """
+
+    step: int
+    weights_before: Mapping[str, Tensor]
+    filter_before: Mapping[str, Mapping[str, Tensor]]
+    grads: Mapping[str, Tensor]
+    settings: Mapping[str, Mapping[str, float]]
+
+
+@dataclass(frozen=True)
 class ReferenceRequest:
     """What a reference estimator is given at a snapshot: the model at its current weights, the
     loss, the probe batch, and the run's settings (``exact_method``, Hutchinson ``samples``, the
-    probes' ``seed`` for this snapshot)."""
+    probes' ``seed`` for this snapshot); ``step_state``: the step the snapshot follows, given only
+    when an instrument due at this snapshot needs it (else None)."""
 
     model: nn.Module
     loss_fn: Callable[[Tensor, Tensor], Tensor]
@@ -104,6 +130,7 @@ class ReferenceRequest:
     seed: int = 0
     device: torch.device | None = None
     train: bool = False  # the model in train mode (batch statistics); dropout is off either way
+    step_state: StepState | None = None
 
 
 @contextlib.contextmanager

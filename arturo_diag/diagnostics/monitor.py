@@ -20,7 +20,8 @@ way). ``record.json`` says so from the start, with the model's class, the loss's
 group's lr and the layers' module types (:mod:`~arturo_diag.diagnostics.monitor_facts`). The format
 is ``docs/record.md``. The monitor never changes what the optimizer does, except that before a
 snapshot step it sets ``optimizer.dual_diagnostics`` so that the step also reports K(0)/eps and the
-exact root ``eta*`` (extra passes that do not change the update).
+exact root ``eta*`` (extra passes that do not change the update), and, when a step instrument is due
+at that snapshot, copies the weights and the filter state (:mod:`~arturo_diag.diagnostics.monitor_step`).
 
 After every step it also checks the loss, the gradients, the weights and the optimizer's state
 (arTuRO's ``P``, ``a``, ``b``, ``eta``, ``pi``) for NaN/inf, in one fused reduction. At the first
@@ -52,6 +53,7 @@ from arturo_diag.diagnostics.monitor_facts import (
     layer_types,
     run_facts,
 )
+from arturo_diag.diagnostics.monitor_step import BeforeStep, before_step, needs_step
 from arturo_diag.diagnostics.record import RecordWriter
 from arturo_diag.errors import Diverged
 
@@ -59,12 +61,7 @@ __all__ = ["Monitor", "REFERENCES"]
 
 _QUANTILE_SAMPLE = 65536  # precision quantiles per step come from this many fixed coordinates
 _FLUSH_SECONDS = 5.0  # the tables on disk lag the run by at most this (and a snapshot interval)
-_STATE_FIELDS = {
-    "curvature": "curvature",
-    "filter_cov_aa": "filter_cov_aa",
-    "intercept": "intercept",
-    "precision": "precision",
-}
+_STATE_FIELDS = ("curvature", "filter_cov_aa", "intercept", "precision")  # stored under their state names
 # steps.csv's columns read from optimizer.last_step
 _LAST_STEP_KEYS = tuple(
     "kl_bound eta eta_lo eta_hi iterations kl_ratio precision_nonpos denominator_nonpos guard_acted numel".split()
@@ -187,12 +184,17 @@ class Monitor:
         self._quantile_index = (
             torch.randperm(total, generator=generator)[:_QUANTILE_SAMPLE] if total > _QUANTILE_SAMPLE else None
         )
+        self._before: BeforeStep | None = None  # the copies before the next step (step instruments)
         self._arm_dual_diagnostics()
 
     # ------------------------------------------------------------------ per step
     def _arm_dual_diagnostics(self) -> None:
+        """Before a snapshot step: arTuRO's dual diagnostics on, and the step instruments' copies."""
+        upcoming = self.reference != "none" and (self.steps + 1) % self.every == 0
         if self.is_arturo:
-            self.optimizer.dual_diagnostics = self.reference != "none" and (self.steps + 1) % self.every == 0
+            self.optimizer.dual_diagnostics = upcoming
+        wanted = upcoming and needs_step(self.instruments, self._snapshot_index, self.steps + 1 == self._last_snapshot)
+        self._before = before_step(self.steps + 1, self.named, self.optimizer, self.is_arturo) if wanted else None
 
     def step(
         self, loss: Tensor | float | None = None, *, epoch: int | None = None, batch: Sequence[Tensor] | None = None
@@ -208,11 +210,7 @@ class Monitor:
         """
         start = time.perf_counter()
         self.steps += 1
-        row: dict[str, Any] = {
-            "step": self.steps,
-            "epoch": epoch,
-            "loss": float(loss) if loss is not None else math.nan,
-        }
+        row: dict[str, Any] = {"step": self.steps, "epoch": epoch, "loss": math.nan if loss is None else float(loss)}
         last = getattr(self.optimizer, "last_step", None) if self.is_arturo else None
         if last is not None:
             row.update({key: last.get(key) for key in _LAST_STEP_KEYS})
@@ -328,6 +326,7 @@ class Monitor:
             seed=self.seed + step,
             device=self.named[0][1].device,
             train=self.reference_mode == "train",
+            step_state=self._before.state(step, self.named, self.optimizer) if self._before else None,
         )
 
     def snapshot(self) -> None:
@@ -341,9 +340,9 @@ class Monitor:
         state = self.optimizer.state
         for name, p in self.named:
             arrays[name]["weight"] = p.detach()
-            for key, field in _STATE_FIELDS.items():
+            for key in _STATE_FIELDS:
                 if key in state[p]:
-                    arrays[name][field] = state[p][key]
+                    arrays[name][key] = state[p][key]
         last = getattr(self.optimizer, "last_step", None) or {}
         scalars = {
             "kl_bound": last.get("kl_bound", float(self.optimizer.param_groups[0]["lr"])),

@@ -97,7 +97,8 @@ class RunConfig:
     reference: str = "exact"
     reference_mode: str = "eval"  # the model's mode for h: eval (running statistics) or train (batch statistics)
     reference_batch: str = "probe"  # h on the fixed probe batch, or on the step's minibatch
-    instruments: tuple[str, ...] = ("noise", "spectrum")  # run at snapshots beside h (curvature/instruments.py)
+    # run at snapshots beside h (curvature/instruments.py)
+    instruments: tuple[str, ...] = ("noise", "spectrum", "innovation", "alpha")
     exact_method: str = "auto"
     samples: int = 64
     probe_size: int = 128

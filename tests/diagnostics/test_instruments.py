@@ -102,7 +102,7 @@ def test_an_instrument_cannot_take_a_reference_field_or_a_taken_name():
         register_instrument(Instrument("other", "x", ("h_exact",), lambda r: ({}, {})))
     with pytest.raises(ValueError, match="already declared"):
         register_instrument(Instrument("noise", "x", ("fresh",), lambda r: ({}, {})))
-    assert list(INSTRUMENTS) == ["noise", "spectrum"]
+    assert list(INSTRUMENTS) == ["noise", "spectrum", "innovation", "alpha"]
 
 
 def _old_record(path):
@@ -128,7 +128,7 @@ def test_an_old_record_without_the_key_reads_and_a_bad_value_is_refused(tmp_path
 
 
 def test_config_field_toml_and_validation():
-    assert RunConfig().instruments == ("noise", "spectrum")
+    assert RunConfig().instruments == ("noise", "spectrum", "innovation", "alpha")
     assert config_from_mapping({"diagnostics": {"instruments": []}}).instruments == ()
     config = config_from_mapping({"diagnostics": {"instruments": ["noise"]}}, RunConfig(instruments=()))
     assert config.instruments == ("noise",)
@@ -146,7 +146,7 @@ def test_instruments_option_parsing_help_and_refusal(tmp_path):
     assert instrument_names("none") == () and instrument_names("") == ()
     runner = CliRunner()
     option = typing.get_type_hints(compare, include_extras=True)["instruments"].__metadata__[0]
-    assert "(default noise,spectrum): noise: gradient noise" in option.help and "none: no instrument" in option.help
+    assert "(default noise,spectrum,innovation,alpha): noise: gradient noise" in option.help and "none: no instrument" in option.help
     out = tmp_path / "run"
     result = runner.invoke(app, ["compare", *TINY, "--instruments", "noise,magic", "--out", str(out)])
     assert result.exit_code == 2, result.output
