@@ -194,7 +194,9 @@ class Monitor:
         if self.is_arturo:
             self.optimizer.dual_diagnostics = upcoming
         wanted = upcoming and needs_step(self.instruments, self._snapshot_index, self.steps + 1 == self._last_snapshot)
+        start = time.perf_counter()  # the copies' seconds count as the Monitor's per-step cost
         self._before = before_step(self.steps + 1, self.named, self.optimizer, self.is_arturo) if wanted else None
+        self.step_seconds += time.perf_counter() - start
 
     def step(
         self, loss: Tensor | float | None = None, *, epoch: int | None = None, batch: Sequence[Tensor] | None = None
