@@ -98,11 +98,13 @@ def write_record(
     epochs=EPOCHS,
     finish: Mapping | None = None,
     scalars: Callable[[dict, int], Mapping] | None = None,
+    extras: Callable[[int], Mapping] | None = None,
 ):
     """Write the record and return ``run_dir``; ``finish=None`` leaves it incomplete (flushed only).
 
     ``scalars(row, t)`` gives the ``snapshots.csv`` row of the snapshot at step row ``row`` (the
     ``t``-th snapshot); by default the row's bound and eta with fixed probe and dual values.
+    ``extras(t)``: the instruments' arrays of any shape of that snapshot (``INSTRUMENT/FIELD``).
 
     Per snapshot and parameter, in this order of draws from ``numpy.random.default_rng(seed)``:
     ``h, fields = arrays(rng, shape, t)``, then ``h_hutchinson = h + hutchinson_noise * normal``
@@ -125,7 +127,9 @@ def write_record(
                 fields["h_hutchinson"] = h + hutchinson_noise * rng.normal(size=shape)
                 fields["h_hutchinson_se"] = np.full(shape, hutchinson_noise)
             snapshot[name] = {key: value for key, value in fields.items() if key not in drop_fields}
-        writer.add_snapshot(row["step"], (scalars or _default_scalars(reference))(row, t), snapshot)
+        writer.add_snapshot(
+            row["step"], (scalars or _default_scalars(reference))(row, t), snapshot, extras(t) if extras else None
+        )
     for epoch in epochs:
         writer.add_epoch(dict(epoch))
     if finish is not None:

@@ -22,6 +22,7 @@ from arturo_diag.quantities import (
     movement,
     noise,
     run,
+    spectrum,
     training,
     trust_region,
 )
@@ -40,6 +41,7 @@ QUANTITIES: tuple[Quantity, ...] = (
     health.QUANTITY,
     gauges.QUANTITY,
     noise.QUANTITY,
+    spectrum.QUANTITY,
     training.QUANTITY,
 )
 

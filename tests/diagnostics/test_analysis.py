@@ -25,6 +25,7 @@ TOP_LEVEL = [
     "health",
     "gauges",
     "noise",
+    "spectrum",
     "training",
     "verdicts",
     "findings",

@@ -76,6 +76,35 @@ def _arrays(rng, shape, t):
     }
 
 
+def spectrum_scalars(t: int) -> dict:
+    """The spectrum instrument's snapshots.csv values at the t-th snapshot (deterministic)."""
+    return {
+        "spectrum_trace": 3.0 + t,
+        "spectrum_trace_se": 0.2,
+        "spectrum_trace_hutchpp": 3.1 + t,
+        "spectrum_trace_hutchpp_se": 0.05,
+        "spectrum_frobenius_sq": 4.0,
+        "spectrum_frobenius_sq_se": 0.1,
+        "spectrum_top_1": 2.0 + 0.1 * t,
+        "spectrum_top_2": 1.0,
+        "spectrum_top_3": 0.5,
+        "spectrum_min": -0.2,
+        "spectrum_converged": True,
+        "spectrum_probes": 4,
+        "spectrum_hvps": 50,
+    }
+
+
+def spectrum_extras(t: int, parameters=None) -> dict:
+    """Its per-probe arrays: 4 probes, ||(Hz)_tensor||^2 = 2 per tensor (F2 = 2 x tensors), two SLQ probes."""
+    count = len(parameters or PARAMETERS)
+    rows = np.full((4, count), 2.0) + np.array([[-0.1], [0.1], [-0.2], [0.2]])
+    nodes = np.array([[-0.2, 0.001, 1.0, 2.0 + 0.1 * t], [-0.1, 0.0, 0.5, np.nan]])
+    weights = np.array([[0.1, 0.6, 0.2, 0.1], [0.2, 0.5, 0.3, np.nan]])
+    return {"spectrum/row_sq": rows, "spectrum/quad": np.full(4, 3.0 + t), "spectrum/ritz_nodes": nodes,
+            "spectrum/ritz_weights": weights}  # fmt: skip
+
+
 def write_record(
     run_dir,
     *,
@@ -89,7 +118,9 @@ def write_record(
     drop_fields: tuple = (),
     seed: int = 0,
 ):
-    """A run record of 60 steps with snapshots every ``every`` steps (none for reference "none")."""
+    """A run record of 60 steps with snapshots every ``every`` steps (none for reference "none"), the
+    spectrum instrument's values at each."""
+    default = records._default_scalars(reference)
     return records.write_record(
         run_dir,
         arrays=_arrays,
@@ -102,6 +133,8 @@ def write_record(
         every=every,
         drop_fields=drop_fields,
         seed=seed,
+        scalars=lambda row, t: {**default(row, t), **spectrum_scalars(t)},
+        extras=lambda t: spectrum_extras(t, parameters),
         finish={"model": "mlp", "dataset": "teacher", "optimizer_name": "arturo", "seconds": 1.0} if finish else None,
     )
 

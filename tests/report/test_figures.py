@@ -66,6 +66,8 @@ def test_every_figure_is_one_documented_function():
         "precision",
         "gauges",
         "noise",
+        "spectrum",
+        "spectrum_density",
         "training",
     ]
     for spec in FIGURES:

@@ -33,6 +33,7 @@ SECTIONS = [
     "Health",
     "Gauges",
     "Gradient noise",
+    "Curvature spectrum",
     "Training",
 ]
 # the section each figure illustrates (it is drawn inside it)
@@ -45,6 +46,8 @@ FIGURE_SECTIONS = {
     "precision": "Health",
     "gauges": "Gauges",
     "noise": "Gradient noise",
+    "spectrum": "Curvature spectrum",
+    "spectrum_density": "Curvature spectrum",
     "training": "Training",
 }
 
@@ -197,7 +200,9 @@ def test_record_without_snapshots_renders_with_figures_skipped(make_record):
     (run_dir / "figures").mkdir()
     (run_dir / "figures" / "scatter.png").write_bytes(b"stale")  # from an earlier report of this directory
     result = render_report(run_dir)
-    assert set(result.skipped) == {"agreement", "scatter", "calibration", "lag", "gauges", "noise"}
+    assert set(result.skipped) == {
+        "agreement", "scatter", "calibration", "lag", "gauges", "noise", "spectrum", "spectrum_density"
+    }  # fmt: skip
     assert all("no snapshots" in reason for reason in result.skipped.values())
     assert set(result.figures) == {"trust_region", "precision", "training"}
     assert not (run_dir / "figures" / "scatter.png").exists()
