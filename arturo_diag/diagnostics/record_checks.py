@@ -101,6 +101,18 @@ _MANIFEST_OPTIONAL = {
         lambda v: isinstance(v, dict) and all(isinstance(k, str) and _finite(t) and t >= 0 for k, t in v.items()),
         "an object: instrument name -> seconds (a finite number >= 0)",
     ),
+    "instrument_steps": _Rule(
+        lambda v: (
+            isinstance(v, dict)
+            and all(
+                isinstance(k, str)
+                and isinstance(s, list)
+                and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in s)
+                for k, s in v.items()
+            )
+        ),
+        "an object: instrument name -> the snapshot steps it measured (whole numbers >= 0)",
+    ),
 }
 _MANIFEST_OPTIMIZER = {"lr": _optional(_NUMBER), "var_init": _optional(_POSITIVE), "eta_tol": _optional(_POSITIVE)}
 _PARAMETER_REQUIRED = {"shape": _SHAPE}

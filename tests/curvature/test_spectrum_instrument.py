@@ -106,3 +106,22 @@ def test_instrument_arrays_round_trip_through_the_record(tmp_path):
     np.savez(path, **{"spectrum/quad": np.array([object()], dtype=object)})
     with pytest.raises(Exception, match="instrument arrays|step_0000001"):
         record.instrument_arrays(1)
+
+
+def test_instrument_steps_in_record_json_are_checked(tmp_path):
+    import json
+
+    from arturo_diag.errors import RecordError
+
+    writer = RecordWriter(tmp_path / "r", "monitor", "[diagnostics]\nevery = 1\n", {"w": (3,)}, optimizer={"lr": 0.1})
+    writer.add_step({"step": 1, "loss": 1.0, "kl_bound": 0.1})
+    writer.add_snapshot(1, {}, {"w": {"curvature": torch.ones(3)}})
+    writer.finish({"instrument_steps": {"spectrum": [1]}})
+    path = tmp_path / "r" / "record.json"
+    assert RunRecord.load(tmp_path / "r").manifest["instrument_steps"] == {"spectrum": [1]}
+    manifest = json.loads(path.read_text())
+    for bad in ({"spectrum": [1.5]}, {"spectrum": 1}, [1], {"spectrum": [-1]}):
+        manifest["instrument_steps"] = bad
+        path.write_text(json.dumps(manifest))
+        with pytest.raises(RecordError, match="instrument_steps"):
+            RunRecord.load(tmp_path / "r")
