@@ -13,13 +13,21 @@ Uses the pure functions of :mod:`arturo_diag.diagnostics.gauges` on what every s
 - ``distance``: ||theta - theta_first|| of the weights (field ``weight``) from the FIRST snapshot's
   weights (:func:`~arturo_diag.diagnostics.gauges.distance_from_init`): the record holds no step-0
   weights, so this is the distance from the first snapshot, not from initialisation; X = ``{n,
-  distance, relative, rms, max_abs}``; ``reference_step`` is that first snapshot's step.
+  distance, relative, rms, max_abs}``; ``reference_step`` is that first snapshot's step;
+- ``alpha``: Cockpit's alpha of the snapshot's step, from the ``alpha`` instrument's
+  ``snapshots.csv`` columns (:mod:`arturo_diag.curvature.alpha`): ``{alpha, f0, f1, df0, df1}``, or
+  None where the snapshot has none (the instrument not run, a snapshot taken by hand). -1: the step
+  made no progress along its direction, 0: it landed on the 1-D minimum, 1: on the mirror point,
+  > 0 overshot the minimum.
 
 ``metrics["gauges"]`` = ``{drift_ratio, collapse_fraction, var_init, distance_reference,
-first_snapshot_step, drift_verdict, snapshots: [{step, kl_bound, radius, drift, distance,
-reference_step, skipped: {part: reason}}], final}``; a part a snapshot cannot give (no precision,
-no weights, no kl_bound, no var_init) is None with its reason in ``skipped``. ``drift_verdict`` =
-``{step, n, n_resampled, estimate, ci_low, ci_high, threshold}`` (or None): the median over
+first_snapshot_step, drift_verdict, alpha, snapshots: [{step, kl_bound, radius, drift, distance,
+reference_step, alpha, skipped: {part: reason}}], final}``; the top-level ``alpha`` summarises the
+snapshots' alpha, ``{n, median, q10, q90, share_overshoot}`` (over the snapshots with a finite or
+infinite alpha; ``share_overshoot`` the share with alpha > 0), or None when no snapshot has one; a
+part a snapshot cannot give (no precision, no weights, no kl_bound, no var_init) is None with its
+reason in ``skipped`` (alpha excepted: a run without the instrument is not a skipped part).
+``drift_verdict`` = ``{step, n, n_resampled, estimate, ci_low, ci_high, threshold}`` (or None): the median over
 coordinates of (1/pi) / var_init at the final snapshot with its percentile-bootstrap interval over
 the coordinates (200 resamples, seed 0; above 20 000 coordinates over a fixed random subset).
 """
@@ -52,6 +60,8 @@ __all__ = ["DRIFT_RATIO", "DRIFT_RULE", "MAX_RESAMPLED", "QUANTITY", "drift_verd
 
 DRIFT_RATIO = 10.0  # 1/pi more than 10x var_init is drift (precision_drift's flag_ratio)
 WEIGHT_FIELD = "weight"  # the Monitor's snapshot field of the weights
+#: an entry's ``alpha`` keys -> the alpha instrument's snapshots.csv columns
+ALPHA_COLUMNS = {"alpha": "alpha", "f0": "alpha_f0", "f1": "alpha_f1", "df0": "alpha_df0", "df1": "alpha_df1"}
 DISTANCE_REFERENCE = (
     "the first snapshot's weights: the record holds no step-0 weights, so this is the distance from the "
     "first snapshot, not from initialisation"
@@ -92,7 +102,8 @@ class _Observer:
         weights = {n: f[WEIGHT_FIELD] for n, f in fields.items() if WEIGHT_FIELD in f}
         kl_bound = snapshot_value(self.table, view.step, "kl_bound")
         entry: dict[str, Any] = {"step": view.step, "kl_bound": kl_bound, "radius": None, "drift": None,
-                                 "distance": None, "reference_step": self.first_step, "skipped": {}}  # fmt: skip
+                                 "distance": None, "reference_step": self.first_step, "alpha": self._alpha(view.step),
+                                 "skipped": {}}  # fmt: skip
         skipped = entry["skipped"]
         if not precision:
             skipped["radius"] = skipped["drift"] = "the snapshot holds no precision pi"
@@ -110,6 +121,11 @@ class _Observer:
         self.final_ratios = _ratios(precision, self.var_init) if entry["drift"] else None
         self._distance(entry, weights)
         self.entries.append(entry)
+
+    def _alpha(self, step: int) -> dict[str, Any] | None:
+        """The alpha instrument's columns at ``step`` (None without its ``alpha``)."""
+        values = {key: snapshot_value(self.table, step, column) for key, column in ALPHA_COLUMNS.items()}
+        return values if isinstance(values["alpha"], (int, float)) else None
 
     def _distance(self, entry: dict[str, Any], weights: Mapping[str, Any]) -> None:
         if not weights:
@@ -138,6 +154,17 @@ def _drift_interval(ratios: np.ndarray | None, step: int | None) -> dict[str, An
             "ci_low": low, "ci_high": high, "threshold": DRIFT_RATIO}  # fmt: skip
 
 
+def _alpha_summary(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Median, 10 %/90 % quantiles (numpy's default, linear) and the share > 0 (overshoot) of the
+    snapshots' alpha."""
+    values = np.array([e["alpha"]["alpha"] for e in entries if e.get("alpha")], dtype=np.float64)
+    if not values.size:
+        return None
+    q10, q90 = (float(v) for v in np.quantile(values, (0.1, 0.9)))
+    return {"n": int(values.size), "median": float(np.median(values)), "q10": q10, "q90": q90,
+            "share_overshoot": float(np.mean(values > 0))}  # fmt: skip
+
+
 def compute(context: Context) -> dict[str, Any]:
     observer = context.observers["gauges"]
     entries = observer.entries
@@ -149,6 +176,7 @@ def compute(context: Context) -> dict[str, Any]:
         "distance_reference": DISTANCE_REFERENCE,
         "first_snapshot_step": observer.first_step,
         "drift_verdict": _drift_interval(observer.final_ratios, last_step),
+        "alpha": _alpha_summary(entries),
         **series(entries),
     }
 
@@ -216,8 +244,23 @@ def _findings(out: Findings, metrics: Mapping[str, Any]) -> None:
             f"first snapshot (step {final.get('reference_step')}) to the final one (step {final['step']}); the record "
             "holds no step-0 weights, so this is the distance from the first snapshot, not from initialisation.",
         )
+    alpha = alpha_words(gauges.get("alpha"))
+    if alpha:
+        out.add("gauges", "info", alpha)
     for part, reason in (final.get("skipped") or {}).items():
         out.add("gauges", "info", f"Gauges: {part} not computed at the final snapshot: {reason}.")
+
+
+def alpha_words(summary: Mapping[str, Any] | None) -> str | None:
+    """The snapshots' alpha in one sentence (None without any)."""
+    if not summary:
+        return None
+    return (
+        "Cockpit's alpha of the snapshot steps (where a step lands on the 1-D quadratic along its own "
+        "direction, on the reference batch: -1 no progress, 0 the minimum, 1 the mirror point): median "
+        f"{_num(summary['median'])} over {summary['n']} snapshots (10%-90% {_num(summary['q10'])} to "
+        f"{_num(summary['q90'])}); {_pct(summary['share_overshoot'])} of them overshoot the 1-D minimum (alpha > 0)."
+    )
 
 
 def _layer_rows(final: Mapping[str, Any]) -> list[tuple[str, ...]]:
@@ -283,6 +326,9 @@ def gauges_section(metrics: Mapping[str, Any]) -> list[Block]:
         )  # fmt: skip
     )
     blocks += [Paragraph(v.text) for v in drift_verdicts(metrics)]
+    alpha = alpha_words(gauges.get("alpha"))
+    if alpha:
+        blocks.append(Paragraph(alpha))
     skipped = [(e["step"], part, why) for e in gauges.get("snapshots") or [] for part, why in e["skipped"].items()]
     if skipped:
         rows = tuple((str(step), part, why) for step, part, why in skipped[:30])
@@ -292,7 +338,11 @@ def gauges_section(metrics: Mapping[str, Any]) -> list[Block]:
 
 QUANTITY = Quantity(
     name="gauges",
-    needs=("snapshots: precision, weight", "snapshots.csv: kl_bound", "settings: var_init"),
+    needs=(
+        "snapshots: precision, weight",
+        "snapshots.csv: kl_bound, alpha (the alpha instrument)",
+        "settings: var_init",
+    ),
     compute=compute,
     observer=_Observer,
     findings=_findings,

@@ -13,9 +13,26 @@ variance of the minibatch gradient, per-sample variance (ddof 1) / B). Per snaps
 - ``r_over_median``: r / ``variance_median``, r = the optimizer's ``measurement_noise`` (record.json),
   the noise the filter assumes for one minibatch gradient.
 
-``metrics["noise"]`` = ``{measurement_noise, batch_size, factor, verdict, snapshots: [{step, overall,
-layers: {layer: {n, variance_median, mean_gsnr, r_over_median}}}], final}``; ``verdict`` =
-``{step, n, n_resampled, median, estimate, ci_low, ci_high}`` (or None).
+Beside them, from the ``innovation`` instrument's arrays (the filter's own residuals at the
+snapshot's step, :mod:`arturo_diag.curvature.innovation`: ``innovation`` d = g - (a theta + b)
+and ``innovation_var`` s, the variance the filter predicts for d, r included):
+
+- ``innovation_sq_median``: the median over coordinates of d^2, the size of the residuals the
+  filter actually saw (noise of the training minibatch gradient plus the error of its linear model);
+- ``innovation_var_median``: the median of s;
+- ``normalised_innovation_median`` and ``normalised_innovation_mean``: the median and mean of
+  d^2 / s. When the filter's noise model is right, d ~ N(0, s), d^2 / s is chi-squared with one
+  degree of freedom: mean 1, median 0.455 (``chi2_median``). Far below: the filter assumes more
+  noise than its residuals show; far above: it is overconfident.
+
+Each is None where the snapshot lacks that instrument's arrays (a snapshot is listed when it has
+either); the verdict reads only the gradient noise, at the last snapshot that has it.
+
+``metrics["noise"]`` = ``{measurement_noise, batch_size, factor, chi2_median, verdict, snapshots:
+[{step, overall, layers: {layer: {n, variance_median, mean_gsnr, r_over_median,
+innovation_sq_median, innovation_var_median, normalised_innovation_median,
+normalised_innovation_mean}}}], final}``; ``verdict`` = ``{step, n, n_resampled, median, estimate,
+ci_low, ci_high}`` (or None).
 """
 
 from __future__ import annotations
@@ -25,9 +42,10 @@ from typing import Any
 
 import numpy as np
 
+from arturo_diag.curvature.innovation import CHI2_1_MEDIAN
 from arturo_diag.curvature.noise import COCKPIT_GSNR_EPSILON
 from arturo_diag.quantities._blocks import _not_computed
-from arturo_diag.quantities._words import _is_number, _num
+from arturo_diag.quantities._words import _get, _is_number, _num
 from arturo_diag.quantities.base import Context, Findings, Quantity, SnapshotView, series
 from arturo_diag.quantities.verdicts import Verdict, bootstrap_ci, fixed_subset, interval_words, not_applicable
 from arturo_diag.report.document import Block, Heading, Paragraph, Table, text
@@ -37,6 +55,9 @@ from arturo_diag.report.format import num
 __all__ = ["FACTOR", "QUANTITY", "RULE", "noise_verdicts"]
 
 FACTOR = 3.0  # r is calibrated when r / median variance lies within [1/3, 3]
+#: a layer's innovation summaries (the innovation instrument's), None without its arrays
+INNOVATION_KEYS = ("innovation_sq_median", "innovation_var_median", "normalised_innovation_median",
+                   "normalised_innovation_mean")  # fmt: skip
 RULE = (
     "estimate: r (measurement_noise) / the median over coordinates of the variance of one training "
     "minibatch gradient (per-sample variance / B_train, B_train the run's batch_size) at the final snapshot; 95 % percentile bootstrap over the coordinates (200 "
@@ -64,29 +85,55 @@ class _Observer:
         self.layers = context.record.layers
         self.entries: list[dict[str, Any]] = []
         self.final: np.ndarray | None = None
+        self.final_step: int | None = None  # the last snapshot with the gradient noise (the verdict's)
 
     def snapshot(self, view: SnapshotView) -> None:
-        held = {n: f for n, f in view.snapshot.items() if "grad_var" in f and "grad_mean" in f}
-        if not held:
+        fields = view.snapshot
+        held = {n: (_flat(f["grad_var"]), _flat(f["grad_mean"])) for n, f in fields.items()
+                if "grad_var" in f and "grad_mean" in f}  # fmt: skip
+        seen = {n: (_flat(f["innovation"]), _flat(f["innovation_var"])) for n, f in fields.items()
+                if "innovation" in f and "innovation_var" in f}  # fmt: skip
+        if not held and not seen:
             return
         groups: dict[str, list[str]] = {}
-        for name in held:
+        for name in (n for n in fields if n in held or n in seen):
             groups.setdefault(self.layers.get(name, name), []).append(name)
-        flat = {n: (_flat(f["grad_var"]), _flat(f["grad_mean"])) for n, f in held.items()}
-        layers = {layer: self._group([flat[n] for n in names]) for layer, names in groups.items()}
-        self.final = np.concatenate([v for v, _ in flat.values()]) * self.rescale
-        self.entries.append({"step": view.step, "overall": self._group(list(flat.values())), "layers": layers})
+        layers = {layer: self._group(names, held, seen) for layer, names in groups.items()}
+        if held:
+            self.final = np.concatenate([v for v, _ in held.values()]) * self.rescale
+            self.final_step = view.step
+        overall = self._group([n for names in groups.values() for n in names], held, seen)
+        self.entries.append({"step": view.step, "overall": overall, "layers": layers})
 
-    def _group(self, parts: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
-        var = np.concatenate([v for v, _ in parts])
-        mean = np.concatenate([m for _, m in parts])
-        raw = _median(var)
-        median = raw * self.rescale if raw is not None else None  # of a training minibatch's gradient
-        gsnr = None
-        if self.batch is not None and self.batch >= 2 and var.size:
-            gsnr = float(np.mean(mean**2 / (var * (self.batch - 1) + COCKPIT_GSNR_EPSILON)))
-        ratio = self.r / median if self.r is not None and median else None
-        return {"n": int(var.size), "variance_median": median, "mean_gsnr": gsnr, "r_over_median": ratio}
+    def _group(self, names: list[str], held: Mapping[str, Any], seen: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {"n": 0, "variance_median": None, "mean_gsnr": None, "r_over_median": None}
+        noise = [held[n] for n in names if n in held]
+        if noise:
+            var = np.concatenate([v for v, _ in noise])
+            mean = np.concatenate([m for _, m in noise])
+            raw = _median(var)
+            median = raw * self.rescale if raw is not None else None  # of a training minibatch's gradient
+            gsnr = None
+            if self.batch is not None and self.batch >= 2 and var.size:
+                gsnr = float(np.mean(mean**2 / (var * (self.batch - 1) + COCKPIT_GSNR_EPSILON)))
+            ratio = self.r / median if self.r is not None and median else None
+            out = {"n": int(var.size), "variance_median": median, "mean_gsnr": gsnr, "r_over_median": ratio}
+        out.update(_innovations([seen[n] for n in names if n in seen]))
+        if not noise:
+            out["n"] = int(sum(d.size for d, _ in (seen[n] for n in names if n in seen)))
+        return out
+
+
+def _innovations(parts: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float | None]:
+    """Medians of d^2 and s, median and mean of d^2 / s (None each without the innovation's arrays)."""
+    if not parts:
+        return dict.fromkeys(INNOVATION_KEYS)
+    d = np.concatenate([d for d, _ in parts])
+    s = np.concatenate([s for _, s in parts])
+    normalised = d**2 / s
+    return {"innovation_sq_median": float(np.median(d**2)), "innovation_var_median": float(np.median(s)),
+            "normalised_innovation_median": float(np.median(normalised)),
+            "normalised_innovation_mean": float(np.mean(normalised))}  # fmt: skip
 
 
 def _flat(values: Any) -> np.ndarray:
@@ -126,7 +173,8 @@ def compute(context: Context) -> dict[str, Any]:
         "batch_size": observer.batch,
         "train_batch_size": observer.train_batch,
         "factor": FACTOR,
-        "verdict": _interval(observer.r, observer.final, entries[-1]["step"] if entries else None),
+        "chi2_median": CHI2_1_MEDIAN,
+        "verdict": _interval(observer.r, observer.final, observer.final_step),
         **series(entries),
     }
 
@@ -146,7 +194,7 @@ def noise_verdicts(metrics: Mapping[str, Any]) -> list[Verdict]:
     """``noise.r_calibrated``: is the filter's r the measured minibatch-gradient noise (:data:`RULE`)."""
     noise = metrics.get("noise") or {}
     vid = "noise.r_calibrated"
-    if not noise.get("snapshots"):
+    if not any(_get(e, "overall", "variance_median") is not None for e in noise.get("snapshots") or []):
         why = "No snapshot holds the gradient-noise instrument's arrays (grad_var), so r is not checked."
         return [not_applicable(vid, RULE, why)]
     found = noise.get("verdict")
@@ -178,6 +226,11 @@ def _short(value: float) -> str:
 
 
 def _findings(out: Findings, metrics: Mapping[str, Any]) -> None:
+    _r_finding(out, metrics)
+    _innovation_finding(out, metrics.get("noise") or {})
+
+
+def _r_finding(out: Findings, metrics: Mapping[str, Any]) -> None:
     noise = metrics.get("noise") or {}
     found = noise.get("verdict")
     r = noise.get("measurement_noise")
@@ -202,12 +255,53 @@ def _findings(out: Findings, metrics: Mapping[str, Any]) -> None:
     )
 
 
-def _rows(final: Mapping[str, Any]) -> list[tuple[str, ...]]:
+def _last_innovations(noise: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The last snapshot entry with the innovation's summaries (None if none has them)."""
+    held = [e for e in noise.get("snapshots") or [] if _is_number(_get(e, "overall", "innovation_sq_median"))]
+    return held[-1] if held else None
+
+
+def _innovation_finding(out: Findings, noise: Mapping[str, Any]) -> None:
+    """r, the measured minibatch-gradient variance and the filter's innovations, side by side."""
+    entry = _last_innovations(noise)
+    if entry is None:
+        return
+    overall = entry["overall"]
+    variance = next((e["overall"].get("variance_median") for e in reversed(noise.get("snapshots") or [])
+                     if e["step"] == entry["step"]), None)  # fmt: skip
+    measured = f"the measured minibatch-gradient variance median {_num(variance)}" if _is_number(variance) else (
+        "no measured minibatch-gradient variance at that snapshot (the noise instrument)")  # fmt: skip
+    chi2 = float(noise.get("chi2_median") or CHI2_1_MEDIAN)
+    median = overall["normalised_innovation_median"]
+    if median > FACTOR * chi2:
+        words = (
+            "the residuals are larger than the filter expects: it is overconfident (r or q too small, or g "
+            "not linear in theta)"
+        )
+    elif median < chi2 / FACTOR:
+        words = "the residuals are smaller than the filter expects: it assumes more noise than they show"
+    else:
+        words = "the residuals are of the size the filter expects"
+    out.add(
+        "noise",
+        "info",
+        f"Innovations at step {entry['step']}: r = {_num(noise.get('measurement_noise'))}, {measured}, and the "
+        f"filter's own residuals d = g - (a theta + b): median d^2 {_num(overall['innovation_sq_median'])} against "
+        f"its predicted variance s (median {_num(overall['innovation_var_median'])}); d^2/s median "
+        f"{_num(median)}, mean {_num(overall['normalised_innovation_mean'])} (a right noise model gives median "
+        f"{chi2:.3f}, mean 1): {words}.",
+    )
+
+
+def _rows(final: Mapping[str, Any], innovations: bool) -> list[tuple[str, ...]]:
     groups = [("all coordinates", final["overall"]), *final.get("layers", {}).items()]
-    return [
-        (layer, str(g["n"]), num(g["variance_median"]), num(g["r_over_median"]), num(g["mean_gsnr"]))
-        for layer, g in groups
-    ]
+    rows = []
+    for layer, g in groups:
+        row = (layer, str(g["n"]), num(g["variance_median"]), num(g["r_over_median"]), num(g["mean_gsnr"]))
+        if innovations:
+            row += tuple(num(g.get(key)) for key in INNOVATION_KEYS[:3])
+        rows.append(row)
+    return rows
 
 
 def noise_section(metrics: Mapping[str, Any]) -> list[Block]:
@@ -230,8 +324,16 @@ def noise_section(metrics: Mapping[str, Any]) -> list[Block]:
         f"At the final snapshot (step {final['step']}; r = {num(noise.get('measurement_noise'))}, "
         f"B = {noise.get('batch_size') if noise.get('batch_size') is not None else 'unknown'})."
     )
-    header = ("layer", "coordinates", "median variance", "r / median", "mean GSNR")
-    blocks.append(Table(header, tuple(_rows(final)), caption=caption))
+    header: tuple[str, ...] = ("layer", "coordinates", "median variance", "r / median", "mean GSNR")
+    innovations = any(_is_number(_get(final, "overall", key)) for key in INNOVATION_KEYS)
+    if innovations:
+        header += ("median d^2", "median s", "median d^2/s")
+        chi2 = float(noise.get("chi2_median") or CHI2_1_MEDIAN)
+        caption += (
+            f" d = g - (a theta + b) is the filter's innovation at that step and s its predicted variance (r "
+            f"included); median d^2/s is {chi2:.3f} when its noise model is right (chi-squared, 1 degree of freedom)."
+        )
+    blocks.append(Table(header, tuple(_rows(final, innovations)), caption=caption))
     blocks += [Paragraph(v.text) for v in noise_verdicts(metrics)]
     return blocks
 
