@@ -267,13 +267,14 @@ def _innovation_finding(out: Findings, noise: Mapping[str, Any]) -> None:
     if entry is None:
         return
     overall = entry["overall"]
-    variance = next((e["overall"].get("variance_median") for e in reversed(noise.get("snapshots") or [])
-                     if e["step"] == entry["step"]), None)  # fmt: skip
+    variance = overall.get("variance_median")  # the same snapshot's, None without the noise instrument
     measured = f"the measured minibatch-gradient variance median {_num(variance)}" if _is_number(variance) else (
         "no measured minibatch-gradient variance at that snapshot (the noise instrument)")  # fmt: skip
     chi2 = float(noise.get("chi2_median") or CHI2_1_MEDIAN)
     median = overall["normalised_innovation_median"]
-    if median > FACTOR * chi2:
+    if not _is_number(median):
+        words = "d^2/s is undefined (s = 0 somewhere)"
+    elif median > FACTOR * chi2:
         words = (
             "the residuals are larger than the filter expects: it is overconfident (r or q too small, or g "
             "not linear in theta)"
