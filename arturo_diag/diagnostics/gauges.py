@@ -1,10 +1,11 @@
 """Step gauges: pure functions of the optimizer's state and of one step, per layer.
 
 - :func:`trust_region_radius`: how far the KL trust region lets a coordinate move.
-- :func:`fit_step_quadratic`, :func:`alpha_gauge`, :func:`alpha_of_step`: Cockpit's alpha, where a
-  step lands on the local quadratic along its own direction.
 - :func:`distance_from_init`: how far the weights are from where training started.
 - :func:`precision_drift`: the variance 1/pi against ``var_init``, growth (drift) beside collapse.
+
+Cockpit's alpha (where a step lands on the local quadratic along its own direction) needs the
+model at both ends of a step: the ``alpha`` instrument, :mod:`arturo_diag.curvature.alpha`.
 
 Inputs are mappings parameter name -> array or tensor (anything ``np.asarray`` takes); outputs are
 plain floats in dicts, "overall" first, then each layer (module path,
@@ -24,10 +25,7 @@ import numpy as np
 from arturo_diag.diagnostics.agreement import per_layer
 
 __all__ = [
-    "alpha_gauge",
-    "alpha_of_step",
     "distance_from_init",
-    "fit_step_quadratic",
     "precision_drift",
     "trust_region_radius",
 ]
@@ -113,118 +111,6 @@ def trust_region_radius(
     if steps is None:
         return per_layer(summary, {n: (pis[n],) for n in pis}, layers)
     return per_layer(summary, {n: (pis[n], steps[n]) for n in pis}, layers)
-
-
-# --------------------------------------------------------------------------------------------------
-# Cockpit's alpha
-
-
-def fit_step_quadratic(
-    step_length: float,
-    losses: Sequence[float],
-    slopes: Sequence[float],
-    loss_variances: Sequence[float] | None = None,
-    slope_variances: Sequence[float] | None = None,
-) -> np.ndarray | None:
-    """Fit f(tau) = mu0 + mu1 tau + mu2 tau^2 to f(0), f(t), f'(0), f'(t); return (mu0, mu1, mu2).
-
-    tau is the distance along the step's own direction d = step / ||step||, t = ``step_length``
-    = ||step||, ``losses`` = (f(0), f(t)), ``slopes`` = (f'(0), f'(t)) the directional derivatives
-    g . d at the start and at the end. Four observations, three unknowns: the weighted least
-    squares (Gaussian maximum likelihood, as Cockpit's ``_fit_quadratic``)
-
-        mu = (Phi W Phi^T)^-1 Phi W y,  y = (f(0), f(t), f'(0), f'(t)),
-        Phi^T = [[1, 0, 0], [1, t, t^2], [0, 1, 0], [0, 1, 2t]],  W = diag(1 / variances),
-
-    with the observations' variances (all 1 when not given; a zero variance is replaced by 1e-10
-    as Cockpit does). On an exact quadratic the four are consistent and every weighting gives it.
-    Returns None when the system is singular (t = 0).
-    """
-    t = float(step_length)
-    variances = [
-        *(loss_variances if loss_variances is not None else (1.0, 1.0)),
-        *(slope_variances if slope_variances is not None else (1.0, 1.0)),
-    ]
-    if len(variances) != 4 or len(losses) != 2 or len(slopes) != 2:
-        raise ValueError("fit_step_quadratic: two losses, two slopes and two variances of each")
-    weights = 1.0 / np.array([v if v != 0 else 1e-10 for v in variances], dtype=np.float64)
-    phi = np.array([[1.0, 0.0, 0.0], [1.0, t, t * t], [0.0, 1.0, 0.0], [0.0, 1.0, 2.0 * t]]).T
-    y = np.array([*losses, *slopes], dtype=np.float64)
-    normal = phi @ (weights[:, None] * phi.T)
-    if t == 0.0 or not np.isfinite(normal).all() or np.linalg.cond(normal) > 1e14:
-        return None
-    return np.linalg.solve(normal, phi @ (weights * y))
-
-
-def alpha_gauge(
-    step_length: float,
-    loss_start: float,
-    loss_end: float,
-    slope_start: float,
-    slope_end: float,
-    *,
-    loss_variances: Sequence[float] | None = None,
-    slope_variances: Sequence[float] | None = None,
-) -> float:
-    """Cockpit's alpha: where the step lands on the local quadratic along its own direction.
-
-    Fit f(tau) = mu0 + mu1 tau + mu2 tau^2 along the step (:func:`fit_step_quadratic`). When it
-    is convex (mu2 > 0) its minimum is at tau* = -mu1 / (2 mu2), and the point on the other side
-    of the valley with the start's value f(0) at 2 tau* = -mu1 / mu2 (= Cockpit's alpha_bar). The
-    step, of length t, is put on the scale that maps the start to -1, the minimum to 0 and the
-    mirrored start to +1 (affine in t):
-
-        alpha = 2 t / (2 tau*) - 1 = t / tau* - 1 = -2 t mu2 / mu1 - 1.
-
-    So alpha = 0: the step went exactly to the minimum along its direction (e.g. a Newton step
-    on a quadratic); -1 < alpha < 0: it stopped short (-0.5 = half way); 0 < alpha < 1: it
-    overshot but still went down; alpha > 1: it went up the far side (the loss rose); alpha < -1
-    only when the fitted slope at the start points up the step (mu1 > 0, tau* < 0).
-    Cockpit's conventions for degenerate fits: a zero step (t = 0, no fit) gives -1; a concave or
-    flat fit (mu2 <= 0: still going down, no valley along the step) gives -1; a start at the
-    minimum (mu1 = 0, mu2 > 0) gives +inf (any step overshoots). nan if the fit is singular
-    otherwise.
-    """
-    t = float(step_length)
-    if t == 0.0:
-        return -1.0
-    mu = fit_step_quadratic(t, (loss_start, loss_end), (slope_start, slope_end),
-                            loss_variances, slope_variances)  # fmt: skip
-    if mu is None:
-        return math.nan
-    if mu[2] <= 0:
-        return -1.0
-    if mu[1] == 0:
-        return math.inf
-    return float(-2.0 * t * mu[2] / mu[1] - 1.0)
-
-
-def alpha_of_step(
-    step: Mapping[str, Any],
-    grad_start: Mapping[str, Any],
-    grad_end: Mapping[str, Any],
-    loss_start: float,
-    loss_end: float,
-    **variances: Sequence[float] | None,
-) -> dict[str, float]:
-    """:func:`alpha_gauge` of a parameter step: t = ||step||, slopes g . step / ||step|| with the
-    gradients at the start and at the end (best all on one probe batch, so the fit sees one
-    function; ``loss_variances``/``slope_variances`` may be passed on).
-
-    Returns ``alpha``, ``step_length``, ``slope_start``, ``slope_end``.
-    """
-    _same_names("grad_start", step, grad_start)
-    _same_names("grad_end", step, grad_end)
-    d = np.concatenate([_array(v) for v in step.values()])
-    g0 = np.concatenate([_array(v) for v in grad_start.values()])
-    g1 = np.concatenate([_array(v) for v in grad_end.values()])
-    if not (d.size == g0.size == g1.size):
-        raise ValueError("alpha_of_step: step and gradients must have the same number of entries")
-    t = float(np.linalg.norm(d))
-    s0 = float(g0 @ d / t) if t > 0 else 0.0
-    s1 = float(g1 @ d / t) if t > 0 else 0.0
-    alpha = alpha_gauge(t, float(loss_start), float(loss_end), s0, s1, **variances)
-    return {"alpha": alpha, "step_length": t, "slope_start": s0, "slope_end": s1}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -6,14 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from arturo_diag.diagnostics.gauges import (
-    alpha_gauge,
-    alpha_of_step,
-    distance_from_init,
-    fit_step_quadratic,
-    precision_drift,
-    trust_region_radius,
-)
+from arturo_diag.curvature.alpha import alpha_from_observations, fit_quadratic_in_tau
+from arturo_diag.diagnostics.gauges import distance_from_init, precision_drift, trust_region_radius
 
 # --------------------------------------------------------------------------------------------
 # alpha on a 1-D quadratic f(x) = 0.5 h (x - m)^2 + c, from x0, a step s: t = |s|
@@ -26,10 +20,9 @@ def quad_1d(h=2.5, m=1.0, c=0.3):
 
 
 def alpha_1d(x0, step, h=2.5, m=1.0):
+    """alpha of the step x0 -> x0 + step on the 1-D quadratic: directional derivatives f' * step."""
     f, df = quad_1d(h, m)
-    t = abs(step)
-    d = math.copysign(1.0, step) if step else 1.0
-    return alpha_gauge(t, f(x0), f(x0 + step), df(x0) * d, df(x0 + step) * d)
+    return alpha_from_observations(f(x0), f(x0 + step), df(x0) * step, df(x0 + step) * step, moved=step != 0)
 
 
 @pytest.mark.parametrize("x0", [-2.0, 0.5, 4.0])
@@ -46,9 +39,9 @@ def test_alpha_is_the_fraction_of_the_newton_step_minus_one(x0, fraction, expect
 def test_degenerate_cases_follow_cockpit():
     assert alpha_1d(3.0, 0.0) == -1.0  # no step: the start of the valley
     # concave along the step: still going down, reported as -1
-    assert alpha_gauge(1.0, 0.0, -1.0, -0.5, -1.5) == -1.0
+    assert alpha_from_observations(0.0, -1.0, -0.5, -1.5) == -1.0
     # linear (mu2 = 0): -1 too
-    assert alpha_gauge(1.0, 1.0, 0.0, -1.0, -1.0) == -1.0
+    assert alpha_from_observations(1.0, 0.0, -1.0, -1.0) == -1.0
     # the step starts at the minimum: any step overshoots
     assert alpha_1d(1.0, 0.7) == math.inf
     # a step uphill on a convex valley: beyond the start, below -1
@@ -56,22 +49,17 @@ def test_degenerate_cases_follow_cockpit():
     assert alpha_1d(3.0, 0.5) == pytest.approx(0.5 / -2.0 - 1.0, abs=1e-12)
 
 
-def test_fit_is_weighted_least_squares_by_hand():
-    t, losses, slopes = 0.8, (1.0, 0.7), (-1.1, 0.2)  # inconsistent: no exact quadratic
-    phi = np.array([[1, 0, 0], [1, t, t * t], [0, 1, 0], [0, 1, 2 * t]], dtype=float)
+def test_fit_is_least_squares_by_hand():
+    losses, slopes = (1.0, 0.7), (-1.1, 0.2)  # inconsistent: no exact quadratic
+    phi = np.array([[1, 0, 0], [1, 1, 1], [0, 1, 0], [0, 1, 2]], dtype=float)
     y = np.array([*losses, *slopes])
-    mu = fit_step_quadratic(t, losses, slopes)
+    mu = fit_quadratic_in_tau(*losses, *slopes)
     np.testing.assert_allclose(mu, np.linalg.lstsq(phi, y, rcond=None)[0], atol=1e-12)
-    variances = np.array([0.1, 0.2, 1.5, 3.0])
-    w = np.sqrt(1 / variances)
-    weighted = fit_step_quadratic(t, losses, slopes, variances[:2], variances[2:])
-    np.testing.assert_allclose(weighted, np.linalg.lstsq(phi * w[:, None], y * w, rcond=None)[0], atol=1e-12)
-    assert alpha_gauge(t, *losses, *slopes) == pytest.approx(-2 * t * mu[2] / mu[1] - 1, abs=1e-12)
-    # an exact quadratic is recovered whatever the weights
+    assert alpha_from_observations(*losses, *slopes) == pytest.approx(-2 * mu[2] / mu[1] - 1, abs=1e-12)
+    # an exact quadratic along a step of 1.3 is recovered: f(tau) = f(0) + f'(0) 1.3 tau + 1.25 (1.3 tau)^2
     f, df = quad_1d()
-    exact = fit_step_quadratic(1.3, (f(0.0), f(1.3)), (df(0.0), df(1.3)), (1e-6, 5.0), (2.0, 1e3))
-    np.testing.assert_allclose(exact, [f(0.0), df(0.0), 1.25], atol=1e-8)
-    assert fit_step_quadratic(0.0, (1.0, 1.0), (0.0, 0.0)) is None
+    exact = fit_quadratic_in_tau(f(0.0), f(1.3), df(0.0) * 1.3, df(1.3) * 1.3)
+    np.testing.assert_allclose(exact, [f(0.0), df(0.0) * 1.3, 1.25 * 1.3**2], atol=1e-12)
 
 
 def test_alpha_of_a_step_on_a_quadratic_in_many_dimensions():
@@ -84,23 +72,17 @@ def test_alpha_of_a_step_on_a_quadratic_in_many_dimensions():
     x0 = g.normal(size=6)
 
     def alpha(step):
-        split = {"w": torch.tensor(step[:4]).view(2, 2), "b": torch.tensor(step[4:])}
         g0, g1 = grad(x0), grad(x0 + step)
-        gs = {"w": g0[:4].reshape(2, 2), "b": g0[4:]}
-        ge = {"w": g1[:4].reshape(2, 2), "b": g1[4:]}
-        return alpha_of_step(split, gs, ge, f(x0), f(x0 + step))
+        return alpha_from_observations(f(x0), f(x0 + step), g0 @ step, g1 @ step, moved=bool(np.any(step)))
 
     newton = m - x0  # lands on the minimiser, the minimum along its own direction
-    assert alpha(newton)["alpha"] == pytest.approx(0.0, abs=1e-10)
+    assert alpha(newton) == pytest.approx(0.0, abs=1e-10)
     # gradient descent with the exact line search step, and twice that
     g0 = grad(x0)
     exact = g0 @ g0 / (g0 @ a @ g0)
-    assert alpha(-exact * g0)["alpha"] == pytest.approx(0.0, abs=1e-10)
-    result = alpha(-2 * exact * g0)
-    assert result["alpha"] == pytest.approx(1.0, abs=1e-10)
-    assert result["step_length"] == pytest.approx(2 * exact * np.linalg.norm(g0), rel=1e-12)
-    assert result["slope_start"] == pytest.approx(-np.linalg.norm(g0), rel=1e-12)
-    assert alpha(np.zeros(6))["alpha"] == -1.0
+    assert alpha(-exact * g0) == pytest.approx(0.0, abs=1e-10)
+    assert alpha(-2 * exact * g0) == pytest.approx(1.0, abs=1e-10)
+    assert alpha(np.zeros(6)) == -1.0
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ from torch import nn
 
 from arturo_diag.curvature.alpha import alpha_from_observations, fit_quadratic_in_tau, step_alpha
 from arturo_diag.curvature.innovation import CHI2_1_MEDIAN
-from arturo_diag.diagnostics.gauges import alpha_gauge
 from arturo_diag.diagnostics.monitor import Monitor
 from arturo_diag.diagnostics.monitor_step import FILTER_KEYS
 from arturo_diag.diagnostics.record import RunRecord
@@ -235,12 +234,21 @@ def test_the_fit_in_loss_units_is_cockpits_distance_fit_with_slope_variances_one
             p.sub_(6.0 * g)
     found = step_alpha(model, nn.functional.cross_entropy, x, y, before)
     t = math.sqrt(sum(float(((p.detach() - before[n]) ** 2).sum()) for n, p in model.named_parameters()))
-    twin = alpha_gauge(t, found["alpha_f0"], found["alpha_f1"], found["alpha_df0"] / t, found["alpha_df1"] / t,
-                       loss_variances=(1.0, 1.0), slope_variances=(1 / t**2, 1 / t**2))  # fmt: skip
+    observed = (found["alpha_f0"], found["alpha_f1"], found["alpha_df0"] / t, found["alpha_df1"] / t)
+    twin = _distance_fit_alpha(t, observed, (1.0, 1.0, 1 / t**2, 1 / t**2))
     assert found["alpha"] == pytest.approx(twin, rel=1e-9)
     assert -1 < found["alpha"] < 5 and found["alpha"] != pytest.approx(0.0, abs=1e-3)
-    unweighted = alpha_gauge(t, found["alpha_f0"], found["alpha_f1"], found["alpha_df0"] / t, found["alpha_df1"] / t)
+    unweighted = _distance_fit_alpha(t, observed, (1.0, 1.0, 1.0, 1.0))
     assert abs(unweighted - found["alpha"]) > 1e-6  # the weighting is a real choice here
+
+
+def _distance_fit_alpha(t, observed, variances):
+    """Cockpit's fit in distance units, straight from its description: weighted least squares of
+    f(s) = mu0 + mu1 s + mu2 s^2 to f(0), f(t), f'(0), f'(t), alpha = -2 t mu2 / mu1 - 1."""
+    phi = np.array([[1.0, 0.0, 0.0], [1.0, t, t * t], [0.0, 1.0, 0.0], [0.0, 1.0, 2.0 * t]])
+    w = np.sqrt(1.0 / np.asarray(variances))
+    mu = np.linalg.lstsq(phi * w[:, None], np.asarray(observed) * w, rcond=None)[0]
+    return float(-2.0 * t * mu[2] / mu[1] - 1.0)
 
 
 def test_the_monitor_stores_alpha_of_each_snapshot_step_of_sgd_on_a_quadratic(tmp_path):
