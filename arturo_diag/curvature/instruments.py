@@ -31,11 +31,11 @@ from torch import Tensor
 
 from arturo_diag.curvature.alpha import step_alpha
 from arturo_diag.curvature.innovation import innovation
-from arturo_diag.curvature.noise import gradient_noise
+from arturo_diag.curvature.noise import coupled_batch_norm, gradient_noise
 from arturo_diag.curvature.references import REFERENCE_ESTIMATORS, ReferenceRequest
 from arturo_diag.curvature.spectrum_instrument import spectrum_snapshot
 
-__all__ = ["INSTRUMENTS", "Instrument", "register_instrument", "run_instruments"]
+__all__ = ["INSTRUMENTS", "Instrument", "applicable", "register_instrument", "run_instruments"]
 
 
 @dataclass(frozen=True)
@@ -59,10 +59,25 @@ class Instrument:
     compute: Callable[[ReferenceRequest], tuple[Any, ...]]
     every: int = 1
     needs_step: bool = False
+    refuses: Callable[[Any, bool], str | None] | None = None
+
+    def refusal(self, model: Any, train: bool) -> str | None:
+        """Why it cannot measure this model in this mode (``train``: the reference's), or None."""
+        return self.refuses(model, train) if self.refuses is not None else None
 
     def due(self, index: int, last: bool) -> bool:
         """Whether it runs at the snapshot numbered ``index`` (0: the first); ``last``: the run's last one."""
         return last or index % self.every == 0
+
+
+def _noise_refuses(model: Any, train: bool) -> str | None:
+    coupled = coupled_batch_norm(model, train)
+    if not coupled:
+        return None
+    return (
+        f"per-sample gradients do not exist: batch norm at {', '.join(coupled)} normalises with the batch's "
+        "statistics (reference_mode train), coupling the samples; reference_mode eval measures it"
+    )
 
 
 def _noise(request: ReferenceRequest):
@@ -118,6 +133,7 @@ _INSTRUMENTS: dict[str, Instrument] = {
             "gradient noise from per-sample gradients (mean and minibatch variance per coordinate)",
             ("grad_mean", "grad_var"),
             _noise,
+            refuses=_noise_refuses,
         ),
         Instrument(
             "spectrum",
@@ -158,6 +174,19 @@ def register_instrument(instrument: Instrument) -> None:
     if instrument.name in _INSTRUMENTS or taken & set(instrument.fields):
         raise ValueError(f"instrument {instrument.name!r}: its name or a field is already declared")
     _INSTRUMENTS[instrument.name] = instrument
+
+
+def applicable(names: Iterable[str], model: Any, train: bool) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The named instruments that can measure ``model`` in this mode, and why each other one cannot."""
+    kept: list[str] = []
+    skipped: dict[str, str] = {}
+    for name in names:
+        reason = INSTRUMENTS[name].refusal(model, train) if name in INSTRUMENTS else None
+        if reason:
+            skipped[name] = reason
+        else:
+            kept.append(name)
+    return tuple(kept), skipped
 
 
 def run_instruments(

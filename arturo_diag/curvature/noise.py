@@ -170,17 +170,21 @@ def gradient_noise(
     )
 
 
+def coupled_batch_norm(model: nn.Module, train: bool) -> list[str]:
+    """The batch-norm modules that normalise with batch statistics in this mode (``train``, or no
+    running statistics): they couple the samples, so per-sample gradients do not exist."""
+    if not isinstance(model, nn.Module):
+        return []
+    return [
+        name or "<root>"
+        for name, m in model.named_modules()
+        if isinstance(m, _BATCH_NORM) and (train or not m.track_running_stats or m.running_mean is None)
+    ]
+
+
 def _refuse_coupled_samples(model: nn.Module, train: bool) -> None:
     """Batch norm that normalises with batch statistics: per-sample gradients do not exist."""
-    coupled = (
-        [
-            name or "<root>"
-            for name, m in model.named_modules()
-            if isinstance(m, _BATCH_NORM) and (train or not m.track_running_stats or m.running_mean is None)
-        ]
-        if isinstance(model, nn.Module)
-        else []
-    )
+    coupled = coupled_batch_norm(model, train)
     if coupled:
         raise CurvatureError(
             "batch norm normalising with batch statistics couples the samples, so per-sample "

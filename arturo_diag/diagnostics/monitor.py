@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from arturo_diag.curvature.functional import evaluation_mode
-from arturo_diag.curvature.instruments import INSTRUMENTS, run_instruments
+from arturo_diag.curvature.instruments import INSTRUMENTS, applicable, run_instruments
 from arturo_diag.curvature.references import REFERENCE_ESTIMATORS, ReferenceRequest, dropout_off, estimators_of
 from arturo_diag.curvature.references import REFERENCE_METHODS as REFERENCES
 from arturo_diag.diagnostics.monitor_checks import first_non_finite
@@ -102,7 +102,9 @@ class Monitor:
             snapshot after the reference, on its batch and in its mode (their arrays in the snapshot,
             their seconds in ``record.json``'s ``instruments``, the steps each measured in
             ``instrument_steps``). An instrument with ``every`` > 1 runs at every ``every``-th
-            snapshot and at the last one, which the Monitor knows when given ``total_steps``.
+            snapshot and at the last one, which the Monitor knows when given ``total_steps``. One that
+            cannot measure the model in the reference's mode is left out, its reason in
+            ``instruments_skipped``.
         total_steps: the run's length in steps, if known (its last snapshot is then
             ``every * (total_steps // every)``).
     """
@@ -133,7 +135,7 @@ class Monitor:
     ) -> None:
         check_arguments(instruments=instruments, reference=reference, every=every, probe_batch=probe_batch,
                         reference_batch=reference_batch)  # fmt: skip
-        self.instruments = tuple(instruments)
+        self.instruments, self.instruments_skipped = applicable(instruments, model, reference_mode == "train")
         self.instrument_seconds = dict.fromkeys(self.instruments, 0.0)  # record.json's "instruments"
         self.instrument_steps: dict[str, list[int]] = {name: [] for name in self.instruments}
         self._last_snapshot = every * (int(total_steps) // every) if total_steps else None
@@ -379,6 +381,7 @@ class Monitor:
             **self._extra_manifest,
             "diagnostics_seconds": self.snapshot_seconds + self.step_seconds,
             "instruments": dict(self.instrument_seconds),
+            **({"instruments_skipped": dict(self.instruments_skipped)} if self.instruments_skipped else {}),
             "instrument_steps": {name: list(steps) for name, steps in self.instrument_steps.items()},
             **(extra or {}),
         }

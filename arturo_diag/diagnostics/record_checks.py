@@ -113,6 +113,10 @@ _MANIFEST_OPTIONAL = {
         ),
         "an object: instrument name -> the snapshot steps it measured (whole numbers >= 0)",
     ),
+    "instruments_skipped": _Rule(
+        lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(r, str) for k, r in v.items()),
+        "an object: instrument name -> why it could not measure this run (a string)",
+    ),
 }
 _MANIFEST_OPTIMIZER = {"lr": _optional(_NUMBER), "var_init": _optional(_POSITIVE), "eta_tol": _optional(_POSITIVE)}
 _PARAMETER_REQUIRED = {"shape": _SHAPE}

@@ -31,8 +31,9 @@ either); the verdict reads only the gradient noise, at the last snapshot that ha
 ``metrics["noise"]`` = ``{measurement_noise, batch_size, factor, chi2_median, verdict, snapshots:
 [{step, overall, layers: {layer: {n, variance_median, mean_gsnr, r_over_median,
 innovation_sq_median, innovation_var_median, normalised_innovation_median,
-normalised_innovation_mean}}}], final}``; ``verdict`` = ``{step, n, n_resampled, median, estimate,
-ci_low, ci_high}`` (or None).
+normalised_innovation_mean}}}], final, skipped}``; ``verdict`` = ``{step, n, n_resampled, median,
+estimate, ci_low, ci_high}`` (or None); ``skipped``: why the noise instrument could not run
+(``record.json``'s ``instruments_skipped``: batch norm on batch statistics), or None.
 """
 
 from __future__ import annotations
@@ -175,6 +176,7 @@ def compute(context: Context) -> dict[str, Any]:
         "factor": FACTOR,
         "chi2_median": CHI2_1_MEDIAN,
         "verdict": _interval(observer.r, observer.final, observer.final_step),
+        "skipped": (context.record.manifest.get("instruments_skipped") or {}).get("noise"),
         **series(entries),
     }
 
@@ -226,6 +228,9 @@ def _short(value: float) -> str:
 
 
 def _findings(out: Findings, metrics: Mapping[str, Any]) -> None:
+    skipped = (metrics.get("noise") or {}).get("skipped")
+    if skipped:
+        out.add("noise", "info", f"The gradient noise was not measured: {skipped}.")
     _r_finding(out, metrics)
     _innovation_finding(out, metrics.get("noise") or {})
 
@@ -311,9 +316,12 @@ def noise_section(metrics: Mapping[str, Any]) -> list[Block]:
     noise = metrics.get("noise") or {}
     final = noise.get("final")
     if not final:
-        return blocks + [
-            _not_computed("no snapshot holds the gradient-noise instrument's arrays (--instruments noise).")
-        ]
+        why = (
+            f"the gradient-noise instrument could not run: {noise['skipped']}."
+            if noise.get("skipped")
+            else "no snapshot holds the gradient-noise instrument's arrays (--instruments noise)."
+        )
+        return blocks + [_not_computed(why)]
     blocks.append(
         Paragraph(
             "The variance of the minibatch gradient per coordinate (per-sample variance / B, from per-sample "
