@@ -16,7 +16,8 @@ curvature ``a``, its variance ``P_aa``, the intercept ``b``, the precision, the 
 reference diagonal Hessian ``h`` (exact, Hutchinson with its standard error, or both), of the
 loss on the probe batch (``reference_batch="minibatch"``: on the step's minibatch, given as
 ``step(loss, batch=(x, y))``) with the model in eval mode (``reference_mode="train"``: batch statistics; dropout is off either
-way). ``record.json`` says so from the start, with the model's class, the loss's name, every param
+way). For another optimizer ``curvature`` is its own estimate, read through its adapter
+(:mod:`~arturo_diag.diagnostics.monitor_estimate`). ``record.json`` says so from the start, with the model's class, the loss's name, every param
 group's lr and the layers' module types (:mod:`~arturo_diag.diagnostics.monitor_facts`). The format
 is ``docs/record.md``. The monitor never changes what the optimizer does, except that before a
 snapshot step it sets ``optimizer.dual_diagnostics`` so that the step also reports K(0)/eps and the
@@ -45,6 +46,7 @@ from arturo_diag.curvature.instruments import INSTRUMENTS, applicable, run_instr
 from arturo_diag.curvature.references import REFERENCE_ESTIMATORS, ReferenceRequest, dropout_off, estimators_of
 from arturo_diag.curvature.references import REFERENCE_METHODS as REFERENCES
 from arturo_diag.diagnostics.monitor_checks import first_non_finite
+from arturo_diag.diagnostics.monitor_estimate import adapter_or_none, estimate_fields, estimator_info
 from arturo_diag.diagnostics.monitor_facts import (
     check_arguments,
     divergence_info,
@@ -77,8 +79,9 @@ class Monitor:
 
     Args:
         model: the network being trained.
-        optimizer: the optimizer stepping it (arTuRO for curvature snapshots; any torch optimizer
-            for loss curves only).
+        optimizer: the optimizer stepping it: arTuRO (its filter state), one an adapter of
+            :mod:`arturo_diag.estimators` reads (its estimate as ``curvature``, a claimed variance as
+            ``curvature_var``, record.json's ``estimator``), or any other (h and loss curves only).
         loss_fn: ``(outputs, targets) -> scalar`` mean loss, as used for training.
         probe_batch: ``(inputs, targets)``, the fixed batch the reference Hessian is taken on
             (None with ``reference_batch="minibatch"``).
@@ -157,6 +160,8 @@ class Monitor:
         if not self.named:
             raise ValueError("optimizer: it holds none of the model's parameters")
         self.is_arturo = hasattr(optimizer, "last_step") and hasattr(optimizer, "dual_diagnostics")
+        self.adapter = adapter_or_none(optimizer)  # None: no estimate is stored (monitor_estimate.py)
+        self.estimator = estimator_info(self.adapter.estimate(optimizer, self.named)) if self.adapter else None
         settings = group_settings(optimizer.param_groups[0])
         names = [name for name, _ in self.named]
         types = layer_types(model, names)
@@ -173,7 +178,7 @@ class Monitor:
             var_init=settings.get("var_init"),
             overwrite=overwrite,
             layers=self.layers,
-            manifest={**facts, **(extra_manifest or {})},
+            manifest={**facts, "estimator": self.estimator, **(extra_manifest or {})},
         )
         self._extra_manifest = dict(extra_manifest or {})
         self.steps = 0
@@ -342,11 +347,18 @@ class Monitor:
         arrays, info, extras = self.reference_diagonal(step)
         self._snapshot_index += 1
         state = self.optimizer.state
+        own = self.is_arturo or self.adapter is None  # arTuRO's filter state as stored before issue 13
         for name, p in self.named:
             arrays[name]["weight"] = p.detach()
-            for key in _STATE_FIELDS:
+            for key in _STATE_FIELDS if own else ():
                 if key in state[p]:
                     arrays[name][key] = state[p][key]
+        if not own:  # the optimizer's curvature estimate (and claimed variance) from its adapter
+            fields, estimate = estimate_fields(self.adapter, self.optimizer, self.named)
+            for name, values in fields.items():
+                arrays[name].update(values)
+            if estimator_info(estimate) != self.estimator:  # e.g. Adam's scale notes coupled weight decay
+                self.estimator = self._extra_manifest["estimator"] = estimator_info(estimate)
         last = getattr(self.optimizer, "last_step", None) or {}
         scalars = {
             "kl_bound": last.get("kl_bound", float(self.optimizer.param_groups[0]["lr"])),

@@ -41,9 +41,13 @@ def check_arguments(*, instruments: Any, reference: Any, every: Any, probe_batch
 
 
 def group_settings(group: dict[str, Any]) -> dict[str, Any]:
-    """A param group's hyperparameters as plain values (tensors as floats), without its parameters."""
+    """A param group's hyperparameters as plain values (one-element tensors as floats), without its
+    parameters and without state kept in the group (IVON's ``hess``, ``momentum``: tensors of many
+    elements, not settings)."""
     return {
-        k: (float(v) if isinstance(v, Tensor) else v) for k, v in group.items() if k not in ("params", "param_names")
+        k: (float(v) if isinstance(v, Tensor) else v)
+        for k, v in group.items()
+        if k not in ("params", "param_names") and not (isinstance(v, Tensor) and v.numel() != 1)
     }
 
 

@@ -25,6 +25,7 @@ from arturo_diag.diagnostics.record_format import (
     RECORD_STATUSES,
 )
 from arturo_diag.errors import RecordError
+from arturo_diag.estimators.protocol import TARGETS
 
 # -- reading: what each file of a record must hold ----------------------------------------------
 # One small schema per file of docs/record.md, checked in one place: RunRecord.load checks the
@@ -112,6 +113,17 @@ _MANIFEST_OPTIONAL = {
             )
         ),
         "an object: instrument name -> the snapshot steps it measured (whole numbers >= 0)",
+    ),
+    # issue 13: what the snapshots' ``curvature`` estimates (null: no adapter read the optimizer)
+    "estimator": _optional(
+        _Rule(
+            lambda v: (
+                isinstance(v, dict)
+                and all(isinstance(v.get(k), str) for k in ("name", "target", "scale"))
+                and v["target"] in TARGETS
+            ),
+            f'an object {{"name", "target", "scale"}} (strings; target one of {", ".join(TARGETS)})',
+        )
     ),
     "instruments_skipped": _Rule(
         lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(r, str) for k, r in v.items()),
