@@ -157,6 +157,11 @@ def _printable(key: str) -> str:
     return key if key.isprintable() else repr(key)
 
 
+#: A study's runs take the default instruments but the spectrum, which nothing of the study reads and
+#: which would double the default study's time; a setup's ``instruments`` field asks for it.
+STUDY_INSTRUMENTS = tuple(name for name in RunConfig().instruments if name != "spectrum")
+
+
 def _check_setup(
     name: str, data: Any, base_baselines: Baselines | None, study_overrides: Any, where: str, source: str
 ) -> Setup:
@@ -185,7 +190,7 @@ def _check_setup(
                     value[field_name] if isinstance(value, Mapping) else value,
                     "unset: the study sets it ([study] seeds; the run directories)",
                 )
-    config = config_from_mapping(data, RunConfig(), source=where)
+    config = config_from_mapping(data, RunConfig(instruments=STUDY_INSTRUMENTS), source=where)
     # per setup: the authors' tuned values for its (dataset, model) where published, else the digits grid's
     base = base_baselines if base_baselines is not None else baselines_for(config.dataset, config.model)
     base = base.merged(study_overrides, where=f"{source}: [baselines]")
