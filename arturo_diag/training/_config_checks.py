@@ -19,31 +19,13 @@ from arturo_diag.curvature.references import REFERENCE_BATCHES, REFERENCE_METHOD
 from arturo_diag.errors import ConfigError
 from arturo_diag.optim.arturo import DUAL_CHOICES, KL_CHOICES
 from arturo_diag.optim.presets import PRESET_NAMES
+from arturo_diag.training.optimizers import OPTIMIZERS, optimizer_fields
 
-ARTURO_KEYS = (
-    "lr",
-    "reg_weight",
-    "prior_prec",
-    "var_init",
-    "nu",
-    "dynamic_model_noise",
-    "measurement_noise",
-    "start_filter_cov",
-    "eta_tol",
-    "weight_decay",
-)
 #: The run's word lists, each declared once: name -> one line for ``--help``. The reference methods
 #: belong to :mod:`arturo_diag.curvature.methods`, ``kl``/``dual`` to the optimizer, the datasets to
 #: :data:`~arturo_diag.training.datasets.DATASET_SPECS`, the models to ``training.models.MODELS``,
-#: the presets to :mod:`arturo_diag.optim.presets`; the two below belong to the run itself.
-OPTIMIZERS: Mapping[str, str] = MappingProxyType(
-    {
-        "arturo": "arTuRO, with snapshots",
-        "sgd": "SGD with momentum, trains without snapshots",
-        "adam": "Adam, trains without snapshots",
-        "adamw": "AdamW, trains without snapshots",
-    }
-)
+#: the presets to :mod:`arturo_diag.optim.presets`, the optimizers (and the fields only some of them
+#: read) to :data:`~arturo_diag.training.optimizers.OPTIMIZERS`; the dtypes belong to the run itself.
 DTYPES: Mapping[str, str] = MappingProxyType(
     {"float32": "single precision", "float64": "double precision (slower; for checks)"}
 )
@@ -66,17 +48,6 @@ MAX_TOTAL_STEPS = LIMITS["steps"]
 
 # Largest finite value of each dtype (numpy's finfo = torch's for these two).
 _FLOAT_MAX = {"float32": 3.4028234663852886e38, "float64": 1.7976931348623157e308}
-
-# arTuRO's own fields: a baseline optimizer (SGD, Adam, AdamW) never reads them.
-_ARTURO_ONLY = (
-    "preset",
-    *(k for k in ARTURO_KEYS if k not in ("lr", "weight_decay")),
-    "kl",
-    "dual",
-    "fixed_eta",
-    "guard",
-    "oracle_every",
-)
 
 
 def validate(c: Any) -> None:
@@ -191,8 +162,9 @@ def _check_others(c: Any) -> None:
             "increasing whole epochs >= 1",
         )
     _check_instruments(c)
-    if c.oracle != "none" and c.optimizer != "arturo":
-        raise ConfigError("oracle", c.oracle, "none unless optimizer is arturo")
+    if c.oracle != "none" and "oracle" not in OPTIMIZERS[c.optimizer].fields:
+        users = " or ".join(optimizer_fields()["oracle"])
+        raise ConfigError("oracle", c.oracle, f"none unless optimizer is {users}")
 
 
 def _check_instruments(c: Any) -> None:
@@ -220,29 +192,24 @@ def unused_fields(config: Any) -> list[tuple[str, Any, str]]:
     def given(name: str) -> bool:
         return getattr(config, name) != defaults[name]
 
-    if config.optimizer != "sgd" and given("momentum"):
-        unused.append(("momentum", config.momentum, "unset unless optimizer is sgd (it would be ignored)"))
-    for name in ("beta1", "beta2"):
-        if config.optimizer not in ("adam", "adamw") and given(name):
+    spec = OPTIMIZERS[config.optimizer]
+    for name, users in optimizer_fields().items():  # fields only some optimizers read
+        if name not in spec.fields and given(name):
             unused.append(
-                (name, getattr(config, name), "unset unless optimizer is adam or adamw (it would be ignored)")
-            )
-    if config.optimizer != "arturo":
-        for name in _ARTURO_ONLY:
-            if given(name):
-                unused.append(
-                    (
-                        name,
-                        getattr(config, name),
-                        f"unset with optimizer {config.optimizer} (an arturo option; it would be ignored)",
-                    )
+                (
+                    name,
+                    getattr(config, name),
+                    f"unset with optimizer {config.optimizer} (an option of {' or '.join(users)} only; "
+                    "it would be ignored)",
                 )
+            )
+    if not spec.has_estimate:
         if config.reference in ("hutchinson", "both"):
             unused.append(
                 (
                     "reference",
                     config.reference,
-                    f"none with optimizer {config.optimizer} (baselines train without reference snapshots)",
+                    f"none with optimizer {config.optimizer} (it keeps no curvature estimate: no reference snapshots)",
                 )
             )
         for name in ("exact_method", "samples", "reference_mode", "reference_batch", "instruments"):
@@ -251,17 +218,19 @@ def unused_fields(config: Any) -> list[tuple[str, Any, str]]:
                     (
                         name,
                         getattr(config, name),
-                        f"unset with optimizer {config.optimizer} (baselines take no reference snapshots)",
+                        f"unset with optimizer {config.optimizer} (it keeps no curvature estimate: no snapshots)",
                     )
                 )
         return unused
-    if config.oracle == "none" and given("oracle_every"):
+    # the checks of one optimizer's own fields apply where that field is read (given elsewhere: refused above)
+    if "oracle_every" in spec.fields and config.oracle == "none" and given("oracle_every"):
         unused.append(("oracle_every", config.oracle_every, "unset unless oracle is exact or hutchinson"))
-    if config.fixed_eta is not None:
+    dual_read = "fixed_eta" in spec.fields
+    if dual_read and config.fixed_eta is not None:
         for name in ("dual", "eta_tol"):
             if given(name):
                 unused.append((name, getattr(config, name), "unset with fixed_eta (no dual solve: eta is fixed)"))
-    elif config.dual == "exact" and given("eta_tol"):
+    elif dual_read and config.dual == "exact" and given("eta_tol"):
         unused.append(("eta_tol", config.eta_tol, "unset with dual exact (eta_tol is the bisection's tolerance)"))
     if given("samples") and config.reference not in ("hutchinson", "both") and config.oracle != "hutchinson":
         unused.append(("samples", config.samples, "unset unless reference or oracle is hutchinson (or both)"))

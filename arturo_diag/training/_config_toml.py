@@ -11,7 +11,7 @@ from typing import Any
 
 from arturo_diag._toml import toml_value, tomllib
 from arturo_diag.errors import ConfigError
-from arturo_diag.training._config_checks import ARTURO_KEYS
+from arturo_diag.training.optimizers import ARTURO_KEYS
 
 #: TOML section of every field.
 SECTIONS: dict[str, tuple[str, ...]] = {

@@ -3,8 +3,9 @@
 Every field is one CLI option of ``arturo-diag compare`` (``--batch-size`` is ``batch_size``).
 In a TOML file the fields are grouped in sections for reading (``[run]``, ``[optimizer]``,
 ``[schedule]``, ``[diagnostics]``); a field in the wrong section or an unknown field is an error
-that names it. Optimizer fields left unset (None) take the chosen preset's value; the resolved
-config, every field filled in, is what a run record stores.
+that names it. Optimizer fields left unset (None) take the chosen preset's value (arTuRO) or the
+optimizer's default (:data:`~arturo_diag.training.optimizers.OPTIMIZERS`, with their sources); the
+resolved config, every field filled in, is what a run record stores.
 
 The field checks and word lists are in :mod:`._config_checks`, the TOML reading and writing in
 :mod:`._config_toml`; their public names are imported from here.
@@ -19,18 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from arturo_diag.errors import ConfigError
-from arturo_diag.optim.presets import LR_GAMMA, PRESET_NAMES, PRESETS
 from arturo_diag.training._config_checks import (
-    ARTURO_KEYS,
     DTYPES,
     LIMITS,
     MAX_TOTAL_STEPS,
-    OPTIMIZERS,
     check_used,
     unused_fields,
     validate,
 )
 from arturo_diag.training._config_toml import SECTIONS, config_to_toml, read_toml
+from arturo_diag.training.optimizers import ARTURO_KEYS, OPTIMIZERS
 
 __all__ = [
     "RunConfig",
@@ -111,39 +110,16 @@ class RunConfig:
         return dataclasses.replace(self, **changes)
 
     def resolved(self) -> RunConfig:
-        """The config with every optimizer field filled in from the preset (what a record stores)."""
-        if self.optimizer != "arturo":
-            return self.replace(
-                lr=self.lr if self.lr is not None else _BASELINE_LR[self.optimizer],
-                weight_decay=self.weight_decay if self.weight_decay is not None else 0.0,
-                lr_gamma=self.lr_gamma if self.lr_gamma is not None else 0.1,
-            )
-        preset = _read_preset(self.preset)
-        changes = {key: preset["optimizer"][key] for key in ARTURO_KEYS if getattr(self, key) is None}
-        if self.lr_gamma is None:
-            changes["lr_gamma"] = preset.get("schedule", {}).get("lr_gamma", 0.006)
-        return self.replace(**changes)
+        """The config with every optimizer field filled in (what a record stores): arTuRO's from the
+        preset, another optimizer's ``lr``/``weight_decay``/``lr_gamma`` from its spec in
+        :data:`~arturo_diag.training.optimizers.OPTIMIZERS`."""
+        return self.replace(**OPTIMIZERS[self.optimizer].resolved_changes(self))
 
     def arturo_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :class:`arturo_diag.optim.Arturo` (call on a resolved config)."""
         kwargs = {key: getattr(self, key) for key in ARTURO_KEYS}
         kwargs.update(kl=self.kl, dual=self.dual, fixed_eta=self.fixed_eta, guard=self.guard)
         return kwargs
-
-
-# Baseline learning rates when none is given (study configs name the published ones).
-_BASELINE_LR = {"sgd": 0.01, "adam": 1e-3, "adamw": 1e-3}
-
-
-def _read_preset(name: str) -> dict[str, Any]:
-    """A published preset in the shape of its TOML file (``[optimizer]``, ``[schedule]``).
-
-    The optimizer declares the presets once (:mod:`arturo_diag.optim.presets`); the files in
-    ``experiments/presets/`` are checked copies of it.
-    """
-    if name not in PRESETS:
-        raise ConfigError("preset", name, "one of " + ", ".join(PRESET_NAMES))
-    return {"optimizer": dict(PRESETS[name]), "schedule": {"lr_gamma": LR_GAMMA[name]}}
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(RunConfig))

@@ -22,10 +22,10 @@ from torch import nn
 from arturo_diag.curvature import exact_diagonal, hutchinson_diagonal
 from arturo_diag.diagnostics.monitor import Monitor
 from arturo_diag.errors import ConfigError
-from arturo_diag.optim import Arturo
 from arturo_diag.training.config import MAX_TOTAL_STEPS, RunConfig, config_to_toml
 from arturo_diag.training.datasets import ArrayDataset, batches, load_dataset, probe_batch
 from arturo_diag.training.models import build_model
+from arturo_diag.training.optimizers import OPTIMIZERS
 from arturo_diag.training.seeding import make_generator, seed_everything
 
 __all__ = [
@@ -52,17 +52,10 @@ class RunResult:
     diagnostics_seconds: float
 
 
-def build_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """The optimizer a (resolved) config names: arTuRO with its preset and overrides, or a baseline."""
-    params = list(model.parameters())
-    if config.optimizer == "arturo":
-        return Arturo(params, **config.arturo_kwargs())
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    betas = (config.beta1, config.beta2)
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, betas=betas, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(params, lr=config.lr, betas=betas, weight_decay=config.weight_decay)
+def build_optimizer(config: RunConfig, model: nn.Module, num_train: int | None = None) -> torch.optim.Optimizer:
+    """The optimizer a (resolved) config names, built by its spec in :data:`OPTIMIZERS`
+    (``num_train``: the training set's size; IVON's ess, required for it)."""
+    return OPTIMIZERS[config.optimizer].build(config, model, num_train)
 
 
 @contextlib.contextmanager
@@ -135,7 +128,7 @@ def check_against_data(config: RunConfig, num_train: int, name: str) -> list[str
     """
     if config.batch_size > num_train:
         raise ConfigError("batch_size", config.batch_size, f"at most {num_train}, the training examples of {name}")
-    snapshots_taken = config.optimizer == "arturo" and config.reference != "none"
+    snapshots_taken = OPTIMIZERS[config.optimizer].has_estimate and config.reference != "none"
     if snapshots_taken and config.reference_batch == "probe" and config.probe_size > num_train:
         raise ConfigError("probe_size", config.probe_size, f"at most {num_train}, the training examples of {name}")
     batches_per_epoch = math.ceil(num_train / config.batch_size)
@@ -181,7 +174,7 @@ def prepare(
     model = build_model(
         config.model, in_channels=dataset.in_channels, num_classes=dataset.num_classes, image_size=dataset.image_size
     ).to(device=device, dtype=dtype)
-    optimizer = build_optimizer(config, model)
+    optimizer = build_optimizer(config, model, dataset.num_train)
     batches_per_epoch = math.ceil(dataset.num_train / config.batch_size)
     total_steps = config.steps if config.steps is not None else config.epochs * batches_per_epoch
     epochs = math.ceil(total_steps / batches_per_epoch)
@@ -190,7 +183,8 @@ def prepare(
     )
     probe = probe_batch(dataset, min(config.probe_size, dataset.num_train), config.seed)
     loss_fn = nn.functional.cross_entropy
-    reference = config.reference if config.optimizer == "arturo" else "none"
+    # snapshots for every optimizer that keeps a curvature estimate (the Monitor reads it via adapter_for)
+    reference = config.reference if OPTIMIZERS[config.optimizer].has_estimate else "none"
     monitor = Monitor(
         model,
         optimizer,
@@ -258,6 +252,7 @@ def run(
     scheduler, monitor = prepared.scheduler, prepared.monitor
     total_steps, epochs, snapshots = prepared.total_steps, prepared.epochs, prepared.snapshots
     loss_fn = nn.functional.cross_entropy
+    train_step = OPTIMIZERS[config.optimizer].train_step
     notify = progress or (lambda event, info: None)
 
     def on_snapshot(step: int, phase: str) -> None:
@@ -281,12 +276,9 @@ def run(
                     x = augment(x, augment_generator)
                 if config.oracle != "none" and step % config.oracle_every == 0:
                     optimizer.set_oracle_curvature(_oracle_curvature(config, model, x, y, step))
-                optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(model(x), y)
-                loss.backward()
-                optimizer.step()
+                loss = train_step(model, optimizer, loss_fn, x, y)  # zero_grad, forward, backward, step
                 step += 1
-                loss_value = float(loss.detach())
+                loss_value = float(loss)
                 monitor.step(loss_value, epoch=epoch, batch=(x, y))
                 notify("step", {"step": step, "loss": loss_value})
             train_loss, train_acc = evaluate(model, dataset.x_train, dataset.y_train)
