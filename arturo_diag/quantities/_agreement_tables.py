@@ -114,8 +114,11 @@ def _compact_layer_table(step: Any, layers: Mapping[str, Any], constant_name: st
     )
 
 
-def hutchinson_table(hutchinson: Mapping[str, Any], overall: Mapping[str, Any], layers: Mapping[str, Any]) -> Table:
-    """Hutchinson's estimate against the exact h, over all coordinates and per layer, beside a's."""
+def hutchinson_table(
+    hutchinson: Mapping[str, Any], overall: Mapping[str, Any], layers: Mapping[str, Any], who: str = "arTuRO's a"
+) -> Table:
+    """Hutchinson's estimate against the exact h, over all coordinates and per layer, beside a's
+    (``who``: whose estimate a is, in words)."""
     rows = []
     for name, entry in [("all coordinates", hutchinson["overall"]), *(hutchinson.get("layers") or {}).items()]:
         a_entry = overall if name == "all coordinates" else layers.get(name) or {}
@@ -131,5 +134,5 @@ def hutchinson_table(hutchinson: Mapping[str, Any], overall: Mapping[str, Any], 
     return Table(
         ("Layer", "Hutchinson rel. error", "Hutchinson Spearman", "a rel. error", "a Spearman"),
         tuple(rows),
-        caption=f"Hutchinson's estimate against the exact h at step {hutchinson['step']}, beside arTuRO's a.",
+        caption=f"Hutchinson's estimate against the exact h at step {hutchinson['step']}, beside {who}.",
     )

@@ -29,6 +29,12 @@ def _not_computed(reason: str) -> Paragraph:
 
 def _no_reference_reason(metrics: Mapping[str, Any]) -> str:
     run = metrics.get("run") or {}
+    if "estimator" in run and not run["estimator"]:
+        name = (run.get("optimizer") or {}).get("name") or "the optimizer"
+        return (
+            f"no curvature adapter reads {name}, so no snapshot holds a curvature estimate to compare with h "
+            "(arturo_diag.estimators.register_adapter adds one)."
+        )
     if not run.get("n_snapshots"):
         return 'the record has no snapshots (reference "none", or no snapshot was due), so a cannot be compared with h.'
     return (

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from arturo_diag.quantities._estimator import is_arturo, optimizer_name
 from arturo_diag.quantities.agreement_verdicts import agreement_verdicts
 from arturo_diag.report.document import Block, Bullets, Paragraph, Table, code, text
 from arturo_diag.report.format import distinguishing_digits, get, num
@@ -72,7 +73,9 @@ def _layer_table(layers: Mapping[str, Any]) -> Table | None:
     )
 
 
-def _two_estimates(a_overall: Mapping[str, Any], hutchinson: Mapping[str, Any] | None) -> Table | None:
+def _two_estimates(
+    a_overall: Mapping[str, Any], hutchinson: Mapping[str, Any] | None, who: str = "arTuRO"
+) -> Table | None:
     hv = (hutchinson or {}).get("overall")
     if not hv or not hv.get("scale") or not a_overall.get("scale"):
         return None
@@ -84,7 +87,7 @@ def _two_estimates(a_overall: Mapping[str, Any], hutchinson: Mapping[str, Any] |
     return Table(
         ("estimate of the exact h", "Spearman", "cosine", "c*", "error after rescaling"),
         (
-            row("a (arTuRO)", a_overall["estimate"], a_overall["scale"]),
+            row(f"a ({who})", a_overall["estimate"], a_overall["scale"]),
             row("Hutchinson", hv, hv["scale"]),
         ),
         caption="Two estimates of the same exact h, compared on shape (scale removed by each one's own c*).",
@@ -100,7 +103,11 @@ def scale_shape_blocks(metrics: Mapping[str, Any]) -> list[Block]:
     for table in (
         _scale_table(final.get("step"), final["overall"]),
         _layer_table(final.get("layers") or {}),
-        _two_estimates(final["overall"], get(metrics, "agreement", "hutchinson_vs_exact", "final")),
+        _two_estimates(
+            final["overall"],
+            get(metrics, "agreement", "hutchinson_vs_exact", "final"),
+            "arTuRO" if is_arturo(metrics) else optimizer_name(metrics),
+        ),
     ):
         if table is not None:
             blocks.append(table)

@@ -1,4 +1,4 @@
-"""Agreement of arTuRO's curvature estimate a with the reference diagonal Hessian h.
+"""Agreement of the optimizer's curvature estimate a (arTuRO's a, or any adapter's) with the reference h.
 
 ``metrics["agreement"]``: a series (``{snapshots, final}``) of per-layer entries ``{step,
 reference, overall: X, layers: {layer: X}}`` with X = ``agreement_with_baselines(a, h, h_prev)``
@@ -8,7 +8,12 @@ the zero/best-constant/median-|h| baselines and a optimally rescaled); plus ``hu
 (a series of per-layer ``agreement(h_hutchinson, h_exact)`` with its ``scale``, or None),
 ``reference_noise`` (a series of ``{step, relative_se, median_se_over_abs_h, samples}``, or None)
 and ``bootstrap`` (the final snapshot's intervals behind the verdicts ``agreement.beats_constant``,
-``agreement.scale``, ``agreement.shape``: :mod:`arturo_diag.quantities.agreement_verdicts`).
+``agreement.scale``, ``agreement.shape``: :mod:`arturo_diag.quantities.agreement_verdicts`) and
+``like_for_like`` (for an estimate whose target is ``gradient_second_moment``, Adam's v-hat: the
+same comparison with the measured E[g_B^2], :mod:`arturo_diag.quantities._agreement_like`; else
+None). Everything here reads the snapshots' ``curvature``, whatever optimizer stored it: the
+question "how close is the estimate to diag H" is the same for every method, so the numbers and
+verdicts are computed alike; only the words name whose estimate it is and what it estimates.
 
 Wording (ARTURO.md, "Diagnostic quantities"): an agreement number is always given next to what
 the constant vector 0.1 scores, and an estimate that a constant matches or beats is never
@@ -28,8 +33,10 @@ from arturo_diag.curvature.references import estimator_for_field
 from arturo_diag.diagnostics.agreement import per_layer
 from arturo_diag.diagnostics.scale import agreement_scaled, agreement_with_baselines_scaled
 from arturo_diag.quantities._agreement_bootstrap import final_bootstrap
+from arturo_diag.quantities._agreement_like import LIKE_TARGET, LikeForLike, like_for_like_blocks
 from arturo_diag.quantities._agreement_tables import _METRIC_ROWS, agreement_tables, hutchinson_table
 from arturo_diag.quantities._blocks import _no_reference_reason, _not_computed
+from arturo_diag.quantities._estimator import TARGET_WORDS, estimate_words, estimator_of, is_arturo
 from arturo_diag.quantities._scale_tables import scale_shape_blocks
 from arturo_diag.quantities._words import _get, _num
 from arturo_diag.quantities.agreement_verdicts import (
@@ -69,8 +76,12 @@ class _Observer:
         self.hutchinson: list[dict[str, Any]] = []
         self.noise: list[dict[str, Any]] = []
         self.final: tuple[int, dict[str, tuple[np.ndarray, np.ndarray]]] | None = None  # for the verdicts
+        target = (estimator_of(context.record.manifest) or {}).get("target")
+        self.like = LikeForLike(context) if target == LIKE_TARGET else None
 
     def snapshot(self, view: SnapshotView) -> None:
+        if self.like is not None:  # needs the estimate and the noise arrays, not h
+            self.like.snapshot(view)
         if not view.usable:
             return
         names, a, h, h_prev, snapshot, layers = (
@@ -133,6 +144,7 @@ def compute(context: Context) -> dict[str, Any]:
         "bootstrap": final_bootstrap(*observer.final, context.record.layers, observer.constant)
         if observer.final
         else None,
+        "like_for_like": observer.like.result() if observer.like is not None else None,
     }
 
 
@@ -181,6 +193,7 @@ def _agreement(out: Findings, metrics: Mapping[str, Any]) -> None:
         )
 
     layer_findings(out, metrics)
+    _like_finding(out, metrics)
 
     entries = block.get("snapshots") or []
     if len(entries) > 1:
@@ -190,6 +203,25 @@ def _agreement(out: Findings, metrics: Mapping[str, Any]) -> None:
             "info",
             f"The estimate's relative error was below the constant's at {wins} of {len(entries)} snapshots.",
         )
+
+
+def _like_finding(out: Findings, metrics: Mapping[str, Any]) -> None:
+    """The like-for-like comparison (target gradient_second_moment), said to be the other one."""
+    like = _get(metrics, "agreement", "like_for_like")
+    if not like:
+        return
+    final = like.get("final")
+    if not final:
+        out.add("agreement", "info", f"Like with like (the estimate against the measured E[g_B^2]): {like['reason']}.")
+        return
+    overall = final["overall"]
+    out.add(
+        "agreement",
+        "info",
+        f"Like with like: {estimate_words(metrics)} estimates E[g_B^2], not diag H; against the measured E[g_B^2] "
+        f"at step {final['step']} its scale c* is {_num(_get(overall, 'scale', 'rescaled', 'factor'))} and Spearman "
+        f"{_num(overall.get('spearman'))} (the comparisons above are with h).",
+    )
 
 
 def agreement_section(metrics: Mapping[str, Any]) -> list[Block]:
@@ -205,21 +237,37 @@ def agreement_section(metrics: Mapping[str, Any]) -> list[Block]:
     constant_name = f"constant {num(value)}"
     estimator = estimator_for_field(final.get("reference"))
     reference = f"the {estimator.words}" if estimator is not None else "h"  # "the exact diagonal Hessian h"
-    blocks.append(
-        Paragraph(
+    if is_arturo(metrics):
+        words = (
             f"At the final snapshot (step {step}) arTuRO's curvature estimate a is compared with {reference}. Every "
             f"number stands beside what two baselines score: the {constant_name} (arTuRO's initial a) and the "
-            "previous snapshot's h (a perfect estimate one snapshot late). An agreement number means something only "
-            "next to what a constant scores."
+        )
+    else:
+        target = (estimator(metrics) or {}).get("target")
+        claim = (
+            ""
+            if target == "hessian_diagonal"
+            else f" It estimates {TARGET_WORDS.get(target, target)}: this asks how well it stands in for diag H."
+        )
+        words = (
+            f"At the final snapshot (step {step}) {estimate_words(metrics)}, a below, is compared with "
+            f"{reference}.{claim} Every number stands beside what two baselines score: the {constant_name} and the "
+        )
+    blocks.append(
+        Paragraph(
+            words + "previous snapshot's h (a perfect estimate one snapshot late). An agreement number means something "
+            "only next to what a constant scores."
         )
     )
     layers = final.get("layers") or {}
     blocks.append(Paragraph(_verdict_spans(block, overall, layers, constant_name)))
     blocks += agreement_tables(step, overall, layers, constant_name)
     blocks += scale_shape_blocks(metrics)
+    blocks += like_for_like_blocks(block, estimate_words(metrics))
     hutchinson = get(block, "hutchinson_vs_exact", "final")
     if hutchinson:
-        blocks.append(hutchinson_table(hutchinson, overall, layers))
+        who = "arTuRO's a" if is_arturo(metrics) else estimate_words(metrics)
+        blocks.append(hutchinson_table(hutchinson, overall, layers, who))
     noise = get(block, "reference_noise", "final")
     if noise:
         blocks.append(

@@ -78,8 +78,14 @@ def snapshot_views(record: RunRecord):
     for step in record.snapshot_steps:
         snapshot = record.snapshot(step)
         names = [name for name, fields in snapshot.items() if "curvature" in fields]
-        # the fields a view says whether every parameter has: the references' and the filter's
-        fields = (*(f for e in REFERENCE_ESTIMATORS.values() for f in e.fields), "filter_cov_aa", "precision")
+        # the fields a view says whether every parameter has: the references', the filter's, another
+        # optimizer's claimed variance of its estimate
+        fields = (
+            *(f for e in REFERENCE_ESTIMATORS.values() for f in e.fields),
+            "filter_cov_aa",
+            "precision",
+            "curvature_var",
+        )
         has = {f: bool(names) and all(f in snapshot[name] for name in names) for f in fields}
         present = tuple(e for e in REFERENCE_ESTIMATORS.values() if has[e.field])
         label = method_of(tuple(e.name for e in present)) if present else "none"

@@ -1,4 +1,4 @@
-"""Calibration: does the filter's variance P_aa cover the error |a - h|?
+"""Calibration: does the claimed variance of a (the filter's P_aa, or the optimizer's) cover |a - h|?
 
 ``metrics["calibration"]``: a series of per-layer entries ``{step, reference, overall: X, layers}``
 with X = ``calibration(a, h, P_aa)`` (:mod:`arturo_diag.diagnostics.calibration`), for the
@@ -6,6 +6,13 @@ snapshots that carry ``filter_cov_aa``, and ``intervals`` (``calibration_interva
 snapshot, with its ``step``): coverage and sharpness with their 95 % intervals, for the verdict
 ``calibration.calibrated`` (:mod:`arturo_diag.quantities.topic_verdicts`). A study gets the final
 snapshot's coverage and sharpness.
+
+The variance is arTuRO's ``filter_cov_aa`` (P_aa) where the snapshots hold it, else ``curvature_var``
+(the variance another optimizer's adapter claims for its estimate; such an entry carries
+``"variance": "curvature_var"``); ``variance_field`` says which (None: neither), ``reason`` why
+nothing was computed ("the optimizer claims no variance" for an optimizer whose adapter gives
+none: Adam, IVON's hess, AdaHessian, Sophia). The texts written for P_aa are worded for the
+optimizer's V by :func:`words` (the same sentences, arTuRO's unchanged).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from typing import Any
 from arturo_diag.diagnostics.agreement import per_layer
 from arturo_diag.diagnostics.calibration import calibration, calibration_intervals
 from arturo_diag.quantities._blocks import _no_reference_reason, _not_computed
+from arturo_diag.quantities._estimator import ARTURO, estimator_of, variance_words
 from arturo_diag.quantities._words import _count, _get, _num, _pct
 from arturo_diag.quantities.base import (
     Context,
@@ -37,37 +45,68 @@ from arturo_diag.report.format import count, get, num, pct, plural
 __all__ = ["QUANTITY"]
 
 
+#: the snapshot fields a claimed variance of a is read from, in order of preference
+VARIANCE_FIELDS = ("filter_cov_aa", "curvature_var")
+NO_VARIANCE = (
+    "the optimizer claims no variance for its curvature estimate (its adapter gives none), so there is "
+    "nothing to calibrate against |a-h|"
+)
+
+
+def words(metrics: Mapping[str, Any], sentence: str) -> str:
+    """``sentence`` (written for arTuRO's filter and P_aa) for the run's variance (:func:`variance_words`)."""
+    return variance_words(metrics, sentence)
+
+
 class _Observer:
     def __init__(self, context: Context) -> None:
         self.layers = context.record.layers
         self.entries: list[dict[str, Any]] = []
         self.intervals: dict[str, Any] | None = None
+        self.field: str | None = None  # the variance read at the last calibrated snapshot
+        self.usable = 0  # usable snapshots (a and h), with a variance or not
 
     def snapshot(self, view: SnapshotView) -> None:
-        if not view.usable or not view.has["filter_cov_aa"]:
+        if not view.usable:
             return
+        self.usable += 1
+        field = next((f for f in VARIANCE_FIELDS if view.has.get(f)), None)
+        if field is None:
+            return
+        self.field = field
         a, h, snapshot = view.a, view.h, view.snapshot
         self.intervals = {
             "step": view.step,
             **calibration_intervals(
                 *(concat([source[n] for n in view.names]) for source in (a, h)),
-                concat([snapshot[n]["filter_cov_aa"] for n in view.names]),
+                concat([snapshot[n][field] for n in view.names]),
             ),
         }
+        extra = {} if field == "filter_cov_aa" else {"variance": field}  # arTuRO's entries as before
         self.entries.append(
             split(
-                per_layer(
-                    calibration, {n: (a[n], h[n], snapshot[n]["filter_cov_aa"]) for n in view.names}, self.layers
-                ),
+                per_layer(calibration, {n: (a[n], h[n], snapshot[n][field]) for n in view.names}, self.layers),
                 view.step,
                 reference=view.field,
+                **extra,
             )
         )
 
 
 def compute(context: Context) -> dict[str, Any]:
     observer = context.observers["calibration"]
-    return {**series(observer.entries), "intervals": observer.intervals}
+    reason = None
+    if not observer.entries and observer.usable:
+        arturo = (estimator_of(context.record.manifest) or {}).get("name") == ARTURO
+        reason = (
+            "no snapshot holds the filter variance P_aa (filter_cov_aa) of every parameter" if arturo else NO_VARIANCE
+        )
+    return {
+        **series(observer.entries),
+        "intervals": observer.intervals,
+        "variance_field": observer.field,
+        "reason": reason,
+    }
 
 
 def study_columns(metrics: Mapping[str, Any], record: Any) -> dict[str, Any]:
@@ -81,6 +120,16 @@ def study_columns(metrics: Mapping[str, Any], record: Any) -> dict[str, Any]:
     }
 
 
+class _Worded:
+    """A :class:`Findings` whose texts go through :func:`words` first."""
+
+    def __init__(self, out: Findings, metrics: Mapping[str, Any]) -> None:
+        self.out, self.metrics = out, metrics
+
+    def add(self, topic: str, severity: str, sentence: str) -> None:
+        self.out.add(topic, severity, words(self.metrics, sentence))
+
+
 def _calibration(out: Findings, metrics: Mapping[str, Any]) -> None:
     final = _get(metrics, "calibration", "final")
     if not final:
@@ -90,6 +139,7 @@ def _calibration(out: Findings, metrics: Mapping[str, Any]) -> None:
     where = f"at the final snapshot (step {final['step']})"
     expected = "95% and 0.67 if calibrated"
     (verdict,) = calibration_verdicts(metrics)
+    out = _Worded(out, metrics)
     if label == "calibrated" and verdict.outcome != "yes":
         pass  # the label's point estimates only: the verdict's finding (with_finding) gives the intervals
     elif label == "calibrated":
@@ -141,18 +191,32 @@ def calibration_section(metrics: Mapping[str, Any]) -> list[Block]:
         reason = (
             _no_reference_reason(metrics)
             if not get(metrics, "agreement", "final")
-            else "no snapshot holds the filter variance P_aa (filter_cov_aa) of every parameter."
+            else (
+                block.get("reason") or "no snapshot holds the filter variance P_aa (filter_cov_aa) of every parameter"
+            )
+            + "."
         )
         return blocks + [_not_computed(reason)]
+
+    def w(sentence: str) -> str:
+        return words(metrics, sentence)
+
     overall = final["overall"]
     blocks.append(
         Paragraph(
-            f"The filter claims Var(a) = P_aa. Coverage is the share of coordinates with |a-h| <= 2 sqrt(P_aa) "
-            f"({pct(overall.get('gaussian_coverage'))} if calibrated); sharpness is the median of |a-h| / sqrt(P_aa) "
-            f"({num(overall.get('gaussian_sharpness'))} if calibrated). Coverage alone is not enough: a claimed "
-            "uncertainty far wider than the error gives full coverage that means nothing. Labels: calibrated "
-            "(coverage 85%-99% and sharpness 0.4-1), vacuous (sharpness below 0.2), overconfident (coverage below "
-            "50% or sharpness above 2), miscalibrated otherwise."
+            (
+                "The filter claims Var(a) = P_aa. "
+                if block.get("variance_field") != "curvature_var"
+                else "The optimizer claims Var(a) = V (curvature_var, the variance its adapter gives). "
+            )
+            + w(
+                f"Coverage is the share of coordinates with |a-h| <= 2 sqrt(P_aa) "
+                f"({pct(overall.get('gaussian_coverage'))} if calibrated); sharpness is the median of |a-h| / sqrt(P_aa) "
+                f"({num(overall.get('gaussian_sharpness'))} if calibrated). Coverage alone is not enough: a claimed "
+                "uncertainty far wider than the error gives full coverage that means nothing. Labels: calibrated "
+                "(coverage 85%-99% and sharpness 0.4-1), vacuous (sharpness below 0.2), overconfident (coverage below "
+                "50% or sharpness above 2), miscalibrated otherwise."
+            )
         )
     )
     label = overall.get("interpretation")
@@ -162,12 +226,14 @@ def calibration_section(metrics: Mapping[str, Any]) -> list[Block]:
     blocks.append(
         Paragraph(
             (
-                text(f"At the final snapshot (step {final['step']}) the filter is "),
+                text(w(f"At the final snapshot (step {final['step']}) the filter is ")),
                 strong(str(label)),
                 text(
-                    f": coverage {pct(overall.get('coverage'))}, sharpness {num(overall.get('sharpness'))} "
-                    f"(median sqrt(P_aa) {num(overall.get('median_sqrt_p_aa'))} vs median |a-h| "
-                    f"{num(overall.get('median_abs_error'))})."
+                    w(
+                        f": coverage {pct(overall.get('coverage'))}, sharpness {num(overall.get('sharpness'))} "
+                        f"(median sqrt(P_aa) {num(overall.get('median_sqrt_p_aa'))} vs median |a-h| "
+                        f"{num(overall.get('median_abs_error'))})."
+                    )
                 ),
             )
         )
@@ -190,7 +256,15 @@ def calibration_section(metrics: Mapping[str, Any]) -> list[Block]:
         )
     blocks.append(
         Table(
-            ("Layer", "coverage", "sharpness", "interpretation", "median sqrt(P_aa)", "median |a-h|", "P_aa <= 0"),
+            (
+                "Layer",
+                "coverage",
+                "sharpness",
+                "interpretation",
+                w("median sqrt(P_aa)"),
+                "median |a-h|",
+                w("P_aa <= 0"),
+            ),
             tuple(rows),
             align=("l", "r", "r", "l", "r", "r", "r"),
         )
@@ -213,7 +287,7 @@ def calibration_section(metrics: Mapping[str, Any]) -> list[Block]:
 
 QUANTITY = Quantity(
     name="calibration",
-    needs=("snapshots: a (curvature), h, filter_cov_aa",),
+    needs=("snapshots: a (curvature), h, filter_cov_aa or curvature_var",),
     compute=compute,
     observer=_Observer,
     findings=with_finding(_calibration, calibration_verdicts, "calibration"),

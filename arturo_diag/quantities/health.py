@@ -3,6 +3,10 @@
 ``metrics["health"]``: eta, iterations, kl_ratio, precision, nonpositive (from ``steps.csv``),
 collapse_fraction, and a series ``{snapshots, final}`` of ``{step, precision_q01/q50/q99,
 precision_nonpositive_share, variance_collapse, negative_a_share, negative_h_share}``.
+
+eta, the dual's iterations, K/eps, the precision pi and variance collapse are arTuRO's (its trust
+region and its weight posterior): for another optimizer they are not recorded and the section
+says they do not apply; the share of negative a (any estimate's sign) is reported for every one.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from arturo_diag.diagnostics.health import (
     precision_over_time,
     snapshot_health,
 )
+from arturo_diag.quantities._blocks import _not_computed
+from arturo_diag.quantities._estimator import is_arturo, not_arturo_reason
 from arturo_diag.quantities._words import _count, _get, _is_number, _num, _pct
 from arturo_diag.quantities.base import (
     Context,
@@ -150,6 +156,11 @@ def health_section(metrics: Mapping[str, Any]) -> list[Block]:
     collapse and the non-positive precision/denominator events."""
     blocks: list[Block] = [Heading(2, (text("Health"),))]
     health = metrics.get("health") or {}
+    if not is_arturo(metrics):
+        what = "eta, the dual solve, the precision pi and variance collapse"
+        blocks.append(_not_computed(not_arturo_reason(metrics, what) + "."))
+        final = health.get("final") or {}
+        return blocks + ([_final_snapshot_table(final)] if final else [])
     blocks.append(_eta_block(health.get("eta") or {}))
     blocks += _dual_tables(health.get("iterations") or {}, health.get("kl_ratio") or {})
     precision = health.get("precision") or {}

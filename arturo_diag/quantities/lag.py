@@ -6,6 +6,10 @@ reason, test, curves {spearman, relative_error: {k, mean, n, range, noise, argbe
 best_k, test}}. Unless the lag test (best k against k = 0, with a block-bootstrap interval over
 snapshots and a margin) says yes, the text says "No identifiable lag" with the interval; the
 verdict ``lag.identified`` (:mod:`arturo_diag.quantities.topic_verdicts`).
+
+Lag does not assume arTuRO's filter: it compares the stored estimate with h of earlier snapshots,
+and every method with a running average (Adam's and AdaHessian's EMAs, IVON's hess, Sophia's h_t)
+can lag as the filter can, so it is computed alike for every optimizer's estimate.
 """
 
 from __future__ import annotations

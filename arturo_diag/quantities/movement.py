@@ -4,6 +4,11 @@
 with X = ``movement(a, h, prior=0.1)`` (:mod:`arturo_diag.diagnostics.movement`), and ``left_prior``
 (``left_prior(a)`` of the final usable snapshot, with its ``step``): the counts of the verdict
 ``movement.left_prior`` (:mod:`arturo_diag.quantities.topic_verdicts`).
+
+Every number here is measured from 0.1, arTuRO's initial a: for another optimizer's estimate
+(Adam's v-hat starts at the first squared gradient, IVON's hess at hess_init, AdaHessian's at the
+first |z * Hz|) the distance from 0.1 means nothing, so the entry is empty (``not_applicable``
+says why), there is no verdict, and the estimate's scale against h is in Agreement (c*).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any
 from arturo_diag.diagnostics.agreement import per_layer
 from arturo_diag.diagnostics.movement import left_prior, movement
 from arturo_diag.quantities._blocks import _no_reference_reason, _not_computed
+from arturo_diag.quantities._estimator import ARTURO, estimator_of
 from arturo_diag.quantities._words import _get, _is_number, _num, _pct
 from arturo_diag.quantities.base import (
     Context,
@@ -34,13 +40,14 @@ __all__ = ["QUANTITY"]
 
 class _Observer:
     def __init__(self, context: Context) -> None:
+        self.applies = (estimator_of(context.record.manifest) or {}).get("name") == ARTURO
         self.prior = context.options.constant
         self.layers = context.record.layers
         self.entries: list[dict[str, Any]] = []
         self.left_prior: dict[str, Any] | None = None
 
     def snapshot(self, view: SnapshotView) -> None:
-        if not view.usable:
+        if not view.usable or not self.applies:
             return
         prior, a, h = self.prior, view.a, view.h
         self.left_prior = {"step": view.step, **left_prior(concat([a[n] for n in view.names]), prior=prior)}
@@ -55,7 +62,14 @@ class _Observer:
 
 def compute(context: Context) -> dict[str, Any]:
     observer = context.observers["movement"]
-    return {**series(observer.entries), "left_prior": observer.left_prior}
+    out = {**series(observer.entries), "left_prior": observer.left_prior}
+    if not observer.applies:
+        name = (estimator_of(context.record.manifest) or {}).get("name") or "this optimizer"
+        out["not_applicable"] = (
+            f"movement is measured from 0.1, arTuRO's initial a; {name}'s estimate starts elsewhere, so its "
+            "distance from 0.1 says nothing (its scale against h is in Agreement, c*)"
+        )
+    return out
 
 
 def _movement(out: Findings, metrics: Mapping[str, Any]) -> None:
@@ -114,6 +128,8 @@ def _movement(out: Findings, metrics: Mapping[str, Any]) -> None:
 def movement_section(metrics: Mapping[str, Any]) -> list[Block]:
     """How far a has left its prior 0.1, relative to |h|, per layer at the final snapshot."""
     blocks: list[Block] = [Heading(2, (text("Movement"),))]
+    if get(metrics, "movement", "not_applicable"):
+        return blocks + [_not_computed(f"not applicable: {get(metrics, 'movement', 'not_applicable')}.")]
     final = get(metrics, "movement", "final")
     if not final:
         return blocks + [_not_computed(_no_reference_reason(metrics))]

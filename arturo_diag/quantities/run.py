@@ -7,12 +7,15 @@ reference ("exact" | "hutchinson" | "both" | "none" | "mixed"), compared_against
 "h_hutchinson" | None | "mixed"), exact_method, hutchinson_samples, reference_mode ("eval" |
 "train"), reference_batch ("probe" | "minibatch"), loss (the loss's name, None when not recorded),
 model_class, param_groups ([{lr, n_tensors}], [] when not recorded), n_parameters, n_tensors,
-layers, optimizer, var_init, var_init_source, eta_tol, eta_tol_source, constant_baseline,
-arturo_diag_version. A record without the reference's mode and batch (older than issue 11) was
+layers, optimizer, estimator (``{name, target, scale, source}`` of the snapshots' ``curvature``:
+record.json's, or arTuRO's assumed for an older record; None when no adapter read the optimizer,
+:mod:`arturo_diag.quantities._estimator`), var_init, var_init_source, eta_tol, eta_tol_source,
+constant_baseline, arturo_diag_version. A record without the reference's mode and batch (older than issue 11) was
 taken in eval mode on the probe batch, and reads so.
 
-Findings (topics ``divergence``, ``reference`` and ``param_groups``): a diverged run's first finding
-says where it went NaN/inf (step, quantity, layer); then what h is (of which loss, on which batch,
+Findings (topics ``divergence``, ``estimator``, ``reference`` and ``param_groups``): a diverged run's
+first finding says where it went NaN/inf (step, quantity, layer); for an optimizer other than arTuRO,
+whose estimate the snapshots hold and what it estimates (or that none is stored); then what h is (of which loss, on which batch,
 in which mode) and how noisy; then the unusable snapshots; a warning when a param group's lr
 differs from group 0's (the KL bound eps is group 0's).
 The run's title and settings sections are the report's own (:mod:`arturo_diag.report.sections`).
@@ -33,6 +36,7 @@ from arturo_diag.curvature.references import (
     reference_meaning,
     reference_setting,
 )
+from arturo_diag.quantities._estimator import TARGET_WORDS, estimate_words, estimator_of, is_arturo, optimizer_name
 from arturo_diag.quantities._words import _count, _get, _is_number, _num
 from arturo_diag.quantities.base import Context, Findings, Quantity, SnapshotView, snapshot_value
 
@@ -79,6 +83,7 @@ def compute(context: Context) -> dict[str, Any]:
         "n_tensors": len(record.parameters),
         "layers": list(dict.fromkeys(record.layers[name] for name in record.parameters)),
         "optimizer": dict(optimizer) if isinstance(optimizer, Mapping) else {},
+        "estimator": estimator_of(record.manifest),
         "var_init": context.var_init,
         "var_init_source": var_init_source,
         "eta_tol": context.eta_tol,
@@ -140,7 +145,8 @@ def _reference(out: Findings, metrics: Mapping[str, Any]) -> None:
             f"h is the exact diagonal Hessian{method_words} {meaning}. Hutchinson's "
             f"estimate{samples_words} has relative error {_num(_get(final, 'relative_error'))} against it "
             f"at the final snapshot (Spearman {_num(_get(final, 'spearman'))}), vs "
-            f"{_num(_get(estimate, 'relative_error'))} for arTuRO's a.",
+            f"{_num(_get(estimate, 'relative_error'))} for "
+            + ("arTuRO's a." if is_arturo(metrics) else f"{estimate_words(metrics)}."),
         )
     elif reference == "exact":
         out.add(
@@ -158,6 +164,30 @@ def _reference(out: Findings, metrics: Mapping[str, Any]) -> None:
             f"The reference h differs between snapshots ({reference}); each "
             "snapshot is compared with the exact h where it has one, else with Hutchinson's.",
         )
+
+
+def _estimator(out: Findings, metrics: Mapping[str, Any]) -> None:
+    """For an optimizer other than arTuRO: whose estimate ``curvature`` is and what it estimates."""
+    if is_arturo(metrics):
+        return
+    info = _get(metrics, "run", "estimator")
+    name = optimizer_name(metrics)
+    if not info:
+        out.add(
+            "estimator",
+            "warning",
+            f"No curvature adapter reads the optimizer {name}: no snapshot holds a curvature estimate, so "
+            "agreement, movement, calibration and lag are not computed (add one with "
+            "arturo_diag.estimators.register_adapter).",
+        )
+        return
+    target = info.get("target")
+    out.add(
+        "estimator",
+        "info",
+        f"The snapshots' curvature is {estimate_words(metrics)}: it estimates "
+        f"{TARGET_WORDS.get(target, target)} ({info.get('scale') or 'scale not recorded'}).",
+    )
 
 
 def _unusable(out: Findings, metrics: Mapping[str, Any]) -> None:
@@ -200,6 +230,7 @@ def _param_groups(out: Findings, metrics: Mapping[str, Any]) -> None:
 
 def findings(out: Findings, metrics: Mapping[str, Any]) -> None:
     _divergence(out, metrics)
+    _estimator(out, metrics)
     _reference(out, metrics)
     _unusable(out, metrics)
     _param_groups(out, metrics)
@@ -208,7 +239,7 @@ def findings(out: Findings, metrics: Mapping[str, Any]) -> None:
 QUANTITY = Quantity(
     name="run",
     needs=(
-        "record.json (reference_mode, reference_batch, loss, model_class, param_groups when recorded)",
+        "record.json (reference_mode, reference_batch, loss, model_class, param_groups, estimator when recorded)",
         "config.toml",
         "snapshots.csv: exact_method, hutchinson_samples",
         "snapshots: a, h",

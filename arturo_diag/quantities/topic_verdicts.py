@@ -23,6 +23,7 @@ from typing import Any
 from arturo_diag.diagnostics.intervals import wilson_interval
 from arturo_diag.diagnostics.lag import LAG_MARGIN, MIN_LAG_SNAPSHOTS
 from arturo_diag.diagnostics.movement import LEFT_PRIOR_FACTOR
+from arturo_diag.quantities._estimator import is_arturo, variance_words
 from arturo_diag.quantities.base import Findings
 from arturo_diag.quantities.verdicts import Verdict, decide_above, interval_words, not_applicable
 
@@ -123,7 +124,11 @@ def lag_verdicts(metrics: Mapping[str, Any]) -> list[Verdict]:
 
 
 def movement_verdicts(metrics: Mapping[str, Any]) -> list[Verdict]:
-    """``movement.left_prior``: did a leave its prior 0.1 (see :data:`LEFT_PRIOR_RULE`)?"""
+    """``movement.left_prior``: did a leave its prior 0.1 (see :data:`LEFT_PRIOR_RULE`)?
+
+    None for an optimizer other than arTuRO: 0.1 is arTuRO's initial a, not another estimate's start."""
+    if not is_arturo(metrics):
+        return []
     left = (metrics.get("movement") or {}).get("left_prior")
     if not left or not left.get("n"):
         return [not_applicable("movement.left_prior", LEFT_PRIOR_RULE, "no usable snapshot with a and h")]
@@ -153,12 +158,16 @@ def _within(low: float, high: float, band: tuple[float, float]) -> str:
 
 def calibration_verdicts(metrics: Mapping[str, Any]) -> list[Verdict]:
     """``calibration.calibrated``: coverage and sharpness with their intervals (see :data:`CALIBRATION_RULE`)."""
-    iv = (metrics.get("calibration") or {}).get("intervals")
+    block = metrics.get("calibration") or {}
+    iv = block.get("intervals")
+    rule = variance_words(metrics, CALIBRATION_RULE)  # P_aa, or the optimizer's claimed variance V
     if not iv or not iv.get("n"):
         why = (
-            "no snapshot holds the filter variance P_aa with a reference h" if not iv else "no coordinate with P_aa > 0"
+            (block.get("reason") or "no snapshot holds the filter variance P_aa with a reference h")
+            if not iv
+            else variance_words(metrics, "no coordinate with P_aa > 0")
         )
-        return [not_applicable("calibration.calibrated", CALIBRATION_RULE, why)]
+        return [not_applicable("calibration.calibrated", rule, why)]
     coverage = _within(iv["coverage_low"], iv["coverage_high"], COVERAGE_BAND)
     sharpness = _within(iv["sharpness_low"], iv["sharpness_high"], SHARPNESS_BAND)
     parts = (coverage, sharpness)
@@ -166,12 +175,13 @@ def calibration_verdicts(metrics: Mapping[str, Any]) -> list[Verdict]:
     if "not_applicable" in parts and outcome != "no":
         outcome = "inconclusive"
     head = {"yes": "P_aa is calibrated", "no": "P_aa is not calibrated"}.get(outcome, "calibration is inconclusive")
-    text = (
+    text = variance_words(
+        metrics,
         f"{head} at step {iv['step']}: coverage of |a-h| <= 2 sqrt(P_aa) "
         f"{_share_words(iv['coverage'], iv['coverage_low'], iv['coverage_high'])} of {iv['n']} coordinates "
         f"(band [{COVERAGE_BAND[0]:.0%}, {COVERAGE_BAND[1]:.0%}], 95.4 % if calibrated); sharpness "
         f"{interval_words(iv['sharpness'], iv['sharpness_low'], iv['sharpness_high'])} (band "
-        f"[{SHARPNESS_BAND[0]:g}, {SHARPNESS_BAND[1]:g}], 0.67 if calibrated)"
+        f"[{SHARPNESS_BAND[0]:g}, {SHARPNESS_BAND[1]:g}], 0.67 if calibrated)",
     )
     return [
         Verdict(
@@ -180,14 +190,19 @@ def calibration_verdicts(metrics: Mapping[str, Any]) -> list[Verdict]:
             float(iv["coverage"]),
             float(iv["coverage_low"]),
             float(iv["coverage_high"]),
-            CALIBRATION_RULE,
+            rule,
             text,
         )
     ]
 
 
 def trust_region_verdicts(metrics: Mapping[str, Any]) -> list[Verdict]:
-    """``trust_region.binding``: does the KL bound bind after the burn-in (see :data:`TRUST_REGION_RULE`)?"""
+    """``trust_region.binding``: does the KL bound bind after the burn-in (see :data:`TRUST_REGION_RULE`)?
+
+    None for an optimizer other than arTuRO: the KL bound and its dual are arTuRO's alone, so the
+    question is not asked (the section says why)."""
+    if not is_arturo(metrics):
+        return []
     tr = metrics.get("trust_region") or {}
     if not tr.get("available"):
         return [not_applicable("trust_region.binding", TRUST_REGION_RULE, "no eta recorded per step")]

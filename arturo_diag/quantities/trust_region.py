@@ -5,6 +5,10 @@ The eta-floor, 5/3 growth and overshoot quirks of the published bisection are na
 steps and sizes; a fixed-eta run (trust region off) is described as fixed, never in those words.
 A study gets eta (final, median), the dual's evaluations per step, the KL ratio and how often the
 guard acted, per arTuRO run (from ``steps.csv``).
+
+Only arTuRO has a trust region: for another optimizer (``metrics["run"]["estimator"]``) the entry
+is computed as for any run without eta (``available`` False), there is no verdict and no finding,
+and the section says it does not apply.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import pandas as pd
 
 from arturo_diag.diagnostics.trust_region import trust_region_summary
 from arturo_diag.quantities._blocks import _MAX_SNAPSHOT_ROWS, _not_computed, _thin
+from arturo_diag.quantities._estimator import is_arturo, not_arturo_reason
 from arturo_diag.quantities._words import _count, _get, _is_number, _num, _pct
 from arturo_diag.quantities.base import (
     Context,
@@ -63,6 +68,8 @@ def study_columns(metrics: Mapping[str, Any], record: Any) -> dict[str, Any]:
 
 
 def _trust_region(out: Findings, metrics: Mapping[str, Any]) -> None:
+    if not is_arturo(metrics):
+        return  # the section says why; a finding would only repeat it
     tr = metrics.get("trust_region") or {}
     if not tr.get("available"):
         out.add("trust_region", "info", "No trust-region data (eta) was recorded per step.")
@@ -206,6 +213,8 @@ def trust_region_section(metrics: Mapping[str, Any]) -> list[Block]:
     eta vs eta* at snapshots, and the overshoot after each KL-bound drop."""
     blocks: list[Block] = [Heading(2, (text("Trust region"),))]
     tr = metrics.get("trust_region") or {}
+    if not is_arturo(metrics):
+        return blocks + [_not_computed(not_arturo_reason(metrics, "the trust region (the KL bound eps and eta)") + ".")]
     if not tr.get("available"):
         blocks.append(_not_computed(f"{tr.get('reason') or 'no trust-region data'} (not an arTuRO run, or no steps)."))
         return blocks + _binding_blocks(tr.get("snapshots"))

@@ -136,7 +136,7 @@ def _render(run_dir: Path) -> ReportResult:
         for spec in quantity.figures:
             blocks += figure_blocks(spec)
 
-    documents = write_documents(run_dir, REPORT_STEM, blocks, title=f"arTuRO diagnostics: {name}")
+    documents = write_documents(run_dir, REPORT_STEM, blocks, title=sections.report_title(metrics, name))
     return ReportResult(
         run_dir=run_dir,
         markdown=documents["markdown"],

@@ -5,6 +5,10 @@ The report's own sections, before the quantities' (each quantity of
 the settings (read from the record's ``record.json`` and ``config.toml``) and the findings of the
 analysis. They add no new numbers: everything shown is in ``metrics.json`` or the record. A
 missing part gives a sentence saying why, never an error.
+
+The title names the optimizer and says what its curvature estimate estimates (``metrics["run"]
+["estimator"]``: target and scale). The settings section's ablation switches are arTuRO's: for
+another optimizer it lists that optimizer's recorded settings instead.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 
 from arturo_diag.curvature.references import reference_meaning
 from arturo_diag.diagnostics.record import RunRecord
+from arturo_diag.quantities._estimator import TARGET_WORDS, estimate_words, is_arturo, optimizer_name
 from arturo_diag.report.document import Block, Bullets, Heading, Paragraph, Table, code, strong, text
 from arturo_diag.report.format import NA, get, num, plural
 
@@ -147,12 +152,55 @@ def title_section(record: RunRecord, metrics: Mapping[str, Any], name: str | Pat
             f"{run.get('arturo_diag_version') or 'of unknown version'}."
         ),
     ]
-    return [Heading(1, (text("arTuRO diagnostics: "), code(str(name)))), Paragraph(tuple(spans))]
+    return [
+        Heading(1, (text(report_title(metrics, "")), code(str(name)))),
+        Paragraph(tuple(spans)),
+        _estimate_paragraph(metrics),
+    ]
+
+
+def report_title(metrics: Mapping[str, Any], name: str) -> str:
+    """ "arTuRO diagnostics: NAME", or for another optimizer "Curvature diagnostics (adam): NAME"."""
+    if is_arturo(metrics):
+        return f"arTuRO diagnostics: {name}"
+    return f"Curvature diagnostics ({optimizer_name(metrics)}): {name}"
+
+
+def _estimate_paragraph(metrics: Mapping[str, Any]) -> Paragraph:
+    """Whose curvature estimate the snapshots hold, what it estimates and on what scale."""
+    info = get(metrics, "run", "estimator")
+    if not info:
+        return Paragraph(
+            (
+                strong("Curvature estimate: none."),
+                text(
+                    f" No curvature adapter reads the optimizer {optimizer_name(metrics)}, so the snapshots hold "
+                    "no estimate to compare with h (arturo_diag.estimators.register_adapter adds one)."
+                ),
+            )
+        )
+    target = info.get("target")
+    words = estimate_words(metrics)
+    return Paragraph(
+        (
+            strong("Curvature estimate:"),
+            text(
+                f" {'The ' + words[4:] if words.startswith('the ') else words} (adapter {info.get('name')}) estimates "
+                f"{TARGET_WORDS.get(target, target)} (target {target}). Scale: "
+                f"{info.get('scale') or 'not recorded'}"
+                + ("" if info.get("source") == "record.json" else f" ({info.get('source')})")
+                + "."
+            ),
+        )
+    )
 
 
 def settings_section(record: RunRecord, metrics: Mapping[str, Any]) -> list[Block]:
     """Which options were on (faithful by default; kl, dual, fixed_eta, guard, oracle, drift) and the
-    hyperparameters, read from ``config.toml`` and ``record.json``."""
+    hyperparameters, read from ``config.toml`` and ``record.json``; for an optimizer other than arTuRO,
+    its recorded settings (``record.json``'s ``optimizer``): arTuRO's switches do not apply to it."""
+    if not is_arturo(metrics):
+        return _other_settings(record, metrics)
     settings = read_settings(record)
     rows = []
     changed = []
@@ -186,6 +234,23 @@ def settings_section(record: RunRecord, metrics: Mapping[str, Any]) -> list[Bloc
         Paragraph(verdict),
         Table(("Option", "Setting", "Rule", "Meaning", "Read from"), tuple(rows), align=("l", "l", "l", "l", "l")),
         _hyperparameter_table(settings),
+    ]
+
+
+def _other_settings(record: RunRecord, metrics: Mapping[str, Any]) -> list[Block]:
+    """Another optimizer's settings as record.json holds them (its param group 0)."""
+    recorded = record.manifest.get("optimizer") or {}
+    rows = tuple(
+        (str(key), _value_words(value), "record.json optimizer")
+        for key, value in (recorded.items() if isinstance(recorded, Mapping) else ())
+    )
+    return [
+        Heading(2, (text("Settings"),)),
+        Paragraph(
+            f"Optimizer {optimizer_name(metrics)}: arTuRO's ablation switches (kl, dual, fixed_eta, guard, oracle, "
+            "drift) do not apply to it. Its settings as recorded:"
+        ),
+        Table(("Setting", "Value", "Read from"), rows, align=("l", "r", "l")),
     ]
 
 

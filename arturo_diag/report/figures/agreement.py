@@ -69,7 +69,13 @@ def plot_agreement(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> N
         _legend_outside(ax)
     estimator = estimator_for_field(get(entries[-1], "reference"))
     reference = estimator.words if estimator is not None else "reference h"
-    fig.suptitle(f"Agreement of arTuRO's curvature estimate a with the {reference}, per snapshot and layer")
+    info = get(metrics, "run", "estimator")  # record.json's estimator (quantities/_estimator.py)
+    who = (
+        "arTuRO's curvature estimate a"
+        if not isinstance(info, dict) or info.get("name") in (None, "arturo")
+        else f"the optimizer's curvature estimate ({info['name']})"
+    )
+    fig.suptitle(f"Agreement of {who} with the {reference}, per snapshot and layer")
 
 
 def best_constant_relative_error(h: np.ndarray) -> float:

@@ -50,7 +50,10 @@ def plot_calibration(record: RunRecord, metrics: dict[str, Any], fig: Figure) ->
     if not entries:
         if not get(metrics, "agreement", "snapshots"):
             raise FigureSkipped(_no_reference_reason(metrics))
-        raise FigureSkipped("no snapshot holds the filter variance P_aa (filter_cov_aa) of every parameter")
+        raise FigureSkipped(
+            get(metrics, "calibration", "reason")
+            or "no snapshot holds the filter variance P_aa (filter_cov_aa) of every parameter"
+        )
     steps = np.asarray([e["step"] for e in entries], dtype=np.float64)
     axes = fig.subplot_mosaic([["coverage", "sharpness"], ["hist", "hist"]], height_ratios=[1, 1.1])
     _panel_coverage(axes["coverage"], steps, entries)
@@ -58,8 +61,9 @@ def plot_calibration(record: RunRecord, metrics: dict[str, Any], fig: Figure) ->
     final = entries[-1]
     _panel_histogram(axes["hist"], record, final)
     label = get(final, "overall", "interpretation") or "undefined"
+    claim = "the filter's claimed Var(a) = P_aa" if "variance" not in final else "the optimizer's claimed Var(a) = V"
     fig.suptitle(
-        f"Calibration of the filter's claimed Var(a) = P_aa against h: {label} at the final snapshot "
+        f"Calibration of {claim} against h: {label} at the final snapshot "
         f"(coverage {pct(get(final, 'overall', 'coverage'))}, "
         f"sharpness {num(get(final, 'overall', 'sharpness'))})"
     )
@@ -120,11 +124,12 @@ def _panel_histogram(ax: Any, record: RunRecord, final: dict[str, Any]) -> None:
     step = int(final["step"])
     field = str(final.get("reference") or "h_exact")
     try:
-        arrays, _ = _final_arrays(record, step, ("curvature", "filter_cov_aa", field))
+        variance = str(final.get("variance") or "filter_cov_aa")  # arTuRO's P_aa, or curvature_var
+        arrays, _ = _final_arrays(record, step, ("curvature", variance, field))
     except FigureSkipped as skipped:
         _histogram_skipped(ax, skipped.reason)
         return
-    a, p_aa, h = arrays["curvature"], arrays["filter_cov_aa"], arrays[field]
+    a, p_aa, h = arrays["curvature"], arrays[variance], arrays[field]
     ok = np.isfinite(a) & np.isfinite(h) & np.isfinite(p_aa) & (p_aa > 0)
     z = np.abs(a[ok] - h[ok]) / np.sqrt(p_aa[ok])
     positive = z[z > 0]

@@ -45,6 +45,8 @@ def plot_scatter(record: RunRecord, metrics: dict[str, Any], fig: Figure) -> Non
     Needs ``metrics["agreement"]["final"]`` (``step``, ``reference``) and the arrays ``curvature``
     and that reference (``h_exact`` or ``h_hutchinson``) of the snapshot at that step.
     """
+    if get(metrics, "movement", "not_applicable"):  # another optimizer's estimate: 0.1 is not its prior
+        raise FigureSkipped(f"not applicable: {get(metrics, 'movement', 'not_applicable')}")
     final = get(metrics, "agreement", "final")
     if not final:
         raise FigureSkipped(_no_reference_reason(metrics))
