@@ -141,7 +141,12 @@ def compare(
         str | None, _O(help=_choices("preset", PRESET_NAMES, "Published arTuRO hyperparameters: "))
     ] = None,
     optimizer: Annotated[str | None, _O(help=_choices("optimizer", OPTIMIZERS))] = None,
-    lr: Annotated[float | None, _O(help="KL bound eps (arTuRO's lr); the preset's if unset.")] = None,
+    lr: Annotated[
+        float | None,
+        _O(
+            help="arTuRO's KL bound eps (the preset's if unset); another optimizer's learning rate (its default if unset)."
+        ),
+    ] = None,
     reg_weight: Annotated[float | None, _O(help="rho, weight of the KL to the prior.")] = None,
     prior_prec: Annotated[float | None, _O(help="lam, precision of the prior.")] = None,
     var_init: Annotated[float | None, _O(help="Initial variance of every weight.")] = None,
@@ -150,7 +155,13 @@ def compare(
     measurement_noise: Annotated[float | None, _O(help="r, noise of one stochastic gradient.")] = None,
     start_filter_cov: Annotated[float | None, _O(help="P0, initial filter variance.")] = None,
     eta_tol: Annotated[float | None, _O(help="Bisection stops when its bracket is narrower.")] = None,
-    weight_decay: Annotated[float | None, _O(help="Decoupled weight decay (scaled by lr).")] = None,
+    weight_decay: Annotated[
+        float | None,
+        _O(
+            help="Weight decay: decoupled, scaled by lr (arTuRO, AdamW, AdaHessian, Sophia); added to the gradient "
+            "(SGD, Adam); IVON's prior precision delta. The optimizer's default if unset."
+        ),
+    ] = None,
     kl: Annotated[str | None, _O(help=_choices("kl", KL_CHOICES))] = None,
     dual: Annotated[str | None, _O(help=_choices("dual", DUAL_CHOICES))] = None,
     fixed_eta: Annotated[float | None, _O(help="Fix eta (trust region off; ablation).")] = None,

@@ -331,7 +331,7 @@ _SPECS = (
     ),
     OptimizerSpec(
         "sgd",
-        "SGD with momentum, trains without snapshots (it keeps no curvature estimate)",
+        "SGD with momentum, trains without snapshots (no curvature estimate)",
         _build_sgd,
         standard_step,
         False,
@@ -345,7 +345,7 @@ _SPECS = (
     ),
     OptimizerSpec(
         "adam",
-        "Adam; its curvature estimate is v-hat, the gradient's second moment",
+        "Adam, with snapshots of its second moment v-hat",
         _build_adam,
         standard_step,
         True,
@@ -354,7 +354,7 @@ _SPECS = (
     ),
     OptimizerSpec(
         "adamw",
-        "AdamW; its curvature estimate is v-hat, the gradient's second moment",
+        "AdamW, with snapshots of its second moment v-hat",
         _build_adamw,
         standard_step,
         True,
@@ -367,7 +367,7 @@ _SPECS = (
     ),
     OptimizerSpec(
         "ivon",
-        "IVON (package ivon-opt): variational learning, curvature estimate hess",
+        "IVON (package ivon-opt), with snapshots of its Hessian estimate hess",
         _build_ivon,
         ivon_step,
         True,
@@ -382,7 +382,7 @@ _SPECS = (
     ),
     OptimizerSpec(
         "adahessian",
-        "AdaHessian: Hutchinson diagonal every step (gradients with graph)",
+        "AdaHessian, a Hutchinson probe every step, with snapshots of its RMS of them",
         _build_adahessian,
         adahessian_step,
         True,
@@ -390,7 +390,7 @@ _SPECS = (
     ),
     OptimizerSpec(
         "sophia-h",
-        "Sophia-H: clipped update over an EMA of Hutchinson samples every k = 10 steps",
+        "Sophia-H, a Hutchinson probe every 10 steps, with snapshots of its EMA h",
         _build_sophia_h,
         sophia_h_step,
         True,
@@ -398,7 +398,7 @@ _SPECS = (
     ),
     OptimizerSpec(
         "sophia-g",
-        "Sophia-G: clipped update over an EMA of Gauss-Newton-Bartlett samples every k = 10 steps",
+        "Sophia-G, a Gauss-Newton-Bartlett sample every 10 steps, with snapshots of its EMA h",
         _build_sophia_g,
         sophia_g_step,
         True,

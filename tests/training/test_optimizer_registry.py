@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -289,3 +290,60 @@ def test_a_new_registry_entry_is_a_choice_of_the_config_the_loop_and_compare(tmp
     assert "plain-sgd" not in compare_help()
     with pytest.raises(ConfigError, match="optimizer: got 'plain-sgd'"):
         RunConfig(optimizer="plain-sgd")
+
+
+def _documented_loop(name: str, config: RunConfig) -> list[float]:
+    """Each new optimizer trained by the loop its own docs show (straight-line, no registry): IVON's
+    README loop, AdaHessian's ``loss.backward(create_graph=True)``, Sophia-H's graph only on
+    ``hessian_due`` steps, Sophia-G's ``step(hessian_closure=gnb_closure(...))``."""
+    import ivon
+
+    from arturo_diag.estimators import gnb_closure
+
+    seed_everything(0)
+    dataset = load_dataset("teacher", seed=0, train_size=96)
+    model = build_model("mlp", in_channels=1, num_classes=dataset.num_classes, image_size=8)
+    probes = optimizers._probe_generator(config)  # the run's stream of probes (its seed, its offset)
+    params = list(model.parameters())
+    if name == "ivon":
+        opt = ivon.IVON(params, lr=0.1, ess=96.0, weight_decay=1e-4)
+    elif name == "adahessian":
+        opt = AdaHessian(params, generator=probes)
+    elif name == "sophia-h":
+        opt = SophiaH(params, generator=probes)
+    else:
+        opt = SophiaG(params)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[2], gamma=0.1)
+    generator, losses = make_generator(0), []
+    loss_fn = torch.nn.functional.cross_entropy
+    for _ in (1, 2):
+        for x, y in batches(dataset.x_train, dataset.y_train, 32, generator):
+            if name == "ivon":
+                with opt.sampled_params(train=True):
+                    opt.zero_grad()
+                    loss = loss_fn(model(x), y)
+                    loss.backward()
+                opt.step()
+            else:
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(model(x), y)
+                if name == "sophia-g":
+                    loss.backward()
+                    opt.step(hessian_closure=gnb_closure(model, x, generator=probes) if opt.hessian_due else None)
+                else:
+                    with warnings.catch_warnings():  # torch warns of the cycle the next line breaks
+                        warnings.simplefilter("ignore", UserWarning)
+                        loss.backward(create_graph=name == "adahessian" or opt.hessian_due)
+                    opt.step()
+                    for p in params:  # break the parameter <-> gradient cycle before the next step
+                        p.grad = None
+            losses.append(loss.item())
+        schedule.step()
+    return losses
+
+
+@pytest.mark.parametrize("name", ["ivon", "adahessian", "sophia-h", "sophia-g"])
+def test_new_optimizers_train_as_their_documented_loops(tmp_path, name):
+    config = _tiny(tmp_path, optimizer=name).resolved()
+    record = RunRecord.load(run(config).run_dir)
+    assert record.steps["loss"].tolist() == _documented_loop(name, config)
