@@ -90,7 +90,7 @@ def estimate_words(metrics: Mapping[str, Any]) -> str:
 
 def not_arturo_reason(metrics: Mapping[str, Any], what: str) -> str:
     """Why an arTuRO-only part does not apply: ``what`` and the optimizer's name."""
-    return f"not applicable: {what} exists only for arTuRO, and this run's optimizer is {optimizer_name(metrics)}"
+    return f"not applicable: only arTuRO has {what}, and this run's optimizer is {optimizer_name(metrics)}"
 
 
 def variance_words(metrics: Mapping[str, Any], sentence: str) -> str:

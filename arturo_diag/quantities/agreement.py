@@ -37,6 +37,7 @@ from arturo_diag.quantities._agreement_like import LIKE_TARGET, LikeForLike, lik
 from arturo_diag.quantities._agreement_tables import _METRIC_ROWS, agreement_tables, hutchinson_table
 from arturo_diag.quantities._blocks import _no_reference_reason, _not_computed
 from arturo_diag.quantities._estimator import TARGET_WORDS, estimate_words, estimator_of, is_arturo
+from arturo_diag.quantities._estimator import estimator as run_estimator
 from arturo_diag.quantities._scale_tables import scale_shape_blocks
 from arturo_diag.quantities._words import _get, _num
 from arturo_diag.quantities.agreement_verdicts import (
@@ -243,7 +244,7 @@ def agreement_section(metrics: Mapping[str, Any]) -> list[Block]:
             f"number stands beside what two baselines score: the {constant_name} (arTuRO's initial a) and the "
         )
     else:
-        target = (estimator(metrics) or {}).get("target")
+        target = (run_estimator(metrics) or {}).get("target")
         claim = (
             ""
             if target == "hessian_diagonal"

@@ -41,6 +41,7 @@ import numpy as np
 
 from arturo_diag.diagnostics.gauges import distance_from_init, precision_drift, trust_region_radius
 from arturo_diag.quantities._blocks import _not_computed
+from arturo_diag.quantities._estimator import is_arturo, not_arturo_reason
 from arturo_diag.quantities._words import _get, _is_number, _num, _pct
 from arturo_diag.quantities.base import Context, Findings, Quantity, SnapshotView, series, snapshot_value
 from arturo_diag.quantities.verdicts import (
@@ -186,6 +187,10 @@ def drift_verdicts(metrics: Mapping[str, Any]) -> list[Verdict]:
     gauges = metrics.get("gauges") or {}
     found = gauges.get("drift_verdict")
     vid = "gauges.precision_drift"
+    if not is_arturo(metrics):  # pi is arTuRO's posterior precision; another optimizer has none
+        return [
+            not_applicable(vid, DRIFT_RULE, not_arturo_reason(metrics, "a precision pi whose 1/pi can drift") + ".")
+        ]
     if not gauges.get("snapshots"):
         return [not_applicable(vid, DRIFT_RULE, "The record has no snapshots, so the precision drift is not assessed.")]
     if not found:
@@ -247,7 +252,7 @@ def _findings(out: Findings, metrics: Mapping[str, Any]) -> None:
     alpha = alpha_words(gauges.get("alpha"))
     if alpha:
         out.add("gauges", "info", alpha)
-    for part, reason in (final.get("skipped") or {}).items():
+    for part, reason in (final.get("skipped") or {}).items() if is_arturo(metrics) else ():
         out.add("gauges", "info", f"Gauges: {part} not computed at the final snapshot: {reason}.")
 
 
@@ -298,6 +303,11 @@ def gauges_section(metrics: Mapping[str, Any]) -> list[Block]:
     final = gauges.get("final")
     if not final:
         return blocks + [_not_computed("the record has no snapshots, so there are no gauges.")]
+    if not is_arturo(metrics):
+        what = "the trust region's radius sqrt(2 eps/pi) and the drift of the variance 1/pi (its precision pi)"
+        blocks.append(
+            _not_computed(not_arturo_reason(metrics, what) + "; the distance moved and alpha apply to any optimizer.")
+        )
     blocks.append(
         Paragraph(
             "Step gauges per layer: the trust region's parameter-space radius sqrt(2 eps/pi) (how far one "

@@ -35,11 +35,20 @@ __all__ = ["QUANTITY"]
 
 
 class _Observer:
+    """The lag table over the usable snapshots; a snapshot whose parameters with an estimate differ from
+    the previous one's (an adapter listed some as ``missing`` earlier: no state yet) starts it anew,
+    since a_t and h_{t-k} must be the same coordinates (arTuRO's parameters never change)."""
+
     def __init__(self, context: Context) -> None:
-        self.lag = LagAccumulator(context.options.max_lag)
+        self.max_lag = context.options.max_lag
+        self.lag = LagAccumulator(self.max_lag)
+        self.names: list[str] | None = None
 
     def snapshot(self, view: SnapshotView) -> None:
         if view.usable:
+            if self.names is not None and view.names != self.names:
+                self.lag = LagAccumulator(self.max_lag)
+            self.names = list(view.names)
             self.lag.add(view.step, concat(list(view.a.values())), concat(list(view.h.values())))
 
 

@@ -46,6 +46,7 @@ import numpy as np
 from arturo_diag.curvature.innovation import CHI2_1_MEDIAN
 from arturo_diag.curvature.noise import COCKPIT_GSNR_EPSILON
 from arturo_diag.quantities._blocks import _not_computed
+from arturo_diag.quantities._estimator import is_arturo, not_arturo_reason
 from arturo_diag.quantities._words import _get, _is_number, _num
 from arturo_diag.quantities.base import Context, Findings, Quantity, SnapshotView, series
 from arturo_diag.quantities.verdicts import Verdict, bootstrap_ci, fixed_subset, interval_words, not_applicable
@@ -201,6 +202,8 @@ def noise_verdicts(metrics: Mapping[str, Any]) -> list[Verdict]:
         return [not_applicable(vid, RULE, why)]
     found = noise.get("verdict")
     if not found:
+        if not is_arturo(metrics) and noise.get("measurement_noise") is None:
+            return [not_applicable(vid, RULE, not_arturo_reason(metrics, "a measurement noise r (its filter's)") + ".")]
         why = (
             "r (measurement_noise) is not recorded"
             if noise.get("measurement_noise") is None

@@ -185,7 +185,7 @@ def _estimate_paragraph(metrics: Mapping[str, Any]) -> Paragraph:
         (
             strong("Curvature estimate:"),
             text(
-                f" {'The ' + words[4:] if words.startswith('the ') else words} (adapter {info.get('name')}) estimates "
+                f" {'The ' + words[4:] if words.startswith('the ') else words} estimates "
                 f"{TARGET_WORDS.get(target, target)} (target {target}). Scale: "
                 f"{info.get('scale') or 'not recorded'}"
                 + ("" if info.get("source") == "record.json" else f" ({info.get('source')})")
