@@ -5,7 +5,9 @@ is the one source of ``--optimizer``'s choices and of the config's checks."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import math
+import sys
 import warnings
 
 import numpy as np
@@ -33,6 +35,13 @@ TINY = dict(
 )
 ALL = tuple(OPTIMIZERS)
 WITH_ESTIMATE = tuple(name for name, spec in OPTIMIZERS.items() if spec.has_estimate)
+HAS_IVON = importlib.util.find_spec("ivon") is not None  # the optional extra 'ivon' (ivon-opt)
+
+
+def _cases(names):
+    """``names`` as test parameters; IVON's are skipped where ivon-opt is not installed."""
+    skip = pytest.mark.skipif(not HAS_IVON, reason="ivon-opt not installed (pip install 'arturo-diag[ivon]')")
+    return [pytest.param(name, marks=skip) if name == "ivon" else name for name in names]
 
 
 def _tiny(tmp_path, name="run", **changes) -> RunConfig:
@@ -48,7 +57,7 @@ def test_the_registry_holds_every_optimizer_of_issue_13():
             assert "value" in entry and isinstance(entry["source"], str) and entry["source"].strip(), (spec.name, key)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", _cases(ALL))
 def test_every_optimizer_trains_the_tiny_config_through_the_loop(tmp_path, name):
     prepared = prepare(_tiny(tmp_path, optimizer=name))
     before = [p.detach().clone() for p in prepared.model.parameters()]
@@ -65,7 +74,7 @@ def test_every_optimizer_trains_the_tiny_config_through_the_loop(tmp_path, name)
         assert losses[0] == pytest.approx(2.2353169918060303, abs=1e-6)
 
 
-@pytest.mark.parametrize("name", ["adahessian", "ivon"])
+@pytest.mark.parametrize("name", _cases(["adahessian", "ivon"]))
 def test_an_optimizer_that_takes_real_steps_lowers_the_training_loss(tmp_path, name):
     """A longer tiny run (its default lr): the training loss at the end is below the one at the start."""
     record = RunRecord.load(run(_tiny(tmp_path, optimizer=name, epochs=6, lr_milestones=(6,))).run_dir)
@@ -73,7 +82,7 @@ def test_an_optimizer_that_takes_real_steps_lowers_the_training_loss(tmp_path, n
     assert float(record.epochs["train_loss"].iloc[-1]) < first
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", _cases(ALL))
 def test_same_seed_same_numbers(tmp_path, name):
     a = RunRecord.load(run(_tiny(tmp_path, "a", optimizer=name)).run_dir)
     b = RunRecord.load(run(_tiny(tmp_path, "b", optimizer=name)).run_dir)
@@ -191,7 +200,7 @@ def test_baselines_match_a_hand_written_torch_loop(tmp_path, name):
 def test_each_optimizer_is_built_with_its_defaults_and_the_configs_lr_and_weight_decay():
     model = torch.nn.Linear(3, 2)
     expected = {"arturo": Arturo, "adahessian": AdaHessian, "sophia-h": SophiaH, "sophia-g": SophiaG}
-    for name in ALL:
+    for name in ALL if HAS_IVON else [n for n in ALL if n != "ivon"]:
         default = RunConfig(optimizer=name).resolved()
         given = RunConfig(optimizer=name, lr=0.025, weight_decay=0.0125).resolved()
         for config in (default, given):
@@ -209,6 +218,8 @@ def test_each_optimizer_is_built_with_its_defaults_and_the_configs_lr_and_weight
         assert group["weight_decay"] == DEFAULTS[name]["weight_decay"]["value"]
     sophia = build_optimizer(RunConfig(optimizer="sophia-h").resolved(), model)
     assert sophia.hessian_interval == 10 and sophia.param_groups[0]["gamma"] == 0.01
+    if not HAS_IVON:
+        return
     ivon = build_optimizer(RunConfig(optimizer="ivon").resolved(), model, num_train=96)
     group = ivon.param_groups[0]
     assert type(ivon).__name__ == "IVON" and group["ess"] == 96.0 and group["lr"] == 0.1
@@ -217,7 +228,7 @@ def test_each_optimizer_is_built_with_its_defaults_and_the_configs_lr_and_weight
         build_optimizer(RunConfig(optimizer="ivon").resolved(), model)
 
 
-@pytest.mark.parametrize("name", WITH_ESTIMATE)
+@pytest.mark.parametrize("name", _cases(WITH_ESTIMATE))
 def test_optimizers_with_an_estimate_take_snapshots_and_expose_it(tmp_path, name):
     prepared = prepare(_tiny(tmp_path, optimizer=name, reference="exact", instruments=()))
     assert prepared.snapshots == 3 and prepared.monitor.reference == "exact"
@@ -296,8 +307,6 @@ def _documented_loop(name: str, config: RunConfig) -> list[float]:
     """Each new optimizer trained by the loop its own docs show (straight-line, no registry): IVON's
     README loop, AdaHessian's ``loss.backward(create_graph=True)``, Sophia-H's graph only on
     ``hessian_due`` steps, Sophia-G's ``step(hessian_closure=gnb_closure(...))``."""
-    import ivon
-
     from arturo_diag.estimators import gnb_closure
 
     seed_everything(0)
@@ -306,6 +315,8 @@ def _documented_loop(name: str, config: RunConfig) -> list[float]:
     probes = optimizers._probe_generator(config)  # the run's stream of probes (its seed, its offset)
     params = list(model.parameters())
     if name == "ivon":
+        import ivon
+
         opt = ivon.IVON(params, lr=0.1, ess=96.0, weight_decay=1e-4)
     elif name == "adahessian":
         opt = AdaHessian(params, generator=probes)
@@ -342,8 +353,15 @@ def _documented_loop(name: str, config: RunConfig) -> list[float]:
     return losses
 
 
-@pytest.mark.parametrize("name", ["ivon", "adahessian", "sophia-h", "sophia-g"])
+@pytest.mark.parametrize("name", _cases(["ivon", "adahessian", "sophia-h", "sophia-g"]))
 def test_new_optimizers_train_as_their_documented_loops(tmp_path, name):
     config = _tiny(tmp_path, optimizer=name).resolved()
     record = RunRecord.load(run(config).run_dir)
     assert record.steps["loss"].tolist() == _documented_loop(name, config)
+
+
+def test_ivon_without_its_package_is_a_config_error_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ivon", None)  # import ivon now raises ImportError
+    with pytest.raises(ConfigError, match=r"optimizer: got 'ivon'; allowed: .*pip install 'arturo-diag\[ivon\]'"):
+        prepare(_tiny(tmp_path, optimizer="ivon"))
+    assert not (tmp_path / "run").exists()
