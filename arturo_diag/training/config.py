@@ -90,7 +90,7 @@ class RunConfig:
     # The default protocol (shared by `compare` and the default study, experiments/studies/default.toml):
     # the paper's Fashion-MNIST protocol scaled by 1/10, 12 epochs with the drops at 6 and 9 (its 60, 90).
     lr_milestones: tuple[int, ...] = (6, 9)  # epochs at which the KL bound (lr) is multiplied by gamma
-    lr_gamma: float | None = None  # None: the preset's (0.006)
+    lr_gamma: float | None = None  # None: the preset's (0.006) for arturo, 0.1 for the others (training/optimizers.py)
     # [diagnostics]
     every: int = 10  # snapshots cost ~15 ms each on the default: 27 snapshots, diagnostics about half the time
     reference: str = "exact"
