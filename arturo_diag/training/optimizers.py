@@ -37,7 +37,6 @@ __all__ = [
     "ARTURO_KEYS",
     "LossFn",
     "TrainStep",
-    "optimizer_spec",
     "optimizer_fields",
     "standard_step",
 ]
@@ -315,6 +314,8 @@ _BEFORE = "this project's default before the optimizer registry (kept: same numb
 _TORCH = "torch.optim default"
 _IVON_README = "ivon-opt 0.1.3 README's usage example (IVON(model.parameters(), lr=0.1, ess=len(train_dataset)))"
 
+_K_H, _K_G = (DEFAULTS[name]["hessian_interval"]["value"] for name in ("sophia-h", "sophia-g"))
+
 _SPECS = (
     OptimizerSpec(
         "arturo",
@@ -390,7 +391,7 @@ _SPECS = (
     ),
     OptimizerSpec(
         "sophia-h",
-        "Sophia-H, a Hutchinson probe every 10 steps, with snapshots of its EMA h",
+        f"Sophia-H, a Hutchinson probe every {_K_H} steps, with snapshots of its EMA h",
         _build_sophia_h,
         sophia_h_step,
         True,
@@ -398,7 +399,7 @@ _SPECS = (
     ),
     OptimizerSpec(
         "sophia-g",
-        "Sophia-G, a Gauss-Newton-Bartlett sample every 10 steps, with snapshots of its EMA h",
+        f"Sophia-G, a Gauss-Newton-Bartlett sample every {_K_G} steps, with snapshots of its EMA h",
         _build_sophia_g,
         sophia_g_step,
         True,
@@ -411,13 +412,6 @@ _REGISTRY: dict[str, OptimizerSpec] = {spec.name: spec for spec in _SPECS}
 #: new optimizer is one more entry of ``_SPECS`` (a test adds one to ``_REGISTRY`` to check that the
 #: config, the loop and ``--optimizer`` need nothing else).
 OPTIMIZERS: Mapping[str, OptimizerSpec] = MappingProxyType(_REGISTRY)
-
-
-def optimizer_spec(name: str) -> OptimizerSpec:
-    """The spec of ``name``; an unknown name is a ConfigError listing the registered ones."""
-    if name not in OPTIMIZERS:
-        raise ConfigError("optimizer", name, "one of " + ", ".join(OPTIMIZERS))
-    return OPTIMIZERS[name]
 
 
 def optimizer_fields() -> dict[str, tuple[str, ...]]:
