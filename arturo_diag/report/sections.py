@@ -241,7 +241,7 @@ def _other_settings(record: RunRecord, metrics: Mapping[str, Any]) -> list[Block
     """Another optimizer's settings as record.json holds them (its param group 0)."""
     recorded = record.manifest.get("optimizer") or {}
     rows = tuple(
-        (str(key), _value_words(value), "record.json optimizer")
+        (str(key), f"{value:.6g}" if isinstance(value, float) else _value_words(value), "record.json optimizer")
         for key, value in (recorded.items() if isinstance(recorded, Mapping) else ())
     )
     return [

@@ -22,6 +22,7 @@ from torch.optim import Optimizer
 
 from arturo_diag.diagnostics.monitor import Monitor
 from arturo_diag.diagnostics.record import RunRecord
+from arturo_diag.errors import RecordError
 from arturo_diag.estimators import AdaHessian, CurvatureEstimate, register_adapter, unregister_adapter
 from arturo_diag.quantities.analysis import analyze_record
 from arturo_diag.report.render import render_report
@@ -300,3 +301,13 @@ def test_an_optimizer_without_an_adapter_stores_no_estimate_and_the_report_says_
     assert metrics["run"]["estimator"] is None and metrics["agreement"]["final"] is None
     text = render_report(out).markdown.read_text(encoding="utf-8")
     assert "No curvature adapter reads" in text or "no curvature adapter reads" in text
+
+
+def test_record_json_estimator_is_checked(tmp_path):
+    record, _, out = _train(tmp_path, lambda m: torch.optim.Adam(m.parameters(), lr=1e-2))
+    path = out / "record.json"
+    manifest = json.loads(path.read_text())
+    manifest["estimator"] = {**manifest["estimator"], "target": "the hessian"}
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(RecordError, match="estimator"):
+        RunRecord.load(out)

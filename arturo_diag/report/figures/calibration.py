@@ -60,6 +60,10 @@ def plot_calibration(record: RunRecord, metrics: dict[str, Any], fig: Figure) ->
     _panel_sharpness(axes["sharpness"], steps, entries)
     final = entries[-1]
     _panel_histogram(axes["hist"], record, final)
+    if "variance" in final:  # another optimizer's claimed variance V (curvature_var), not P_aa
+        for ax in axes.values():
+            ax.set_ylabel(ax.get_ylabel().replace("P_aa", "V"))
+            ax.set_xlabel(ax.get_xlabel().replace("P_aa", "V"))
     label = get(final, "overall", "interpretation") or "undefined"
     claim = "the filter's claimed Var(a) = P_aa" if "variance" not in final else "the optimizer's claimed Var(a) = V"
     fig.suptitle(
