@@ -46,7 +46,7 @@ from arturo_diag.curvature.instruments import INSTRUMENTS, applicable, run_instr
 from arturo_diag.curvature.references import REFERENCE_ESTIMATORS, ReferenceRequest, dropout_off, estimators_of
 from arturo_diag.curvature.references import REFERENCE_METHODS as REFERENCES
 from arturo_diag.diagnostics.monitor_checks import first_non_finite
-from arturo_diag.diagnostics.monitor_estimate import adapter_or_none, estimate_fields, estimator_info
+from arturo_diag.diagnostics.monitor_estimate import adapter_or_none, add_estimate, estimator_info
 from arturo_diag.diagnostics.monitor_facts import (
     check_arguments,
     divergence_info,
@@ -353,12 +353,8 @@ class Monitor:
             for key in _STATE_FIELDS if own else ():
                 if key in state[p]:
                     arrays[name][key] = state[p][key]
-        if not own:  # the optimizer's curvature estimate (and claimed variance) from its adapter
-            fields, estimate = estimate_fields(self.adapter, self.optimizer, self.named)
-            for name, values in fields.items():
-                arrays[name].update(values)
-            if estimator_info(estimate) != self.estimator:  # e.g. Adam's scale notes coupled weight decay
-                self.estimator = self._extra_manifest["estimator"] = estimator_info(estimate)
+        if not own and (info := add_estimate(arrays, self.adapter, self.optimizer, self.named)) != self.estimator:
+            self.estimator = self._extra_manifest["estimator"] = info  # e.g. Adam's scale: coupled weight decay
         last = getattr(self.optimizer, "last_step", None) or {}
         scalars = {
             "kl_bound": last.get("kl_bound", float(self.optimizer.param_groups[0]["lr"])),

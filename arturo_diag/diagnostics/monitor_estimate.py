@@ -23,7 +23,7 @@ from torch import Tensor
 
 from arturo_diag.estimators import CurvatureAdapter, CurvatureEstimate, EstimatorError, adapter_for
 
-__all__ = ["ESTIMATE_FIELDS", "adapter_or_none", "estimate_fields", "estimator_info"]
+__all__ = ["ESTIMATE_FIELDS", "adapter_or_none", "add_estimate", "estimate_fields", "estimator_info"]
 
 #: The snapshot fields of a non-arTuRO optimizer's estimate: the estimate and its claimed variance.
 ESTIMATE_FIELDS = ("curvature", "curvature_var")
@@ -64,3 +64,17 @@ def estimate_fields(
         if variance is not None:
             fields[name]["curvature_var"] = variance.detach()
     return fields, estimate
+
+
+def add_estimate(
+    arrays: dict[str, dict[str, Tensor]],
+    adapter: CurvatureAdapter,
+    optimizer: torch.optim.Optimizer,
+    named: Sequence[tuple[str, Tensor]],
+) -> dict[str, Any] | None:
+    """Add :func:`estimate_fields` to a snapshot's ``arrays`` (name -> field -> tensor); the estimate's
+    :func:`estimator_info` (its scale may say more once the optimizer has state)."""
+    fields, estimate = estimate_fields(adapter, optimizer, named)
+    for name, values in fields.items():
+        arrays[name].update(values)
+    return estimator_info(estimate)
