@@ -46,7 +46,7 @@ import numpy as np
 from arturo_diag.curvature.innovation import CHI2_1_MEDIAN
 from arturo_diag.curvature.noise import COCKPIT_GSNR_EPSILON
 from arturo_diag.quantities._blocks import _not_computed
-from arturo_diag.quantities._estimator import is_arturo, not_arturo_reason
+from arturo_diag.quantities._estimator import is_arturo, not_arturo_reason, optimizer_name
 from arturo_diag.quantities._words import _get, _is_number, _num
 from arturo_diag.quantities.base import Context, Findings, Quantity, SnapshotView, series
 from arturo_diag.quantities.verdicts import Verdict, bootstrap_ci, fixed_subset, interval_words, not_applicable
@@ -330,6 +330,10 @@ def noise_section(metrics: Mapping[str, Any]) -> list[Block]:
             "The variance of the minibatch gradient per coordinate (per-sample variance / B, from per-sample "
             "gradients of the snapshot's batch) beside the filter's measurement noise r, its assumed noise of "
             "one minibatch gradient, and Cockpit's mean gradient signal-to-noise ratio (GSNR)."
+            if is_arturo(metrics)
+            else "The variance of the minibatch gradient per coordinate (per-sample variance / B, from per-sample "
+            "gradients of the snapshot's batch) and Cockpit's mean gradient signal-to-noise ratio (GSNR); r, the "
+            f"measurement noise of arTuRO's filter, does not exist for {optimizer_name(metrics)}."
         )
     )
     caption = (
