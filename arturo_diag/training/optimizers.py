@@ -38,7 +38,9 @@ __all__ = [
     "LossFn",
     "TrainStep",
     "optimizer_fields",
+    "register_optimizer",
     "standard_step",
+    "unregister_optimizer",
 ]
 
 #: ``loss_fn(logits, targets)``, a mean loss (cross-entropy in the loop).
@@ -409,9 +411,28 @@ _SPECS = (
 
 _REGISTRY: dict[str, OptimizerSpec] = {spec.name: spec for spec in _SPECS}
 #: name -> spec, in the order ``--help`` lists them (the first is the default). A read-only view: a
-#: new optimizer is one more entry of ``_SPECS`` (a test adds one to ``_REGISTRY`` to check that the
-#: config, the loop and ``--optimizer`` need nothing else).
+#: new optimizer is one more entry of ``_SPECS``, or, from one's own code, :func:`register_optimizer`.
 OPTIMIZERS: Mapping[str, OptimizerSpec] = MappingProxyType(_REGISTRY)
+
+
+def register_optimizer(spec: OptimizerSpec) -> OptimizerSpec:
+    """Add one's own optimizer to the registry: ``RunConfig(optimizer=spec.name)`` and
+    :func:`arturo_diag.training.loop.run` then train with it (snapshots when ``has_estimate``; the
+    Monitor reads the estimate through a :func:`arturo_diag.estimators.register_adapter` adapter).
+    Register before ``cli`` is imported for it to appear in ``--optimizer``. Refuses a name taken."""
+    if not isinstance(spec, OptimizerSpec):
+        raise TypeError(f"register_optimizer: got {type(spec).__name__}; allowed: an OptimizerSpec")
+    if spec.name in _REGISTRY:
+        raise ValueError(f"register_optimizer: {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def unregister_optimizer(name: str) -> None:
+    """Remove an optimizer :func:`register_optimizer` added (the built-in ones stay)."""
+    if name in {spec.name for spec in _SPECS}:
+        raise ValueError(f"unregister_optimizer: {name!r} is built in")
+    _REGISTRY.pop(name, None)
 
 
 def optimizer_fields() -> dict[str, tuple[str, ...]]:
