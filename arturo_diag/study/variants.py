@@ -28,6 +28,8 @@ __all__ = [
     "VARIANT_KINDS",
     "ARTURO_VARIANTS",
     "BASELINE_OPTIMIZERS",
+    "ESTIMATOR_OPTIMIZERS",
+    "FAMILIES",
     "experiments_dirs",
 ]
 
@@ -53,7 +55,10 @@ class VariantKind:
     when an optional argument is left out) that returns it. ``description`` is the phrase of the
     findings, a template: ``{value}`` is the variant's value, ``{period}`` "every step" / "every K
     steps" with K the value or the setup's ``oracle_every``. A ``"baseline"`` kind trains
-    ``changes["optimizer"]`` with the hyperparameters ``baseline_fields`` of the baseline table.
+    ``changes["optimizer"]`` with the hyperparameters ``baseline_fields`` of the baseline table; an
+    ``"estimator"`` kind trains another optimizer that keeps a curvature estimate (IVON, AdaHessian,
+    Sophia-H/G) with its paper's or package's defaults (:data:`arturo_diag.estimators.defaults.DEFAULTS`),
+    its optional ``:LR`` replacing the learning rate.
     """
 
     name: str  # as written in a study: "fixed-eta"
@@ -62,7 +67,7 @@ class VariantKind:
         default_factory=lambda: MappingProxyType({})
     )
     description: str = ""  # the findings' phrase (default: the help line)
-    family: str = "arturo"  # "arturo" or "baseline"
+    family: str = "arturo"  # one of FAMILIES: "arturo", "baseline", "estimator"
     argument: Argument | None = None  # the ":VALUE" it takes, if any
     baseline_fields: tuple[str, ...] = ()  # fields a baseline table may set for it
 
@@ -90,6 +95,14 @@ def _whole_at_least_1(text: str) -> int | None:
     return value if value >= 1 else None
 
 
+def _positive(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
 def _oracle(method: str) -> Callable[[_Value], dict[str, Any]]:
     def changes(every: _Value) -> dict[str, Any]:
         return {"oracle": method} if every is None else {"oracle": method, "oracle_every": int(every)}
@@ -105,6 +118,7 @@ _ETA = Argument(
     missing="fixed-eta with a value, e.g. fixed-eta:1.0 (or a bare fixed-eta with [study] fixed_eta = [...])",
 )
 _EVERY = Argument("EVERY", _whole_at_least_1, "{kind}:EVERY with a whole number of steps EVERY >= 1")
+_LR = Argument("LR", _positive, "{kind}:LR with a finite learning rate LR > 0")
 _ORACLE_PHRASE = "replacing a by {how} minibatch diagonal Hessian {{period}}"
 _BASELINES = "(experiments/baselines.toml)"
 
@@ -184,9 +198,44 @@ VARIANT_SPECS: Mapping[str, VariantKind] = MappingProxyType(
                 family="baseline",
                 baseline_fields=("lr", "beta1", "beta2", "weight_decay", "lr_gamma"),
             ),
+            VariantKind(
+                "ivon",
+                "IVON (ivon-opt) and its Hessian estimate hess at the package's defaults (LR: its lr)",
+                changes={"optimizer": "ivon"},
+                description="IVON",
+                family="estimator",
+                argument=_LR,
+            ),
+            VariantKind(
+                "adahessian",
+                "AdaHessian and its Hutchinson estimate at the original code's defaults (LR: its lr)",
+                changes={"optimizer": "adahessian"},
+                description="AdaHessian",
+                family="estimator",
+                argument=_LR,
+            ),
+            VariantKind(
+                "sophia-h",
+                "Sophia-H and its Hutchinson EMA at the paper's defaults (LR: its lr)",
+                changes={"optimizer": "sophia-h"},
+                description="Sophia-H",
+                family="estimator",
+                argument=_LR,
+            ),
+            VariantKind(
+                "sophia-g",
+                "Sophia-G and its Gauss-Newton-Bartlett EMA at the paper's defaults (LR: its lr)",
+                changes={"optimizer": "sophia-g"},
+                description="Sophia-G",
+                family="estimator",
+                argument=_LR,
+            ),
         )
     }
 )
+
+#: The variant families: arTuRO's own switches, the tuned baselines, other optimizers with a curvature estimate.
+FAMILIES = ("arturo", "baseline", "estimator")
 
 
 def _kinds(family: str) -> tuple[str, ...]:
@@ -194,10 +243,12 @@ def _kinds(family: str) -> tuple[str, ...]:
     return tuple(kind for kind, spec in VARIANT_SPECS.items() if spec.family == family)
 
 
-#: Kinds that change arTuRO, and the baselines (in the order a study lists them by default), as declared at import.
+#: Kinds that change arTuRO, the baselines, and the other optimizers with a curvature estimate (in the
+#: order a study lists them by default), as declared at import.
 ARTURO_VARIANTS = _kinds("arturo")
 BASELINE_OPTIMIZERS = _kinds("baseline")
-VARIANT_KINDS = ARTURO_VARIANTS + BASELINE_OPTIMIZERS
+ESTIMATOR_OPTIMIZERS = _kinds("estimator")
+VARIANT_KINDS = ARTURO_VARIANTS + BASELINE_OPTIMIZERS + ESTIMATOR_OPTIMIZERS
 
 
 def _allowed_names() -> str:
@@ -232,8 +283,25 @@ class Variant:
 
     @property
     def family(self) -> str:
-        """``"arturo"`` for arTuRO variants, ``"baseline"`` for SGD/Adam/AdamW."""
+        """``"arturo"`` for arTuRO variants, ``"baseline"`` for SGD/Adam/AdamW, ``"estimator"`` for the
+        other optimizers with a curvature estimate (IVON, AdaHessian, Sophia-H/G)."""
         return self.spec.family
+
+    @property
+    def optimizer(self) -> str:
+        """The optimizer its runs train with (``RunConfig.optimizer``): arTuRO unless it changes that."""
+        spec = self.spec
+        changes = spec.changes(self.value) if callable(spec.changes) else spec.changes
+        return str(changes.get("optimizer", "arturo"))
+
+    @property
+    def has_estimate(self) -> bool:
+        """Its runs keep a curvature estimate that the snapshots store (every optimizer of the registry
+        but SGD: :attr:`arturo_diag.training.optimizers.OptimizerSpec.has_estimate`)."""
+        from arturo_diag.training.optimizers import OPTIMIZERS
+
+        spec = OPTIMIZERS.get(self.optimizer)
+        return bool(spec is not None and spec.has_estimate)
 
     def changes(self, baselines: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
         """The RunConfig field changes of this variant (baselines: optimizer -> hyperparameters)."""
@@ -243,6 +311,8 @@ class Variant:
             values = dict((baselines or {}).get(self.kind, {}))
             values.pop("source", None)
             changes.update(values)
+        if spec.family == "estimator" and self.value is not None:
+            changes["lr"] = float(self.value)
         return changes
 
     def describe(self, every: int | None = None) -> str:
@@ -251,7 +321,10 @@ class Variant:
         k = self.value if self.value is not None else every
         period = "every step" if k in (None, 1) else f"every {k} steps"
         value = "" if self.value is None else _format_value(self.value)
-        return (spec.description or spec.help).format(value=value, period=period)
+        phrase = (spec.description or spec.help).format(value=value, period=period)
+        if spec.family == "estimator":
+            phrase += " at its defaults" if self.value is None else f" at lr {value} (its other settings its defaults)"
+        return phrase
 
 
 def _format_value(value: float | int | None) -> str:

@@ -70,8 +70,12 @@ def test_a_registered_variant_parses_and_yields_its_runconfig_changes(toy_regist
     for name, allowed in (
         ("toy-drift:2", "toy-drift:Q with a number 0 <= Q <= 1"),
         ("toy-drift", "toy-drift:Q with a value"),
-        ("bogus", "guarded, sgd, adam, adamw, toy-drift:Q"),
-        ("faithful:1", "only fixed-eta, oracle-exact, oracle-hutchinson and toy-drift take one)"),
+        ("bogus", "guarded, sgd, adam, adamw, ivon[:LR], adahessian[:LR], sophia-h[:LR], sophia-g[:LR], toy-drift:Q"),
+        (
+            "faithful:1",
+            "only fixed-eta, oracle-exact, oracle-hutchinson, ivon, adahessian, sophia-h, sophia-g and toy-drift "
+            "take one)",
+        ),
     ):
         with pytest.raises(ConfigError) as error:
             parse_variant(name)
@@ -93,7 +97,8 @@ def test_a_registered_variant_is_in_ablate_help_and_its_command_line(monkeypatch
             text = _ablate_help()
             bad = CliRunner().invoke(importlib.import_module("cli.app").app, ["ablate", "--variants", "toy-drift:7"])
         assert (
-            "adamw: AdamW (experiments/baselines.toml); toy-drift:Q: the filter's drift q set to Q, with the positivity guard."
+            "sophia-g[:LR]: Sophia-G and its Gauss-Newton-Bartlett EMA at the paper's defaults (LR: its lr); "
+            "toy-drift:Q: the filter's drift q set to Q, with the positivity guard."
             in text
         )
         assert bad.exit_code == 2 and "variants: got 'toy-drift:7'; allowed: toy-drift:Q with a number" in bad.output
