@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from arturo_diag.study.executors import EXECUTORS
 from arturo_diag.study.variants import VARIANT_SPECS
 
 from .common import choices_help, fail, user_errors
@@ -43,6 +44,28 @@ def ablate(
         Path | None, _O(help="Study directory (default runs/ablate/STUDY_NAME). Re-running resumes it.")
     ] = None,
     fresh: Annotated[bool, _O("--fresh", help="Redo every run, even finished ones.")] = False,
+    executor: Annotated[
+        str, _O(help=choices_help(EXECUTORS, default="local", lead="Where the runs execute: "))
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        _O(
+            help="With --executor ray: auto, or HOST:PORT of a running cluster (ray start --head); "
+            "default: start a local instance with --workers CPUs. The study directory must be on a path every node sees."
+        ),
+    ] = None,
+    cpus_per_run: Annotated[
+        float | None,
+        _O(help="With --executor ray: CPUs each run reserves (a fraction up to 1 or a whole number; default 1)."),
+    ] = None,
+    gpus_per_run: Annotated[
+        float | None,
+        _O(help="With --executor ray: GPUs each run reserves (fractional: runs share a GPU; default 0)."),
+    ] = None,
+    retries: Annotated[
+        int | None,
+        _O(help="With --executor ray: restarts of a run whose worker died, before it counts as failed (default 1)."),
+    ] = None,
 ) -> None:
     """Run an ablation study (which part of arTuRO matters?) and write study.md / study.html / study.json.
 
@@ -65,9 +88,10 @@ def ablate(
             max_steps=max_steps,
             data_dir=data_dir,
         )
+        runner = _executor(executor, workers, ray_address, cpus_per_run, gpus_per_run, retries)
         study_dir = out if out is not None else Path("runs") / "ablate" / study.name
         try:
-            result = _run_with_progress(study, study_dir, workers, fresh, console)
+            result = _run_with_progress(study, study_dir, runner, fresh, console)
         except KeyboardInterrupt:
             raise fail("interrupted: finished runs are kept; run the same command again to resume", 130) from None
     _summarize(result)
@@ -79,7 +103,34 @@ def ablate(
         )
 
 
-def _run_with_progress(study, study_dir: Path, workers: int | None, fresh: bool, console: Console):
+def _executor(name: str, workers, address, cpus_per_run, gpus_per_run, retries):
+    """The executor the options ask for; Ray's options without --executor ray are refused."""
+    from arturo_diag.errors import ConfigError
+    from arturo_diag.study.executors import LocalExecutor, RayExecutor, default_workers
+
+    if name not in EXECUTORS:
+        raise ConfigError("executor", name, ", ".join(EXECUTORS))
+    ray_options = {
+        "ray_address": address,
+        "cpus_per_run": cpus_per_run,
+        "gpus_per_run": gpus_per_run,
+        "retries": retries,
+    }
+    if name == "local":
+        for field, value in ray_options.items():
+            if value is not None:
+                raise ConfigError(field, value, "only with --executor ray")
+        return LocalExecutor(default_workers() if workers is None else workers)
+    return RayExecutor(
+        address,
+        workers=workers,
+        cpus_per_run=1.0 if cpus_per_run is None else cpus_per_run,
+        gpus_per_run=0.0 if gpus_per_run is None else gpus_per_run,
+        retries=1 if retries is None else retries,
+    )
+
+
+def _run_with_progress(study, study_dir: Path, executor, fresh: bool, console: Console):
     from arturo_diag.study import run_study
 
     columns = (
@@ -106,7 +157,13 @@ def _run_with_progress(study, study_dir: Path, workers: int | None, fresh: bool,
                     task,
                     total=info["total"],
                     completed=info["finished"],
-                    status=f"{info['finished']} already done, {info['pending']} to run on {info['workers']} worker(s)",
+                    status=f"{info['finished']} already done, {info['pending']} to run on {info['where']}",
+                )
+            elif event == "executor":
+                bar.update(
+                    task,
+                    status=f"Ray up in {info['seconds']:.1f} s: {info['cpus']:g} CPUs, {info['gpus']:g} GPUs "
+                    f"on {info['nodes']} node(s)",
                 )
             elif event == "run":
                 failed += info["status"] == "failed"
@@ -117,7 +174,7 @@ def _run_with_progress(study, study_dir: Path, workers: int | None, fresh: bool,
             elif event == "done":
                 bar.update(task, status="done")
 
-        return run_study(study, study_dir, workers=workers, fresh=fresh, progress=progress)
+        return run_study(study, study_dir, executor=executor, fresh=fresh, progress=progress)
     finally:
         if bar.live.is_started:
             bar.stop()

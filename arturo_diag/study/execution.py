@@ -6,8 +6,9 @@
 2. checks each setup once in this process (data can be read, the model fits it), so bad input
    fails fast with a :class:`ConfigError`/:class:`DataError` before any run starts;
 3. skips every run whose record is complete *and* was made with the config the study asks for now
-   (``run_status``), and runs the others in ``workers`` spawned processes with one torch thread
-   each; a run that was killed, failed or made with another config is redone from scratch;
+   (``run_status``), and runs the others with its executor (:mod:`arturo_diag.study.executors`):
+   by default ``workers`` spawned processes with one torch thread each, or one Ray task per run;
+   a run that was killed, failed or made with another config is redone from scratch;
 4. a run that raises is recorded as failed (``STUDY_DIR/<run>/study_failure.json``, with the
    error) and the study goes on; a later ``run_study`` redoes it;
 5. renders the aggregate report (:func:`arturo_diag.study.report.render_study`).
@@ -18,31 +19,31 @@ computed in the worker, so the aggregate report only reads files.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import contextlib
-import multiprocessing
 import os
 import signal
-import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from arturo_diag.diagnostics.io import (
-    STOPPING_ERRNOS,
-    WriteError,
-    atomic_write_json,
-    atomic_write_text,
-    make_directory,
-    remove_file,
-)
+from arturo_diag.diagnostics.io import atomic_write_text, make_directory
 from arturo_diag.diagnostics.lock import DirectoryLock
-from arturo_diag.errors import ConfigError, Diverged, RecordError
+from arturo_diag.errors import ConfigError, RecordError
 from arturo_diag.study.config import RunSpec, StudyConfig, expand_grid, study_to_toml
+from arturo_diag.study.executors import (  # the worker-side names stay importable from here
+    Executor,
+    LocalExecutor,
+    RayExecutor,
+    _init_worker,  # noqa: F401
+    _run_in_pool,  # noqa: F401
+    _stop_pool,  # noqa: F401
+    _stops_study,  # noqa: F401
+    default_workers,
+)
+from arturo_diag.study.executors import execute_run as _execute  # noqa: F401
 from arturo_diag.study.status import FAILURE_FILE, STUDY_FILE, run_status
 
 __all__ = [
@@ -53,10 +54,14 @@ __all__ = [
     "StudyProgress",
     "FAILURE_FILE",
     "default_workers",
+    "Executor",
+    "LocalExecutor",
+    "RayExecutor",
 ]
 
 
-#: ``progress(event, info)``: "plan" {total, finished, pending, workers}, "run" {setup, variant, seed,
+#: ``progress(event, info)``: "plan" {total, finished, pending, workers, executor, where}, "executor"
+#: {executor, seconds (start-up), cpus, gpus, nodes} (Ray, once connected), "run" {setup, variant, seed,
 #: status ("complete" | "diverged" | "failed"), seconds, error, done, total}, "render" {}, "done" {seconds}.
 StudyProgress = Callable[[str, dict[str, Any]], None]
 
@@ -91,92 +96,6 @@ class StudyRunResult:
     @property
     def skipped(self) -> list[RunOutcome]:
         return [o for o in self.outcomes if o.status == "skipped"]
-
-
-def default_workers() -> int:
-    """min(2, number of CPUs available to this process)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(2, cpus))
-
-
-# ------------------------------------------------------------------------------------------ workers
-# A worker whose study process died (killed, crashed) must stop at once, not write on as an orphan:
-# a worker that finishes its run takes the next one already queued in the pool's pipe, so polling
-# the parent every 0.5 s alone let orphans start new runs. On Linux the kernel kills a worker
-# when its parent dies (prctl PR_SET_PDEATHSIG; workers are spawned by the thread that calls
-# run_study, which outlives the pool); the polling watchdog stays for other platforms.
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> bool:
-    """Ask the kernel to SIGKILL this process when its parent exits (Linux); whether it could."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def _watch_parent(parent: int) -> None:
-    while True:
-        if os.getppid() != parent:
-            os._exit(3)
-        time.sleep(0.1)
-
-
-def _init_worker(parent: int) -> None:
-    _die_with_parent()
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os._exit(3)
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-    import torch
-
-    torch.set_num_threads(1)
-
-
-def _execute(spec: RunSpec) -> tuple[str, float, str]:
-    """Run one cell (in a worker or in process); returns (status, seconds, error). Never raises
-    for a failing run: the error is recorded in the run directory and returned."""
-    from arturo_diag.quantities.analysis import analyze_record, write_metrics
-    from arturo_diag.training.loop import run
-
-    run_dir = Path(spec.config.out)
-    start = time.perf_counter()
-    try:
-        # the record, its metrics.json or the failure note: one writer from the first to the last
-        with DirectoryLock(run_dir, allow_nested=True):
-            remove_file(run_dir / FAILURE_FILE)
-            try:
-                run(spec.config, overwrite=True)
-                write_metrics(run_dir, analyze_record(run_dir))
-            except Diverged as error:  # a result, not a failure to retry: its record says where
-                write_metrics(run_dir, analyze_record(run_dir))
-                return "diverged", time.perf_counter() - start, str(error)
-            except Exception as error:  # one failing run must not lose the others
-                if _stops_study(error):
-                    return "stopped", time.perf_counter() - start, str(error)
-                message = f"{type(error).__name__}: {error}"
-                atomic_write_json(
-                    run_dir / FAILURE_FILE, {"error": message, "traceback": traceback.format_exc(limit=8)}
-                )
-                return "failed", time.perf_counter() - start, message
-    except RecordError as error:  # the run directory is taken (another process) or cannot be written
-        if _stops_study(error):
-            return "stopped", time.perf_counter() - start, str(error)
-        return "failed", time.perf_counter() - start, f"{type(error).__name__}: {error}"
-    return "complete", time.perf_counter() - start, ""
-
-
-def _stops_study(error: BaseException) -> bool:
-    """A full disk, a read-only file system, no permission: no other run could be written either."""
-    return isinstance(error, (WriteError, OSError)) and getattr(error, "errno", None) in STOPPING_ERRNOS
 
 
 def _preflight(study: StudyConfig) -> None:
@@ -223,6 +142,7 @@ def run_study(
     progress: StudyProgress | None = None,
     render: bool = True,
     check_inputs: bool = True,
+    executor: Executor | None = None,
 ) -> StudyRunResult:
     """Run every unfinished run of ``study`` into ``study_dir`` and render the aggregate report.
 
@@ -233,15 +153,16 @@ def run_study(
         progress: receives the events of :data:`StudyProgress`.
         render: render ``study.md``/``study.html``/``study.json``/CSVs at the end.
         check_inputs: read each setup's data and build its model once first (bad input fails fast).
+        executor: where the runs execute (:mod:`arturo_diag.study.executors`); default a
+            :class:`LocalExecutor` with ``workers``. A :class:`RayExecutor` writes the same records.
 
     Raises:
         ConfigError / DataError: bad study or data (before any run starts).
         RecordError: ``study_dir`` is a run record, not a study directory.
     """
     notify = progress or (lambda event, info: None)
-    workers = default_workers() if workers is None else workers
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ConfigError("workers", workers, "a whole number >= 1 (0: in this process)")
+    if executor is None:
+        executor = LocalExecutor(default_workers() if workers is None else workers)
     study_dir = Path(study_dir)
     if study_dir.exists() and not study_dir.is_dir():
         raise ConfigError("out", str(study_dir), "a directory (this is a file)")
@@ -256,7 +177,7 @@ def run_study(
     try:
         _refuse_run_dir(study_dir)  # again, now that no one else can write it
         with _sigterm_as_interrupt():
-            return _run_locked(study, study_dir, specs, workers, fresh, notify, render)
+            return _run_locked(study, study_dir, specs, executor, fresh, notify, render)
     finally:
         lock.release()
 
@@ -284,24 +205,11 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _stop_pool(pool: cf.ProcessPoolExecutor) -> None:
-    """Cancel what has not started and terminate the workers: concurrent.futures has no public way
-    to stop running work, and a run already handed to a worker would otherwise still be run (and
-    marked complete) after the study stopped."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())  # shutdown() forgets them
-    pool.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
-        if process.is_alive():
-            process.terminate()
-    for process in processes:
-        process.join(5)
-
-
 def _run_locked(
     study: StudyConfig,
     study_dir: Path,
     specs: list[RunSpec],
-    workers: int,
+    executor: Executor,
     fresh: bool,
     notify: StudyProgress,
     render: bool,
@@ -312,7 +220,17 @@ def _run_locked(
 
     outcomes, pending = _plan(study, specs, fresh)
     total = len(specs)
-    notify("plan", {"total": total, "finished": total - len(pending), "pending": len(pending), "workers": workers})
+    notify(
+        "plan",
+        {
+            "total": total,
+            "finished": total - len(pending),
+            "pending": len(pending),
+            "workers": executor.workers,
+            "executor": executor.name,
+            "where": executor.where(),
+        },
+    )
     done = total - len(pending)
 
     def record(spec: RunSpec, status: str, seconds: float, error: str) -> None:
@@ -339,11 +257,7 @@ def _run_locked(
             },
         )
 
-    if pending and workers == 0:
-        for spec in pending:
-            record(spec, *_execute(spec))
-    elif pending:
-        _run_in_pool(pending, workers, record)
+    executor.run(study_dir, pending, record, notify)
 
     seconds = time.perf_counter() - started
     report = None
@@ -372,33 +286,3 @@ def _plan(
     vorder = {v.name: i for i, v in enumerate(study.variants)}
     pending.sort(key=lambda s: (order[s.setup], study.seeds.index(s.seed), vorder[s.variant.name]))
     return outcomes, pending
-
-
-def _run_in_pool(pending: list[RunSpec], workers: int, record: Callable[[RunSpec, str, float, str], None]) -> None:
-    """Run ``pending`` in spawned worker processes, ``record`` each result as it comes; on any
-    exception (``record`` raising, Ctrl-C, SIGTERM) the pool is stopped before it propagates."""
-    context = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(
-        max_workers=min(workers, len(pending)),
-        mp_context=context,
-        initializer=_init_worker,
-        initargs=(os.getpid(),),
-    ) as pool:
-        futures = {pool.submit(_execute, spec): spec for spec in pending}
-        try:
-            for future in cf.as_completed(futures):
-                spec = futures[future]
-                try:
-                    status, seconds, error = future.result()
-                except cf.process.BrokenProcessPool:
-                    status, seconds, error = (
-                        "failed",
-                        0.0,
-                        "the worker process died while running this or a concurrent run; run the study again to retry",
-                    )
-                    Path(spec.config.out).mkdir(parents=True, exist_ok=True)
-                    atomic_write_json(Path(spec.config.out) / FAILURE_FILE, {"error": error})
-                record(spec, status, seconds, error)
-        except BaseException:
-            _stop_pool(pool)
-            raise
