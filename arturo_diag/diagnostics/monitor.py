@@ -181,6 +181,7 @@ class Monitor:
             manifest={**facts, "estimator": self.estimator, **(extra_manifest or {})},
         )
         self._extra_manifest = dict(extra_manifest or {})
+        self.writer.write_initial_weights({name: p.detach() for name, p in self.named})  # the distance's origin
         self.steps = 0
         self._previous_eta = math.nan  # steps.csv's eta_prev (the regime classifier needs it)
         self._last_flush = time.perf_counter()

@@ -69,9 +69,12 @@ _INSTRUMENT_DIR = "instruments"
 _INSTRUMENT_KEY_RE = re.compile(r"^[a-z][a-z0-9_]*/[a-z][a-z0-9_]*$")
 # Files of a record and of its reports; removed when a directory is overwritten, so that nothing
 # of the previous run can be mistaken for the new one's.
+#: The weights when the Monitor started (step 0: initialisation), for the distance travelled.
+INITIAL_WEIGHTS = "initial_weights.npz"
 _RECORD_FILES = (
     _MANIFEST,
     _CONFIG,
+    INITIAL_WEIGHTS,
     "steps.csv",
     "epochs.csv",
     "snapshots.csv",

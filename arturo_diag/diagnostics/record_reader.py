@@ -35,6 +35,7 @@ from arturo_diag.diagnostics.record_format import (
     _SNAPSHOT_DIR,
     _SNAPSHOT_RE,
     _TABLES,
+    INITIAL_WEIGHTS,
     instrument_filename,
     layer_of,
     snapshot_filename,
@@ -206,6 +207,35 @@ class RunRecord:
             raise RecordError(f"{path}: unreadable snapshot ({type(error).__name__}: {error})") from None
         order = {name: i for i, name in enumerate(self.parameters)}
         return dict(sorted(result.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
+
+    def initial_weights(self) -> dict[str, np.ndarray] | None:
+        """The weights when the Monitor started (``initial_weights.npz``: step 0), parameter -> float64
+        array, or None for a record without them (older than issue 12, or written by hand).
+
+        Raises:
+            RecordError: naming the file and the problem (not an npz archive, a key that is no
+                parameter of the manifest, a shape other than its parameter's, not numbers).
+        """
+        path = self.run_dir / INITIAL_WEIGHTS
+        if not path.is_file():
+            return None
+        result: dict[str, np.ndarray] = {}
+        try:
+            with open(path, "rb") as handle:
+                if handle.read(4) not in _NPZ_MAGIC:
+                    raise RecordError(f"{path}: not an npz archive (a zip of .npy arrays)")
+            with np.load(path, allow_pickle=False) as archive:
+                for member in archive.zip.namelist():
+                    name = member[: -len(".npy")] if member.endswith(".npy") else member
+                    if name not in self.parameters:
+                        raise RecordError(f"{path}: key {name!r} names no parameter of {_MANIFEST}")
+                    header = _npz_header(archive.zip, member)
+                    if header is not None:
+                        self._check_array(path, f"{name}/weight", *header)
+                    result[name] = np.asarray(archive[name], dtype=np.float64)
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
+            raise RecordError(f"{path}: unreadable initial weights ({type(error).__name__}: {error})") from None
+        return result
 
     def instrument_arrays(self, step: int) -> dict[str, np.ndarray]:
         """The instruments' arrays of any shape at the snapshot at ``step`` (``INSTRUMENT/FIELD`` ->

@@ -40,6 +40,7 @@ from arturo_diag.diagnostics.record_format import (
     _SNAPSHOT_DIR,
     _SNAPSHOT_RE,
     _TABLES,
+    INITIAL_WEIGHTS,
     RECORD_FORMAT,
     RECORD_KINDS,
     instrument_filename,
@@ -246,6 +247,20 @@ class RecordWriter:
         if "epoch" not in row:
             raise ValueError("add_epoch: the row has no 'epoch'")
         self._epochs.append({key: _plain(value) for key, value in row.items()})
+
+    def write_initial_weights(self, weights: Mapping[str, Any]) -> None:
+        """Write the weights at the start (step 0) once, atomically: ``initial_weights.npz``, one
+        float64 array per parameter of the manifest, shaped like it (``distance from initialisation``)."""
+        self._check_open()
+        payload = {}
+        for name, value in weights.items():
+            if name not in self._parameters:
+                raise ValueError(f"write_initial_weights: unknown parameter {name!r}")
+            array = _as_float64(value)
+            if array.shape != tuple(self._parameters[name]["shape"]):
+                raise ValueError(f"write_initial_weights: {name} has shape {list(array.shape)}")
+            payload[name] = array
+        atomic_savez(self.run_dir / INITIAL_WEIGHTS, **payload)
 
     def add_snapshot(
         self,

@@ -10,10 +10,11 @@ Uses the pure functions of :mod:`arturo_diag.diagnostics.gauges` on what every s
   (:func:`~arturo_diag.diagnostics.gauges.precision_drift`, flagged above ``drift_ratio``, beside
   the collapse below ``collapse_fraction``), X = ``{n, n_nonpositive, ratio_median, ratio_q01,
   ratio_q99, ratio_max, share_drifted, share_collapsed, drifted, collapsed, ...}``;
-- ``distance``: ||theta - theta_first|| of the weights (field ``weight``) from the FIRST snapshot's
-  weights (:func:`~arturo_diag.diagnostics.gauges.distance_from_init`): the record holds no step-0
-  weights, so this is the distance from the first snapshot, not from initialisation; X = ``{n,
-  distance, relative, rms, max_abs}``; ``reference_step`` is that first snapshot's step;
+- ``distance``: ||theta - theta_0|| of the weights (field ``weight``) from the weights when the
+  Monitor started (``initial_weights.npz``: step 0, initialisation;
+  :func:`~arturo_diag.diagnostics.gauges.distance_from_init`), or, in a record without that file,
+  from the FIRST snapshot's weights (then not the distance from initialisation); X = ``{n,
+  distance, relative, rms, max_abs}``; ``reference_step`` is 0 or that first snapshot's step;
 - ``alpha``: Cockpit's alpha of the snapshot's step, from the ``alpha`` instrument's
   ``snapshots.csv`` columns (:mod:`arturo_diag.curvature.alpha`): ``{alpha, f0, f1, df0, df1}``, or
   None where the snapshot has none (the instrument not run, a snapshot taken by hand). -1: the step
@@ -64,8 +65,11 @@ WEIGHT_FIELD = "weight"  # the Monitor's snapshot field of the weights
 #: an entry's ``alpha`` keys -> the alpha instrument's snapshots.csv columns
 ALPHA_COLUMNS = {"alpha": "alpha", "f0": "alpha_f0", "f1": "alpha_f1", "df0": "alpha_df0", "df1": "alpha_df1"}
 DISTANCE_REFERENCE = (
-    "the first snapshot's weights: the record holds no step-0 weights, so this is the distance from the "
-    "first snapshot, not from initialisation"
+    "the weights when the Monitor started (initial_weights.npz, step 0): the distance from initialisation"
+)
+DISTANCE_FALLBACK = (
+    "the first snapshot's weights: the record holds no step-0 weights (initial_weights.npz, written since "
+    "issue 12), so this is the distance from the first snapshot, not from initialisation"
 )
 DRIFT_RULE = (
     "estimate: median over coordinates (pi > 0) of (1/pi) / var_init at the final snapshot; 95 % percentile "
@@ -86,14 +90,17 @@ def _ratios(precision: Mapping[str, np.ndarray], var_init: float) -> np.ndarray:
 
 
 class _Observer:
-    """Every snapshot: radius, drift and distance from the first snapshot's weights, each or its reason."""
+    """Every snapshot: radius, drift and distance from initialisation (or the first snapshot), each or its reason."""
 
     def __init__(self, context: Context) -> None:
         self.var_init = context.var_init
         self.fraction = context.options.collapse_fraction
         self.table = context.record.snapshots
-        self.first: dict[str, np.ndarray] | None = None
-        self.first_step: int | None = None
+        initial = context.record.initial_weights()
+        self.first: dict[str, np.ndarray] | None = (
+            {n: np.asarray(w, dtype=np.float64).reshape(-1) for n, w in initial.items()} if initial else None
+        )
+        self.first_step: int | None = 0 if initial else None
         self.final_ratios: np.ndarray | None = None
         self.entries: list[dict[str, Any]] = []
 
@@ -138,7 +145,7 @@ class _Observer:
             entry["reference_step"] = entry["step"]
         common = [n for n in self.first if n in now and now[n].size == self.first[n].size]
         if not common:
-            entry["skipped"]["distance"] = "no parameter's weights match the first snapshot's"
+            entry["skipped"]["distance"] = "no parameter's weights match the reference weights'"
             return
         result = distance_from_init({n: now[n] for n in common}, {n: self.first[n] for n in common})
         entry["distance"] = _split(result)
@@ -174,7 +181,7 @@ def compute(context: Context) -> dict[str, Any]:
         "drift_ratio": DRIFT_RATIO,
         "collapse_fraction": float(context.options.collapse_fraction),
         "var_init": context.var_init,
-        "distance_reference": DISTANCE_REFERENCE,
+        "distance_reference": DISTANCE_REFERENCE if observer.first_step == 0 else DISTANCE_FALLBACK,
         "first_snapshot_step": observer.first_step,
         "drift_verdict": _drift_interval(observer.final_ratios, last_step),
         "alpha": _alpha_summary(entries),
@@ -241,7 +248,14 @@ def _findings(out: Findings, metrics: Mapping[str, Any]) -> None:
             f"{_num(radius['radius_q05'])} to {_num(radius['radius_q95'])}), the most one coordinate can move in a step.",
         )
     distance = _get(final, "distance", "overall") or {}
-    if _is_number(distance.get("distance")) and final.get("reference_step") != final["step"]:
+    if _is_number(distance.get("distance")) and final.get("reference_step") == 0:
+        out.add(
+            "gauges",
+            "info",
+            f"The weights moved {_num(distance['distance'])} (L2; {_num(distance['relative'])} of their norm) from "
+            f"initialisation to the final snapshot (step {final['step']}).",
+        )
+    elif _is_number(distance.get("distance")) and final.get("reference_step") != final["step"]:
         out.add(
             "gauges",
             "info",
@@ -313,8 +327,12 @@ def gauges_section(metrics: Mapping[str, Any]) -> list[Block]:
             "Step gauges per layer: the trust region's parameter-space radius sqrt(2 eps/pi) (how far one "
             "coordinate may move in a step), the variance 1/pi against var_init (drift above "
             f"{num(DRIFT_RATIO)}x, collapse below {pct(gauges.get('collapse_fraction'))}), and the distance of "
-            "the weights from the first snapshot: the record holds no step-0 weights, so it is not the "
-            "distance from initialisation."
+            + (
+                "the weights from initialisation (the weights when the Monitor started)."
+                if final.get("reference_step") == 0
+                else "the weights from the first snapshot: the record holds no step-0 weights, so it is not the "
+                "distance from initialisation."
+            )
         )
     )
     blocks.append(
@@ -327,7 +345,7 @@ def gauges_section(metrics: Mapping[str, Any]) -> list[Block]:
                 "99%",
                 f"share > {num(DRIFT_RATIO)}x",
                 "share collapsed",
-                "distance from first snapshot",
+                "distance from init" if final.get("reference_step") == 0 else "distance from first snapshot",
                 "relative",
             ),
             tuple(_layer_rows(final)),

@@ -165,3 +165,39 @@ def test_section_has_a_per_layer_table_and_the_figure_draws(tmp_path):
     fig = Figure()
     plot_gauges(RunRecord.load(run_dir), metrics, fig)
     assert len(fig.axes) == 2
+
+
+def test_distance_is_from_initialisation_when_the_monitor_wrote_the_initial_weights(tmp_path):
+    """A Monitor writes the weights it starts from (initial_weights.npz); the distance at each
+    snapshot is ||theta - theta_0|| from them, by numpy from the record's own arrays."""
+    import torch
+    from torch import nn
+
+    from arturo_diag.diagnostics.monitor import Monitor
+    from arturo_diag.diagnostics.record import RunRecord
+    from arturo_diag.optim import Arturo
+    from arturo_diag.quantities.analysis import analyze_record
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    start = {n: p.detach().clone().numpy() for n, p in model.named_parameters()}
+    optimizer = Arturo(model.parameters(), lr=0.05)
+    x, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+    monitor = Monitor(model, optimizer, nn.functional.cross_entropy, (x, y), every=3, out=str(tmp_path / "m"))
+    for _ in range(6):
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        monitor.step(loss)
+    monitor.finish()
+    record = RunRecord.load(tmp_path / "m")
+    initial = record.initial_weights()
+    assert set(initial) == set(start) and all(np.array_equal(initial[n], start[n]) for n in start)
+    gauges = analyze_record(record)["gauges"]
+    assert gauges["first_snapshot_step"] == 0 and "initialisation" in gauges["distance_reference"]
+    for entry in gauges["snapshots"]:
+        weights = record.snapshot(entry["step"])
+        truth = np.sqrt(sum(np.sum((weights[n]["weight"] - start[n]) ** 2) for n in start))
+        assert entry["reference_step"] == 0
+        assert entry["distance"]["overall"]["distance"] == pytest.approx(truth, rel=1e-12)
