@@ -3,15 +3,22 @@
 :func:`collect` reads ``STUDY_DIR/study.toml``, finds every run of the grid, and returns
 :class:`StudyData`: ``runs`` (one row per run: status, final numbers, curvature agreement and
 calibration at the final snapshot), ``curves`` (one row per run and evaluation), ``eta`` (one row per
-arTuRO run and step). :func:`summarize` turns them into the per-variant means with t intervals,
-the paired comparisons with faithful, and the paper-shaped table. All pure functions of the files.
+arTuRO run and step), ``estimates`` (one row per run with a curvature estimate and snapshot: c* and
+Spearman against h, :mod:`arturo_diag.study.estimates`). :func:`summarize` turns them into the
+per-variant means with t intervals, the paired comparisons with faithful, the paper-shaped table and
+the cross-optimizer summary of the estimates. All pure functions of the files.
+
+Which runs get which columns: every run whose variant keeps a curvature estimate
+(:attr:`~arturo_diag.study.variants.Variant.has_estimate`: arTuRO, Adam/AdamW, IVON, AdaHessian,
+Sophia-H/G; not SGD) gets every registered quantity's study columns and the estimate columns, but
+the quantities of :data:`ARTURO_ONLY` (the trust region: eta, the dual) only for arTuRO's runs.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +30,13 @@ from arturo_diag.errors import RecordError
 from arturo_diag.quantities.analysis import METRICS_FORMAT, analyze_record
 from arturo_diag.quantities.base import number
 from arturo_diag.study.config import RunSpec, StudyConfig, expand_grid, load_study
+from arturo_diag.study.estimates import (
+    ESTIMATE_KEYS,
+    SERIES_COLUMNS,
+    estimate_columns,
+    estimate_series,
+    estimate_summary,
+)
 from arturo_diag.study.stats import holm, mean_ci, paired_comparison
 from arturo_diag.study.status import STUDY_FILE, run_status
 
@@ -34,11 +48,15 @@ __all__ = [
     "run_columns",
     "CURVE_COLUMNS",
     "ETA_COLUMNS",
+    "ESTIMATE_COLUMNS",
+    "ARTURO_ONLY",
     "REFERENCE_VARIANT",
     "PAPER_RESULTS",
 ]
 
 REFERENCE_VARIANT = "faithful"
+#: Quantities whose study columns only mean something for arTuRO (eta, the dual): left out of other optimizers' runs.
+ARTURO_ONLY = ("trust_region",)
 _BASE_COLUMNS = (
     "setup",
     "variant",
@@ -58,9 +76,10 @@ _BASE_COLUMNS = (
 
 def run_columns() -> tuple[str, ...]:
     """The columns of ``runs.csv``: the run's own, then each registered quantity's study columns
-    (:attr:`~arturo_diag.quantities.base.Quantity.study_keys`, registry order), then two more."""
+    (:attr:`~arturo_diag.quantities.base.Quantity.study_keys`, registry order), the curvature
+    estimate's (:data:`~arturo_diag.study.estimates.ESTIMATE_KEYS`), then two more."""
     keys = [key for quantity in quantities.QUANTITIES for key in quantity.study_keys]
-    return (*_BASE_COLUMNS, *dict.fromkeys(keys), "num_classes", "error")
+    return (*_BASE_COLUMNS, *dict.fromkeys([*keys, *ESTIMATE_KEYS]), "num_classes", "error")
 
 
 #: ``runs.csv``'s columns with the quantities registered at import (:func:`run_columns` is current).
@@ -78,6 +97,7 @@ CURVE_COLUMNS = (
     "test_accuracy",
 )
 ETA_COLUMNS = ("setup", "variant", "seed", "step", "eta", "kl_bound")
+ESTIMATE_COLUMNS = SERIES_COLUMNS
 
 #: Test accuracies the paper reports (ARTURO.md), by (model, dataset).
 PAPER_RESULTS = {
@@ -99,6 +119,7 @@ class StudyData:
     runs: pd.DataFrame
     curves: pd.DataFrame
     eta: pd.DataFrame
+    estimates: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(ESTIMATE_COLUMNS)))
 
 
 def _metrics(run_dir: Path, record: RunRecord) -> dict[str, Any]:
@@ -117,11 +138,12 @@ def _metrics(run_dir: Path, record: RunRecord) -> dict[str, Any]:
     return analyze_record(record)
 
 
-def _quantity_columns(metrics: dict[str, Any], record: RunRecord) -> dict[str, Any]:
-    """One arTuRO run's study columns, from each registered quantity (registry order)."""
+def _quantity_columns(metrics: dict[str, Any], record: RunRecord, *, arturo: bool = True) -> dict[str, Any]:
+    """One run's study columns, from each registered quantity (registry order); those of
+    :data:`ARTURO_ONLY` only for an arTuRO run (``arturo``)."""
     out: dict[str, Any] = {}
     for quantity in quantities.QUANTITIES:
-        if quantity.study_columns is not None:
+        if quantity.study_columns is not None and (arturo or quantity.name not in ARTURO_ONLY):
             out.update(quantity.study_columns(metrics, record))
     return out
 
@@ -132,14 +154,18 @@ def _series(table: pd.DataFrame, column: str) -> pd.Series:
     return pd.to_numeric(table[column], errors="coerce")
 
 
-def _complete_run(spec: RunSpec, row: dict[str, Any]) -> tuple[list[dict[str, Any]], list[pd.DataFrame]]:
-    """Fill ``row`` with the final numbers of a complete run; return its curve rows and eta frames.
+def _complete_run(
+    spec: RunSpec, row: dict[str, Any]
+) -> tuple[list[dict[str, Any]], list[pd.DataFrame], list[dict[str, Any]]]:
+    """Fill ``row`` with the final numbers of a complete run; return its curve rows, eta frames and
+    estimate rows (c* and Spearman per snapshot, for a run whose variant keeps an estimate).
 
     Raises:
         RecordError: the record's files are damaged (e.g. a snapshot read for the curvature columns).
     """
     curve_rows: list[dict[str, Any]] = []
     eta_frames: list[pd.DataFrame] = []
+    estimate_rows: list[dict[str, Any]] = []
     record = RunRecord.load(spec.config.out)
     epochs = record.epochs.sort_values("step", kind="stable") if "step" in record.epochs.columns else record.epochs
     steps = record.steps
@@ -167,8 +193,12 @@ def _complete_run(spec: RunSpec, row: dict[str, Any]) -> tuple[list[dict[str, An
     if record.parameters:
         last_shape = list(record.parameters.values())[-1]
         row["num_classes"] = int(last_shape[0]) if last_shape else math.nan
-    if spec.variant.family == "arturo":
-        row.update(_quantity_columns(_metrics(Path(spec.config.out), record), record))
+    if spec.variant.has_estimate:
+        metrics = _metrics(Path(spec.config.out), record)
+        row.update(_quantity_columns(metrics, record, arturo=spec.variant.optimizer == "arturo"))
+        row.update(estimate_columns(metrics))
+        where = {"setup": spec.setup, "variant": spec.variant.name, "family": spec.variant.family, "seed": spec.seed}
+        estimate_rows += [{**where, **entry} for entry in estimate_series(metrics)]
     for _, epoch_row in epochs.iterrows():
         curve_rows.append(
             {
@@ -179,7 +209,7 @@ def _complete_run(spec: RunSpec, row: dict[str, Any]) -> tuple[list[dict[str, An
                 **{c: number(epoch_row.get(c)) for c in CURVE_COLUMNS[4:]},
             }
         )
-    return curve_rows, eta_frames
+    return curve_rows, eta_frames, estimate_rows
 
 
 def collect(study_dir: str | Path) -> StudyData:
@@ -198,7 +228,7 @@ def collect(study_dir: str | Path) -> StudyData:
     except ConfigError as error:
         raise RecordError(f"{study_dir / STUDY_FILE}: unusable study file ({error})") from None
     specs = expand_grid(study, study_dir)
-    run_rows, curve_rows, eta_frames = [], [], []
+    run_rows, curve_rows, eta_frames, estimate_rows = [], [], [], []
     for spec in specs:
         status, detail = run_status(spec)
         row: dict[str, Any] = {
@@ -217,13 +247,14 @@ def collect(study_dir: str | Path) -> StudyData:
                 pass
         if status == "complete":
             try:
-                run_curves, run_eta = _complete_run(spec, row)
+                run_curves, run_eta, run_estimates = _complete_run(spec, row)
             except RecordError as error:  # left out, with a finding naming the run and the file
                 row = {key: row[key] for key in ("setup", "variant", "family", "seed", "run_dir")}
                 row.update(status="damaged", error=str(error))
             else:
                 curve_rows += run_curves
                 eta_frames += run_eta
+                estimate_rows += run_estimates
         run_rows.append(row)
     runs = pd.DataFrame.from_records(run_rows, columns=list(run_columns()))
     curves = pd.DataFrame.from_records(curve_rows, columns=list(CURVE_COLUMNS))
@@ -232,7 +263,9 @@ def collect(study_dir: str | Path) -> StudyData:
     eta = (pd.concat(eta_frames, ignore_index=True) if eta_frames else pd.DataFrame(columns=list(ETA_COLUMNS)))[
         list(ETA_COLUMNS)
     ]
-    return StudyData(study_dir, study, specs, runs, curves, eta)
+    estimates = pd.DataFrame.from_records(estimate_rows, columns=list(ESTIMATE_COLUMNS))
+    estimates["step"] = estimates["step"].astype("int64")
+    return StudyData(study_dir, study, specs, runs, curves, eta, estimates)
 
 
 def _by_seed(runs: pd.DataFrame, setup: str, variant: str, column: str) -> dict[int, float]:
@@ -258,7 +291,8 @@ def _curvature_summary(done: pd.DataFrame) -> dict[str, Any]:
 
 
 def summarize(data: StudyData) -> dict[str, Any]:
-    """Per setup: ``summary`` (per variant mean and CI of the final numbers, curvature means),
+    """Per setup: ``summary`` (per variant mean and CI of the final numbers, curvature means for arTuRO's
+    variants, ``estimate``: the cross-optimizer summary for every variant with an estimate),
     ``comparisons`` (paired with faithful, test accuracy and test loss, Holm-adjusted t p-values),
     ``paper_table`` (optimizer x test accuracy in %)."""
     runs = data.runs
@@ -278,6 +312,8 @@ def summarize(data: StudyData) -> dict[str, Any]:
                 entry[column] = mean_ci(pd.to_numeric(done[column], errors="coerce").tolist())
             if variant.family == "arturo":
                 entry["curvature"] = _curvature_summary(done)
+            if variant.has_estimate:
+                entry["estimate"] = estimate_summary(done)
             summary.append(entry)
         names = [v.name for v in data.study.variants]
         if REFERENCE_VARIANT in names:

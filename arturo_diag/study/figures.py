@@ -2,7 +2,9 @@
 
 Each plot function says what it shows: ``plot_curves`` (learning curves with 95 % bands over
 seeds), ``plot_eta`` (eta per step, the median over seeds per arTuRO variant, log scale),
-``plot_accuracy`` (final test accuracy per variant, seeds as dots, mean with its 95 % t interval).
+``plot_accuracy`` (final test accuracy per variant, seeds as dots, mean with its 95 % t interval),
+``plot_estimates`` (the cross-optimizer figure: each variant's curvature estimate against h over
+training, its scale c* on a log axis and its shape Spearman(a, h), beside test accuracy).
 :func:`draw_figures` draws them for every setup as PNG bytes without metadata, so drawing twice
 gives identical files; :data:`FIGURE_CAPTIONS` is their captions, in report order.
 """
@@ -16,10 +18,11 @@ from typing import Any
 
 import pandas as pd
 
+from arturo_diag.quantities.agreement_verdicts import SCALE_FACTOR, SHAPE_MARGIN
 from arturo_diag.study.aggregate import REFERENCE_VARIANT, StudyData
 from arturo_diag.study.stats import mean_ci
 
-__all__ = ["FIGURE_CAPTIONS", "draw_figures", "plot_accuracy", "plot_curves", "plot_eta"]
+__all__ = ["FIGURE_CAPTIONS", "draw_figures", "plot_accuracy", "plot_curves", "plot_estimates", "plot_eta"]
 
 # figure key -> caption, in the order the report shows them
 FIGURE_CAPTIONS: dict[str, str] = {
@@ -27,6 +30,10 @@ FIGURE_CAPTIONS: dict[str, str] = {
     "eta": "eta per step, median over seeds per arTuRO variant (log scale).",
     "accuracy": "Final test accuracy per variant: dots = seeds, diamond and bar = mean and 95 % t interval; "
     "dashed line = faithful's mean.",
+    "estimates": "Each variant's curvature estimate a against the reference h over training: its scale c* = "
+    "<a,h>/<a,a> (log axis; 1 = h's scale, the band [1/1.5, 1.5] the verdict agreement.scale's; c* <= 0 falls "
+    "off the axis), its shape Spearman(a, h) (dotted: the verdict agreement.shape's 0.1), and test accuracy; "
+    "line = mean over seeds, band = 95 % t interval (dashed: baselines and the other optimizers).",
 }
 
 
@@ -161,6 +168,61 @@ def plot_accuracy(runs: pd.DataFrame, variants: list[str], ax) -> None:
     ax.set_title("final test accuracy (mean, 95 % CI; dots: seeds)")
 
 
+def plot_estimates(
+    estimates: pd.DataFrame, curves: pd.DataFrame, variants: list[str], families: dict[str, str], axes
+) -> None:
+    """The cross-optimizer figure, three panels against the step: c* = <a,h>/<a,a> (log scale, a
+    grey band at [1/1.5, 1.5] and a line at 1), Spearman(a, h) (a dotted line at 0.1) and test
+    accuracy; one line per variant with an estimate (mean over seeds, band = 95 % t interval; dashed
+    for every optimizer but arTuRO). Needs estimates.csv (step, scale_factor, spearman per run and
+    snapshot) and curves.csv (step, test_accuracy per run and epoch)."""
+    import seaborn as sns
+
+    palette = _palette(variants)
+    present = [v for v in variants if v in set(estimates["variant"])]
+    kinds = {v: "arTuRO" if families.get(v) == "arturo" else "other optimizer" for v in present}
+    accuracy = curves[curves["variant"].isin(present)]
+    panels = (
+        (estimates, "scale_factor", "scale c* = <a,h>/<a,a> (log)"),
+        (estimates, "spearman", "shape: Spearman(a, h)"),
+        (accuracy, "test_accuracy", "test accuracy"),
+    )
+    for ax, (table, column, title) in zip(axes, panels):
+        data = table.assign(kind=table["variant"].map(kinds))
+        data = data[pd.to_numeric(data[column], errors="coerce").notna()]
+        if len(data):
+            sns.lineplot(
+                data=data,
+                x="step",
+                y=column,
+                hue="variant",
+                hue_order=[v for v in present if v in set(data["variant"])],
+                palette=palette,
+                style="kind",
+                style_order=["arTuRO", "other optimizer"],
+                dashes={"arTuRO": "", "other optimizer": (4, 2)},
+                errorbar=_t_interval,
+                ax=ax,
+                legend=ax is axes[-1],
+                linewidth=1.2,
+            )
+        ax.set_title(title)
+        ax.set_ylabel(column.replace("_", " "))
+    scale_ax, shape_ax, accuracy_ax = axes
+    scale_ax.axhspan(1 / SCALE_FACTOR, SCALE_FACTOR, color="0.85", zorder=0)
+    scale_ax.axhline(1.0, color="0.4", linewidth=0.8)
+    positive = pd.to_numeric(estimates["scale_factor"], errors="coerce")
+    if (positive > 0).any():
+        scale_ax.set_yscale("log")
+        low, high = float(positive[positive > 0].min()), float(positive[positive > 0].max())
+        scale_ax.set_ylim(min(low, 1 / SCALE_FACTOR) / 2.0, max(high, SCALE_FACTOR) * 2.0)
+    shape_ax.axhline(SHAPE_MARGIN, color="0.4", linestyle=":", linewidth=1)
+    shape_ax.set_ylim(-1.02, 1.02)
+    accuracy_ax.set_ylim(0.0, 1.02)
+    if accuracy_ax.get_legend() is not None:
+        sns.move_legend(accuracy_ax, "upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=8)
+
+
 def _png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight", metadata={"Software": None})
@@ -168,8 +230,9 @@ def _png(fig) -> bytes:
 
 
 def draw_figures(data: StudyData) -> dict[str, dict[str, bytes]]:
-    """setup name -> figure key (``curves``, ``eta``, ``accuracy``) -> PNG bytes, for the figures
-    whose data the study has (curves: any epoch rows; eta: any arTuRO step; accuracy: a complete run)."""
+    """setup name -> figure key (``curves``, ``eta``, ``accuracy``, ``estimates``) -> PNG bytes, for the
+    figures whose data the study has (curves: any epoch rows; eta: any arTuRO step; accuracy: a complete
+    run; estimates: any snapshot of a run with a curvature estimate)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -199,6 +262,12 @@ def draw_figures(data: StudyData) -> dict[str, dict[str, bytes]]:
                 fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.2))
                 plot_accuracy(runs, names, ax)
                 figures["accuracy"] = _png(fig)
+                plt.close(fig)
+            estimates = data.estimates[data.estimates.setup == setup.name]
+            if len(estimates):
+                fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+                plot_estimates(estimates, curves, names, families, list(axes))
+                figures["estimates"] = _png(fig)
                 plt.close(fig)
             out[setup.name] = figures
     return out

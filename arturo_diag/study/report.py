@@ -1,4 +1,4 @@
-"""The aggregate report of a study: study.json, runs.csv, curves.csv, eta.csv, study.md, study.html.
+"""The aggregate report of a study: study.json, runs.csv, curves.csv, eta.csv, estimates.csv, study.md, study.html.
 
 ``render_study(study_dir)`` is a pure function of the files in the study directory (``study.toml``
 and the run records): it never trains, and rendering twice gives byte-identical files (no times,
@@ -24,7 +24,7 @@ from arturo_diag.diagnostics.io import atomic_write_bytes, atomic_write_csv, ato
 from arturo_diag.diagnostics.lock import DirectoryLock
 from arturo_diag.diagnostics.record import looks_like_study_dir
 from arturo_diag.report.formats import write_documents
-from arturo_diag.study.aggregate import CURVE_COLUMNS, StudyData, collect, summarize
+from arturo_diag.study.aggregate import CURVE_COLUMNS, ESTIMATE_COLUMNS, StudyData, collect, summarize
 from arturo_diag.study.figures import draw_figures, plot_accuracy, plot_curves, plot_eta
 from arturo_diag.study.findings import study_findings
 from arturo_diag.study.sections import study_document
@@ -72,7 +72,8 @@ def _study_json(
                 "kind": v.kind,
                 "family": v.family,
                 "describes": v.describe(study.setups[0].config.oracle_every),
-                "changes": v.changes() if v.family == "arturo" else {"optimizer": v.kind},
+                "changes": v.changes() if v.family != "baseline" else {"optimizer": v.kind},
+                "has_estimate": v.has_estimate,
             }
             for v in study.variants
         ],
@@ -139,6 +140,7 @@ def _render_study(study_dir: str | os.PathLike[str], figures: bool) -> StudyRepo
     atomic_write_csv(study_dir / "runs.csv", data.runs)
     atomic_write_csv(study_dir / "curves.csv", data.curves[list(CURVE_COLUMNS)])
     atomic_write_csv(study_dir / "eta.csv", data.eta)
+    atomic_write_csv(study_dir / "estimates.csv", data.estimates[list(ESTIMATE_COLUMNS)])
     atomic_write_json(study_dir / "study.json", content)
     write_documents(study_dir, "study", blocks, title=f"Ablation study: {data.study.name}")
     return StudyReport(

@@ -19,12 +19,25 @@ from arturo_diag.quantities.base import StudyColumn
 from arturo_diag.report.document import Block, Bullets, Heading, Image, Paragraph, Table, slug, strong, text
 from arturo_diag.study.aggregate import StudyData
 from arturo_diag.study.config import Setup, StudyConfig
+from arturo_diag.study.estimates import TARGET_LABELS, VERDICT_COLUMNS
 from arturo_diag.study.figures import FIGURE_CAPTIONS
 from arturo_diag.study.verdicts import METRICS, study_verdicts
 
 __all__ = ["study_document"]
 
 _STATUSES = ("complete", "failed", "damaged", "missing", "incomplete", "stale")
+#: Figures placed beside their table rather than at the end of the setup.
+_INLINE_FIGURES = ("estimates",)
+#: The other optimizers' names as the paper's table writes them.
+_OPTIMIZER_LABELS = {
+    "sgd": "SGD",
+    "adam": "Adam",
+    "adamw": "AdamW",
+    "ivon": "IVON",
+    "adahessian": "AdaHessian",
+    "sophia-h": "Sophia-H",
+    "sophia-g": "Sophia-G",
+}
 
 
 # ------------------------------------------------------------------------------------------ cells
@@ -52,9 +65,14 @@ def _signed(value: float, digits: int, unit: str = "") -> str:
 
 
 def _optimizer_label(variant: str) -> str:
-    """The paper's row names: arTuRO, SGD, Adam; ablations as 'arTuRO, <variant>'."""
-    labels = {"faithful": "arTuRO", "sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
-    return labels.get(variant, f"arTuRO, {variant}")
+    """The paper's row names: arTuRO, SGD, Adam; ablations as 'arTuRO, <variant>'; another optimizer
+    at another learning rate as 'Sophia-H (lr 0.01)'."""
+    if variant == "faithful":
+        return "arTuRO"
+    kind, _, value = variant.partition(":")
+    if kind in _OPTIMIZER_LABELS:
+        return _OPTIMIZER_LABELS[kind] + (f" (lr {value})" if value else "")
+    return f"arTuRO, {variant}"
 
 
 def _table(header: list[str], rows: list[list[Any]], align: str) -> Table:
@@ -99,6 +117,9 @@ def _variants_blocks(study: StudyConfig) -> list[Block]:
         if variant.family == "baseline":
             values = study.setups[0].baselines.values.get(variant.kind, {})
             change = f"optimizer={variant.kind}, " + ", ".join(f"{k}={v:g}" for k, v in values.items())
+        elif variant.family == "estimator":
+            resolved = study.setups[0].config.replace(**variant.changes()).resolved()
+            change = f"optimizer={variant.kind}, lr={resolved.lr:g}, weight_decay={resolved.weight_decay:g}"
         else:
             change = ", ".join(f"{k}={v}" for k, v in variant.changes().items()) or "(none: the setup's preset)"
         rows.append([variant.name, variant.describe(study.setups[0].config.oracle_every), change])
@@ -109,7 +130,32 @@ def _variants_blocks(study: StudyConfig) -> list[Block]:
     if any(v.family == "baseline" for v in study.variants):
         for setup in study.setups:
             blocks.append(Paragraph(f"Baselines ({setup.name}): {setup.baselines.source}."))
+    others = [v for v in study.variants if v.family == "estimator"]
+    if others:
+        blocks.append(Paragraph(_defaults_words(others)))
     return blocks
+
+
+def _defaults_words(variants: list) -> str:
+    """Where the other optimizers' settings come from: their registry's defaults, each with its source."""
+    from arturo_diag.training.optimizers import OPTIMIZERS
+
+    parts = []
+    for variant in variants:
+        table = OPTIMIZERS[variant.optimizer].hyperparameters
+        lr = f"lr {variant.value:g} (the variant's)" if variant.value is not None else _setting(table, "lr")
+        parts.append(f"{variant.name}: {lr}, {_setting(table, 'weight_decay')}")
+    return (
+        "The other optimizers with a curvature estimate run at their paper's or package's defaults, not tuned "
+        "for this setup (a variant's :LR sets its learning rate): " + "; ".join(parts) + "."
+    )
+
+
+def _setting(table, name: str) -> str:
+    entry = table.get(name) or {}
+    value = entry.get("value")
+    shown = f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+    return f"{name} {shown} ({entry.get('source', 'default')})"
 
 
 def _paper_table_blocks(setup: Setup, block: dict[str, Any]) -> list[Block]:
@@ -278,12 +324,86 @@ def _curvature_blocks(arturo_entries: list[dict[str, Any]]) -> list[Block]:
     ]
 
 
+def _mean_pm_sig(summary: dict[str, Any], digits: int = 3) -> str:
+    """mean ± half-width of the 95 % t interval, significant digits (one seed: the mean alone)."""
+    mean, half = summary["mean"], summary["half_width"]
+    if not math.isfinite(mean):
+        return NA
+    return f"{sig(mean, digits)} ± {sig(half, 2)}" if math.isfinite(half) else sig(mean, digits)
+
+
+def _target_label(target: str) -> str:
+    return " / ".join(TARGET_LABELS.get(t, t) for t in target.split(" / ")) if target else NA
+
+
+def _estimate_blocks(setup: Setup, entries: list[dict[str, Any]], figures: dict[str, bytes]) -> list[Block]:
+    """The cross-optimizer table: per variant with a curvature estimate, what it estimates, its scale c*
+    and shape Spearman(a, h) at the final snapshot (mean ± 95 % t interval over seeds), its agreement
+    verdicts (seeds yes / assessed) and final test accuracy; then the figure of c* and Spearman over training."""
+    if not entries:
+        return []
+    rows = []
+    for e in entries:
+        est = e["estimate"]
+        verdicts = est["verdicts"]
+        rows.append(
+            [
+                e["variant"],
+                est["estimator"] or NA,
+                _target_label(est["target"]),
+                _mean_pm_sig(est["scale_factor"]),
+                _mean_pm_sig(est["spearman"], 2),
+                *(
+                    f"{verdicts[c]['yes']}/{verdicts[c]['assessed']}" if verdicts[c]["assessed"] else "n/a"
+                    for c in VERDICT_COLUMNS
+                ),
+                _mean_pm(est["test_accuracy"], 100.0),
+                f"{e['n_complete']}/{e['n_runs']}",
+            ]
+        )
+    header = [
+        "variant",
+        "estimator",
+        "target",
+        "scale c* (final)",
+        "Spearman vs h (final)",
+        *(f"{header} (seeds)" for _, header in VERDICT_COLUMNS.values()),
+        "test accuracy (%)",
+        "seeds",
+    ]
+    blocks: list[Block] = [
+        Heading(
+            3,
+            "Curvature estimates across optimizers: scale and shape against h (final snapshot, mean ± 95 % CI "
+            "over seeds)",
+            anchor=_anchor(setup, "estimates"),
+        ),
+        _table(header, rows, "lll" + "r" * (len(header) - 3)),
+        Paragraph(
+            "c* = <a,h>/<a,a> is the factor that best rescales the estimate a onto the reference h (1: a has h's "
+            "scale; 100: a is 100x too small); Spearman(a, h) its shape, whatever its scale. The verdicts are each "
+            "run's own (agreement.beats_constant: a beats the constant 0.1 beyond a 1 % margin; agreement.scale: "
+            "the bootstrap interval of c* within [1/1.5, 1.5]; agreement.shape: Spearman's above 0.1), counted as "
+            "seeds that say yes of the seeds decided (an inconclusive seed is not counted). An estimate of E[g^2] "
+            "(Adam's v-hat) or of the GGN is compared with the Hessian diagonal h all the same: the question is how "
+            "well it stands in for diag H. estimates.csv holds c* and Spearman at every snapshot of every run."
+        ),
+    ]
+    if "estimates" in figures:
+        caption = FIGURE_CAPTIONS["estimates"]
+        blocks.append(
+            Image(f"figures/{setup.name}_estimates.png", alt=caption, caption=caption, png=figures["estimates"])
+        )
+    return blocks
+
+
 def _figure_blocks(setup: Setup, figures: dict[str, bytes]) -> list[Block]:
-    """The setup's figures (``figures/SETUP_KEY.png``), in the order of FIGURE_CAPTIONS."""
+    """The setup's figures (``figures/SETUP_KEY.png``), in the order of FIGURE_CAPTIONS (those shown
+    beside their table, :data:`_INLINE_FIGURES`, left out)."""
     return [
         Image(f"figures/{setup.name}_{key}.png", alt=caption, caption=caption, png=figures[key])
         for key, caption in FIGURE_CAPTIONS.items()
-        if key in figures
+        if key in figures and key not in _INLINE_FIGURES
     ]
 
 
@@ -309,6 +429,7 @@ def _setup_blocks(
     if curvature:  # the heading's anchor names the setup (the same heading text recurs per setup)
         curvature[0] = Heading(3, curvature[0].content, anchor=_anchor(setup, "curvature"))
     blocks += curvature
+    blocks += _estimate_blocks(setup, [e for e in block["summary"] if e.get("estimate")], figures)
     return blocks + _figure_blocks(setup, figures)
 
 
@@ -327,7 +448,8 @@ def _files_blocks() -> list[Block]:
         Heading(2, "Files"),
         Paragraph(
             "study.json (every number above), runs.csv (one row per run), curves.csv (one row per run and "
-            "epoch), eta.csv (one row per arTuRO run and step), study.toml (the study; re-run with "
+            "epoch), eta.csv (one row per arTuRO run and step), estimates.csv (one row per run with a curvature "
+            "estimate and snapshot: c* and Spearman against h), study.toml (the study; re-run with "
             "arturo-diag ablate --config study.toml --out this directory), runs/SETUP/VARIANT/seedN/ "
             "(run records; arturo-diag report RUN_DIR renders one)."
         ),

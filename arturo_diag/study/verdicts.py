@@ -154,7 +154,7 @@ def study_verdicts(data: StudyData, summary: dict[str, Any]) -> list[dict[str, A
                 v = paired_verdict(_by_seed(runs, setup.name, variant.name, metric), reference, margin)
                 subject = _subject(variant, setup, setup.config.oracle_every)
                 p = p_values.get((variant.name, metric), math.nan)
-                words = _verdict_words(subject, variant.family == "baseline", metric, v, p)
+                words = _verdict_words(subject, variant.family != "arturo", metric, v, p)
                 where = f"{setup.name}." if len(study.setups) > 1 else ""
                 verdict = Verdict(
                     f"study.{where}{variant.name}.{metric}",

@@ -175,7 +175,7 @@ def test_tables_and_documents(rendered):
     assert f"| arTuRO, fixed-eta:1.0 | {100 * np.mean(FIXED):.2f} |" in markdown and "| SGD | " in markdown
     assert "![Learning curves" in markdown and (rendered.study_dir / "figures" / "fmnist_curves.png").is_file()
     html = rendered.html.read_text()
-    assert html.count("data:image/png;base64,") == 3  # curves, eta, accuracy: embedded
+    assert html.count("data:image/png;base64,") == 4  # curves, eta, accuracy, estimates: embedded
     assert not re.search(r'src="(?!data:)', html)  # self-contained: nothing loaded from elsewhere
     assert "the authors&#x27; tuned settings" in html
 
