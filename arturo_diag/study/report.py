@@ -25,8 +25,8 @@ from arturo_diag.diagnostics.lock import DirectoryLock
 from arturo_diag.diagnostics.record import looks_like_study_dir
 from arturo_diag.report.formats import write_documents
 from arturo_diag.study.aggregate import CURVE_COLUMNS, ESTIMATE_COLUMNS, StudyData, collect, summarize
+from arturo_diag.study.estimate_findings import report_findings
 from arturo_diag.study.figures import draw_figures, plot_accuracy, plot_curves, plot_eta
-from arturo_diag.study.findings import study_findings
 from arturo_diag.study.sections import study_document
 from arturo_diag.study.verdicts import study_verdicts
 
@@ -129,7 +129,7 @@ def _render_study(study_dir: str | os.PathLike[str], figures: bool) -> StudyRepo
     study_dir = data.study_dir
     summary = summarize(data)
     verdicts = study_verdicts(data, summary)
-    findings = study_findings(data, summary, verdicts)
+    findings = report_findings(data, summary, verdicts)
     drawn = draw_figures(data) if figures else {}
     blocks = study_document(data, summary, findings, drawn, verdicts)
     content = _study_json(data, summary, findings, verdicts)

@@ -195,3 +195,18 @@ def test_the_estimator_variants_train_their_optimizer_with_an_optional_learning_
         parse_variant("sophia-g:0")
     assert "LR > 0" in error.value.allowed
     assert math.isfinite(parse_variant("adahessian:0.1").value)
+
+
+def test_the_findings_say_each_estimates_scale_and_shape_before_the_study_wide_caveats(study_dir):
+    data = json.loads((study_dir / "study.json").read_text())
+    findings = data["findings"]
+    (words,) = [f["text"] for f in findings if f["text"].startswith("Each optimizer's curvature estimate")]
+    for variant in WITH_ESTIMATE:
+        scale, spearman, _, _ = _by_hand(study_dir, variant)
+        assert f"{variant} ({variant if variant != 'faithful' else 'arturo'}, estimates " in words
+        assert f"c* {sig(np.mean(scale), 3)} (a ~" in words and f"Spearman {sig(np.mean(spearman), 2)};" in words
+    assert "sgd (" not in words
+    topics = [f["topic"] for f in findings]
+    first_caveat = min(i for i, t in enumerate(topics) if t in ("baselines", "statistics") and i > 0)
+    assert topics.index("curvature") < first_caveat
+    assert all(t in ("baselines", "statistics") for t in topics[first_caveat:])

@@ -14,7 +14,7 @@ from arturo_diag.report.document import Bullets, Heading, Image, from_json, to_h
 from arturo_diag.study import expand_grid, render_study, study_from_mapping, study_to_toml
 from arturo_diag.study import report as study_report
 from arturo_diag.study.aggregate import collect, summarize
-from arturo_diag.study.findings import study_findings
+from arturo_diag.study.estimate_findings import report_findings
 from arturo_diag.study.sections import study_document
 from arturo_diag.training.config import config_to_toml
 
@@ -75,7 +75,7 @@ def study_dir(tmp_path_factory):
 def _blocks(study_dir):
     data = collect(study_dir)
     summary = summarize(data)
-    return study_document(data, summary, study_findings(data, summary), {})
+    return study_document(data, summary, report_findings(data, summary), {})
 
 
 def test_study_files_are_the_report_engines_renderings(study_dir):
@@ -100,7 +100,7 @@ def test_no_second_engine_in_the_study_report():
 
 def test_findings_keep_their_order_and_warnings_are_marked(study_dir):
     data = collect(study_dir)
-    findings = study_findings(data, summarize(data))
+    findings = report_findings(data, summarize(data))
     bullets = next(b for b in _blocks(study_dir) if isinstance(b, Bullets))
     assert [("".join(v for _, v in item)) for item in bullets.items] == [
         ("Warning: " if f["severity"] == "warning" else "") + f["text"] for f in findings
@@ -155,7 +155,7 @@ def test_figures_sit_in_the_setup_they_show(tmp_path, study_dir):
     data = collect(study_dir)
     summary = summarize(data)
     figures = {"one": {"curves": b"png-1", "accuracy": b"png-2"}, "two_b": {"eta": b"png-3"}}
-    blocks = study_document(data, summary, study_findings(data, summary), figures)
+    blocks = study_document(data, summary, report_findings(data, summary), figures)
     setup, placed = None, []
     for block in blocks:
         if isinstance(block, Heading) and block.level == 2:
