@@ -210,3 +210,19 @@ def test_the_findings_say_each_estimates_scale_and_shape_before_the_study_wide_c
     first_caveat = min(i for i, t in enumerate(topics) if t in ("baselines", "statistics") and i > 0)
     assert topics.index("curvature") < first_caveat
     assert all(t in ("baselines", "statistics") for t in topics[first_caveat:])
+
+
+def test_the_example_study_file_is_every_optimizer_with_an_estimate_on_the_default_protocol(tmp_path):
+    from pathlib import Path
+
+    from arturo_diag.study import default_study, expand_grid, load_study
+    from arturo_diag.training.optimizers import OPTIMIZERS
+
+    study = load_study(Path(__file__).resolve().parents[2] / "experiments" / "studies" / "cross_optimizer.toml")
+    optimizers = [v.optimizer for v in study.variants]
+    assert sorted(optimizers) == sorted(name for name, spec in OPTIMIZERS.items() if spec.has_estimate)
+    assert all(v.has_estimate for v in study.variants) and study.seeds == (0, 1, 2)
+    (setup,) = study.setups
+    (default,) = default_study().setups
+    assert setup.config.replace(oracle_every=default.config.oracle_every) == default.config
+    assert len(expand_grid(study, tmp_path)) == 21
