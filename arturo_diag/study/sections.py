@@ -155,7 +155,7 @@ def _setting(table, name: str) -> str:
     entry = table.get(name) or {}
     value = entry.get("value")
     shown = f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
-    return f"{name} {shown} ({entry.get('source', 'default')})"
+    return f"{name} {shown} [{entry.get('source', 'default')}]"
 
 
 def _paper_table_blocks(setup: Setup, block: dict[str, Any]) -> list[Block]:
