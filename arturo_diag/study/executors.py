@@ -249,6 +249,7 @@ def _run_in_pool(pending: list[RunSpec], workers: int, record: Callable[[RunSpec
 # ---------------------------------------------------------------------------------------------- Ray
 _VISIBILITY_FILE = ".ray-visibility-check"
 _PROBE_SECONDS = 120.0
+_CANCEL_SECONDS = 30.0
 
 
 def _import_ray() -> Any:
@@ -299,6 +300,19 @@ def _probe_node(cwd: str, marker: str, token: str) -> tuple[bool, str]:
         return Path(cwd, marker).read_text(encoding="utf-8") == token, host
     except OSError:
         return False, host
+
+
+def _cancel(ray: Any, refs: list[Any]) -> None:
+    """Stop ``refs`` and wait until they are gone, so that no run writes on after the study stopped:
+    queued tasks are dropped, running ones have their worker process killed (like the local pool's
+    terminate; the run's record stays incomplete). Not Ray's gentle cancel: its KeyboardInterrupt
+    can land inside a lazy import (torch's of sympy, seen here) and leave a half-imported module in
+    the worker, which Ray reuses, so later runs on it fail."""
+    if not refs:
+        return
+    for ref in refs:
+        ray.cancel(ref, force=True)
+    ray.wait(refs, num_returns=len(refs), timeout=_CANCEL_SECONDS)
 
 
 class RayExecutor(Executor):
@@ -486,10 +500,7 @@ class RayExecutor(Executor):
                     status, seconds, error = self._result(ray, ref, spec)
                     record(spec, status, seconds, error)
         except BaseException:
-            for ref in unfinished:  # queued ones are dropped, running ones' workers killed
-                ray.cancel(ref, force=True)
-            if unfinished:  # wait until they are gone, so none writes on after the study stopped
-                ray.wait(unfinished, num_returns=len(unfinished), timeout=30)
+            _cancel(ray, unfinished)
             raise
 
     def _result(self, ray: Any, ref: Any, spec: RunSpec) -> tuple[str, float, str]:
