@@ -199,7 +199,7 @@ def spectrum_verdicts(metrics: Mapping[str, Any]) -> list[Verdict]:
         f"the diagonal's share of the Frobenius norm, ||diag H|| / ||H||, is {interval_words(estimate, low, high)} "
         f"at the final spectrum snapshot (step {found['step']})"
     )
-    captured = f"{estimate**2:.0%}" if _is_number(estimate) else "?"
+    captured = f"{100 * estimate**2:.2g} %" if _is_number(estimate) else "?"
     says = {
         "yes": f"A diagonal model can capture most of the Hessian: {words}, above 1/sqrt(2); the diagonal holds "
         f"about {captured} of the squared norm.",
