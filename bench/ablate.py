@@ -7,6 +7,14 @@ ratio. Targets (issue 6, printed, not asserted): default study <= 5 min on 2 cor
 
     python bench/ablate.py [--workers 1,2] [--rounds 2]
 
+``--executor ray``: in one process, Ray's start-up (``ray.init`` of a local instance with
+``--workers`` CPUs, default 2, loopback, no dashboard) and the default study's wall time on it
+(one Ray task per run) against the local pool's with as many workers, interleaved over
+``--rounds``; checks that both write the same study.json. Target (issue 14, printed): within 15 %
+of the local pool after start-up.
+
+    python bench/ablate.py --executor ray [--workers 2] [--rounds 1]
+
 ``--paper-setups``: the cost of the paper's study configs (experiments/studies/*.toml) on this CPU,
 one torch thread (as in a study's workers), on synthetic inputs of the right shape (no real data
 is needed; the cost of a step does not depend on the pixel values). For each setup it MEASURES a
@@ -76,6 +84,56 @@ def default_study(workers_list: list[int], rounds: int) -> None:
                 )
     if 2 in median:
         print(f"default study with --workers 2: median {median[2]:.1f} s (target <= 300 s on 2 cores)")
+
+
+def ray_against_local(workers: int, rounds: int) -> None:
+    """Ray's start-up, then the default study on the local pool and on Ray (``workers`` each),
+    ``rounds`` times interleaved; the medians and their ratio; study.json compared byte for byte."""
+    import os
+
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # the local instance on 127.0.0.1
+    try:
+        import ray
+    except ImportError:
+        sys.exit('bench/ablate.py --executor ray needs Ray: pip install -e ".[ray]"')
+    from arturo_diag.study import default_study, run_study
+    from arturo_diag.study.executors import RayExecutor
+
+    study = default_study()
+    start = time.perf_counter()
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    startup = time.perf_counter() - start
+    print(f"Ray start-up (ray.init, a local instance with {workers} CPUs): {startup:.1f} s", flush=True)
+    times: dict[str, list[float]] = {"local": [], "ray": []}
+    try:
+        for round_ in range(1, rounds + 1):
+            documents = {}
+            for name in ("local", "ray"):
+                executor = RayExecutor(workers=workers) if name == "ray" else None
+                load_before = os.getloadavg()[0]
+                with tempfile.TemporaryDirectory(prefix=f"ablate-{name}-") as tmp:
+                    start = time.perf_counter()
+                    result = run_study(study, tmp, workers=workers, executor=executor)
+                    seconds = time.perf_counter() - start
+                    documents[name] = (Path(tmp) / "study.json").read_bytes()
+                for failed in result.failed:
+                    print(f"  failed: {'/'.join(map(str, failed.spec.key))}: {failed.error}", flush=True)
+                times[name].append(seconds)
+                print(
+                    f"round {round_}: default study, {name} ({workers} {'CPUs' if name == 'ray' else 'workers'}): "
+                    f"{seconds:7.1f} s wall ({len(result.outcomes)} runs, {len(result.failed)} failed; 1-min load "
+                    f"average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} CPUs)",
+                    flush=True,
+                )
+            same = documents["local"] == documents["ray"]
+            print(f"round {round_}: study.json {'byte-identical' if same else 'DIFFERS'} between local and Ray")
+    finally:
+        ray.shutdown()
+    local, on_ray = statistics.median(times["local"]), statistics.median(times["ray"])
+    print(
+        f"default study, medians: local pool {local:.1f} s, Ray {on_ray:.1f} s after a {startup:.1f} s start-up "
+        f"(Ray / local = {on_ray / local:.2f}; target <= 1.15), {on_ray + startup:.1f} s with it"
+    )
 
 
 # ------------------------------------------------------------------------------------ paper setups
@@ -280,7 +338,13 @@ def _duration(seconds: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", default="1,2", help="comma-separated worker counts to time (default 1,2)")
+    parser.add_argument("--workers", default=None, help="comma-separated worker counts to time (default 1,2; ray: 2)")
+    parser.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="ray: Ray's start-up and the study on Ray vs local",
+    )
     parser.add_argument("--rounds", type=int, default=1, help="interleaved repetitions of the default-study timing")
     parser.add_argument("--paper-setups", action="store_true", help="measure and extrapolate the paper setups instead")
     parser.add_argument("--only", default=None, help="comma-separated paper study names")
@@ -294,8 +358,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.paper_setups:
         paper_setups(args.only.split(",") if args.only else None, args.repeats, args.curvature_examples)
+    elif args.executor == "ray":
+        ray_against_local(int(args.workers or 2), args.rounds)
     else:
-        default_study([int(w) for w in args.workers.split(",")], args.rounds)
+        default_study([int(w) for w in (args.workers or "1,2").split(",")], args.rounds)
 
 
 if __name__ == "__main__":

@@ -252,11 +252,12 @@ _PROBE_SECONDS = 120.0
 _CANCEL_SECONDS = 30.0
 
 
-def _import_ray() -> Any:
-    """``ray``, or the one-line refusal naming the extra."""
-    if "ray" not in sys.modules:
-        # A local instance started here stays on the loopback address (Ray otherwise binds the
-        # node's outward address); a cluster's address is given explicitly and is not affected.
+def _import_ray(local: bool = False) -> Any:
+    """``ray``, or the one-line refusal naming the extra. ``local``: Ray is imported for a local
+    instance, which then stays on the loopback address (Ray otherwise binds the machine's outward
+    address; read once, when Ray is first imported). Not for a cluster, whose workers must reach
+    the driver at its outward address."""
+    if local and "ray" not in sys.modules:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
@@ -323,7 +324,7 @@ class RayExecutor(Executor):
     Args:
         address: ``None``: start a local instance (``workers`` CPUs, default min(2, CPUs)) on the
             loopback address, shut down at the end; ``"auto"`` or ``"HOST:PORT"``: connect to a
-            running cluster (``ray start --head``). If this process is already connected
+            running cluster (``ray start --head``; ``workers`` is not used). If this process is already connected
             (``ray.is_initialized()``), that connection is used and left open.
         cpus_per_run, gpus_per_run: each task's resource request (fractions share a CPU/GPU). A run
             trains on one torch thread whatever it reserves (the study's protocol: same numbers as
@@ -345,7 +346,7 @@ class RayExecutor(Executor):
         retries: int = 1,
         task: Callable[[RunSpec, str], tuple[str, float, str, str]] = run_on_ray_worker,
     ) -> None:
-        _import_ray()
+        _import_ray(local=address is None)
         if address is not None and (not isinstance(address, str) or not address.strip()):
             raise ConfigError("ray_address", address, "auto or HOST:PORT of a running Ray cluster")
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
@@ -463,7 +464,7 @@ class RayExecutor(Executor):
     ) -> None:
         if not pending:
             return
-        ray = _import_ray()
+        ray = _import_ray(local=self.address is None)
         start = time.perf_counter()
         started = self._connect(ray)
         try:
