@@ -200,9 +200,9 @@ def test_ablate_into_a_read_only_directory(tmp_path, monkeypatch):
 def test_a_study_stops_cleanly_when_the_disk_fills_up(tmp_path, monkeypatch):
     """The first run whose files cannot be written stops the study with one line; no run is marked
     failed (a later call resumes them); in this process (workers=0) so the fault reaches it."""
-    import arturo_diag.study.execution as execution
+    import arturo_diag.study.executors as executors  # the local pool's home (issue 14)
 
-    monkeypatch.setattr(execution, "default_workers", lambda: 0)
+    monkeypatch.setattr(executors, "default_workers", lambda: 0)
     (tmp_path / "s.toml").write_text(STUDY)
     fail_below(
         monkeypatch, tmp_path / "st" / "runs", errno.ENOSPC, calls=("replace",), when=lambda p: "/adam/seed0/" in p
@@ -220,7 +220,7 @@ def test_a_study_stops_cleanly_when_the_disk_fills_up(tmp_path, monkeypatch):
     assert not list((tmp_path / "st").rglob("study_failure.json")), "a run was marked failed for a full disk"
     assert_nothing_complete(tmp_path / "st")
     monkeypatch.undo()  # space again: the same command resumes, keeping the finished run
-    monkeypatch.setattr(execution, "default_workers", lambda: 0)
+    monkeypatch.setattr(executors, "default_workers", lambda: 0)
     again = invoke("ablate", "--config", "s.toml", "--out", "st", cwd=tmp_path)
     assert again.exit_code == 0, again.stderr
     assert "(3 run, 1 already done, 0 failed" in again.stdout
