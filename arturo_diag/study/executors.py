@@ -15,6 +15,13 @@ their timings.
   the task writes the record into the study directory itself, so the study directory must be on
   a path every node sees (checked on every node before the first run, and each finished record
   is checked from the driver). Ray is optional (``pip install -e ".[ray]"``).
+
+Same bytes: ``study.json`` and the other study files are byte-identical between executors; each
+run's files too, except what differs between any two runs of one seed (timings: record.json's
+``created``, ``finished``, ``seconds``, ``diagnostics_seconds`` and per-instrument seconds in
+``instruments``; snapshots.csv's ``seconds`` column) and config.toml's ``out`` when the study
+directory is given by another path. A Ray task runs in the driver's working directory, so a
+relative ``--out`` writes the same ``out``.
 """
 
 from __future__ import annotations
