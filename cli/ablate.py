@@ -106,7 +106,8 @@ def ablate(
 def _executor(name: str, workers, address, cpus_per_run, gpus_per_run, retries):
     """The executor the options ask for; Ray's options without --executor ray are refused."""
     from arturo_diag.errors import ConfigError
-    from arturo_diag.study.executors import LocalExecutor, RayExecutor, default_workers
+    from arturo_diag.study import execution
+    from arturo_diag.study.executors import LocalExecutor, RayExecutor
 
     if name not in EXECUTORS:
         raise ConfigError("executor", name, ", ".join(EXECUTORS))
@@ -120,7 +121,7 @@ def _executor(name: str, workers, address, cpus_per_run, gpus_per_run, retries):
         for field, value in ray_options.items():
             if value is not None:
                 raise ConfigError(field, value, "only with --executor ray")
-        return LocalExecutor(default_workers() if workers is None else workers)
+        return LocalExecutor(execution.default_workers() if workers is None else workers)
     return RayExecutor(
         address,
         workers=workers,

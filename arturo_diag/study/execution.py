@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import arturo_diag.study.executors as _executors
 from arturo_diag.diagnostics.io import atomic_write_text, make_directory
 from arturo_diag.diagnostics.lock import DirectoryLock
 from arturo_diag.errors import ConfigError, RecordError
@@ -41,7 +42,6 @@ from arturo_diag.study.executors import (  # the worker-side names stay importab
     _run_in_pool,  # noqa: F401
     _stop_pool,  # noqa: F401
     _stops_study,  # noqa: F401
-    default_workers,
 )
 from arturo_diag.study.executors import execute_run as _execute  # noqa: F401
 from arturo_diag.study.status import FAILURE_FILE, STUDY_FILE, run_status
@@ -96,6 +96,12 @@ class StudyRunResult:
     @property
     def skipped(self) -> list[RunOutcome]:
         return [o for o in self.outcomes if o.status == "skipped"]
+
+
+def default_workers() -> int:
+    """min(2, number of CPUs available to this process): :func:`arturo_diag.study.executors.default_workers`,
+    looked up when called (so either module's name can be patched)."""
+    return _executors.default_workers()
 
 
 def _preflight(study: StudyConfig) -> None:

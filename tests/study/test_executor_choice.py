@@ -55,3 +55,14 @@ def test_help_names_the_executor_options():
     result = invoke("ablate", "--help")
     for option in ("--executor", "--ray-address", "--cpus-per-run", "--gpus-per-run", "--retries"):
         assert option in result.output
+
+
+@pytest.mark.parametrize("module", ["arturo_diag.study.execution", "arturo_diag.study.executors"])
+def test_the_default_worker_count_is_looked_up_when_used(monkeypatch, module):
+    # tests (and users) patch default_workers in either module: the CLI and run_study both see it
+    from arturo_diag.study import execution
+    from cli.ablate import _executor
+
+    monkeypatch.setattr(f"{module}.default_workers", lambda: 7)
+    assert _executor("local", None, None, None, None, None).workers == 7
+    assert execution.default_workers() == 7
