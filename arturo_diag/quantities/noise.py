@@ -38,6 +38,7 @@ estimate, ci_low, ci_high}`` (or None); ``skipped``: why the noise instrument co
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -161,10 +162,14 @@ def _interval(r: float | None, variance: np.ndarray | None, step: int | None) ->
     keep = fixed_subset(n)
     sub = variance if keep is None else variance[keep]
     median = float(np.median(variance))
-    low, high = bootstrap_ci(lambda idx: r / float(np.median(sub[idx])), int(sub.size))
-    low, high = (min(low, high), max(low, high)) if _is_number(low) and _is_number(high) else (low, high)
+    # bootstrapped as median / r (always finite) and inverted: a resample whose median variance is 0
+    # (half the coordinates without gradient noise, e.g. dead units) leaves the ratio unbounded above
+    low_m, high_m = bootstrap_ci(lambda idx: float(np.median(sub[idx])) / r, int(sub.size))
+    unbounded = _is_number(low_m) and low_m <= 0
+    high = math.nan if unbounded or not _is_number(low_m) else 1.0 / low_m
+    low = 1.0 / high_m if _is_number(high_m) and high_m > 0 else math.nan
     return {"step": step, "n": n, "n_resampled": int(sub.size), "median": median, "estimate": r / median,
-            "ci_low": low, "ci_high": high}  # fmt: skip
+            "ci_low": low, "ci_high": high, "unbounded": unbounded}  # fmt: skip
 
 
 def compute(context: Context) -> dict[str, Any]:
@@ -211,11 +216,13 @@ def noise_verdicts(metrics: Mapping[str, Any]) -> list[Verdict]:
         )
         return [not_applicable(vid, RULE, f"r not checked against the measured noise: {why}.")]
     estimate, low, high = found["estimate"], found["ci_low"], found["ci_high"]
-    outcome = decide_within(estimate, low, high, FACTOR)
-    words = (
-        f"r / median minibatch-gradient variance = {interval_words(estimate, low, high)} at the final snapshot "
-        f"(step {found['step']})"
-    )
+    if found.get("unbounded"):  # [low, infinity): no if even its lower end is above the band
+        outcome = "no" if _is_number(low) and low > FACTOR else "inconclusive"
+        interval = f"{estimate:.3g} (95 % CI [{low:.3g}, unbounded): the median variance is 0 in some resamples)"
+    else:
+        outcome = decide_within(estimate, low, high, FACTOR)
+        interval = interval_words(estimate, low, high)
+    words = f"r / median minibatch-gradient variance = {interval} at the final snapshot (step {found['step']})"
     band = f"[1/{FACTOR:g}, {FACTOR:g}]"
     says = {
         "yes": f"The filter's r matches the measured gradient noise: {words}, within {band}.",

@@ -108,3 +108,21 @@ def test_the_probe_variance_is_rescaled_to_the_training_minibatch_r_stands_for(t
     assert metrics["noise"]["final"]["overall"]["variance_median"] == pytest.approx(median, rel=1e-12)
     assert metrics["noise"]["train_batch_size"] == 4
     assert verdict["outcome"] == "no"  # r is 4x too small for a batch of 4 (outside [1/3, 3])
+
+
+def test_a_median_variance_of_zero_in_some_resamples_leaves_the_interval_unbounded_not_a_crash():
+    """Half the coordinates without gradient noise (dead units): the median is positive, but some
+    bootstrap resamples' median is 0, so r / median has no upper bound: the verdict says so, and is
+    "no" only when even the lower end is outside the band (it was a ZeroDivisionError)."""
+    from arturo_diag.quantities.noise import _interval, noise_verdicts
+
+    variance = np.r_[np.zeros(490), np.full(510, 1e-6)]
+    found = _interval(2.0, variance, 5)
+    assert found["unbounded"] and found["estimate"] == pytest.approx(2e6) and np.isnan(found["ci_high"])
+    metrics = {"noise": {"snapshots": [{"overall": {"variance_median": 1e-6}}], "verdict": found,
+                         "measurement_noise": 2.0}, "run": {}}  # fmt: skip
+    (verdict,) = noise_verdicts(metrics)
+    assert verdict.outcome == "no" and "unbounded" in verdict.text
+    small = _interval(2e-6, variance, 5)  # r near the noise: the unbounded interval straddles the band
+    metrics["noise"]["verdict"], metrics["noise"]["measurement_noise"] = small, 2e-6
+    assert noise_verdicts(metrics)[0].outcome == "inconclusive"
