@@ -146,7 +146,10 @@ def test_instruments_option_parsing_help_and_refusal(tmp_path):
     assert instrument_names("none") == () and instrument_names("") == ()
     runner = CliRunner()
     option = typing.get_type_hints(compare, include_extras=True)["instruments"].__metadata__[0]
-    assert "(default noise,spectrum,innovation,alpha): noise: gradient noise" in option.help and "none: no instrument" in option.help
+    assert (
+        "(default noise,spectrum,innovation,alpha): noise: gradient noise" in option.help
+        and "none: no instrument" in option.help
+    )
     out = tmp_path / "run"
     result = runner.invoke(app, ["compare", *TINY, "--instruments", "noise,magic", "--out", str(out)])
     assert result.exit_code == 2, result.output

@@ -98,8 +98,7 @@ def test_a_registered_variant_is_in_ablate_help_and_its_command_line(monkeypatch
             bad = CliRunner().invoke(importlib.import_module("cli.app").app, ["ablate", "--variants", "toy-drift:7"])
         assert (
             "sophia-g[:LR]: Sophia-G and its Gauss-Newton-Bartlett EMA at the paper's defaults (LR: its lr); "
-            "toy-drift:Q: the filter's drift q set to Q, with the positivity guard."
-            in text
+            "toy-drift:Q: the filter's drift q set to Q, with the positivity guard." in text
         )
         assert bad.exit_code == 2 and "variants: got 'toy-drift:7'; allowed: toy-drift:Q with a number" in bad.output
     finally:
