@@ -34,9 +34,11 @@ the quantity, the parameter and its layer) and :meth:`Monitor.step` raises
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -59,7 +61,7 @@ from arturo_diag.diagnostics.monitor_step import BeforeStep, before_step, needs_
 from arturo_diag.diagnostics.record import RecordWriter
 from arturo_diag.errors import Diverged
 
-__all__ = ["Monitor", "REFERENCES"]
+__all__ = ["Monitor", "MonitorSink", "REFERENCES"]
 
 _QUANTILE_SAMPLE = 65536  # precision quantiles per step come from this many fixed coordinates
 _FLUSH_SECONDS = 5.0  # the tables on disk lag the run by at most this (and a snapshot interval)
@@ -68,6 +70,21 @@ _STATE_FIELDS = ("curvature", "filter_cov_aa", "intercept", "precision")  # stor
 _LAST_STEP_KEYS = tuple(
     "kl_bound eta eta_lo eta_hi iterations kl_ratio precision_nonpos denominator_nonpos guard_acted numel".split()
 )
+
+
+class MonitorSink(Protocol):
+    """A live consumer of a Monitor's record (TensorBoard, a logger): called after the record's own
+    write, with the same data; it must not change the model, the optimizer or any random stream."""
+
+    def step(self, row: Mapping[str, Any]) -> None:
+        """One ``steps.csv`` row (docs/record.md), just recorded."""
+
+    def snapshot(self, step: int, scalars: Mapping[str, Any], arrays: Mapping[str, Mapping[str, Any]]) -> None:
+        """One snapshot: its ``snapshots.csv`` scalars and its arrays (parameter -> field -> numpy array,
+        as stored: the keys of docs/record.md)."""
+
+    def close(self) -> None:
+        """The run ended (complete, failed or diverged): flush and release."""
 
 
 def _minimal_config(every: int, reference: str) -> str:
@@ -110,6 +127,10 @@ class Monitor:
             ``instruments_skipped``.
         total_steps: the run's length in steps, if known (its last snapshot is then
             ``every * (total_steps // every)``).
+        tensorboard: write TensorBoard event files too (:mod:`arturo_diag.diagnostics.tensorboard`,
+            the ``tensorboard`` extra): ``True`` for ``out/tensorboard``, or a directory.
+        sinks: further live consumers of what is recorded (:class:`MonitorSink`): each gets every
+            ``steps.csv`` row and every snapshot as it is written, and is closed at the end.
     """
 
     def __init__(
@@ -135,6 +156,8 @@ class Monitor:
         loss_name: str | None = None,
         instruments: Sequence[str] = (),
         total_steps: int | None = None,
+        tensorboard: bool | str | os.PathLike[str] = False,
+        sinks: Sequence[MonitorSink] = (),
     ) -> None:
         check_arguments(instruments=instruments, reference=reference, every=every, probe_batch=probe_batch,
                         reference_batch=reference_batch)  # fmt: skip
@@ -193,6 +216,12 @@ class Monitor:
             torch.randperm(total, generator=generator)[:_QUANTILE_SAMPLE] if total > _QUANTILE_SAMPLE else None
         )
         self._before: BeforeStep | None = None  # the copies before the next step (step instruments)
+        self.sinks: list[MonitorSink] = list(sinks)
+        if tensorboard:
+            from arturo_diag.diagnostics.tensorboard import TensorBoardSink  # the optional extra
+
+            log_dir = Path(out) / "tensorboard" if tensorboard is True else Path(tensorboard)
+            self.sinks.append(TensorBoardSink(log_dir, layers=self.layers))
         self._arm_dual_diagnostics()
 
     # ------------------------------------------------------------------ per step
@@ -230,6 +259,8 @@ class Monitor:
         else:
             row["kl_bound"] = float(self.optimizer.param_groups[0]["lr"])
         self.writer.add_step(row)
+        for sink in self.sinks:
+            sink.step(row)
         divergence = self._first_non_finite(None if loss is None else row["loss"], last)
         if divergence is not None:  # the run ends here: the record says where, the caller gets the error
             self.step_seconds += time.perf_counter() - start
@@ -372,6 +403,8 @@ class Monitor:
         }
         scalars["seconds"] = time.perf_counter() - start
         self.writer.add_snapshot(step, scalars, cpu, extras)
+        for sink in self.sinks:
+            sink.snapshot(step, scalars, cpu)
         now = time.perf_counter()
         if now - self._last_flush >= _FLUSH_SECONDS:  # rewriting the tables costs ~10 ms
             self.writer.flush()
@@ -383,7 +416,13 @@ class Monitor:
     # ------------------------------------------------------------------ end
     def finish(self, extra: Mapping[str, Any] | None = None) -> None:
         """Mark the record complete (written last, so a killed run never looks complete)."""
+        self._close_sinks()
         self.writer.finish(self._manifest_extra(extra))
+
+    def _close_sinks(self) -> None:
+        sinks, self.sinks = self.sinks, []
+        for sink in sinks:
+            sink.close()
 
     def _manifest_extra(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         return {
@@ -397,6 +436,7 @@ class Monitor:
 
     def fail(self, reason: str) -> None:
         """Mark the record failed (the tables so far stay readable)."""
+        self._close_sinks()
         if not self.writer.finished:
             self.writer.fail(reason)
 
@@ -408,4 +448,5 @@ class Monitor:
             if exc_type is not None:
                 self.fail(f"{exc_type.__name__}: {exc}")
         finally:
+            self._close_sinks()
             self.writer.close()  # the run directory's lock, even if the record could not be marked
