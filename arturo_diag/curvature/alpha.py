@@ -72,6 +72,10 @@ def alpha_from_observations(f0: float, f1: float, df0: float, df1: float, *, mov
     if not all(math.isfinite(v) for v in (f0, f1, df0, df1)):
         return math.nan
     _, mu1, mu2 = (float(v) for v in fit_quadratic_in_tau(f0, f1, df0, df1))
+    # the solve's rounding (it differs between LAPACK builds) is no slope and no curvature
+    rounding = 16 * np.finfo(np.float64).eps * (abs(f0) + abs(f1) + abs(df0) + abs(df1))
+    mu1 = 0.0 if abs(mu1) <= rounding else mu1
+    mu2 = 0.0 if abs(mu2) <= rounding else mu2
     if mu2 < 0 or (mu2 == 0 and mu1 != 0):
         return -1.0
     if mu1 == 0:
