@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import json
 import math
 import os
@@ -213,9 +212,8 @@ def atomic_savez(path: str | os.PathLike[str], **arrays: Any) -> None:
 
     Keys may hold any characters (``"net.0.weight/curvature"``), so pass them as ``**mapping``.
     """
-    buffer = io.BytesIO()
-    np.savez(buffer, **{key: np.asarray(value) for key, value in arrays.items()})
-    atomic_write_bytes(path, buffer.getvalue())
+    with atomic_open(path, "wb") as handle:  # streamed: a 500 MB snapshot is not held twice in memory
+        np.savez(handle, **{key: np.asarray(value) for key, value in arrays.items()})
 
 
 def atomic_write_csv(path: str | os.PathLike[str], dataframe: pd.DataFrame) -> None:

@@ -59,6 +59,8 @@ from arturo_diag.diagnostics.monitor_facts import (
 )
 from arturo_diag.diagnostics.monitor_step import BeforeStep, before_step, needs_step
 from arturo_diag.diagnostics.record import RecordWriter
+from arturo_diag.diagnostics.snapshot_cost import snapshot_dtype as resolve_snapshot_dtype
+from arturo_diag.diagnostics.snapshot_cost import snapshot_fields, subsample_indices
 from arturo_diag.errors import Diverged
 
 __all__ = ["Monitor", "MonitorSink", "REFERENCES"]
@@ -131,6 +133,11 @@ class Monitor:
             the ``tensorboard`` extra): ``True`` for ``out/tensorboard``, or a directory.
         sinks: further live consumers of what is recorded (:class:`MonitorSink`): each gets every
             ``steps.csv`` row and every snapshot as it is written, and is closed at the end.
+        snapshot_dtype: ``"auto"`` (float64 up to 64 MiB a snapshot or for a float64 model, float32
+            above), ``"float64"`` or ``"float32"`` (:mod:`~arturo_diag.diagnostics.snapshot_cost`).
+        subsample: keep at most this many coordinates of each parameter tensor in the snapshots
+            (and the initial weights): a fixed set drawn with ``seed``, the same in every snapshot,
+            so a and h stay aligned (None or 0: every coordinate).
     """
 
     def __init__(
@@ -158,6 +165,8 @@ class Monitor:
         total_steps: int | None = None,
         tensorboard: bool | str | os.PathLike[str] = False,
         sinks: Sequence[MonitorSink] = (),
+        snapshot_dtype: str = "auto",
+        subsample: int | None = None,
     ) -> None:
         check_arguments(instruments=instruments, reference=reference, every=every, probe_batch=probe_batch,
                         reference_batch=reference_batch)  # fmt: skip
@@ -192,6 +201,14 @@ class Monitor:
             model, optimizer, loss_fn, mode=reference_mode, batch=reference_batch, loss=loss_name, types=types
         )
         self.layers = layer_labels(types, names)
+        shapes = {name: tuple(p.shape) for name, p in self.named}
+        kept = subsample_indices(shapes, subsample, seed)
+        stored = sum(kept[name].size if name in kept else p.numel() for name, p in self.named)
+        fields = snapshot_fields(reference, self.instruments, arturo=self.is_arturo, estimate=self.adapter is not None)
+        dtype, why = resolve_snapshot_dtype(snapshot_dtype, self.named[0][1].dtype, stored, len(fields))
+        self._store_dtype = getattr(torch, dtype)
+        self._kept = {name: torch.from_numpy(index) for name, index in kept.items()}
+        subsample_info = {"per_tensor": int(subsample), "seed": int(seed), "tensors": len(kept)} if kept else None
         self.writer = RecordWriter(
             out,
             kind,
@@ -201,7 +218,15 @@ class Monitor:
             var_init=settings.get("var_init"),
             overwrite=overwrite,
             layers=self.layers,
-            manifest={**facts, "estimator": self.estimator, **(extra_manifest or {})},
+            manifest={
+                **facts,
+                "estimator": self.estimator,
+                "snapshot_dtype_reason": why,
+                "subsample": subsample_info,
+                **(extra_manifest or {}),
+            },
+            snapshot_dtype=dtype,
+            subsample=kept,
         )
         self._extra_manifest = dict(extra_manifest or {})
         self.writer.write_initial_weights({name: p.detach() for name, p in self.named})  # the distance's origin
@@ -397,10 +422,7 @@ class Monitor:
             "probe_loss": self._probe_loss(),
             **info,
         }
-        cpu = {
-            name: {f: t.detach().to("cpu", torch.float64).numpy() for f, t in fields.items()}
-            for name, fields in arrays.items()
-        }
+        cpu = {name: {f: self._stored(name, t) for f, t in fields.items()} for name, fields in arrays.items()}
         scalars["seconds"] = time.perf_counter() - start
         self.writer.add_snapshot(step, scalars, cpu, extras)
         for sink in self.sinks:
@@ -412,6 +434,17 @@ class Monitor:
         self.snapshot_seconds += time.perf_counter() - start
         if self.on_snapshot:
             self.on_snapshot(step, "end")
+
+    def _stored(self, name: str, tensor: Tensor):
+        """``tensor`` as the snapshot stores it: its kept coordinates (gathered on its device, so
+        only those cross to the CPU), in the snapshot dtype, as a numpy array."""
+        tensor = tensor.detach()
+        index = self._kept.get(name)
+        if index is not None:
+            if index.device != tensor.device:
+                index = self._kept[name] = index.to(tensor.device)
+            tensor = tensor.reshape(-1)[index]
+        return tensor.to("cpu", self._store_dtype).numpy()
 
     # ------------------------------------------------------------------ end
     def finish(self, extra: Mapping[str, Any] | None = None) -> None:

@@ -23,6 +23,7 @@ from arturo_diag.diagnostics.record_format import (
     RECORD_FORMAT,
     RECORD_KINDS,
     RECORD_STATUSES,
+    SNAPSHOT_DTYPES,
 )
 from arturo_diag.errors import RecordError
 from arturo_diag.estimators.protocol import TARGETS
@@ -125,6 +126,10 @@ _MANIFEST_OPTIONAL = {
             f'an object {{"name", "target", "scale"}} (strings; target one of {", ".join(TARGETS)})',
         )
     ),
+    # issue 15: the dtype of the snapshots' arrays, and what was estimated of the run before it
+    "snapshot_dtype": _one_of(*SNAPSHOT_DTYPES),
+    "subsample": _optional(_OBJECT),
+    "estimate": _optional(_OBJECT),
     "instruments_skipped": _Rule(
         lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(r, str) for k, r in v.items()),
         "an object: instrument name -> why it could not measure this run (a string)",
@@ -132,7 +137,13 @@ _MANIFEST_OPTIONAL = {
 }
 _MANIFEST_OPTIMIZER = {"lr": _optional(_NUMBER), "var_init": _optional(_POSITIVE), "eta_tol": _optional(_POSITIVE)}
 _PARAMETER_REQUIRED = {"shape": _SHAPE}
-_PARAMETER_OPTIONAL = {"layer": _TEXT}
+_PARAMETER_OPTIONAL = {
+    "layer": _TEXT,
+    "stored": _Rule(
+        lambda v: isinstance(v, list) and len(v) == 1 and _whole(v[0]) and v[0] >= 1,
+        "[n]: the number of coordinates its snapshots keep (a whole number >= 1)",
+    ),
+}
 
 # config.toml: the fields of the resolved config that a report reads, by section (others pass: a
 # Monitor's config is the user's own TOML). Unset fields are comments, so there is no null here.

@@ -71,14 +71,21 @@ _INSTRUMENT_KEY_RE = re.compile(r"^[a-z][a-z0-9_]*/[a-z][a-z0-9_]*$")
 # of the previous run can be mistaken for the new one's.
 #: The weights when the Monitor started (step 0: initialisation), for the distance travelled.
 INITIAL_WEIGHTS = "initial_weights.npz"
+#: The flat coordinates kept of each subsampled parameter (record.json "subsample"), int64, sorted.
+SUBSAMPLE_INDEX = "subsample_index.npz"
+#: The dtypes a snapshot's arrays may be stored in (record.json "snapshot_dtype").
+SNAPSHOT_DTYPES = ("float64", "float32")
 _RECORD_FILES = (
     _MANIFEST,
     _CONFIG,
     INITIAL_WEIGHTS,
+    SUBSAMPLE_INDEX,
     "steps.csv",
     "epochs.csv",
     "snapshots.csv",
     "metrics.json",
+    "metrics_long.csv",  # metrics.json's long table (arturo_diag/report/exports.py)
+    "metrics_long.parquet",
 )
 # ... and every report file, whatever its format: report.md, report.html, report.document.json, ...
 _REPORT_GLOB = "report.*"

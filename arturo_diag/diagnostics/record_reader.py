@@ -36,6 +36,7 @@ from arturo_diag.diagnostics.record_format import (
     _SNAPSHOT_RE,
     _TABLES,
     INITIAL_WEIGHTS,
+    SUBSAMPLE_INDEX,
     instrument_filename,
     layer_of,
     snapshot_filename,
@@ -80,6 +81,47 @@ class RunRecord:
         self.layers: dict[str, str] = {
             name: str((info or {}).get("layer") or layer_of(name)) for name, info in params.items()
         }
+        #: parameter name -> the shape its snapshot arrays have: its own, or (kept coordinates,)
+        #: where the snapshots keep only some coordinates (:attr:`subsample_index`)
+        self.stored_shapes: dict[str, tuple[int, ...]] = {
+            name: tuple(int(n) for n in (info or {}).get("stored", self.parameters[name]))
+            for name, info in params.items()
+        }
+
+    @property
+    def subsampled(self) -> bool:
+        """Whether the snapshots keep only some coordinates of some parameters (``--subsample``)."""
+        return any(self.stored_shapes[name] != shape for name, shape in self.parameters.items())
+
+    def subsample_index(self) -> dict[str, np.ndarray]:
+        """Parameter name -> the flat coordinates (int64, sorted) its snapshot arrays hold, for
+        the subsampled parameters ({} when none is). ``subsample_index.npz``.
+
+        Raises:
+            RecordError: the file is missing, unreadable, or its indices do not fit the manifest.
+        """
+        if not self.subsampled:
+            return {}
+        path = self.run_dir / SUBSAMPLE_INDEX
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                index = {name: np.asarray(archive[name]) for name in archive.files}
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
+            raise RecordError(f"{path}: unreadable subsample index ({type(error).__name__}: {error})") from None
+        for name, shape in self.stored_shapes.items():
+            if shape == self.parameters[name]:
+                continue
+            kept = index.get(name)
+            numel = int(np.prod(self.parameters[name]))
+            if (
+                kept is None
+                or kept.dtype.kind not in "iu"
+                or kept.shape != shape
+                or kept.size
+                and (kept.min() < 0 or kept.max() >= numel)
+            ):
+                raise RecordError(f"{path}: no valid index of {name} ({shape[0]} coordinates of {numel})")
+        return index
 
     @property
     def status(self) -> str:
@@ -171,7 +213,8 @@ class RunRecord:
         return self.run_dir / snapshot_filename(step)
 
     def snapshot(self, step: int, fields: Iterable[str] | None = None) -> dict[str, dict[str, np.ndarray]]:
-        """The arrays of the snapshot at ``step``: parameter name -> field -> float64 array.
+        """The arrays of the snapshot at ``step``: parameter name -> field -> float64 array (shaped
+        like the parameter, or 1-D of its kept coordinates where the record is :attr:`subsampled`).
 
         Read from disk at each call. ``fields`` restricts which fields are read. Parameters come
         in the manifest's order.
@@ -274,9 +317,11 @@ class RunRecord:
         if dtype.kind not in "fiu":
             held = "Python objects (dtype object)" if dtype.hasobject else f"{dtype} values"
             raise RecordError(f"{path}: {key} holds {held}; a snapshot holds float64 arrays")
-        if tuple(shape) != self.parameters[name]:
+        if tuple(shape) != self.stored_shapes[name]:
+            stored = self.stored_shapes[name]
+            kept = f" (its snapshots keep {stored[0]} coordinates)" if stored != self.parameters[name] else ""
             raise RecordError(
-                f"{path}: {key} has shape {list(shape)}; {_MANIFEST} gives {name} shape {list(self.parameters[name])}"
+                f"{path}: {key} has shape {list(shape)}; {_MANIFEST} gives {name} shape {list(self.parameters[name])}{kept}"
             )
 
     def _snapshot_keys(self, path: Path, step: int, archive: zipfile.ZipFile) -> dict[str, tuple[str, str]]:

@@ -43,6 +43,8 @@ from arturo_diag.diagnostics.record_format import (
     INITIAL_WEIGHTS,
     RECORD_FORMAT,
     RECORD_KINDS,
+    SNAPSHOT_DTYPES,
+    SUBSAMPLE_INDEX,
     instrument_filename,
     layer_of,
     snapshot_filename,
@@ -63,9 +65,13 @@ def _plain(value: Any) -> Any:
 
 
 def _as_float64(value: Any) -> np.ndarray:
+    return _as_array(value, np.float64)
+
+
+def _as_array(value: Any, dtype: Any) -> np.ndarray:
     if hasattr(value, "detach"):  # torch tensor; torch is not imported here
         value = value.detach().cpu()
-    return np.asarray(value, dtype=np.float64)
+    return np.asarray(value, dtype=dtype)
 
 
 def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
@@ -105,6 +111,12 @@ class RecordWriter:
         manifest: further ``record.json`` keys known from the start (the reference's mode, ...).
         overwrite: replace a record that ``run_dir`` already holds. Without it, a directory with a
             ``record.json`` (of any status) is refused with :class:`RecordError`.
+        snapshot_dtype: ``"float64"`` (default) or ``"float32"``: the dtype the per-parameter arrays
+            of the snapshots and the initial weights are stored in (``record.json``'s ``snapshot_dtype``).
+        subsample: parameter name -> the flat coordinates kept of it (sorted, unique), for the
+            parameters whose snapshots keep only some coordinates. Their arrays are 1-D, of those
+            coordinates in that order (``parameters[name]["stored"]``); the indices are written to
+            ``subsample_index.npz`` at once.
 
     ``record.json`` is written with status ``"running"`` at once; :meth:`finish` rewrites it with
     status ``"complete"`` after everything else, so a killed run is recognisably incomplete.
@@ -122,6 +134,8 @@ class RecordWriter:
         overwrite: bool = False,
         layers: Mapping[str, str] | None = None,
         manifest: Mapping[str, Any] | None = None,
+        snapshot_dtype: str = "float64",
+        subsample: Mapping[str, Any] | None = None,
     ) -> None:
         if kind not in RECORD_KINDS:
             raise ValueError(f"kind: got {kind!r}; allowed: {', '.join(map(repr, RECORD_KINDS))}")
@@ -129,11 +143,19 @@ class RecordWriter:
             tomllib.loads(config_toml_text)
         except (tomllib.TOMLDecodeError, TypeError) as error:
             raise ValueError(f"config_toml_text: not valid TOML ({error})") from None
+        if snapshot_dtype not in SNAPSHOT_DTYPES:
+            raise ValueError(
+                f"snapshot_dtype: got {snapshot_dtype!r}; allowed: {', '.join(map(repr, SNAPSHOT_DTYPES))}"
+            )
         self.run_dir = Path(run_dir)
+        self.snapshot_dtype = np.dtype(snapshot_dtype)
         self._parameters: dict[str, dict[str, Any]] = {}
         for name, shape in parameters.items():
             layer = (layers or {}).get(name) or layer_of(str(name))
             self._parameters[str(name)] = {"shape": [int(n) for n in shape], "layer": str(layer)}
+        self._subsample = _check_subsample(subsample or {}, self._parameters)
+        for name, index in self._subsample.items():
+            self._parameters[name]["stored"] = [int(index.size)]
         self._extra = {k: v for k, v in (manifest or {}).items() if k not in ("format", "status")}
         _refuse_study_dir(self.run_dir)
         # One writer per run directory (docs/record.md, "Locks"): held from before a previous record
@@ -188,9 +210,12 @@ class RecordWriter:
             "var_init": var_init,
             "created": _now(),
             "arturo_diag_version": _version(),
+            "snapshot_dtype": self.snapshot_dtype.name,
             **self._extra,
         }
         atomic_write_text(self.run_dir / _CONFIG, config_toml_text)
+        if self._subsample:
+            atomic_savez(self.run_dir / SUBSAMPLE_INDEX, **self._subsample)
         self._write_manifest()
 
     # -- end and lock ---------------------------------------------------------------------------
@@ -248,18 +273,32 @@ class RecordWriter:
             raise ValueError("add_epoch: the row has no 'epoch'")
         self._epochs.append({key: _plain(value) for key, value in row.items()})
 
+    def stored_shape(self, name: str) -> tuple[int, ...]:
+        """The shape ``name``'s snapshot arrays are stored in: the parameter's, or (kept coordinates,)."""
+        info = self._parameters[name]
+        return tuple(info.get("stored", info["shape"]))
+
+    def _stored(self, name: str, value: Any, what: str) -> np.ndarray:
+        """``value`` (shaped like the parameter, or already like its stored shape) as stored."""
+        array = _as_array(value, self.snapshot_dtype)
+        shape, stored = tuple(self._parameters[name]["shape"]), self.stored_shape(name)
+        if array.shape == shape and stored != shape:
+            array = array.reshape(-1)[self._subsample[name]]
+        if array.shape != stored:
+            allowed = f"{list(shape)}" + (f" or {list(stored)} (its kept coordinates)" if stored != shape else "")
+            raise ValueError(f"{what}: {name} has shape {list(array.shape)}; the parameter's is {allowed}")
+        return array
+
     def write_initial_weights(self, weights: Mapping[str, Any]) -> None:
         """Write the weights at the start (step 0) once, atomically: ``initial_weights.npz``, one
-        float64 array per parameter of the manifest, shaped like it (``distance from initialisation``)."""
+        array per parameter of the manifest, shaped like it, or its kept coordinates where the
+        snapshots are subsampled (``distance from initialisation``)."""
         self._check_open()
         payload = {}
         for name, value in weights.items():
             if name not in self._parameters:
                 raise ValueError(f"write_initial_weights: unknown parameter {name!r}")
-            array = _as_float64(value)
-            if array.shape != tuple(self._parameters[name]["shape"]):
-                raise ValueError(f"write_initial_weights: {name} has shape {list(array.shape)}")
-            payload[name] = array
+            payload[name] = self._stored(name, value, "write_initial_weights")
         atomic_savez(self.run_dir / INITIAL_WEIGHTS, **payload)
 
     def add_snapshot(
@@ -272,7 +311,8 @@ class RecordWriter:
         """Write the arrays of one snapshot now (atomically) and queue its ``snapshots.csv`` row.
 
         ``arrays`` maps parameter name -> field (``curvature``, ``filter_cov_aa``, ``h_exact``, ...)
-        -> array shaped like the parameter; arrays are stored as float64. ``extras``: the
+        -> array shaped like the parameter (or like its kept coordinates, where subsampled); arrays
+        are stored in ``snapshot_dtype`` (a subsampled parameter's kept coordinates only). ``extras``: the
         instruments' arrays of any shape, keyed ``INSTRUMENT/FIELD`` (``instruments/step_*.npz``,
         written before the snapshot's own file).
         """
@@ -284,16 +324,10 @@ class RecordWriter:
         for name, fields in arrays.items():
             if name not in self._parameters:
                 raise ValueError(f"add_snapshot: unknown parameter {name!r}; known: {', '.join(self._parameters)}")
-            shape = tuple(self._parameters[name]["shape"])
             for field, value in fields.items():
                 if "/" in field or not field:
                     raise ValueError(f"add_snapshot: field name {field!r} must be non-empty and hold no '/'")
-                array = _as_float64(value)
-                if array.shape != shape:
-                    raise ValueError(
-                        f"add_snapshot: {name}/{field} has shape {list(array.shape)}; the parameter's is {list(shape)}"
-                    )
-                payload[f"{name}/{field}"] = array
+                payload[f"{name}/{field}"] = self._stored(name, value, f"add_snapshot: field {field}")
         if extras:
             bad = [key for key in extras if not _INSTRUMENT_KEY_RE.match(key)]
             if bad:
@@ -388,6 +422,22 @@ class RecordWriter:
     def finished(self) -> bool:
         """Whether :meth:`finish` or :meth:`fail` has been called."""
         return self._finished
+
+
+def _check_subsample(
+    subsample: Mapping[str, Any], parameters: Mapping[str, Mapping[str, Any]]
+) -> dict[str, np.ndarray]:
+    """The kept coordinates of each subsampled parameter as sorted, unique, in-range int64 arrays."""
+    checked: dict[str, np.ndarray] = {}
+    for name, index in subsample.items():
+        if name not in parameters:
+            raise ValueError(f"subsample: unknown parameter {name!r}")
+        index = _as_array(index, np.int64).reshape(-1)
+        numel = int(np.prod(parameters[name]["shape"]))
+        if index.size == 0 or np.any(np.diff(index) <= 0) or index[0] < 0 or index[-1] >= numel:
+            raise ValueError(f"subsample: {name}'s indices must be sorted, unique and within [0, {numel})")
+        checked[name] = index
+    return checked
 
 
 def _refuse_study_dir(run_dir: Path) -> None:
