@@ -2,7 +2,8 @@
 
 A pure function of the record on disk: it never trains, and rendering the same record twice gives
 byte-identical files. Order of writes (each atomic, :mod:`arturo_diag.diagnostics.io`): first any
-previous ``report.*`` files are removed, then ``metrics.json``, then the figures, and the report
+previous ``report.*`` files (and ``metrics_long.*``) are removed, then ``metrics.json``, then its long
+table ``metrics_long.csv`` / ``.parquet`` (:mod:`arturo_diag.report.exports`), then the figures, and the report
 files last (one per output format of :mod:`arturo_diag.report.formats`, ``report.md`` the very
 last), so a render killed at any point leaves no report that looks complete.
 """
@@ -15,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from arturo_diag import quantities
-from arturo_diag.diagnostics.io import atomic_write_bytes, write_error
+from arturo_diag.diagnostics.io import atomic_write_bytes, remove_file, write_error
 from arturo_diag.diagnostics.lock import DirectoryLock
 from arturo_diag.diagnostics.record import RunRecord
 from arturo_diag.quantities.analysis import analyze_record, write_metrics
 from arturo_diag.report import sections
 from arturo_diag.report.document import Block, Image, Paragraph, code, text
+from arturo_diag.report.exports import export_names, write_exports
 from arturo_diag.report.figures.common import FigureSkipped, FigureSpec, draw_figure
 from arturo_diag.report.format import is_number
 from arturo_diag.report.formats import remove_documents, write_documents
@@ -45,6 +47,8 @@ class ReportResult:
         figures: figure name -> path of its PNG, for the figures drawn (report order).
         skipped: figure name -> why it was not drawn.
         documents: format name -> path of the report in that format (:data:`~arturo_diag.report.formats.FORMATS`).
+        exports: the long table's files written (``metrics_long.csv``, and ``metrics_long.parquet``
+            where pyarrow imports; :mod:`arturo_diag.report.exports`).
     """
 
     run_dir: Path
@@ -56,6 +60,7 @@ class ReportResult:
     figures: dict[str, Path]
     skipped: dict[str, str]
     documents: dict[str, Path] = field(default_factory=dict)
+    exports: list[Path] = field(default_factory=list)
 
 
 def _analysis_options(record: RunRecord) -> dict[str, Any]:
@@ -68,7 +73,9 @@ def _analysis_options(record: RunRecord) -> dict[str, Any]:
 def render_report(run_dir: str | os.PathLike[str]) -> ReportResult:
     """Analyse a complete run record and write its report (ARTURO.md, "Diagnostic quantities").
 
-    Writes into ``run_dir``: ``metrics.json`` (the metrics dict), ``figures/NAME.png`` for every
+    Writes into ``run_dir``: ``metrics.json`` (the metrics dict), ``metrics_long.csv`` (and
+    ``metrics_long.parquet`` where pyarrow imports: its per-snapshot numbers as one long table,
+    :func:`~arturo_diag.report.exports.write_exports`), ``figures/NAME.png`` for every
     figure of the quantities of :data:`arturo_diag.quantities.QUANTITIES` whose data the record
     has (a figure without its data is named as skipped, with the reason, in its section, and a
     stale PNG of it is removed), then the report in every output format: ``report.document.json``,
@@ -104,8 +111,11 @@ def _render(run_dir: Path) -> ReportResult:
 
     # from here until the end, no report file exists that could be taken for this render's
     remove_documents(run_dir, REPORT_STEM)
+    for name in export_names():
+        remove_file(run_dir / name)
     metrics_path = run_dir / METRICS_JSON
     write_metrics(run_dir, metrics)
+    exports = write_exports(run_dir, metrics)
 
     figure_dir = run_dir / FIGURE_DIR
     figures: dict[str, Path] = {}
@@ -142,6 +152,7 @@ def _render(run_dir: Path) -> ReportResult:
         markdown=documents["markdown"],
         html=documents["html"],
         documents=documents,
+        exports=exports,
         metrics_json=metrics_path,
         metrics=metrics,
         findings=list(metrics.get("findings") or []),

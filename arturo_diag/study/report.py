@@ -1,4 +1,5 @@
-"""The aggregate report of a study: study.json, runs.csv, curves.csv, eta.csv, estimates.csv, study.md, study.html.
+"""The aggregate report of a study: study.json, runs.csv, curves.csv, eta.csv, estimates.csv, study_long.csv
+(and study_long.parquet), study.md, study.html.
 
 ``render_study(study_dir)`` is a pure function of the files in the study directory (``study.toml``
 and the run records): it never trains, and rendering twice gives byte-identical files (no times,
@@ -9,22 +10,28 @@ one function per section) and written by the engine's renderers
 ``study.html`` (self-contained, figures embedded as base64 PNG, a table of contents).
 ``study.json`` is the data (every number), not the document; its list ``"verdicts"`` holds each
 variant's verdict against faithful (:mod:`arturo_diag.study.verdicts`). The figures are drawn by
-:mod:`arturo_diag.study.figures`.
+:mod:`arturo_diag.study.figures`. ``study_long.csv`` (and ``study_long.parquet`` where pyarrow
+imports) stacks the long tables of the complete runs' metrics (:mod:`arturo_diag.report.exports`),
+one block per run in the grid's order, behind its ``variant``, ``seed`` and ``run`` (``runs.csv``'s
+``run_dir``).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from arturo_diag.diagnostics.io import atomic_write_bytes, atomic_write_csv, atomic_write_json
 from arturo_diag.diagnostics.lock import DirectoryLock
-from arturo_diag.diagnostics.record import looks_like_study_dir
+from arturo_diag.diagnostics.record import RunRecord, looks_like_study_dir
+from arturo_diag.report.exports import study_long_table, write_table
 from arturo_diag.report.formats import write_documents
-from arturo_diag.study.aggregate import CURVE_COLUMNS, ESTIMATE_COLUMNS, StudyData, collect, summarize
+from arturo_diag.study.aggregate import CURVE_COLUMNS, ESTIMATE_COLUMNS, StudyData, _metrics, collect, summarize
 from arturo_diag.study.estimate_findings import report_findings
 from arturo_diag.study.figures import draw_figures, plot_accuracy, plot_curves, plot_eta
 from arturo_diag.study.sections import study_document
@@ -33,6 +40,8 @@ from arturo_diag.study.verdicts import study_verdicts
 __all__ = ["render_study", "StudyReport", "is_study_dir", "STUDY_FORMAT", "plot_curves", "plot_eta", "plot_accuracy"]
 
 STUDY_FORMAT = "arturo-diag-study/1"
+#: ``study_long.csv`` / ``study_long.parquet``: the complete runs' long tables.
+STUDY_LONG_STEM = "study_long"
 
 
 @dataclass(frozen=True)
@@ -45,12 +54,24 @@ class StudyReport:
     curves_csv: Path
     findings: list[dict[str, str]]
     data: dict[str, Any]  # the content of study.json
+    long: list[Path] = field(default_factory=list)  # study_long.csv (and .parquet where pyarrow imports)
 
 
 def is_study_dir(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` holds a study (``study.toml`` or ``study.json``), not a single run record."""
     path = Path(path)
     return path.is_dir() and looks_like_study_dir(path)
+
+
+def _study_long(data: StudyData) -> pd.DataFrame:
+    """The long table of every complete run's metrics (grid order), behind variant, seed and run."""
+    complete = {(row.setup, row.variant, int(row.seed)) for row in data.runs.itertuples() if row.status == "complete"}
+    runs = []
+    for spec in data.specs:
+        if spec.key in complete:
+            run_dir = Path(spec.config.out)
+            runs.append((spec.variant.name, spec.seed, spec.relative_dir, _metrics(run_dir, RunRecord.load(run_dir))))
+    return study_long_table(runs)
 
 
 # ------------------------------------------------------------------------------------------ render
@@ -141,6 +162,7 @@ def _render_study(study_dir: str | os.PathLike[str], figures: bool) -> StudyRepo
     atomic_write_csv(study_dir / "curves.csv", data.curves[list(CURVE_COLUMNS)])
     atomic_write_csv(study_dir / "eta.csv", data.eta)
     atomic_write_csv(study_dir / "estimates.csv", data.estimates[list(ESTIMATE_COLUMNS)])
+    long = write_table(study_dir, STUDY_LONG_STEM, _study_long(data))
     atomic_write_json(study_dir / "study.json", content)
     write_documents(study_dir, "study", blocks, title=f"Ablation study: {data.study.name}")
     return StudyReport(
@@ -152,4 +174,5 @@ def _render_study(study_dir: str | os.PathLike[str], figures: bool) -> StudyRepo
         study_dir / "curves.csv",
         findings,
         content,
+        long,
     )
