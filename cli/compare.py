@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from arturo_diag.curvature.instruments import INSTRUMENTS
 from arturo_diag.curvature.methods import EXACT_METHODS, ORACLES
 from arturo_diag.curvature.references import REFERENCE_BATCHES, REFERENCE_METHODS, REFERENCE_MODES
+from arturo_diag.diagnostics.snapshot_cost import SNAPSHOT_DTYPE_CHOICES
 from arturo_diag.errors import Diverged
 from arturo_diag.optim.arturo import DUAL_CHOICES, KL_CHOICES
 from arturo_diag.optim.presets import PRESET_NAMES
@@ -29,6 +30,7 @@ from arturo_diag.training.datasets import DATASET_SPECS
 from arturo_diag.training.models import MODELS
 
 from .common import EXIT_DIVERGED, choices_help, user_errors
+from .timing import WallClock
 
 _O = typer.Option
 _DEFAULT = {f.name: f.default for f in dataclasses.fields(RunConfig)}  # each choice option's default
@@ -77,6 +79,9 @@ def run_with_progress(config: RunConfig, console: Console, overwrite: bool):
     # Everything that can be refused (config, data, device, the output directory) is refused here,
     # before a progress bar is drawn.
     prepared = prepare(config, overwrite=overwrite)
+    if prepared.cost is not None and prepared.snapshots:
+        for line in prepared.cost.lines():
+            console.print(f"[bold]estimate[/bold] {escape(line)}", highlight=False)
     for warning in prepared.warnings:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
     with progress_display(console) as bar:
@@ -137,6 +142,17 @@ def compare(
     exact_method: Annotated[str | None, _O(help=_choices("exact_method", EXACT_METHODS))] = None,
     samples: Annotated[int | None, _O(help="Hutchinson probes per snapshot (default 64).")] = None,
     probe_size: Annotated[int | None, _O(help="Examples in the fixed probe batch (default 128).")] = None,
+    snapshot_dtype: Annotated[
+        str | None, _O(help=_choices("snapshot_dtype", SNAPSHOT_DTYPE_CHOICES, "The snapshots' arrays: "))
+    ] = None,
+    subsample: Annotated[
+        int | None,
+        _O(help="Keep at most N coordinates of each parameter tensor in the snapshots (seeded, fixed; 0: all)."),
+    ] = None,
+    tensorboard: Annotated[
+        bool | None,
+        _O("--tensorboard/--no-tensorboard", help="Also write TensorBoard event files into RUN_DIR/tensorboard."),
+    ] = None,
     preset: Annotated[
         str | None, _O(help=_choices("preset", PRESET_NAMES, "Published arTuRO hyperparameters: "))
     ] = None,
@@ -194,6 +210,7 @@ def compare(
     Exit codes: 0 done; 1 internal error (a bug: a traceback); 2 bad input (one "error:" line, nothing that looks complete); 3 diverged (a NaN/inf loss, gradient, weight or optimizer state: the record is marked diverged and the report's first finding names step, quantity and layer); 130 interrupted (the record is left incomplete).
     """
     options = {k: v for k, v in locals().items() if k not in ("config", "overwrite")}
+    clock = WallClock()
     console = Console(stderr=True)
     with user_errors():
         cfg = build_config(config, options)
@@ -206,11 +223,13 @@ def compare(
                 result = run_with_progress(cfg, console, overwrite)
             except Diverged as error:  # a result, not a user error: the report says where, exit 3
                 diverged = error
+            clock.mark("report")
             report = render_report(result.run_dir if result is not None else cfg.out)
+            clock.mark("done")
     if diverged is not None:
         summarize_diverged(report, diverged, console)
         raise typer.Exit(code=EXIT_DIVERGED)
-    summarize(report, result, console)
+    summarize(report, result, console, clock)
 
 
 def summarize_diverged(report, error: Diverged, console: Console) -> None:
@@ -224,12 +243,11 @@ def summarize_diverged(report, error: Diverged, console: Console) -> None:
     out.print(f"[bold]report[/bold] {escape(f'{report.markdown}  {report.html}')}")
 
 
-def summarize(report, result, console: Console) -> None:
+def summarize(report, result, console: Console, clock: WallClock | None = None) -> None:
     out = Console()
-    out.print(
-        f"[bold]run[/bold] {escape(str(result.run_dir))}  ({result.steps} steps, {result.seconds:.1f} s; "
-        f"diagnostics {result.diagnostics_seconds:.1f} s)"
-    )
+    out.print(f"[bold]run[/bold] {escape(str(result.run_dir))}  ({result.steps} steps)")
+    if clock is not None:
+        out.print(f"[bold]time[/bold] {escape(clock.summary(result))}")
     for finding in report.findings:
         marker = "[yellow]![/yellow]" if finding.get("severity") == "warning" else "-"
         out.print(f" {marker} {escape(finding['text'])}")

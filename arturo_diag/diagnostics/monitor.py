@@ -201,6 +201,10 @@ class Monitor:
             model, optimizer, loss_fn, mode=reference_mode, batch=reference_batch, loss=loss_name, types=types
         )
         self.layers = layer_labels(types, names)
+        if tensorboard:  # a missing extra is refused before anything is written
+            from arturo_diag.diagnostics.tensorboard import TensorBoardSink, _summary_writer
+
+            _summary_writer()
         shapes = {name: tuple(p.shape) for name, p in self.named}
         kept = subsample_indices(shapes, subsample, seed)
         stored = sum(kept[name].size if name in kept else p.numel() for name, p in self.named)
@@ -243,8 +247,6 @@ class Monitor:
         self._before: BeforeStep | None = None  # the copies before the next step (step instruments)
         self.sinks: list[MonitorSink] = list(sinks)
         if tensorboard:
-            from arturo_diag.diagnostics.tensorboard import TensorBoardSink  # the optional extra
-
             log_dir = Path(out) / "tensorboard" if tensorboard is True else Path(tensorboard)
             self.sinks.append(TensorBoardSink(log_dir, layers=self.layers))
         self._arm_dual_diagnostics()

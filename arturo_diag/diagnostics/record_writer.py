@@ -335,6 +335,9 @@ class RecordWriter:
             make_directory(self.run_dir / _INSTRUMENT_DIR, "out")
             atomic_savez(self.run_dir / instrument_filename(step), **{k: _as_float64(v) for k, v in extras.items()})
         atomic_savez(self.run_dir / snapshot_filename(step), **payload)
+        self._manifest["snapshot_bytes"] = self._manifest.get("snapshot_bytes", 0) + _size_of(
+            self.run_dir / snapshot_filename(step), self.run_dir / instrument_filename(step) if extras else None
+        )
         row = {"step": step}
         row.update({key: _plain(value) for key, value in scalars.items() if key != "step"})
         self._snapshot_rows.append(row)
@@ -424,6 +427,10 @@ class RecordWriter:
         return self._finished
 
 
+def _size_of(*paths: Path | None) -> int:
+    return sum(path.stat().st_size for path in paths if path is not None and path.exists())
+
+
 def _check_subsample(
     subsample: Mapping[str, Any], parameters: Mapping[str, Mapping[str, Any]]
 ) -> dict[str, np.ndarray]:
@@ -472,6 +479,10 @@ def _remove_record_files(run_dir: Path) -> None:
         for path in instrument_dir.iterdir():
             if _SNAPSHOT_RE.match(path.name):
                 path.unlink()
+    events = run_dir / "tensorboard"  # the TensorBoard sink's (Monitor(tensorboard=True)): a new run, new events
+    if events.is_dir():
+        for path in events.glob("events.out.tfevents.*"):
+            path.unlink()
     figures = run_dir / "figures"
     if figures.is_dir():
         for path in figures.glob("*.png"):

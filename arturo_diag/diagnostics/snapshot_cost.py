@@ -15,7 +15,9 @@ Three choices bound a snapshot's size (docs/record.md, "Snapshot size"):
 
 :func:`estimate_run` adds the seconds per snapshot from the model's size and a short probe on the
 reference batch: one gradient and one Hessian-vector product timed (and, for the exact ``ggn``, the
-GGN on a few examples; for Hutchinson, two probes), scaled by what the chosen method needs. The
+GGN on 16 examples; for Hutchinson, two probes), scaled by what the chosen method needs (a
+reference predicted to take under 2 s is timed whole instead). The timings are medians after a
+warm-up, taken on a shared machine as it is: a busy machine gives larger estimates. The
 probe draws no random number from any global stream and leaves the model as it was, so training
 after it is bit-identical to training without it.
 """
@@ -72,7 +74,8 @@ SLOW_SNAPSHOT_SECONDS = 10.0
 _ARTURO_FIELDS = ("curvature", "filter_cov_aa", "intercept", "precision")
 _ESTIMATE_FIELDS = ("curvature", "curvature_var")  # another optimizer's: at most these
 _ARTURO_ONLY_INSTRUMENTS = ("innovation",)  # they store nothing for other optimizers
-_GGN_PROBE_EXAMPLES = 4
+_GGN_PROBE_EXAMPLES = 16
+_RUN_WHOLE_BELOW = 2.0  # seconds: a reference predicted cheaper than this is timed whole instead
 
 
 class InsufficientSpace(RecordError):
@@ -280,19 +283,19 @@ def _time_reference(
     for estimator in estimators_of(reference):
         if estimator.name == "exact":
             method = _exact_method(model, loss_fn, exact_method, train)
-            if method == "ggn":
+            if method == "ggn":  # linear in the examples: a few timed, or all where that is cheap
+                ggn = lambda n: exact_diagonal(model, loss_fn, inputs[:n], targets[:n], method="ggn", train=train)
                 n = min(_GGN_PROBE_EXAMPLES, inputs.shape[0])
-                timed = _timed(
-                    lambda: exact_diagonal(model, loss_fn, inputs[:n], targets[:n], method="ggn", train=train)
-                )
-                seconds += timed * inputs.shape[0] / n
+                timed = _timed(lambda: ggn(n)) * inputs.shape[0] / n
+                seconds += timed if timed > _RUN_WHOLE_BELOW else _timed(lambda: ggn(inputs.shape[0]))
             else:
                 seconds += _hvp_seconds(loss, params, hvp, coordinates)
             methods.append(f"exact ({method})")
         elif estimator.name == "hutchinson":
             generator = torch.Generator(device=params[0].device).manual_seed(0)  # its own stream
-            two = _timed(lambda: hutchinson_diagonal(model, loss_fn, inputs, targets, 2, generator, train=train))
-            seconds += two * samples / 2
+            probes = lambda k: hutchinson_diagonal(model, loss_fn, inputs, targets, k, generator, train=train)
+            timed = _timed(lambda: probes(2)) * samples / 2
+            seconds += timed if timed > _RUN_WHOLE_BELOW else _timed(lambda: probes(samples))
             methods.append(f"hutchinson ({samples} probes)")
         else:  # a registered reference of unknown cost: as many HVPs as Hutchinson's probes
             seconds += samples * hvp
@@ -336,15 +339,16 @@ def _hvp_seconds(loss, params: tuple[Tensor, ...], hvp: float, coordinates: int)
 
 
 def _timed(work: Callable[[], Any], repeats: int = 3, enough: float = 0.25) -> float:
-    """Seconds of ``work``: its first call where that took over ``enough`` (a warm-up would cost
-    as much again), else the median of ``repeats`` calls after it."""
+    """Seconds of ``work`` after one warm-up call (torch.func's first call costs more): its second
+    call where that took over ``enough``, else the median of ``repeats`` calls."""
+    work()
     start = time.perf_counter()
     work()
-    first = time.perf_counter() - start
-    if first > enough:
-        return first
-    times = []
-    for _ in range(repeats):
+    second = time.perf_counter() - start
+    if second > enough:
+        return second
+    times = [second]
+    for _ in range(repeats - 1):
         start = time.perf_counter()
         work()
         times.append(time.perf_counter() - start)

@@ -16,6 +16,7 @@ from typing import Any
 from arturo_diag.curvature.instruments import INSTRUMENTS
 from arturo_diag.curvature.methods import EXACT_METHODS, ORACLES
 from arturo_diag.curvature.references import REFERENCE_BATCHES, REFERENCE_METHODS, REFERENCE_MODES
+from arturo_diag.diagnostics.snapshot_cost import SNAPSHOT_DTYPE_CHOICES
 from arturo_diag.errors import ConfigError
 from arturo_diag.optim.arturo import DUAL_CHOICES, KL_CHOICES
 from arturo_diag.optim.presets import PRESET_NAMES
@@ -41,6 +42,7 @@ LIMITS = {
     "every": 10**7,
     "samples": 10**5,
     "probe_size": 10**5,
+    "subsample": 10**9,
     "oracle_every": 10**7,
 }
 #: At most this many steps in one run, epochs x batches per epoch included (checked once the data is known).
@@ -108,6 +110,7 @@ def _check_choices(c: Any) -> None:
     _one_of(c, "exact_method", EXACT_METHODS)
     _one_of(c, "oracle", ORACLES)
     _one_of(c, "dtype", DTYPES)
+    _one_of(c, "snapshot_dtype", SNAPSHOT_DTYPE_CHOICES)
 
 
 def _check_numbers(c: Any) -> None:
@@ -121,6 +124,7 @@ def _check_numbers(c: Any) -> None:
     _integer(c, "every", 1)
     _integer(c, "samples", 2)
     _integer(c, "probe_size", 1)
+    _integer(c, "subsample", 0)
     _integer(c, "oracle_every", 1)
     for name in ("lr", "reg_weight", "prior_prec", "nu", "dynamic_model_noise", "weight_decay", "fixed_eta"):
         _number(c, name, 0.0)
@@ -142,8 +146,9 @@ def _check_numbers(c: Any) -> None:
 
 
 def _check_others(c: Any) -> None:
-    if not isinstance(c.guard, bool):
-        raise ConfigError("guard", c.guard, "true or false")
+    for name in ("guard", "tensorboard"):
+        if not isinstance(getattr(c, name), bool):
+            raise ConfigError(name, getattr(c, name), "true or false")
     if not isinstance(c.out, str) or not c.out:
         raise ConfigError("out", c.out, "a directory path")
     if not isinstance(c.device, str) or not re.fullmatch(r"cpu|cuda(:[0-9]{1,4})?", c.device):

@@ -53,6 +53,9 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "samples",
         "probe_size",
         "collapse_fraction",
+        "snapshot_dtype",
+        "subsample",
+        "tensorboard",
     ),
 }
 

@@ -102,6 +102,10 @@ class RunConfig:
     samples: int = 64
     probe_size: int = 128
     collapse_fraction: float = 0.01
+    # snapshot size (issue 15): the arrays' dtype, coordinates kept per tensor (0: all), TensorBoard events
+    snapshot_dtype: str = "auto"
+    subsample: int = 0
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         validate(self)

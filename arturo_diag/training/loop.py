@@ -20,7 +20,9 @@ import torch
 from torch import nn
 
 from arturo_diag.curvature import exact_diagonal, hutchinson_diagonal
+from arturo_diag.curvature.instruments import applicable
 from arturo_diag.diagnostics.monitor import Monitor
+from arturo_diag.diagnostics.snapshot_cost import RunCost, check_free_space, estimate_run
 from arturo_diag.errors import ConfigError
 from arturo_diag.training.config import MAX_TOTAL_STEPS, RunConfig, config_to_toml
 from arturo_diag.training.datasets import ArrayDataset, batches, load_dataset, probe_batch
@@ -117,6 +119,7 @@ class PreparedRun:
     batches_per_epoch: int
     snapshots: int
     warnings: tuple[str, ...] = ()  # things the run will do that the user may not expect (no snapshot at all, ...)
+    cost: RunCost | None = None  # the snapshots' estimated size and seconds (printed before training)
 
 
 def check_against_data(config: RunConfig, num_train: int, name: str) -> list[str]:
@@ -185,6 +188,33 @@ def prepare(
     loss_fn = nn.functional.cross_entropy
     # snapshots for every optimizer that keeps a curvature estimate (the Monitor reads it via adapter_for)
     reference = config.reference if OPTIMIZERS[config.optimizer].has_estimate else "none"
+    snapshots = total_steps // config.every if reference != "none" else 0
+    # what the snapshots will cost, before anything is written: refused if the disk cannot hold them
+    instruments = config.instruments if reference != "none" else ()
+    reference_batch = (
+        probe
+        if config.reference_batch == "probe"
+        else (dataset.x_train[: config.batch_size], dataset.y_train[: config.batch_size])
+    )
+    with _one_torch_thread():  # as the snapshots will run: inside the training loop
+        cost = estimate_run(
+            model,
+            loss_fn,
+            reference_batch,
+            snapshots=snapshots,
+            reference=reference,
+            exact_method=config.exact_method,
+            samples=config.samples,
+            instruments=applicable(instruments, model, config.reference_mode == "train")[0],
+            arturo=config.optimizer == "arturo",
+            train=config.reference_mode == "train",
+            dtype=config.snapshot_dtype,
+            subsample=config.subsample,
+            seed=config.seed,
+            out=config.out,
+        )
+    check_free_space(cost)
+    warnings += cost.warnings
     monitor = Monitor(
         model,
         optimizer,
@@ -198,8 +228,11 @@ def prepare(
         seed=config.seed,
         reference_mode=config.reference_mode,
         reference_batch=config.reference_batch,
-        instruments=config.instruments if reference != "none" else (),
+        instruments=instruments,
         total_steps=total_steps,
+        snapshot_dtype=config.snapshot_dtype,
+        subsample=config.subsample,
+        tensorboard=config.tensorboard,
         config_toml=config_to_toml(config),
         kind=kind,
         overwrite=overwrite,
@@ -209,9 +242,9 @@ def prepare(
             "optimizer_name": config.optimizer,
             "total_steps": total_steps,
             "batches_per_epoch": batches_per_epoch,
+            "estimate": cost.as_dict(),
         },
     )
-    snapshots = total_steps // config.every if reference != "none" else 0
     return PreparedRun(
         config,
         dataset,
@@ -224,6 +257,7 @@ def prepare(
         batches_per_epoch,
         snapshots,
         tuple(warnings),
+        cost,
     )
 
 
