@@ -151,8 +151,11 @@ def test_arturo_sgd_adam_adamw_give_the_numbers_they_gave_before_the_registry(tm
     changes, losses, test_losses = BEFORE[case]
     changes = changes or {"optimizer": case}
     record = RunRecord.load(run(_tiny(tmp_path, **changes)).run_dir)
-    assert record.steps["loss"].tolist() == losses
-    assert record.epochs["test_loss"].tolist() == test_losses
+    # Taken on one machine: another CPU's matmul kernels sum in another order (AVX2 and AVX-512
+    # differ by a few float32 ulps, seen on Adam with weight decay and the 1024-example evaluation),
+    # so the check is to 1e-6 relative; same machine, same bits is test_same_seed_same_numbers'.
+    assert record.steps["loss"].tolist() == pytest.approx(losses, rel=1e-6, abs=0)
+    assert record.epochs["test_loss"].tolist() == pytest.approx(test_losses, rel=1e-6, abs=0)
 
 
 def test_arturo_with_snapshots_trains_as_without(tmp_path):
