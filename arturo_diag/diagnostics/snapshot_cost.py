@@ -15,8 +15,11 @@ Three choices bound a snapshot's size (docs/record.md, "Snapshot size"):
 
 :func:`estimate_run` adds the seconds per snapshot from the model's size and a short probe on the
 reference batch: one gradient and one Hessian-vector product timed (and, for the exact ``ggn``, the
-GGN on 16 examples; for Hutchinson, two probes), scaled by what the chosen method needs (a
-reference predicted to take under 2 s is timed whole instead). The timings are medians after a
+GGN on 16 examples; for Hutchinson, two probes; for the ``ggn`` reference, the general GGN diagonal
+on 16 examples, scaled by the batch linearly, or quadratically where batch norm couples the rows;
+for ``cv``, that plus ``samples`` probes at an HVP and a GGN-vector product each, about two HVPs;
+for ``auto``, whichever of exact ``ggn`` and ``cv`` it will take), scaled by what the chosen
+method needs (a reference predicted to take under 2 s is timed whole instead). The timings are medians after a
 warm-up, taken on a shared machine as it is: a busy machine gives larger estimates. The
 probe draws no random number from any global stream and leaves the model as it was, so training
 after it is bit-identical to training without it.
@@ -41,11 +44,14 @@ from torch import Tensor, nn
 from arturo_diag.curvature.errors import GGNNotExactError
 from arturo_diag.curvature.exact import check_ggn_exact, exact_diagonal
 from arturo_diag.curvature.functional import loss_of_parameters
+from arturo_diag.curvature.ggn_general import ggn_diagonal
 from arturo_diag.curvature.hutchinson import hutchinson_diagonal
 from arturo_diag.curvature.hvp import HVP_CHUNK_BYTES, batched_hvp, hvp_plan
-from arturo_diag.curvature.instruments import INSTRUMENTS
+from arturo_diag.curvature.instruments import INSTRUMENTS, applicable
+from arturo_diag.curvature.noise import gradient_noise
 from arturo_diag.curvature.references import dropout_off, estimators_of
 from arturo_diag.curvature.spectrum_instrument import SpectrumSettings
+from arturo_diag.curvature.spectrum_operator import hessian_operator
 from arturo_diag.diagnostics.record_format import SNAPSHOT_DTYPES
 from arturo_diag.errors import ConfigError, RecordError
 
@@ -75,6 +81,7 @@ _ARTURO_FIELDS = ("curvature", "filter_cov_aa", "intercept", "precision")
 _ESTIMATE_FIELDS = ("curvature", "curvature_var")  # another optimizer's: at most these
 _ARTURO_ONLY_INSTRUMENTS = ("innovation",)  # they store nothing for other optimizers
 _GGN_PROBE_EXAMPLES = 16
+_NOISE_PROBE_EXAMPLES = 8
 _RUN_WHOLE_BELOW = 2.0  # seconds: a reference predicted cheaper than this is timed whole instead
 
 
@@ -147,7 +154,7 @@ class RunCost:
     total_bytes: int
     method: str
     reference_seconds: float
-    instrument_seconds: dict[str, float]
+    instrument_seconds: dict[str, float]  # per snapshot: its seconds per run x its runs / snapshots
     probe: dict[str, float]
     free_bytes: int | None = None
     disk: str | None = None
@@ -213,6 +220,7 @@ def estimate_run(
     reference's mode. ``out``: where the record goes (its free space is looked up; the check itself
     is :func:`check_free_space`).
     """
+    instruments = applicable(instruments, model, train)[0]  # as the Monitor leaves out one that cannot measure
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters() if p.requires_grad}
     coordinates = sum(math.prod(s) for s in shapes.values())
     kept = subsample_indices(shapes, subsample, seed)
@@ -281,7 +289,11 @@ def _time_reference(
     cost.probe.update({"gradient": gradient, "hvp": hvp})
     seconds, methods = 0.0, []
     for estimator in estimators_of(reference):
-        if estimator.name == "exact":
+        name, prefix = estimator.name, ""
+        if name == "auto":  # the one it will take (the same proof the reference runs)
+            name, prefix = ("exact" if _exact_method(model, loss_fn, "auto", train) == "ggn" else "cv"), "auto: "
+            exact_method = "ggn"  # what auto's exact choice runs
+        if name == "exact":
             method = _exact_method(model, loss_fn, exact_method, train)
             if method == "ggn":  # linear in the examples: a few timed, or all where that is cheap
                 ggn = lambda n: exact_diagonal(model, loss_fn, inputs[:n], targets[:n], method="ggn", train=train)
@@ -290,7 +302,18 @@ def _time_reference(
                 seconds += timed if timed > _RUN_WHOLE_BELOW else _timed(lambda: ggn(inputs.shape[0]))
             else:
                 seconds += _hvp_seconds(loss, params, hvp, coordinates)
-            methods.append(f"exact ({method})")
+            methods.append(f"{prefix}exact ({method})")
+        elif name == "ggn":
+            seconds += _general_ggn_seconds(model, loss_fn, inputs, targets, train)
+            methods.append("ggn (general)")
+        elif name == "cv":
+            seconds += _general_ggn_seconds(model, loss_fn, inputs, targets, train)
+            try:
+                check_ggn_exact(model, loss_fn, train=train)
+                methods.append(f"{prefix}cv (ggn; no probe: diag(H - G) = 0 proved)")
+            except GGNNotExactError:
+                seconds += samples * 2 * hvp  # per probe an HVP and a GGN-vector product
+                methods.append(f"{prefix}cv (ggn + {samples} probes)")
         elif estimator.name == "hutchinson":
             generator = torch.Generator(device=params[0].device).manual_seed(0)  # its own stream
             probes = lambda k: hutchinson_diagonal(model, loss_fn, inputs, targets, k, generator, train=train)
@@ -304,15 +327,52 @@ def _time_reference(
     cost.method = " + ".join(methods)
     settings = SpectrumSettings()
     spectrum_hvps = settings.probes + settings.hutchpp + 20 * settings.top_k + settings.slq_probes * settings.slq_steps
-    model_of = {  # in gradients and HVPs, per run of the instrument
-        "noise": 3 * gradient,  # per-sample gradients of the batch (vmap)
-        "alpha": 2 * gradient,  # two losses and directional derivatives
-        "innovation": 0.0,  # arithmetic on the filter state
-        "spectrum": spectrum_hvps * hvp,
+    model_of: dict[str, Callable[[], float]] = {  # seconds of one run of the instrument
+        # per-sample gradients, linear in the examples (memory-bound on big models: timed, not modelled)
+        "noise": lambda: _noise_seconds(model, loss_fn, inputs, targets, train),
+        "alpha": lambda: 2 * gradient,  # two losses and directional derivatives
+        "innovation": lambda: 0.0,  # arithmetic on the filter state
+        # the spectrum's own operator (one graph, products in sequence), its product timed
+        "spectrum": lambda: spectrum_hvps * _operator_hvp_seconds(model, loss_fn, inputs, targets, train),
     }
     for name in instruments:
-        every = INSTRUMENTS[name].every
-        cost.instrument_seconds[name] = model_of.get(name, gradient) / every
+        runs = _runs(cost.snapshots, INSTRUMENTS[name].every)
+        seconds = model_of.get(name, lambda: gradient)()
+        cost.instrument_seconds[name] = seconds * runs / max(cost.snapshots, 1)
+        cost.probe[f"{name}_runs"] = runs
+
+
+def _general_ggn_seconds(model: nn.Module, loss_fn: Callable, inputs: Tensor, targets: Tensor, train: bool) -> float:
+    """:func:`ggn_diagonal` timed on a few examples, scaled to the batch: linearly, or quadratically
+    where the rows are coupled (N whole-batch products per factor column; an upper bound, since the
+    forward mode it may take instead is linear); the whole batch where that is predicted cheap."""
+    total = inputs.shape[0]
+    n = min(_GGN_PROBE_EXAMPLES, total)
+    run = lambda k: ggn_diagonal(model, loss_fn, inputs[:k], targets[:k], train=train)
+    coupled = run(n).coupled  # also the warm-up
+    timed = _timed(lambda: run(n)) * (total / n) ** (2 if coupled else 1)
+    return timed if timed > _RUN_WHOLE_BELOW else _timed(lambda: run(total))
+
+
+def _runs(snapshots: int, every: int) -> int:
+    """How many of ``snapshots`` an instrument due every ``every``-th one (and at the last) runs at."""
+    if snapshots <= 0:
+        return 0
+    return len(set(range(0, snapshots, every)) | {snapshots - 1})
+
+
+def _noise_seconds(model: nn.Module, loss_fn: Callable, inputs: Tensor, targets: Tensor, train: bool) -> float:
+    n = min(_NOISE_PROBE_EXAMPLES, inputs.shape[0])
+    timed = _timed(lambda: gradient_noise(model, loss_fn, inputs[:n], targets[:n], train=train)) * inputs.shape[0] / n
+    if timed > _RUN_WHOLE_BELOW:
+        return timed
+    return _timed(lambda: gradient_noise(model, loss_fn, inputs, targets, train=train))
+
+
+def _operator_hvp_seconds(model: nn.Module, loss_fn: Callable, inputs: Tensor, targets: Tensor, train: bool) -> float:
+    operator = hessian_operator(model, loss_fn, inputs, targets, train=train)
+    vector = torch.ones(operator.dimension, dtype=torch.float64)
+    return _timed(lambda: operator.matvec(vector))
 
 
 def _exact_method(model: nn.Module, loss_fn: Callable, exact_method: str, train: bool) -> str:

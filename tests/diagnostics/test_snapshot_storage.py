@@ -196,16 +196,11 @@ def test_the_probe_draws_no_random_number_and_leaves_the_model_as_it_was():
     assert torch.equal(torch.get_rng_state(), state)
     assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert cost.method == "exact (hvp) + hutchinson (4 probes)"  # BatchNorm in train mode: not ggn
-    assert (
-        cost.reference_seconds > 0
-        and cost.probe["hvp"] > 0
-        and set(cost.instrument_seconds)
-        == {
-            "noise",
-            "spectrum",
-            "alpha",
-        }
-    )
+    assert cost.reference_seconds > 0 and cost.probe["hvp"] > 0
+    # noise cannot measure batch norm on batch statistics: left out, as the Monitor leaves it out
+    assert set(cost.instrument_seconds) == {"spectrum", "alpha"}
+    # the spectrum runs at the first of every 9 snapshots and at the last: 2 of 3
+    assert cost.probe["spectrum_runs"] == 2 and cost.probe["alpha_runs"] == 3
 
 
 def test_a_slow_hvp_fallback_is_warned(monkeypatch):
