@@ -5,7 +5,22 @@ arrays it stores per parameter (``fields``; the first is h itself), which ``snap
 scalars it fills (``info``, with their value when it does not run), and how the report names it.
 A *reference method* (the ``--reference`` choice) is a tuple of estimators run together. When a
 snapshot carries several, a is compared with the first of :data:`REFERENCE_ESTIMATORS` it has
-(the exact one before an estimate of it).
+(the exact one before an estimate of it). An estimator whose fields include ``<h>_se`` stores its
+standard error beside h (:attr:`ReferenceEstimator.se_field`: Hutchinson's, the control
+variate's), which the analysis reads as the reference's own noise.
+
+A method may instead *choose* one of its parts at each snapshot (:attr:`ReferenceMethod.chooser`):
+``auto`` runs the exact GGN diagonal where :func:`~arturo_diag.curvature.exact.check_ggn_exact`
+proves it is the Hessian diagonal (stored as ``h_exact``, ``exact_method`` "ggn": the numbers of
+``--reference exact`` there) and the control variate (``h_cv`` with ``h_cv_se``) where it is not.
+Its snapshots.csv rows say which was taken (``reference``: ``exact`` or ``cv``) and why
+(``reference_note``), so the record checks and the analysis treat them as that method's.
+
+The references of issue 16: ``ggn`` (:func:`~arturo_diag.curvature.ggn_general.ggn_diagonal`, the
+exact GGN diagonal of any traceable model; ``reference_note`` says whether it is proved to be the
+Hessian diagonal) and ``cv`` (:func:`~arturo_diag.curvature.control_variate.hessian_diagonal_cv`:
+the GGN diagonal plus Hutchinson on diag(H - G), with its standard error; ``--samples`` probes,
+counted in ``hutchinson_samples``).
 
 The Monitor runs the estimators of its method, the record checks require their fields, the
 analysis picks the compared field, and ``--reference``'s choices and help come from
@@ -32,7 +47,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from arturo_diag.curvature.exact import exact_diagonal
+from arturo_diag.curvature.control_variate import hessian_diagonal_cv
+from arturo_diag.curvature.errors import GGNNotExactError
+from arturo_diag.curvature.exact import check_ggn_exact, exact_diagonal
+from arturo_diag.curvature.ggn_general import ggn_diagonal
 from arturo_diag.curvature.hutchinson import hutchinson_diagonal
 
 __all__ = [
@@ -52,6 +70,7 @@ __all__ = [
     "method_of",
     "reference_meaning",
     "reference_setting",
+    "reference_settings",
     "register_reference",
 ]
 
@@ -194,6 +213,8 @@ class ReferenceEstimator:
         label: a one-word label for plots (``"exact"``).
         info: ``snapshots.csv`` scalars it fills -> their value in a snapshot where it does not run.
         compute: ``ReferenceRequest -> ({parameter: {field: tensor}}, {info column: value})``.
+        settings: the run settings it reads (``"exact_method"``, ``"samples"``): the config checks
+            call any other reference-only setting given with it unused.
     """
 
     name: str
@@ -202,18 +223,30 @@ class ReferenceEstimator:
     label: str
     info: Mapping[str, Any]
     compute: Callable[[ReferenceRequest], tuple[dict[str, dict[str, Tensor]], dict[str, Any]]]
+    settings: tuple[str, ...] = ()
 
     @property
     def field(self) -> str:
         return self.fields[0]
 
+    @property
+    def se_field(self) -> str | None:
+        """The field of h's standard error (``<h>_se``) where it stores one, else None."""
+        se = f"{self.fields[0]}_se"
+        return se if se in self.fields else None
+
 
 @dataclass(frozen=True)
 class ReferenceMethod:
-    """A ``--reference`` choice: its help line and the estimators it runs (none: no reference)."""
+    """A ``--reference`` choice: its help line and the estimators it runs (none: no reference).
+
+    ``chooser``: for a method that runs ONE of its ``parts`` per snapshot (``auto``), the estimator
+    that decides and runs it; it is not one of :data:`REFERENCE_ESTIMATORS` (it stores the fields
+    of the part it took, and its ``reference`` scalar names that part's method)."""
 
     help: str
     parts: tuple[str, ...]
+    chooser: ReferenceEstimator | None = None
 
 
 def _exact(request: ReferenceRequest):
@@ -229,19 +262,93 @@ def _exact(request: ReferenceRequest):
 
 
 def _hutchinson(request: ReferenceRequest):
-    device = request.device if request.device is not None else next(request.model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(request.seed)
     estimate, stderr = hutchinson_diagonal(
-        request.model, request.loss_fn, request.inputs, request.targets, request.samples, generator, train=request.train
+        request.model,
+        request.loss_fn,
+        request.inputs,
+        request.targets,
+        request.samples,
+        _generator(request),
+        train=request.train,
     )
     arrays = {name: {"h_hutchinson": estimate[name], "h_hutchinson_se": stderr[name]} for name in request.names}
     return arrays, {"hutchinson_samples": request.samples}
 
 
+def _generator(request: ReferenceRequest) -> torch.Generator:
+    """The snapshot's probe stream: seeded with ``request.seed`` (Hutchinson's and the control variate's)."""
+    device = request.device if request.device is not None else next(request.model.parameters()).device
+    return torch.Generator(device=device).manual_seed(request.seed)
+
+
+def _reason(text: str) -> str:
+    """A refusal of :func:`check_ggn_exact` without its list of allowed modules (the record's note)."""
+    head, sep, tail = text.partition("; allowed: ")
+    closing, after = tail.partition(")")[1:]
+    return head + closing + after
+
+
+def _ggn(request: ReferenceRequest):
+    ggn = ggn_diagonal(request.model, request.loss_fn, request.inputs, request.targets, train=request.train)
+    return {name: {"h_ggn": ggn[name]} for name in request.names}, {"reference_note": _reason(ggn.note or "")}
+
+
+def _cv(request: ReferenceRequest):
+    estimate, stderr = hessian_diagonal_cv(
+        request.model,
+        request.loss_fn,
+        request.inputs,
+        request.targets,
+        request.samples,
+        _generator(request),
+        train=request.train,
+    )
+    arrays = {name: {"h_cv": estimate[name], "h_cv_se": stderr[name]} for name in request.names}
+    return arrays, {"hutchinson_samples": estimate.samples, "reference_note": f"the control variate: {estimate.note}"}
+
+
+def _auto(request: ReferenceRequest):
+    """The exact GGN diagonal where it is proved to be the Hessian diagonal (as ``h_exact``, the
+    numbers of ``--reference exact``), else the control variate with its standard error."""
+    try:
+        kind = check_ggn_exact(request.model, request.loss_fn, train=request.train)
+    except GGNNotExactError as refusal:
+        arrays, scalars = _cv(request)
+        note = (
+            f"auto: the control variate (exact GGN diagonal + Hutchinson on diag(H - G), {request.samples} probes), "
+            f"because the GGN is not the Hessian diagonal here ({_reason(str(refusal))})"
+        )
+        return arrays, {**scalars, "reference": "cv", "reference_note": note}
+    why = f"every output is linear in each weight and the loss is {kind}"
+    try:  # the closed form --reference exact takes: bit for bit its numbers
+        exact = exact_diagonal(
+            request.model, request.loss_fn, request.inputs, request.targets, method="ggn", train=request.train
+        )
+        values = {name: exact[name] for name in request.names}
+    except GGNNotExactError:  # a structure the closed form does not take (branches, concatenations)
+        general = ggn_diagonal(request.model, request.loss_fn, request.inputs, request.targets, train=request.train)
+        values = {name: general[name] for name in request.names}
+    note = f"auto: the exact GGN diagonal, which is the Hessian diagonal here ({why})"
+    arrays = {name: {"h_exact": values[name]} for name in request.names}
+    return arrays, {"reference": "exact", "exact_method": "ggn", "reference_note": note}
+
+
 _ESTIMATORS: dict[str, ReferenceEstimator] = {
     e.name: e
     for e in (
-        ReferenceEstimator("exact", ("h_exact",), "exact diagonal Hessian h", "exact", {"exact_method": ""}, _exact),
+        ReferenceEstimator(
+            "exact", ("h_exact",), "exact diagonal Hessian h", "exact", {"exact_method": ""}, _exact, ("exact_method",)
+        ),
+        ReferenceEstimator("ggn", ("h_ggn",), "exact GGN diagonal h (J^T H_out J)", "GGN", {}, _ggn),
+        ReferenceEstimator(
+            "cv",
+            ("h_cv", "h_cv_se"),
+            "control-variate estimate of h (exact GGN diagonal + Hutchinson on diag(H - G))",
+            "control-variate (GGN + Hutchinson)",
+            {},
+            _cv,
+            ("samples",),
+        ),
         ReferenceEstimator(
             "hutchinson",
             ("h_hutchinson", "h_hutchinson_se"),
@@ -249,14 +356,36 @@ _ESTIMATORS: dict[str, ReferenceEstimator] = {
             "Hutchinson",
             {"hutchinson_samples": math.nan},
             _hutchinson,
+            ("samples",),
         ),
     )
 }
+_AUTO = ReferenceEstimator(
+    "auto",
+    ("h_cv", "h_cv_se"),  # at most these (the exact choice stores h_exact alone)
+    "exact GGN diagonal where it is the Hessian diagonal, else the control-variate estimate of h",
+    "auto",
+    {},
+    _auto,
+    ("samples",),
+)
 _METHODS: dict[str, ReferenceMethod] = {
     "exact": ReferenceMethod("the exact diagonal Hessian (of the --reference-batch's loss)", ("exact",)),
     "hutchinson": ReferenceMethod("a Hutchinson estimate with --samples probes", ("hutchinson",)),
     "both": ReferenceMethod("exact and Hutchinson", ("exact", "hutchinson")),
     "none": ReferenceMethod("no reference (training curves only)", ()),
+    "ggn": ReferenceMethod(
+        "the exact generalised Gauss-Newton diagonal, any model (the Hessian's where proved; the record says)",
+        ("ggn",),
+    ),
+    "cv": ReferenceMethod(
+        "the exact GGN diagonal + a Hutchinson estimate (--samples probes) of diag(H - G), with its SE", ("cv",)
+    ),
+    "auto": ReferenceMethod(
+        "exact (the GGN diagonal) where that is the Hessian diagonal, else cv; the record says which and why",
+        ("exact", "cv"),
+        chooser=_AUTO,
+    ),
 }
 
 #: Every reference estimator by name, in order of preference for the comparison with a.
@@ -276,9 +405,17 @@ def register_reference(estimator: ReferenceEstimator, methods: Mapping[str, Refe
 
 
 def estimators_of(method: str) -> tuple[ReferenceEstimator, ...]:
-    """The estimators ``method`` runs, in :data:`REFERENCE_ESTIMATORS` order (KeyError if unknown)."""
-    parts = REFERENCE_METHODS[method].parts
-    return tuple(e for e in REFERENCE_ESTIMATORS.values() if e.name in parts)
+    """The estimators ``method`` runs, in :data:`REFERENCE_ESTIMATORS` order (KeyError if unknown);
+    a choosing method (``auto``) runs its chooser alone."""
+    declared = REFERENCE_METHODS[method]
+    if declared.chooser is not None:
+        return (declared.chooser,)
+    return tuple(e for e in REFERENCE_ESTIMATORS.values() if e.name in declared.parts)
+
+
+def reference_settings(method: str) -> frozenset[str]:
+    """The run settings (``exact_method``, ``samples``) the estimators of ``method`` read."""
+    return frozenset(s for e in estimators_of(method) for s in e.settings)
 
 
 def estimator_for_field(field: str | None) -> ReferenceEstimator | None:
@@ -289,6 +426,6 @@ def estimator_for_field(field: str | None) -> ReferenceEstimator | None:
 def method_of(present: tuple[str, ...]) -> str:
     """The method whose estimators are exactly ``present`` (names), else the names joined by '+'."""
     for name, method in REFERENCE_METHODS.items():
-        if set(method.parts) == set(present):
+        if method.chooser is None and set(method.parts) == set(present):
             return name
     return "+".join(present)

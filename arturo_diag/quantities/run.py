@@ -4,7 +4,8 @@
 unusable_snapshots ([{step, reason}]: a or h NaN/inf, or h all 0; such a snapshot is left out of
 agreement, movement, calibration and lag), steps, n_step_rows, n_snapshots, snapshot_steps,
 reference ("exact" | "hutchinson" | "both" | "none" | "mixed"), compared_against ("h_exact" |
-"h_hutchinson" | None | "mixed"), exact_method, hutchinson_samples, reference_mode ("eval" |
+"h_hutchinson" | None | "mixed"), exact_method, hutchinson_samples, reference_note (the last snapshot's
+``reference_note``: what the GGN / control-variate reference is and why ``auto`` took it, else None), reference_mode ("eval" |
 "train"), reference_batch ("probe" | "minibatch"), loss (the loss's name, None when not recorded),
 model_class, param_groups ([{lr, n_tensors}], [] when not recorded), n_parameters, n_tensors,
 layers, optimizer, estimator (``{name, target, scale, source}`` of the snapshots' ``curvature``:
@@ -74,6 +75,7 @@ def compute(context: Context) -> dict[str, Any]:
         "compared_against": compared[0] if len(compared) == 1 else (None if not compared else "mixed"),
         "exact_method": snapshot_value(record.snapshots, last_snapshot, "exact_method"),
         "hutchinson_samples": snapshot_value(record.snapshots, last_snapshot, "hutchinson_samples"),
+        "reference_note": _note(record.snapshots, last_snapshot),
         "reference_mode": reference_setting(record.manifest.get("reference_mode"), REFERENCE_MODES),
         "reference_batch": reference_setting(record.manifest.get("reference_batch"), REFERENCE_BATCHES),
         "loss": record.manifest.get("loss") if isinstance(record.manifest.get("loss"), str) else None,
@@ -91,6 +93,15 @@ def compute(context: Context) -> dict[str, Any]:
         "constant_baseline": float(context.options.constant),
         "arturo_diag_version": record.manifest.get("arturo_diag_version"),
     }
+
+
+def _note(snapshots, step) -> str | None:
+    """snapshots.csv's ``reference_note`` at ``step`` (written by the ggn, cv and auto references)."""
+    if step is None or "reference_note" not in snapshots.columns:
+        return None
+    rows = snapshots.loc[snapshots["step"] == step, "reference_note"]
+    value = rows.iloc[0] if len(rows) else None
+    return value if isinstance(value, str) and value else None
 
 
 def _divergence(out: Findings, metrics: Mapping[str, Any]) -> None:
@@ -121,10 +132,15 @@ def _reference(out: Findings, metrics: Mapping[str, Any]) -> None:
             "No snapshot carries a reference diagonal Hessian h: agreement, "
             "movement, calibration and lag could not be computed.",
         )
-    elif reference == "hutchinson":
+    elif reference == "hutchinson" or _estimated(reference):
+        lead = (
+            f"a Hutchinson estimate{samples_words}"
+            if reference == "hutchinson"
+            else f"a {' and '.join(e.label for e in estimators_of(reference))} estimate{samples_words}"
+        )
         text = (
-            f"h is a Hutchinson estimate{samples_words} of the diagonal Hessian {meaning}, not the exact "
-            "diagonal Hessian, so it carries noise of its own"
+            f"h is {lead} of the diagonal Hessian {meaning}, not the exact diagonal Hessian, so it carries "
+            "noise of its own"
         )
         relative_se = _get(noise_final, "relative_se")
         severity = "info"
@@ -135,7 +151,7 @@ def _reference(out: Findings, metrics: Mapping[str, Any]) -> None:
                 "cannot be resolved below that level, and calibration counts h's noise as a's error"
             )
             severity = "warning" if relative_se >= 0.25 else "info"
-        out.add("reference", severity, text + ".")
+        out.add("reference", severity, text + "." + _note_words(run))
     elif reference == "both":
         final = _get(metrics, "agreement", "hutchinson_vs_exact", "final", "overall")
         estimate = _get(metrics, "agreement", "final", "overall", "estimate")
@@ -152,11 +168,11 @@ def _reference(out: Findings, metrics: Mapping[str, Any]) -> None:
         out.add(
             "reference",
             "info",
-            f"h is the exact diagonal Hessian{method_words} {meaning}.",
+            f"h is the exact diagonal Hessian{method_words} {meaning}." + _note_words(run),
         )
     elif reference in REFERENCE_METHODS:  # a method declared in curvature/references.py, not worded above
         words = " and the ".join(e.words for e in estimators_of(reference))
-        out.add("reference", "info", f"h is the {words} {meaning}.")
+        out.add("reference", "info", f"h is the {words} {meaning}." + _note_words(run))
     else:
         out.add(
             "reference",
@@ -164,6 +180,20 @@ def _reference(out: Findings, metrics: Mapping[str, Any]) -> None:
             f"The reference h differs between snapshots ({reference}); each "
             "snapshot is compared with the exact h where it has one, else with Hutchinson's.",
         )
+
+
+def _estimated(reference: Any) -> bool:
+    """A method whose h carries its own standard error (the control variate's), worded like Hutchinson's."""
+    return reference in REFERENCE_METHODS and any(e.se_field for e in estimators_of(reference))
+
+
+def _note_words(run: Mapping[str, Any]) -> str:
+    note = run.get("reference_note")
+    if not isinstance(note, str) or not note:
+        return ""
+    if note.startswith("auto: "):
+        return f" Chosen by --reference {note}."
+    return f" Here h is {note}."
 
 
 def _estimator(out: Findings, metrics: Mapping[str, Any]) -> None:
@@ -241,7 +271,7 @@ QUANTITY = Quantity(
     needs=(
         "record.json (reference_mode, reference_batch, loss, model_class, param_groups, estimator when recorded)",
         "config.toml",
-        "snapshots.csv: exact_method, hutchinson_samples",
+        "snapshots.csv: exact_method, hutchinson_samples, reference_note",
         "snapshots: a, h",
     ),
     compute=compute,

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from arturo_diag.curvature.references import reference_meaning
+from arturo_diag.curvature.references import REFERENCE_METHODS, estimators_of, reference_meaning
 from arturo_diag.diagnostics.record import RunRecord
 from arturo_diag.quantities._estimator import TARGET_WORDS, estimate_words, is_arturo, optimizer_name
 from arturo_diag.report.document import Block, Bullets, Heading, Paragraph, Table, code, strong, text
@@ -125,10 +125,13 @@ def title_section(record: RunRecord, metrics: Mapping[str, Any], name: str | Pat
         "both": "the exact diagonal Hessian (Hutchinson's estimate alongside)",
         "none": "none (no snapshot carries h)",
         "mixed": "exact where available, else Hutchinson (differs between snapshots)",
-    }.get(reference, str(reference))
+    }.get(reference) or _registered_words(reference)
     method = run.get("exact_method")
     if reference in ("exact", "both") and method:
         reference_words += f" ({method})"
+    note = run.get("reference_note")
+    if isinstance(note, str) and note:  # what the GGN / control variate is here; which one auto took, and why
+        reference_words += f" [{note}]"
     if reference not in (None, "none"):  # of which loss, on which batch, in which mode
         reference_words += " " + reference_meaning(
             run.get("reference_mode"), run.get("reference_batch"), run.get("loss")
@@ -157,6 +160,13 @@ def title_section(record: RunRecord, metrics: Mapping[str, Any], name: str | Pat
         Paragraph(tuple(spans)),
         _estimate_paragraph(metrics),
     ]
+
+
+def _registered_words(reference: Any) -> str:
+    """A reference method of curvature/references.py not worded above, by its estimators' words."""
+    if isinstance(reference, str) and reference in REFERENCE_METHODS:
+        return "the " + " and the ".join(e.words for e in estimators_of(reference))
+    return str(reference)
 
 
 def report_title(metrics: Mapping[str, Any], name: str) -> str:
