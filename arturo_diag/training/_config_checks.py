@@ -15,7 +15,7 @@ from typing import Any
 
 from arturo_diag.curvature.instruments import INSTRUMENTS
 from arturo_diag.curvature.methods import EXACT_METHODS, ORACLES
-from arturo_diag.curvature.references import REFERENCE_BATCHES, REFERENCE_METHODS, REFERENCE_MODES
+from arturo_diag.curvature.references import REFERENCE_BATCHES, REFERENCE_METHODS, REFERENCE_MODES, reference_settings
 from arturo_diag.diagnostics.snapshot_cost import SNAPSHOT_DTYPE_CHOICES
 from arturo_diag.errors import ConfigError
 from arturo_diag.optim.arturo import DUAL_CHOICES, KL_CHOICES
@@ -209,7 +209,7 @@ def unused_fields(config: Any) -> list[tuple[str, Any, str]]:
                 )
             )
     if not spec.has_estimate:
-        if config.reference in ("hutchinson", "both"):
+        if config.reference not in ("exact", "none"):  # exact: the default, not given
             unused.append(
                 (
                     "reference",
@@ -237,9 +237,13 @@ def unused_fields(config: Any) -> list[tuple[str, Any, str]]:
                 unused.append((name, getattr(config, name), "unset with fixed_eta (no dual solve: eta is fixed)"))
     elif dual_read and config.dual == "exact" and given("eta_tol"):
         unused.append(("eta_tol", config.eta_tol, "unset with dual exact (eta_tol is the bisection's tolerance)"))
-    if given("samples") and config.reference not in ("hutchinson", "both") and config.oracle != "hutchinson":
-        unused.append(("samples", config.samples, "unset unless reference or oracle is hutchinson (or both)"))
-    if given("exact_method") and config.reference not in ("exact", "both") and config.oracle != "exact":
+    read = reference_settings(config.reference) if config.reference in REFERENCE_METHODS else frozenset()
+    if given("samples") and "samples" not in read and config.oracle != "hutchinson":
+        readers = ", ".join(m for m in REFERENCE_METHODS if "samples" in reference_settings(m))
+        unused.append(
+            ("samples", config.samples, f"unset unless reference is one of {readers} or oracle is hutchinson")
+        )
+    if given("exact_method") and "exact_method" not in read and config.oracle != "exact":
         unused.append(("exact_method", config.exact_method, "unset unless reference or oracle is exact (or both)"))
     for name in ("reference_mode", "reference_batch", "instruments"):
         if given(name) and config.reference == "none":
