@@ -12,7 +12,8 @@ the same definitions (:func:`~arturo_diag.diagnostics.agreement.agreement`,
 :func:`~arturo_diag.diagnostics.calibration.calibration`; Spearman is
 :func:`~arturo_diag.diagnostics.agreement.spearman` itself) on the same coordinates: the parameters
 whose snapshot holds ``curvature`` (the estimate a), against the reference the analysis compares
-(the first registered reference every such parameter has: ``h_exact``, else ``h_hutchinson``); a
+(the first registered reference every such parameter has: ``h_exact``, else ``h_ggn``, ``h_cv``,
+``h_hutchinson``); a
 snapshot the analysis calls unusable (a or h NaN/inf, or h 0 everywhere) gets no agreement numbers
 here either. To look at every coordinate once, not once per layer and again for all of them, the
 norms and inner products are each parameter's dot products, summed per group (``math.fsum``):
