@@ -99,6 +99,12 @@ class _Observer:
         rows = extras.get("spectrum/row_sq")
         if rows is None or rows.ndim != 2 or rows.shape[1] != len(self.parameters) or rows.shape[0] < 2:
             return {**empty, "share_problem": "the snapshot holds no per-probe Frobenius terms (spectrum/row_sq)"}
+        if self.record.subsampled:
+            return {
+                **empty,
+                "share_problem": "the snapshots keep only some coordinates (--subsample): ||diag H|| of the "
+                "whole model is not in the record",
+            }
         diag = {n: f.get("h_exact") for n, f in view.snapshot.items()}
         if any(diag.get(n) is None for n in self.parameters):
             return {

@@ -51,8 +51,9 @@ def _run(tmp_path, name, **monitor_kwargs):
     batches = _batches()
     probe = batches[-1]
     out = tmp_path / name
+    monitor_kwargs.setdefault("instruments", ("noise", "innovation"))
     with Monitor(model, optimizer, F.cross_entropy, probe, every=EVERY, out=str(out), total_steps=STEPS,
-                 instruments=("noise", "innovation"), **monitor_kwargs) as monitor:  # fmt: skip
+                 **monitor_kwargs) as monitor:  # fmt: skip
         for t in range(STEPS):
             x, y = batches[t % len(batches)]
             optimizer.zero_grad()
@@ -142,6 +143,14 @@ def test_subsampled_record_is_analysed_on_its_kept_coordinates(runs):
     relative = metrics["agreement"]["final"]["overall"]["estimate"]["relative_error"]
     assert metrics["agreement"]["final"]["overall"]["estimate"]["n"] == a.size
     assert relative == pytest.approx(np.linalg.norm(a - h) / np.linalg.norm(h), rel=1e-12)
+
+
+def test_the_diagonal_share_is_not_claimed_from_a_subsampled_record(tmp_path):
+    out = _run(tmp_path, "spectrum", subsample=7, instruments=("spectrum",))
+    share = analyze_record(out)["spectrum"]["final"]
+    assert share["diag_share"] is None and "--subsample" in share["share_problem"]
+    full = analyze_record(_run(tmp_path, "spectrum_full", instruments=("spectrum",)))["spectrum"]["final"]
+    assert full["diag_share"] > 0 and full["share_problem"] is None
 
 
 def test_reader_refuses_an_array_that_is_not_the_stored_shape(runs, tmp_path):
