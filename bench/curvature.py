@@ -16,7 +16,13 @@ Targets (issue 4): "ggn" on the Fashion-MNIST CNN faster than BackPACK's DiagHes
 < 1.0) and equal to it within 1e-10 in float64; Hutchinson <= 2 gradients per probe with 8 or
 more probes batched; "hvp" memory bounded by chunk_size.
 
-    python bench/curvature.py [--repeats 5] [--threads 2]
+Then (issue 16, ``bench/curvature_general.py``): ``ggn_diagonal`` / one gradient on a transformer
+and a ResNet block model with train-mode BatchNorm (the bench's own small ones and the project's
+``transformer`` and ``resnet_block``), "hvp" / ``ggn_diagonal`` on a 1,806-parameter GELU+BN CNN
+(target >= 50x), and the control variate's error against plain Hutchinson at equal HVP count and
+at equal wall time. ``--part sequential`` runs the first part only, ``--part general`` the second.
+
+    python bench/curvature.py [--repeats 5] [--threads 2] [--seeds 5] [--part all|sequential|general]
 """
 
 from __future__ import annotations
@@ -35,6 +41,11 @@ from arturo_diag.curvature import exact_diagonal, hutchinson_diagonal, loss_of_p
 from arturo_diag.curvature.hvp import batched_hvp, hvp_plan
 from arturo_diag.training.datasets import load_digits, probe_batch
 from arturo_diag.training.models import FashionCNN, SmallCNN
+
+try:  # run as a script (bench/ on sys.path) or imported as bench.curvature
+    from curvature_general import run_general
+except ImportError:  # pragma: no cover
+    from bench.curvature_general import run_general
 
 try:
     from backpack import backpack, extend
@@ -248,12 +259,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=5, help="seeds of the control variate's comparison")
+    parser.add_argument("--part", choices=("all", "sequential", "general"), default="all")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; "
         f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
+    checks = sequential_part(args) if args.part != "general" else []
+    if args.part != "sequential":
+        print("\n==== models beyond Sequential stacks (bench/curvature_general.py)")
+        checks += run_general(args.repeats, args.seeds)
+    print("\n== targets")
+    for label, ok in checks:
+        print(f"  [{'PASS' if ok else 'FAIL'}] {label}")
+    if args.part != "general":
+        print("  [see above] hvp memory: peak grows with chunk_size, the full Hessian is never formed")
+    print(f"load average at end {os.getloadavg()[0]:.1f} (other processes share the CPUs)")
+
+
+def sequential_part(args: argparse.Namespace) -> list[tuple[str, bool]]:
+    """The measurements of issue 4 (Sequential CNNs: ggn, BackPACK, hvp, Hutchinson); returns the checks."""
     if BACKPACK_MISSING is not None:
         print(f"BackPACK not importable ({BACKPACK_MISSING}); its comparisons are skipped")
 
@@ -287,7 +314,6 @@ def main() -> None:
     fashion64 = agreement("Fashion-MNIST CNN", rebuilt(fashion), fashion_x, fashion_y, False, args.repeats)
     small64 = agreement("SmallCNN", rebuilt(small), digits_x, digits_y, True, args.repeats)
 
-    print("\n== targets")
     checks = []
     if BACKPACK_MISSING is None:
         r32 = fashion_result["med"]["ggn"] / fashion_result["med"]["backpack"]
@@ -318,10 +344,7 @@ def main() -> None:
             checks.append(
                 (f"Hutchinson {samples} probes ({how}): {per:.2f} gradients per probe <= 2 ({label})", per <= 2.0)
             )
-    for label, ok in checks:
-        print(f"  [{'PASS' if ok else 'FAIL'}] {label}")
-    print("  [see above] hvp memory: peak grows with chunk_size, the full Hessian is never formed")
-    print(f"load average at end {os.getloadavg()[0]:.1f} (other processes share the CPUs)")
+    return checks
 
 
 if __name__ == "__main__":

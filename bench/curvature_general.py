@@ -8,7 +8,11 @@ CPU, 2 threads, float32, probe batches as in ``compare`` (128 rows; 16 sequences
   (iii) a ResNet block model with train-mode BatchNorm (rows coupled): ggn_diagonal / one gradient;
   (iv)  the control variate (exact diag(G) + Hutchinson on diag(H - G)) against plain Hutchinson
         on (i), relative error ||h_hat - h|| / ||h|| against the exact "hvp" diagonal, at equal
-        numbers of HVPs (the same probes for both: they share the probe stream), medians over seeds.
+        numbers of HVPs (the same probes for both: they share the probe stream), medians over seeds,
+        and at 64 probes at equal wall time (Hutchinson given as many probes as fit the CV's time);
+  (v), (vi) the project's own ``resnet_block`` and ``transformer`` (arturo_diag.training.models,
+        where present): ggn_diagonal / one gradient.
+``bench/curvature.py`` runs all of these after its own measurements (``--part general``: these only).
 Times are medians over interleaved repeats, each the second of two back-to-back calls (as in
 bench/curvature.py); "hvp" (seconds per call) is timed once per repeat after one warm-up call.
 
@@ -140,20 +144,8 @@ def relative_error(estimate, truth: torch.Tensor) -> float:
     return float((estimate.flatten() - truth).norm() / truth.norm())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seeds", type=int, default=5)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; "
-        f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
-    )
-    checks: list[tuple[str, bool]] = []
-
-    # (i) GELU + BN CNN on the digits, eval mode
+def gelu_cnn_section(repeats: int, checks: list[tuple[str, bool]]):
+    """(i): the GELU + BN CNN on the digits, eval mode: hvp / ggn_diagonal. Returns (cnn, x, y, exact float64 h)."""
     digits = load_digits(seed=0)
     x, y = probe_batch(digits, 128, seed=0)
     torch.manual_seed(0)
@@ -161,12 +153,10 @@ def main() -> None:
     print(f"\n== (i) GELU+BatchNorm CNN, {count(cnn):,} parameters, digits probe batch {x.shape[0]}, eval mode")
     result = ggn_diagonal(cnn, LOSS, x, y)
     print(f"  ggn_diagonal: mode {result.mode}, coupled {result.coupled}, is_hessian {result.is_hessian}")
-    fast = median_times(
-        {"gradient": gradient_task(cnn, x, y), "ggn": lambda: ggn_diagonal(cnn, LOSS, x, y)}, args.repeats
-    )
+    fast = median_times({"gradient": gradient_task(cnn, x, y), "ggn": lambda: ggn_diagonal(cnn, LOSS, x, y)}, repeats)
     slow = median_times(
         {"ggn": lambda: ggn_diagonal(cnn, LOSS, x, y), "hvp": lambda: exact_diagonal(cnn, LOSS, x, y, "hvp")},
-        max(3, args.repeats // 2),
+        max(3, repeats // 2),
         warm=False,
     )
     speedup = slow["hvp"] / slow["ggn"]
@@ -194,42 +184,58 @@ def main() -> None:
         f"  float64: ||diag G - diag H|| / ||diag H|| = {float((ggn64 - hvp64).norm() / hvp64.norm()):.3f} "
         "(GELU: the GGN is not the Hessian)"
     )
+    return cnn, x, y, hvp64
 
-    # (ii) transformer, (iii) ResNet block with train-mode BN
+
+def ggn_cost_section(label: str, model: nn.Module, x, y, train: bool, repeats: int) -> float:
+    """ggn_diagonal / one gradient on ``model`` (``train``: BatchNorm on batch statistics). Returns the ratio."""
+    print(f"\n== {label}")
+    info = ggn_diagonal(model, LOSS, x, y, train=train)
+    print(f"  ggn_diagonal: mode {info.mode}, coupled {info.coupled}, is_hessian {info.is_hessian}")
+    med = median_times(
+        {"gradient": gradient_task(model, x, y, train),
+         "ggn": lambda: ggn_diagonal(model, LOSS, x, y, train=train)},
+        repeats,
+    )  # fmt: skip
+    print(f"  one gradient                {med['gradient'] * 1e3:9.2f} ms  [{med.least['gradient'] * 1e3:.2f} ms]")
+    ratio = med["ggn"] / med["gradient"]
+    print(
+        f"  ggn_diagonal                {med['ggn'] * 1e3:9.2f} ms = {ratio:8.1f} gradients"
+        f"  [{med.least['ggn'] / med.least['gradient']:.1f}]"
+    )
+    return ratio
+
+
+def bench_models_section(repeats: int) -> None:
+    """(ii) and (iii) on the bench's own small transformer and ResNet block model."""
+    digits = load_digits(seed=0)
+    x, y = probe_batch(digits, 128, seed=0)
     torch.manual_seed(0)
     transformer = Transformer().eval()
     g = torch.Generator().manual_seed(0)
     seq = torch.randint(0, 16, (16, 17), generator=g)
-    tok_x, tok_y = seq[:, :-1], seq[:, 1:]
     torch.manual_seed(0)
     resnet = ResNetBlockModel().eval()
-    for label, model, mx, my, train in (
-        (f"(ii) transformer, {count(transformer):,} parameters, 16 sequences x 16 tokens, vocab 16",
-         transformer, tok_x, tok_y, False),
-        (f"(iii) ResNet block model, {count(resnet):,} parameters, digits probe batch 128, train-mode BN",
-         resnet, x, y, True),
-    ):  # fmt: skip
-        print(f"\n== {label}")
-        info = ggn_diagonal(model, LOSS, mx, my, train=train)
-        print(f"  ggn_diagonal: mode {info.mode}, coupled {info.coupled}, is_hessian {info.is_hessian}")
-        med = median_times(
-            {"gradient": gradient_task(model, mx, my, train),
-             "ggn": lambda m=model, a=mx, b=my, t=train: ggn_diagonal(m, LOSS, a, b, train=t)},
-            args.repeats,
-        )  # fmt: skip
-        print(f"  one gradient                {med['gradient'] * 1e3:9.2f} ms  [{med.least['gradient'] * 1e3:.2f} ms]")
-        print(
-            f"  ggn_diagonal                {med['ggn'] * 1e3:9.2f} ms = {med['ggn'] / med['gradient']:8.1f} gradients"
-            f"  [{med.least['ggn'] / med.least['gradient']:.1f}]"
-        )
+    ggn_cost_section(
+        f"(ii) transformer (bench's), {count(transformer):,} parameters, 16 sequences x 16 tokens, vocab 16",
+        transformer, seq[:, :-1], seq[:, 1:], False, repeats,
+    )  # fmt: skip
+    ggn_cost_section(
+        f"(iii) ResNet block model (bench's), {count(resnet):,} parameters, digits probe batch 128, train-mode BN",
+        resnet, x, y, True, repeats,
+    )  # fmt: skip
 
-    # (iv) variance reduction on (i)
-    print(f"\n== (iv) control variate vs plain Hutchinson, GELU+BN CNN (i), float32, medians over {args.seeds} seeds")
-    truth = hvp64.float()
+
+def variance_section(cnn: nn.Module, x, y, truth: torch.Tensor, seeds: int, checks: list[tuple[str, bool]]) -> dict:
+    """(iv): the control variate against plain Hutchinson on (i), at equal HVP count (the same probes)
+    and, at 64 probes, at equal wall time (Hutchinson given the CV's time in probes, measured)."""
+    print(f"\n== (iv) control variate vs plain Hutchinson, GELU+BN CNN (i), float32, medians over {seeds} seeds")
+    truth = truth.float()
     print("  probes  rel.err CV  rel.err Hutchinson  error ratio  variance ratio  time CV / Hutchinson")
+    out = {}
     for samples in (16, 64, 256):
         cv_err, h_err, cv_t, h_t = [], [], [], []
-        for seed in range(args.seeds):
+        for seed in range(seeds):
             start = time.perf_counter()
             cv, _ = hessian_diagonal_cv(cnn, LOSS, x, y, samples, torch.Generator().manual_seed(seed))
             cv_t.append(time.perf_counter() - start)
@@ -240,18 +246,82 @@ def main() -> None:
             h_err.append(relative_error(plain, truth))
         e_cv, e_h = statistics.median(cv_err), statistics.median(h_err)
         t_ratio = statistics.median(cv_t) / statistics.median(h_t)
+        out[samples] = {"cv": e_cv, "hutchinson": e_h, "time_ratio": t_ratio}
         print(
             f"  {samples:6d}  {e_cv:10.3f}  {e_h:18.3f}  {e_h / e_cv:11.2f}x  {(e_h / e_cv) ** 2:13.1f}x  {t_ratio:12.2f}"
         )
         if samples == 64:
             checks.append((f"CV error below Hutchinson's at 64 probes ({e_cv:.3f} < {e_h:.3f})", e_cv < e_h))
-            # equal wall time: Hutchinson with t_ratio x as many probes, error ~ 1/sqrt(probes)
-            equal_time = e_h / math.sqrt(t_ratio)
+            equal = max(2, round(samples * t_ratio))  # Hutchinson's probes in the CV's wall time
+            errors = [
+                relative_error(
+                    hutchinson_diagonal(cnn, LOSS, x, y, equal, torch.Generator().manual_seed(seed))[0], truth
+                )
+                for seed in range(seeds)
+            ]
+            out["equal_time"] = {"probes": equal, "hutchinson": statistics.median(errors)}
             print(
-                f"          (equal wall time instead: Hutchinson with {t_ratio:.2f}x the probes, "
-                f"error about {equal_time:.3f}, extrapolated as 1/sqrt(probes))"
+                f"          (equal wall time instead: Hutchinson with {equal} probes, measured error "
+                f"{statistics.median(errors):.3f}, against the CV's {e_cv:.3f} with 64)"
             )
+    return out
 
+
+def project_models_section(repeats: int) -> None:
+    """ggn_diagonal / one gradient on the project's ``transformer`` and ``resnet_block`` models
+    (arturo_diag.training.models), where that module has them."""
+    from arturo_diag.training import models
+
+    digits = load_digits(seed=0)
+    x, y = probe_batch(digits, 128, seed=0)
+    if hasattr(models, "ResNetBlockNet"):
+        torch.manual_seed(0)
+        resnet = models.ResNetBlockNet(in_channels=1, num_classes=10).eval()
+        ggn_cost_section(
+            f"(v) resnet_block (arturo_diag.training.models), {count(resnet):,} parameters, digits probe batch "
+            "128, train-mode BN",
+            resnet, x, y, True, repeats,
+        )  # fmt: skip
+    else:
+        print("\n== (v) resnet_block: not in arturo_diag.training.models here; skipped")
+    if hasattr(models, "CharTransformer"):
+        torch.manual_seed(0)
+        vocab, context = 30, 32
+        transformer = models.CharTransformer(vocab=vocab, context=context).eval()
+        g = torch.Generator().manual_seed(0)
+        tokens = torch.randint(0, vocab, (128, context), generator=g)
+        targets = torch.randint(0, vocab, (128,), generator=g)
+        ggn_cost_section(
+            f"(vi) transformer (arturo_diag.training.models), {count(transformer):,} parameters, 128 sequences x "
+            f"{context} tokens, vocab {vocab}",
+            transformer, tokens, targets, False, repeats,
+        )  # fmt: skip
+    else:
+        print("\n== (vi) transformer: not in arturo_diag.training.models here; skipped")
+
+
+def run_general(repeats: int, seeds: int) -> list[tuple[str, bool]]:
+    """Every section above, in order; returns the (target, passed) checks."""
+    checks: list[tuple[str, bool]] = []
+    cnn, x, y, truth = gelu_cnn_section(repeats, checks)
+    bench_models_section(repeats)
+    project_models_section(repeats)
+    variance_section(cnn, x, y, truth, seeds, checks)
+    return checks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; "
+        f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
+    checks = run_general(args.repeats, args.seeds)
     print("\n== targets")
     for label, ok in checks:
         print(f"  [{'PASS' if ok else 'FAIL'}] {label}")
