@@ -27,8 +27,11 @@ __all__ = [
     "LOG_RATIO_QUANTILES",
     "agreement",
     "agreement_with_baselines",
+    "group_ranks",
     "per_layer",
     "ranks",
+    "ranks_from_order",
+    "sort_order",
     "spearman",
 ]
 
@@ -53,9 +56,91 @@ def _is_constant(x: np.ndarray) -> bool:
     return x.size == 0 or bool(np.all(x == x[0]))
 
 
+# above this many coordinates ranks are computed by :func:`sort_order` and :func:`ranks_from_order`
+# (the same numbers as ``scipy.stats.rankdata``, several times faster on millions of coordinates)
+_FAST_RANKS = 4096
+
+
 def ranks(x: Any) -> np.ndarray:
     """Ranks of ``x`` (1-based, ties get their average rank), as ``scipy.stats.rankdata``."""
-    return stats.rankdata(_flat(x)).astype(np.float64)
+    x = _flat(x)
+    if x.size <= _FAST_RANKS or not np.isfinite(x).all():
+        return stats.rankdata(x).astype(np.float64)
+    return ranks_from_order(x, sort_order(x))
+
+
+def sort_order(x: np.ndarray) -> np.ndarray:
+    """An ordering permutation of the finite 1-D float64 ``x`` (``x[order]`` ascending; ties in any order).
+
+    Where every value is a float32 number (a float32 record read as float64) and there are fewer
+    than 2**32 of them, it sorts 64-bit keys (the float32's order-preserving bits above the index),
+    which numpy sorts far faster than it argsorts floats; otherwise ``np.argsort``.
+    """
+    n = x.size
+    if n < 2**32:
+        x32 = x.astype(np.float32)
+        if np.array_equal(x32, x):
+            bits = x32.view(np.uint32)
+            # sign-magnitude -> unsigned order: flip every bit of a negative, the sign bit of a positive
+            keys = np.where(bits >= np.uint32(0x80000000), ~bits, bits | np.uint32(0x80000000)).astype(np.uint64)
+            keys <<= np.uint64(32)
+            keys |= np.arange(n, dtype=np.uint64)
+            keys.sort()
+            keys &= np.uint64(0xFFFFFFFF)
+            return keys.astype(np.intp)
+    return np.argsort(x)
+
+
+def _average_ranks(sorted_values: np.ndarray, breaks: np.ndarray | None = None) -> np.ndarray:
+    """Average ranks (1-based) in sorted order of ``sorted_values``; ``breaks`` (bool, optional) marks
+    where a new group starts (ranks restart at 1 there), for several groups sorted one after the other."""
+    n = sorted_values.size
+    position = np.arange(n)
+    if breaks is not None:  # positions counted from the start of each group
+        position -= np.maximum.accumulate(np.where(breaks, position, 0))
+    out = (position + 1).astype(np.float64)  # 0.5 * (start + end + 1) of a value without ties
+    tied = np.empty(n, dtype=bool)
+    tied[:1] = False
+    np.equal(sorted_values[1:], sorted_values[:-1], out=tied[1:])
+    if breaks is not None:
+        tied &= ~breaks
+    if not tied.any():
+        return out
+    # runs of equal values: positions i with tied[i] continue the run that starts before them
+    continues = np.flatnonzero(tied)
+    cut = np.flatnonzero(np.diff(continues) != 1) + 1
+    starts = continues[np.concatenate(([0], cut))] - 1
+    lengths = continues[np.concatenate((cut - 1, [continues.size - 1]))] - starts + 1
+    first = position[starts]
+    # scipy's rankdata: 0.5 * (count[dense] + count[dense - 1] + 1), the same half-integers exactly
+    average = 0.5 * (first + lengths + first + 1)
+    offsets = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    out[np.repeat(starts, lengths) + offsets] = np.repeat(average, lengths)
+    return out
+
+
+def ranks_from_order(x: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """:func:`ranks` of ``x`` given an ordering permutation (:func:`sort_order`): the same numbers."""
+    out = np.empty(x.size, dtype=np.float64)
+    out[order] = _average_ranks(x[order])
+    return out
+
+
+def group_ranks(x: np.ndarray, order: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Ranks of ``x`` within each group of coordinates (``labels``: small non-negative integers), from
+    an ordering permutation of the whole ``x``: ``out[labels == g]`` equals ``ranks(x[labels == g])``.
+
+    One stable sort of the labels in sorted order (a radix sort for 8/16-bit labels) splits the
+    whole order into each group's order, so the groups need no sort of their own.
+    """
+    by_group = order[np.argsort(labels[order], kind="stable")]
+    sorted_labels = labels[by_group]
+    breaks = np.empty(x.size, dtype=bool)
+    breaks[:1] = True
+    np.not_equal(sorted_labels[1:], sorted_labels[:-1], out=breaks[1:])
+    out = np.empty(x.size, dtype=np.float64)
+    out[by_group] = _average_ranks(x[by_group], breaks)
+    return out
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -174,7 +259,14 @@ def _summary(verdict: Mapping[str, bool | None]) -> dict[str, Any]:
 
 
 def agreement_with_baselines(
-    a: Any, h: Any, h_prev: Any | None = None, constant: float = INITIAL_CURVATURE
+    a: Any,
+    h: Any,
+    h_prev: Any | None = None,
+    constant: float = INITIAL_CURVATURE,
+    *,
+    a_ranks: np.ndarray | None = None,
+    h_ranks: np.ndarray | None = None,
+    h_prev_ranks: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """:func:`agreement` of ``a`` with ``h`` beside the same numbers for two baselines.
 
@@ -190,16 +282,20 @@ def agreement_with_baselines(
         A verdict is True when ``a`` is strictly better on that metric (lower relative error and
         ``log_ratio_abs_median``; higher cosine, Spearman, sign agreement), None when undefined.
         The constant's Spearman is undefined (no ranks); ``a`` beats it when its Spearman is > 0.
+        ``a_ranks``, ``h_ranks``, ``h_prev_ranks``: optional precomputed :func:`ranks` of the arrays
+        (as in :func:`agreement`, used only where no coordinate is dropped).
     """
     a_flat, h_flat = _flat(a), _flat(h)
     # h is compared three times: rank it once (when finite and not constant)
-    h_ranks = ranks(h_flat) if h_flat.size > 1 and np.isfinite(h_flat).all() and not _is_constant(h_flat) else None
-    estimate = agreement(a_flat, h_flat, h_ranks=h_ranks)
+    if h_ranks is None:
+        usable = h_flat.size > 1 and np.isfinite(h_flat).all() and not _is_constant(h_flat)
+        h_ranks = ranks(h_flat) if usable else None
+    estimate = agreement(a_flat, h_flat, a_ranks=a_ranks, h_ranks=h_ranks)
     constant_metrics = agreement(np.full_like(h_flat, float(constant)), h_flat)
     beats_constant = _beats(estimate, constant_metrics, baseline_is_constant=True)
     previous = beats_previous = None
     if h_prev is not None:
-        previous = agreement(_flat(h_prev), h_flat, h_ranks=h_ranks)
+        previous = agreement(_flat(h_prev), h_flat, a_ranks=h_prev_ranks, h_ranks=h_ranks)
         beats_previous = _beats(estimate, previous, baseline_is_constant=False)
     return {
         "estimate": estimate,

@@ -104,15 +104,18 @@ class LagAccumulator:
         self._rows: list[dict[str, Any]] = []
         self._count = 0
 
-    def add(self, step: int, a: Any, h: Any) -> None:
-        """Add the snapshot at ``step`` (later than every snapshot added before)."""
+    def add(
+        self, step: int, a: Any, h: Any, *, a_ranks: np.ndarray | None = None, h_ranks: np.ndarray | None = None
+    ) -> None:
+        """Add the snapshot at ``step`` (later than every snapshot added before). ``a_ranks``/``h_ranks``:
+        optional precomputed ``agreement.ranks`` of ``a``/``h`` (else they are ranked here)."""
         if self._window and int(step) <= self._window[-1][1]:
             raise ValueError(f"LagAccumulator.add: step {step} is not after step {self._window[-1][1]}")
         t = self._count
         a = np.asarray(a, dtype=np.float64).reshape(-1)
         h = np.asarray(h, dtype=np.float64).reshape(-1)
-        a_ranks = _ranks_if_usable(a)
-        self._window.append((t, int(step), h, _ranks_if_usable(h)))
+        a_ranks = _ranks_if_usable(a) if a_ranks is None else a_ranks
+        self._window.append((t, int(step), h, _ranks_if_usable(h) if h_ranks is None else h_ranks))
         for t_h, step_h, h_earlier, h_ranks in reversed(self._window):
             row: dict[str, Any] = {"t": t, "step": int(step), "k": t - t_h, "h_step": step_h}
             row.update(lag_pair(a, h_earlier, a_ranks=a_ranks, h_ranks=h_ranks))

@@ -96,11 +96,12 @@ def scale_and_shape(a: Any, h: Any) -> dict[str, Any]:
 
 
 def agreement_with_baselines_scaled(
-    a: Any, h: Any, h_prev: Any | None = None, constant: float = INITIAL_CURVATURE
+    a: Any, h: Any, h_prev: Any | None = None, constant: float = INITIAL_CURVATURE, **ranks: Any
 ) -> dict[str, Any]:
     """:func:`~arturo_diag.diagnostics.agreement.agreement_with_baselines` plus ``"scale"``
-    (:func:`scale_and_shape` of ``a`` against ``h``); the other keys are unchanged."""
-    return {**agreement_with_baselines(a, h, h_prev, constant=constant), "scale": scale_and_shape(a, h)}
+    (:func:`scale_and_shape` of ``a`` against ``h``); the other keys are unchanged. ``ranks``:
+    ``a_ranks``, ``h_ranks``, ``h_prev_ranks`` passed on (precomputed ranks)."""
+    return {**agreement_with_baselines(a, h, h_prev, constant=constant, **ranks), "scale": scale_and_shape(a, h)}
 
 
 def agreement_scaled(estimate: Any, h: Any) -> dict[str, Any]:

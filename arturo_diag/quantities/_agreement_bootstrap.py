@@ -45,9 +45,14 @@ def _weighted_sums(columns: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return columns @ np.bincount(idx, minlength=columns.shape[1]).astype(np.float64)
 
 
-def _entry(a: Any, h: Any, constant: float, *, overall: bool) -> dict[str, Any]:
+def _entry(
+    a: Any, h: Any, constant: float, *, overall: bool, ranks: tuple[np.ndarray, np.ndarray] | None = None
+) -> dict[str, Any]:
+    size = int(np.size(a))
     a, h = _flat_finite(a, h)
     n = int(a.size)
+    if n != size:  # precomputed ranks are of every coordinate
+        ranks = None
     sub_a, sub_h = a, h
     keep = verdicts.fixed_subset(n, MAX_RESAMPLED)
     if keep is not None:
@@ -78,17 +83,26 @@ def _entry(a: Any, h: Any, constant: float, *, overall: bool) -> dict[str, Any]:
     if overall:
         entry["factor"] = _interval(optimal_scale(a, h), factor, m)
         entry["spearman"] = _interval(
-            spearman(a, h) if n > 1 else math.nan, lambda idx: spearman(sub_a[idx], sub_h[idx]), m
+            spearman(a, h, a_ranks=ranks and ranks[0], h_ranks=ranks and ranks[1]) if n > 1 else math.nan,
+            lambda idx: spearman(sub_a[idx], sub_h[idx]),
+            m,
         )
     return entry
 
 
 def final_bootstrap(
-    step: int, pairs: Mapping[str, tuple[Any, Any]], layers: Mapping[str, str], constant: float
+    step: int,
+    pairs: Mapping[str, tuple[Any, Any]],
+    layers: Mapping[str, str],
+    constant: float,
+    *,
+    ranks: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """The intervals of the final snapshot, over all coordinates and per layer (see the module docstring).
 
-    ``pairs``: parameter name -> ``(a, h)`` of the final usable snapshot.
+    ``pairs``: parameter name -> ``(a, h)`` of the final usable snapshot; ``ranks``: optional
+    ``agreement.ranks`` of a and h over all coordinates (the parameters in ``pairs``' order), so
+    that the overall Spearman does not rank them again.
     """
     per = per_layer(lambda a, h: _entry(a, h, constant, overall=False), pairs, layers)
     overall = _entry(
@@ -96,5 +110,6 @@ def final_bootstrap(
         np.concatenate([np.ravel(p[1]) for p in pairs.values()]),
         constant,
         overall=True,
+        ranks=ranks,
     )
     return {"step": int(step), "overall": overall, "layers": {k: v for k, v in per.items() if k != "overall"}}

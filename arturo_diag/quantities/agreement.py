@@ -38,6 +38,7 @@ from arturo_diag.quantities._agreement_tables import _METRIC_ROWS, agreement_tab
 from arturo_diag.quantities._blocks import _no_reference_reason, _not_computed
 from arturo_diag.quantities._estimator import TARGET_WORDS, estimate_words, estimator_of, is_arturo
 from arturo_diag.quantities._estimator import estimator as run_estimator
+from arturo_diag.quantities._ranks import layer_groups, snapshot_ranks
 from arturo_diag.quantities._scale_tables import scale_shape_blocks
 from arturo_diag.quantities._words import _get, _num
 from arturo_diag.quantities.agreement_verdicts import (
@@ -77,6 +78,7 @@ class _Observer:
         self.hutchinson: list[dict[str, Any]] = []
         self.noise: list[dict[str, Any]] = []
         self.final: tuple[int, dict[str, tuple[np.ndarray, np.ndarray]]] | None = None  # for the verdicts
+        self.final_ranks: tuple[np.ndarray, np.ndarray] | None = None  # its a and h ranked, all coordinates
         target = (estimator_of(context.record.manifest) or {}).get("target")
         self.like = LikeForLike(context) if target == LIKE_TARGET else None
 
@@ -85,30 +87,11 @@ class _Observer:
             self.like.snapshot(view)
         if not view.usable:
             return
-        names, a, h, h_prev, snapshot, layers = (
-            view.names,
-            view.a,
-            view.h,
-            view.h_prev,
-            view.snapshot,
-            self.record.layers,
-        )
-        constant = self.constant
-        self.entries.append(
-            split(
-                per_layer(
-                    lambda a, h, h_prev: agreement_with_baselines_scaled(a, h, h_prev, constant=constant),
-                    {
-                        name: {"a": a[name], "h": h[name], "h_prev": None if h_prev is None else h_prev[name]}
-                        for name in names
-                    },
-                    layers,
-                ),
-                view.step,
-                reference=view.field,
-            )
-        )
+        names, a, h, snapshot, layers = view.names, view.a, view.h, view.snapshot, self.record.layers
+        self.entries.append(split(self._per_layer(view), view.step, reference=view.field))
         self.final = (view.step, {name: (a[name], h[name]) for name in names})
+        ranked = snapshot_ranks(view, "a", layers), snapshot_ranks(view, "h", layers)
+        self.final_ranks = (ranked[0].overall, ranked[1].overall)  # the same concatenation as the bootstrap's
         if view.label == "both":
             self.hutchinson.append(
                 split(
@@ -135,6 +118,31 @@ class _Observer:
                 }
             )
 
+    def _per_layer(self, view: SnapshotView) -> dict[str, Any]:
+        """``per_layer(agreement_with_baselines_scaled, ...)`` over a, h and h_prev, with each array
+        ranked once for all coordinates and every layer (:mod:`arturo_diag.quantities._ranks`)."""
+        layers, constant = self.record.layers, self.constant
+        ranked = {key: snapshot_ranks(view, key, layers) for key in ("a", "h", "h_prev") if getattr(view, key)}
+
+        def entry(arrays: dict[str, np.ndarray | None], rank: dict[str, np.ndarray]) -> dict[str, Any]:
+            return agreement_with_baselines_scaled(
+                arrays["a"],
+                arrays["h"],
+                arrays["h_prev"],
+                constant=constant,
+                **{f"{k}_ranks": r for k, r in rank.items()},
+            )
+
+        overall = {key: ranked[key].values if key in ranked else None for key in ("a", "h", "h_prev")}
+        result = {"overall": entry(overall, {key: r.overall for key, r in ranked.items()})}
+        for layer, members in layer_groups(view.names, layers).items():
+            arrays = {
+                key: concat([getattr(view, key)[n] for n in members]) if key in ranked else None
+                for key in ("a", "h", "h_prev")
+            }
+            result[layer] = entry(arrays, {key: r.layer(layer) for key, r in ranked.items()})
+        return result
+
 
 def compute(context: Context) -> dict[str, Any]:
     observer = context.observers["agreement"]
@@ -142,7 +150,9 @@ def compute(context: Context) -> dict[str, Any]:
         **series(observer.entries),
         "hutchinson_vs_exact": series(observer.hutchinson) if observer.hutchinson else None,
         "reference_noise": series(observer.noise) if observer.noise else None,
-        "bootstrap": final_bootstrap(*observer.final, context.record.layers, observer.constant)
+        "bootstrap": final_bootstrap(
+            *observer.final, context.record.layers, observer.constant, ranks=observer.final_ranks
+        )
         if observer.final
         else None,
         "like_for_like": observer.like.result() if observer.like is not None else None,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -72,11 +73,34 @@ def _unusable(a: Mapping[str, np.ndarray], h: Mapping[str, np.ndarray], layers: 
     return None
 
 
+def _snapshots(record: RunRecord):
+    """``(step, record.snapshot(step))`` in step order, the next snapshot read in a thread while the
+    caller works on the current one (reading is file I/O and float64 conversion: it overlaps the
+    analysis). At most two snapshots are in memory; errors are raised where the snapshot is reached."""
+    steps = list(record.snapshot_steps)
+    if len(steps) < 2:
+        for step in steps:
+            yield step, record.snapshot(step)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="arturo-diag-read") as pool:
+        pending = pool.submit(record.snapshot, steps[0])
+        try:
+            for i, step in enumerate(steps):
+                snapshot = pending.result()
+                pending = pool.submit(record.snapshot, steps[i + 1]) if i + 1 < len(steps) else None
+                yield step, snapshot
+                del snapshot
+        finally:
+            if pending is not None:
+                pending.cancel()
+
+
 def snapshot_views(record: RunRecord):
-    """Each snapshot of ``record`` as a :class:`SnapshotView`, in step order (loaded one at a time)."""
-    previous: tuple[str, Mapping[str, np.ndarray]] | None = None  # (reference field, h by parameter)
-    for step in record.snapshot_steps:
-        snapshot = record.snapshot(step)
+    """Each snapshot of ``record`` as a :class:`SnapshotView`, in step order (the next one read while
+    this one is looked at)."""
+    # (reference field, h by parameter, the view's cache)
+    previous: tuple[str, Mapping[str, np.ndarray], dict[str, Any]] | None = None
+    for step, snapshot in _snapshots(record):
         names = [name for name, fields in snapshot.items() if "curvature" in fields]
         # the fields a view says whether every parameter has: the references', the filter's, another
         # optimizer's claimed variance of its estimate
@@ -98,8 +122,11 @@ def snapshot_views(record: RunRecord):
             previous = None
             continue
         usable = previous is not None and previous[0] == field and set(previous[1]) >= set(h)
-        yield SnapshotView(int(step), snapshot, names, has, label, field, a, h, previous[1] if usable else None, None)
-        previous = (field, h)
+        cache: dict[str, Any] = {"previous": previous[2]} if usable else {}
+        h_prev = previous[1] if usable else None
+        yield SnapshotView(int(step), snapshot, names, has, label, field, a, h, h_prev, None, cache)
+        # the next view may reuse this one's ranks of h (as its h_prev), nothing else
+        previous = (field, h, {"h": cache["h"]} if "h" in cache else {})
 
 
 def analyze_record(

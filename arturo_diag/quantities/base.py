@@ -73,6 +73,9 @@ class SnapshotView:
     h: Mapping[str, np.ndarray] | None
     h_prev: Mapping[str, np.ndarray] | None
     problem: str | None
+    #: what the quantities compute once per snapshot and share (ranks: :mod:`arturo_diag.quantities._ranks`);
+    #: ``cache["previous"]`` is the previous usable view's cache where ``h_prev`` is its ``h``
+    cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def usable(self) -> bool:

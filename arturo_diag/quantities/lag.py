@@ -19,6 +19,7 @@ from typing import Any
 
 from arturo_diag.diagnostics.lag import LAG_MARGIN, MIN_LAG_SNAPSHOTS, LagAccumulator, summarize_lag
 from arturo_diag.quantities._blocks import _SECTION_WORDS, _no_reference_reason, _not_computed
+from arturo_diag.quantities._ranks import snapshot_ranks
 from arturo_diag.quantities.base import (
     Context,
     Findings,
@@ -41,6 +42,7 @@ class _Observer:
 
     def __init__(self, context: Context) -> None:
         self.max_lag = context.options.max_lag
+        self.layers = context.record.layers
         self.lag = LagAccumulator(self.max_lag)
         self.names: list[str] | None = None
 
@@ -49,7 +51,12 @@ class _Observer:
             if self.names is not None and view.names != self.names:
                 self.lag = LagAccumulator(self.max_lag)
             self.names = list(view.names)
-            self.lag.add(view.step, concat(list(view.a.values())), concat(list(view.h.values())))
+            layers = self.layers
+            a, h = snapshot_ranks(view, "a", layers), snapshot_ranks(view, "h", layers)
+            if a.names == list(view.a) and h.names == list(view.h):  # the same concatenation, ranked once
+                self.lag.add(view.step, a.values, h.values, a_ranks=a.overall, h_ranks=h.overall)
+            else:
+                self.lag.add(view.step, concat(list(view.a.values())), concat(list(view.h.values())))
 
 
 def compute(context: Context) -> dict[str, Any]:
