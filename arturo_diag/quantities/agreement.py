@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from arturo_diag.curvature.references import estimator_for_field
+from arturo_diag.curvature.references import REFERENCE_ESTIMATORS, estimator_for_field
 from arturo_diag.diagnostics.agreement import per_layer
 from arturo_diag.diagnostics.scale import agreement_scaled, agreement_with_baselines_scaled
 from arturo_diag.quantities._agreement_bootstrap import final_bootstrap
@@ -103,9 +103,10 @@ class _Observer:
                     view.step,
                 )
             )
-        if view.has["h_hutchinson"] and view.has["h_hutchinson_se"]:
-            h_hat = concat([snapshot[n]["h_hutchinson"] for n in names])
-            se = concat([snapshot[n]["h_hutchinson_se"] for n in names])
+        noisy = next((e for e in REFERENCE_ESTIMATORS.values() if e.se_field and view.has[e.se_field]), None)
+        if noisy is not None and view.has[noisy.field]:  # an estimated h with its SE: Hutchinson's, the CV's
+            h_hat = concat([snapshot[n][noisy.field] for n in names])
+            se = concat([snapshot[n][noisy.se_field] for n in names])
             nonzero = h_hat != 0
             self.noise.append(
                 {
@@ -347,7 +348,7 @@ def _verdict_spans(
 QUANTITY = Quantity(
     name="agreement",
     needs=(
-        "snapshots: a (curvature), h (h_exact or h_hutchinson), h_hutchinson_se",
+        "snapshots: a (curvature), h (h_exact, h_ggn, h_cv or h_hutchinson), h_cv_se or h_hutchinson_se",
         "snapshots.csv: hutchinson_samples",
     ),
     compute=compute,

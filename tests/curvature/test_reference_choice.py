@@ -308,3 +308,16 @@ def test_the_snapshot_estimate_times_the_reference_that_will_run(name, reference
     assert cost.method == method and cost.reference_seconds > 0
     stored = {"ggn": ("h_ggn",), "cv": ("h_cv", "h_cv_se"), "auto": ("h_cv", "h_cv_se")}[reference]
     assert cost.fields[-len(stored) :] == stored  # sized for the most auto may store
+
+
+def test_the_control_variates_standard_error_is_the_reference_noise(tmp_path):
+    model, _ = _train(tmp_path / "run", "gelu_layernorm", "cv")
+    record = RunRecord.load(tmp_path / "run")
+    h, se = _stored(record, model, "h_cv"), _stored(record, model, "h_cv_se")
+    metrics = analyze_record(record)
+    noise = metrics["agreement"]["reference_noise"]["final"]  # read as Hutchinson's SE is
+    assert noise["relative_se"] == pytest.approx(np.linalg.norm(se) / np.linalg.norm(h), rel=1e-12)
+    assert noise["median_se_over_abs_h"] == pytest.approx(np.median(se[h != 0] / np.abs(h[h != 0])), rel=1e-12)
+    assert noise["samples"] == SAMPLES
+    text = " ".join(f["text"] for f in metrics["findings"] if f["topic"] == "reference")
+    assert "not the exact diagonal Hessian, so it carries noise of its own: its standard error is" in text
