@@ -24,7 +24,7 @@ from arturo_diag.optim.presets import PRESET_NAMES
 from arturo_diag.study import variants
 from arturo_diag.training.config import DTYPES, OPTIMIZERS, RunConfig
 from arturo_diag.training.datasets import DATASET_SPECS
-from arturo_diag.training.models import MODELS
+from arturo_diag.training.models import DEFAULT_DATASETS, MODELS, model_inputs
 
 WIDE = {"COLUMNS": "200"}
 
@@ -107,11 +107,20 @@ def test_a_new_variant_appears_in_ablate_help_without_editing_cli(monkeypatch):
     assert "toy-switch" not in _option_help(_help("ablate"), "--variants")
 
 
+def _partner(field, name):
+    """A token model needs a token dataset and a token dataset a token model (the transformer, chars)."""
+    if field == "model" and model_inputs(name) != "image":
+        return {"dataset": DEFAULT_DATASETS[model_inputs(name)]}
+    if field == "dataset" and DATASET_SPECS[name].inputs != "image":
+        return {"model": next(m for m in MODELS if model_inputs(m) == DATASET_SPECS[name].inputs)}
+    return {}
+
+
 @pytest.mark.parametrize("field", sorted(CONFIG_FIELDS))
 def test_config_accepts_exactly_the_declared_names(field):
     declared = CONFIG_FIELDS[field]
     for name in declared:
-        assert getattr(RunConfig(**{field: name}), field) == name
+        assert getattr(RunConfig(**{field: name}, **_partner(field, name)), field) == name
     with pytest.raises(ConfigError) as error:
         RunConfig(**{field: "not-a-declared-name"})
     assert str(error.value) == f"{field}: got 'not-a-declared-name'; allowed: one of " + ", ".join(

@@ -167,9 +167,27 @@ def _check_others(c: Any) -> None:
             "increasing whole epochs >= 1",
         )
     _check_instruments(c)
+    _check_model_reads_dataset(c)
     if c.oracle != "none" and "oracle" not in OPTIMIZERS[c.optimizer].fields:
         users = " or ".join(optimizer_fields()["oracle"])
         raise ConfigError("oracle", c.oracle, f"none unless optimizer is {users}")
+
+
+def _check_model_reads_dataset(c: Any) -> None:
+    """A token model (the transformer) needs a token dataset (chars), an image model an image dataset."""
+    from arturo_diag.training.datasets import DATASET_SPECS
+    from arturo_diag.training.models import DEFAULT_DATASETS, model_inputs
+
+    reads, holds = model_inputs(c.model), DATASET_SPECS[c.dataset].inputs
+    if reads != holds:
+        what = {"tokens": "token ids", "image": "images"}
+        same = ", ".join(n for n, spec in DATASET_SPECS.items() if spec.inputs == reads)
+        raise ConfigError(
+            "dataset",
+            c.dataset,
+            f"a dataset of {what[reads]} for model {c.model}: {same} (dataset {c.dataset} holds {what[holds]}; "
+            f"without a dataset model {c.model} runs on {DEFAULT_DATASETS[reads]})",
+        )
 
 
 def _check_instruments(c: Any) -> None:

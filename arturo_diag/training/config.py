@@ -152,12 +152,29 @@ def config_from_mapping(data: Mapping[str, Any], base: RunConfig | None = None, 
     for name in ("lr_milestones", "instruments"):  # TOML arrays are lists
         if name in changes and isinstance(changes[name], list):
             changes[name] = tuple(changes[name])
+    base = base or RunConfig()
+    _default_dataset(changes, base)
     try:
-        return dataclasses.replace(base or RunConfig(), **changes)
+        return dataclasses.replace(base, **changes)
     except ConfigError as error:  # a bad value of a file: name the file (and the setup) too
         if source == "option" or error.field not in changes:
             raise
         raise ConfigError(f"{source}: {error.field}", error.value, error.allowed) from None
+
+
+def _default_dataset(changes: dict[str, Any], base: RunConfig) -> None:
+    """A model named without a dataset, whose base's dataset it cannot read, runs on the default
+    dataset of its kind of input (``model = "transformer"`` alone: ``chars``; an image model on top
+    of a ``chars`` base: ``digits``). A dataset named with it is kept (an incompatible one is refused)."""
+    from arturo_diag.training.datasets import DATASET_SPECS
+    from arturo_diag.training.models import DEFAULT_DATASETS, MODELS, model_inputs
+
+    model = changes.get("model")
+    if "dataset" in changes or not isinstance(model, str) or model not in MODELS:
+        return
+    spec = DATASET_SPECS.get(base.dataset)
+    if spec is not None and spec.inputs != model_inputs(model):
+        changes["dataset"] = DEFAULT_DATASETS[model_inputs(model)]
 
 
 def load_config(path: str | Path, base: RunConfig | None = None) -> RunConfig:

@@ -26,7 +26,7 @@ from arturo_diag.diagnostics.snapshot_cost import RunCost, check_free_space, est
 from arturo_diag.errors import ConfigError
 from arturo_diag.training.config import MAX_TOTAL_STEPS, RunConfig, config_to_toml
 from arturo_diag.training.datasets import ArrayDataset, batches, load_dataset, probe_batch
-from arturo_diag.training.models import build_model
+from arturo_diag.training.models import build_model, model_inputs
 from arturo_diag.training.optimizers import OPTIMIZERS
 from arturo_diag.training.seeding import make_generator, seed_everything
 
@@ -174,6 +174,9 @@ def prepare(
             config.dataset, config.data_dir, seed=config.seed, train_size=config.train_size, dtype=dtype, device=device
         )
     warnings = check_against_data(config, dataset.num_train, config.dataset)
+    if dataset.inputs != model_inputs(config.model):  # a dataset passed in, not the config's: its kind
+        what = "token ids" if dataset.inputs == "tokens" else "images"
+        raise ConfigError("model", config.model, f"a model that reads {what}, as dataset {dataset.name} holds")
     model = build_model(
         config.model, in_channels=dataset.in_channels, num_classes=dataset.num_classes, image_size=dataset.image_size
     ).to(device=device, dtype=dtype)

@@ -1,6 +1,7 @@
-"""Models of arturo-diag, in plain torch: an MLP, small CNNs, the paper's CNNs and torchvision-style ResNets.
+"""Models of arturo-diag, in plain torch: an MLP, small CNNs, the paper's CNNs, torchvision-style ResNets,
+a small ResNet block model, and a small pre-norm transformer on characters.
 
-Every model here is built only from Linear/Conv2d/ReLU/pooling/Flatten/Dropout/BatchNorm layers and
+Every image model here is built only from Linear/Conv2d/ReLU/pooling/Flatten/Dropout/BatchNorm layers and
 residual additions, and carries the class attribute ``arturo_diag_piecewise_linear = True``:
 
     the network is linear in each single weight, so diag(H) = diag(GGN) — the curvature package's
@@ -10,15 +11,24 @@ residual additions, and carries the class attribute ``arturo_diag_piecewise_line
 fixed, up to the ReLU/max-pool activation pattern, which is locally constant; so the second
 derivative of the logits in ``w`` vanishes and the Hessian diagonal equals the GGN diagonal.)
 
+The transformer (:class:`CharTransformer`, ``transformer``) is not: LayerNorm, GELU, softmax
+attention and products of weights make its logits nonlinear in single weights, so its Hessian
+diagonal is not its GGN diagonal and it carries no such flag. It reads token ids, not images
+(:data:`MODEL_INPUTS`), and runs on the built-in ``chars`` corpus by default (:data:`DEFAULT_DATASETS`).
+
 ``build_model(name, in_channels=..., num_classes=..., image_size=...)`` builds one by name from the
-``MODELS`` registry and checks it can take a ``(in_channels, image_size, image_size)`` input.
+``MODELS`` registry and checks it can take a ``(in_channels, image_size, image_size)`` input. For
+a token model the dataset's ``in_channels`` is 1 and ``image_size`` the context length ``T``
+(:class:`~arturo_diag.training.datasets.ArrayDataset`), and ``num_classes`` the vocabulary.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from arturo_diag.errors import ConfigError
@@ -32,7 +42,12 @@ __all__ = [
     "ResNet",
     "resnet18",
     "resnet34",
+    "ResNetBlockNet",
+    "CharTransformer",
     "MODELS",
+    "MODEL_INPUTS",
+    "DEFAULT_DATASETS",
+    "model_inputs",
     "build_model",
     "count_parameters",
 ]
@@ -259,6 +274,119 @@ def resnet34(num_classes: int = 10, in_channels: int = 3) -> ResNet:
     return ResNet((3, 4, 6, 3), num_classes=num_classes, in_channels=in_channels)
 
 
+class ResNetBlockNet(nn.Module):
+    """A small ResNet for small images: conv3x3 stem (``in_channels`` -> ``width``, no bias), BN,
+    ReLU, a :class:`BasicBlock` ``width -> width``, a :class:`BasicBlock` ``width -> 2 width``
+    with stride 2 (its 1x1-conv + BN shortcut), global average pooling and a linear head ``fc``.
+
+    On 1x8x8 digits with 10 classes and ``width=8``: 5,122 parameters (stem 72 + BN 16, first
+    block 2 x 576 + 2 x 16, second block 1,152 + 32 + 2,304 + 32 + shortcut 128 + 32, head 170).
+    With BatchNorm in train mode (``--reference-mode train``) the batch statistics couple the
+    samples and the Hessian diagonal is no longer the GGN diagonal; in eval mode it is.
+    """
+
+    #: the network is linear in each single weight, so diag(H) = diag(GGN) — the curvature
+    #: package's fast exact method may use that (BatchNorm only in eval mode).
+    arturo_diag_piecewise_linear = True
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 8):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU()
+        self.layer1 = BasicBlock(width, width, 1)
+        self.layer2 = BasicBlock(width, 2 * width, 2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layer2(self.layer1(self.relu(self.bn1(self.conv1(x)))))
+        return self.fc(self.flatten(self.avgpool(out)))
+
+
+class _CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention in plain torch (one ``qkv`` Linear, softmax of masked
+    scaled dot products, an output Linear ``proj``), so torch.func's vmap/jvp/grad trace it."""
+
+    def __init__(self, dim: int, heads: int, context: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.register_buffer("mask", torch.ones(context, context, dtype=torch.bool).tril(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, d = x.shape
+        q, k, v = self.qkv(x).view(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # (N, H, T, d/H)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d // self.heads)
+        scores = scores.masked_fill(~self.mask[:t, :t], float("-inf"))  # position i sees positions <= i
+        out = torch.softmax(scores, dim=-1) @ v  # (N, H, T, d/H)
+        return self.proj(out.transpose(1, 2).reshape(n, t, d))
+
+
+class _PreNormBlock(nn.Module):
+    """``x + Attn(LN(x))``, then ``x + MLP(LN(x))`` with a GELU MLP ``dim -> hidden -> dim``."""
+
+    def __init__(self, dim: int, heads: int, hidden: int, context: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = _CausalSelfAttention(dim, heads, context)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+class CharTransformer(nn.Module):
+    """A small pre-norm transformer that predicts the character after a context window.
+
+    Token embedding (``vocab`` x ``dim``) plus a learned positional embedding (``context`` x
+    ``dim``), ``blocks`` pre-norm blocks (causal ``heads``-head self-attention and a GELU MLP of
+    width ``hidden``, each as a residual ``x + f(LN(x))``), a final LayerNorm and a linear head.
+    Input: int64 token ids ``(N, T)``, ``T <= context``; output: the logits ``(N, vocab)`` of the
+    next token after the window (the last position's), so ``F.cross_entropy(model(x), y)`` with
+    ``y`` of shape ``(N,)`` trains it. :meth:`all_logits` gives every position's ``(N, T, vocab)``.
+
+    Parameters: ``vocab*dim + context*dim + blocks*(4*dim + 3*dim*dim + 3*dim + dim*dim + dim +
+    2*dim*hidden + hidden + dim) + 2*dim + dim*vocab + vocab``; with the defaults (context 32,
+    dim 32, 2 heads, 2 blocks, hidden 64) that is ``18,176 + 65*vocab`` (20,061 on the 29
+    characters of the ``chars`` corpus). Attention is plain torch (no ``nn.MultiheadAttention``),
+    so ``torch.func`` traces it.
+    """
+
+    def __init__(self, vocab: int, context: int = 32, dim: int = 32, heads: int = 2, blocks: int = 2, hidden: int = 64):
+        super().__init__()
+        if dim % heads:
+            raise ConfigError("model", "transformer", f"dim divisible by heads (got dim {dim}, heads {heads})")
+        self.context = context
+        self.embed = nn.Embedding(vocab, dim)
+        self.position = nn.Parameter(torch.empty(context, dim))
+        self.blocks = nn.ModuleList(_PreNormBlock(dim, heads, hidden, context) for _ in range(blocks))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        nn.init.normal_(self.position, std=0.02)
+
+    def features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The residual stream after the blocks and the final LayerNorm, ``(N, T, dim)``."""
+        t = tokens.shape[1]
+        h = self.embed(tokens) + self.position[:t]
+        for block in self.blocks:
+            h = block(h)
+        return self.norm(h)
+
+    def all_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Next-token logits at every position, ``(N, T, vocab)``; position ``i`` sees tokens ``<= i``."""
+        return self.head(self.features(tokens))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(tokens)[:, -1])
+
+
 def _build_mlp(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     return MLP(in_channels * image_size * image_size, (64,), num_classes)
 
@@ -302,6 +430,17 @@ def _build_resnet(factory: Callable[..., ResNet], name: str):
     return build
 
 
+def _build_resnet_block(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    return ResNetBlockNet(in_channels, num_classes)
+
+
+def _build_transformer(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    # a token dataset: one "channel", image_size = the context length T, num_classes = the vocabulary
+    if in_channels != 1:
+        raise ConfigError("model", "transformer", f"token ids (N, T) (got inputs with {in_channels} channels)")
+    return CharTransformer(vocab=num_classes, context=image_size)
+
+
 #: Model name -> builder ``(in_channels, num_classes, image_size) -> nn.Module``.
 MODELS: dict[str, Callable[[int, int, int], nn.Module]] = {
     "mlp": _build_mlp,
@@ -310,7 +449,21 @@ MODELS: dict[str, Callable[[int, int, int], nn.Module]] = {
     "cifar_cnn": _build_cifar_cnn,
     "resnet18": _build_resnet(resnet18, "resnet18"),
     "resnet34": _build_resnet(resnet34, "resnet34"),
+    "resnet_block": _build_resnet_block,
+    "transformer": _build_transformer,
 }
+
+#: What a model reads where it is not an image (float ``(N, C, H, W)``): ``"tokens"``, int64 ids ``(N, T)``.
+MODEL_INPUTS: dict[str, str] = {"transformer": "tokens"}
+
+#: The dataset of each kind of input that a run takes when its config names a dataset of the other
+#: kind only by default (``--model transformer`` alone runs on ``chars``).
+DEFAULT_DATASETS: dict[str, str] = {"image": "digits", "tokens": "chars"}
+
+
+def model_inputs(name: str) -> str:
+    """``"tokens"`` or ``"image"``: what the model registered as ``name`` reads."""
+    return MODEL_INPUTS.get(name, "image")
 
 
 def build_model(name: str, *, in_channels: int, num_classes: int, image_size: int) -> nn.Module:

@@ -15,7 +15,7 @@ from arturo_diag.training.datasets import (
 
 
 def test_names_help_and_data_dir_come_from_one_declaration():
-    assert DATASETS == ("digits", "teacher", "fashion_mnist", "cifar10", "cifar100")
+    assert DATASETS == ("digits", "teacher", "fashion_mnist", "cifar10", "cifar100", "chars")
     assert [n for n, s in DATASET_SPECS.items() if s.needs_data_dir] == ["fashion_mnist", "cifar10", "cifar100"]
     assert all(s.name == n and s.help and "\n" not in s.help for n, s in DATASET_SPECS.items())
 

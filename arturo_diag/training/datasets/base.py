@@ -1,8 +1,8 @@
 """What every dataset is and how training reads it: :class:`ArrayDataset`, :func:`batches`,
 :func:`probe_batch`, and the checks of dtypes and sizes every loader shares.
 
-Every dataset is an :class:`ArrayDataset`: float inputs ``(N, C, H, W)`` and int64 labels for a
-train and a test split, all in memory. Minibatches come from :func:`batches` (a seeded shuffle per
+Every dataset is an :class:`ArrayDataset`: float inputs ``(N, C, H, W)`` (or int64 token ids
+``(N, T)``, the ``chars`` corpus) and int64 labels for a train and a test split, all in memory. Minibatches come from :func:`batches` (a seeded shuffle per
 epoch, driven by a ``torch.Generator``) and a fixed probe batch for curvature snapshots from
 :func:`probe_batch`.
 """
@@ -24,16 +24,21 @@ __all__ = ["ArrayDataset", "batches", "probe_batch"]
 
 @dataclass(frozen=True)
 class ArrayDataset:
-    """An image classification dataset held in memory as tensors.
+    """An image (or token) classification dataset held in memory as tensors.
+
+    Images are float ``(N, C, H, W)``; token sequences (``inputs == "tokens"``) are int64 ids
+    ``(N, T)`` in ``[0, num_classes)`` with ``input_shape = (T,)``, and their labels are the next
+    token (the vocabulary is the classes). For them ``in_channels`` is 1 and ``image_size`` is
+    ``T``, what :func:`~arturo_diag.training.models.build_model` passes on to a token model.
 
     Attributes:
         name: dataset name, e.g. ``"digits"``.
-        x_train: float inputs of the train split, shape ``(N_train, C, H, W)``.
+        x_train: float inputs of the train split, shape ``(N_train, C, H, W)`` (tokens: int64 ``(N_train, T)``).
         y_train: int64 labels of the train split, shape ``(N_train,)``, values in ``[0, num_classes)``.
         x_test: float inputs of the test split, shape ``(N_test, C, H, W)``.
         y_test: int64 labels of the test split, shape ``(N_test,)``.
         num_classes: number of classes.
-        input_shape: ``(C, H, W)`` of one input.
+        input_shape: ``(C, H, W)`` of one input (tokens: ``(T,)``).
         mean: per-channel train mean subtracted from the [0, 1]-scaled inputs (``None`` if the
             inputs were not standardised).
         std: per-channel train standard deviation the inputs were divided by (or ``None``).
@@ -48,19 +53,21 @@ class ArrayDataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     train_transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
-            if x.ndim != 4 or tuple(x.shape[1:]) != tuple(self.input_shape):
+            if self.inputs == "tokens":
+                self._check_tokens(split, x)
+            elif x.ndim != 4 or tuple(x.shape[1:]) != tuple(self.input_shape):
                 raise DataError(
                     f"{self.name}: {split} inputs have shape {tuple(x.shape)}, "
                     f"expected (N, {', '.join(map(str, self.input_shape))})"
                 )
-            if not x.is_floating_point():
+            if self.inputs == "image" and not x.is_floating_point():
                 raise DataError(f"{self.name}: {split} inputs have dtype {x.dtype}, expected a float dtype")
             if y.dtype != torch.int64 or y.ndim != 1 or y.shape[0] != x.shape[0]:
                 raise DataError(
@@ -68,15 +75,29 @@ class ArrayDataset:
                     f"expected ({x.shape[0]},) int64"
                 )
 
+    def _check_tokens(self, split: str, x: torch.Tensor) -> None:
+        if x.ndim != 2 or tuple(x.shape[1:]) != tuple(self.input_shape) or x.dtype != torch.int64:
+            raise DataError(
+                f"{self.name}: {split} inputs have shape {tuple(x.shape)} and dtype {x.dtype}, "
+                f"expected (N, {self.input_shape[0]}) int64 token ids"
+            )
+        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.num_classes):
+            raise DataError(f"{self.name}: {split} token ids outside [0, {self.num_classes})")
+
+    @property
+    def inputs(self) -> str:
+        """``"image"`` (float ``(N, C, H, W)``) or ``"tokens"`` (int64 ids ``(N, T)``)."""
+        return "tokens" if len(self.input_shape) == 1 else "image"
+
     @property
     def in_channels(self) -> int:
-        """Channels ``C`` of one input."""
-        return self.input_shape[0]
+        """Channels ``C`` of one input (tokens: 1)."""
+        return 1 if self.inputs == "tokens" else self.input_shape[0]
 
     @property
     def image_size(self) -> int:
-        """Side ``H`` (= ``W``) of one square input."""
-        return self.input_shape[1]
+        """Side ``H`` (= ``W``) of one square input (tokens: the sequence length ``T``)."""
+        return self.input_shape[0] if self.inputs == "tokens" else self.input_shape[1]
 
     @property
     def num_train(self) -> int:
@@ -91,10 +112,12 @@ class ArrayDataset:
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> ArrayDataset:
         """A copy with inputs cast to the float ``dtype`` and everything moved to ``device``.
 
-        Labels stay int64. ``None`` keeps the current dtype or device.
+        Labels (and token ids) stay int64. ``None`` keeps the current dtype or device.
         """
         if dtype is not None:
             _check_float_dtype(dtype)
+        if self.inputs == "tokens":
+            dtype = None
         return dataclasses.replace(
             self,
             x_train=self.x_train.to(device=device, dtype=dtype),

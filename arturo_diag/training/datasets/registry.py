@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from arturo_diag.errors import ConfigError, DataError
-from arturo_diag.training.datasets import cifar, digits, fashion_mnist, teacher
+from arturo_diag.training.datasets import chars, cifar, digits, fashion_mnist, teacher
 from arturo_diag.training.datasets.base import (
     ArrayDataset,
     _check_float_dtype,
@@ -43,6 +43,8 @@ class DatasetSpec:
         help: one line for ``--help`` and the docs.
         draws_sizes: ``load`` draws ``train_size``/``test_size`` examples itself; otherwise
             :func:`load_dataset` keeps the first ones of the splits ``load`` returns.
+        inputs: ``"image"`` (float ``(N, C, H, W)``) or ``"tokens"`` (int64 ids ``(N, T)``): which
+            models can read it (:data:`~arturo_diag.training.models.MODEL_INPUTS`).
     """
 
     name: str
@@ -50,6 +52,7 @@ class DatasetSpec:
     needs_data_dir: bool
     help: str
     draws_sizes: bool = False
+    inputs: str = "image"
 
 
 #: Every dataset, in the order of ``--help``.
@@ -67,6 +70,13 @@ DATASET_SPECS: dict[str, DatasetSpec] = {
             cifar.load_cifar100,
             True,
             "CIFAR-100 (fine labels) from the python-pickle release in --data-dir",
+        ),
+        DatasetSpec(
+            "chars",
+            chars.load,
+            False,
+            "a generated English-like character corpus, next character after 32 (built in; for --model transformer)",
+            inputs="tokens",
         ),
     )
 }
@@ -89,14 +99,14 @@ def load_dataset(
     """Load the dataset called ``name`` (one of :data:`DATASETS`) onto ``device`` as ``dtype``.
 
     Args:
-        name: ``digits``, ``teacher``, ``fashion_mnist``, ``cifar10`` or ``cifar100``.
+        name: ``digits``, ``teacher``, ``fashion_mnist``, ``cifar10``, ``cifar100`` or ``chars``.
         data_dir: folder holding the files of a file-based dataset (ignored by the built-in ones).
         seed: draws the digits split and the teacher data; file-based splits are fixed.
         train_size: for ``teacher`` the number of train examples drawn (default 1,024); for the
             others, keep only the first ``train_size`` of the train split (default all). The
             normalisation statistics always come from the whole train split.
         test_size: likewise for the test split (``teacher`` default 256).
-        dtype: float dtype of the inputs (labels are int64).
+        dtype: float dtype of the inputs (labels and ``chars``'s token ids are int64).
         device: where the tensors live.
         normalize: standardise the inputs with the train statistics (not used by ``teacher``).
 
