@@ -252,3 +252,52 @@ def test_compare_runs_the_new_models_end_to_end(tmp_path, args):
     assert [row.split(",")[0] for row in rows[1:]] == ["10", "20"]
     assert manifest["reference_mode"] == ("train" if "train" in args else "eval")
     assert manifest["estimate"]["coordinates"] == (20_061 if "transformer" in args else 5_122)
+
+
+STUDY = """
+[study]
+name = "new-models"
+description = "The transformer on chars (its default dataset) and the ResNet block model on digits."
+seeds = [0]
+variants = ["faithful"]
+
+[setups.chars.run]
+model = "transformer"
+steps = 10
+batch_size = 32
+train_size = 128
+
+[setups.chars.diagnostics]
+every = 10
+reference = "hutchinson"
+samples = 8
+probe_size = 8
+instruments = []
+
+[setups.resnet.run]
+model = "resnet_block"
+steps = 10
+batch_size = 32
+train_size = 128
+
+[setups.resnet.diagnostics]
+every = 10
+reference = "hutchinson"
+reference_mode = "train"
+samples = 8
+probe_size = 8
+instruments = []
+"""
+
+
+def test_ablate_runs_a_study_of_the_new_models(tmp_path):
+    (tmp_path / "study.toml").write_text(STUDY)
+    out = tmp_path / "study"
+    result = runner.invoke(
+        app, ["ablate", "--config", str(tmp_path / "study.toml"), "--out", str(out), "--workers", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    study = json.loads((out / "study.json").read_text())
+    assert study["counts"]["complete"] == 2 and study["counts"]["failed"] == 0
+    assert study["setups"]["chars"]["dataset"] == "chars" and study["setups"]["resnet"]["dataset"] == "digits"
+    assert {run["setup"]: run["snapshot_step"] for run in study["runs"]} == {"chars": 10.0, "resnet": 10.0}
