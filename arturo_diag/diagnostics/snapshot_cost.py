@@ -27,6 +27,7 @@ after it is bit-identical to training without it.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import shutil
@@ -52,8 +53,9 @@ from arturo_diag.curvature.noise import gradient_noise
 from arturo_diag.curvature.references import dropout_off, estimators_of
 from arturo_diag.curvature.spectrum_instrument import SpectrumSettings
 from arturo_diag.curvature.spectrum_operator import hessian_operator
+from arturo_diag.diagnostics.io import WriteError
 from arturo_diag.diagnostics.record_format import SNAPSHOT_DTYPES
-from arturo_diag.errors import ConfigError, RecordError
+from arturo_diag.errors import ConfigError
 
 __all__ = [
     "FLOAT32_ABOVE_BYTES",
@@ -85,8 +87,9 @@ _NOISE_PROBE_EXAMPLES = 8
 _RUN_WHOLE_BELOW = 2.0  # seconds: a reference predicted cheaper than this is timed whole instead
 
 
-class InsufficientSpace(RecordError):
-    """The run's estimated size exceeds the free space where it would be written (exit 2)."""
+class InsufficientSpace(WriteError):
+    """The run's estimated size exceeds the free space where it would be written (exit 2; errno
+    ENOSPC, so a study stops on it as on a full disk)."""
 
 
 def snapshot_fields(
@@ -158,6 +161,7 @@ class RunCost:
     probe: dict[str, float]
     free_bytes: int | None = None
     disk: str | None = None
+    out: str | None = None
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -233,6 +237,7 @@ def estimate_run(
     cost = RunCost(snapshots, fields, coordinates, stored, chosen, why, per_snapshot, total, "none", 0.0, {}, {})
     if out is not None:
         cost.disk, cost.free_bytes = _free_space(Path(out))
+        cost.out = str(out)
     if reference == "none" or snapshots == 0:
         cost.probe = {"gradient": 0.0, "hvp": 0.0, "seconds": 0.0}
         return cost
@@ -259,11 +264,14 @@ def check_free_space(cost: RunCost) -> None:
     """
     if cost.free_bytes is None or cost.total_bytes <= cost.free_bytes:
         return
+    if cost.disk is not None and not os.access(cost.disk, os.W_OK):
+        return  # not writable at all: the writer names the path and the OS's reason
     raise InsufficientSpace(
-        f"the run's snapshots need about {_size(cost.total_bytes)} ({cost.snapshots} x "
+        f"cannot write {cost.out} (No space left on device, estimated): the run's snapshots need about {_size(cost.total_bytes)} ({cost.snapshots} x "
         f"{_size(cost.bytes_per_snapshot)}) but {cost.disk} has {_size(cost.free_bytes)} free; take fewer "
         "snapshots (--every), keep fewer coordinates (--subsample N), store float32 (--snapshot-dtype float32) "
-        "or write elsewhere (--out)"
+        "or write elsewhere (--out)",
+        errno.ENOSPC,
     )
 
 

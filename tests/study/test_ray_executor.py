@@ -42,8 +42,8 @@ TINY = {
     "reference": "exact",
 }
 # What two runs of the same seed may differ in, wherever they run: when and how long (record.json's
-# created/finished/seconds/diagnostics_seconds and its per-instrument seconds, snapshots.csv's seconds).
-TIMING_KEYS = ("created", "finished", "seconds", "diagnostics_seconds", "instruments")
+# created/finished/seconds/diagnostics_seconds and its per-instrument seconds, snapshots.csv's seconds). The estimate before the run (issue 15) holds timings and the free disk space too.
+TIMING_KEYS = ("created", "finished", "seconds", "diagnostics_seconds", "instruments", "estimate")
 REPORT_FILES = ("study.json", "runs.csv", "curves.csv", "eta.csv", "study.md")
 
 
