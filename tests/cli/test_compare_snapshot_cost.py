@@ -51,7 +51,12 @@ def test_a_run_its_disk_cannot_hold_is_refused_before_anything_is_written(tmp_pa
     result = invoke("compare", *TINY, "--out", out)
     assert result.exit_code == 2, result.output
     line = " ".join(result.output.split())
-    assert "No space left on device" in line and "the run's snapshots need about" in line and "1 kB free" in line and "--subsample" in line
+    assert (
+        "No space left on device" in line
+        and "the run's snapshots need about" in line
+        and "1 kB free" in line
+        and "--subsample" in line
+    )
     assert "Traceback" not in result.output
     assert not out.exists()
 
