@@ -10,6 +10,7 @@ the parameters in the view's order) and derives every layer's ranks from that on
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -31,7 +32,11 @@ def layer_groups(names: Sequence[str], layers: Mapping[str, str]) -> dict[str, l
 
 class SnapshotRanks:
     """The ranks of one array of a snapshot (``concat`` of its parameters in ``names`` order), over all
-    coordinates (:attr:`overall`) and within each layer (:meth:`layer`), computed on first use."""
+    coordinates (:attr:`overall`) and within each layer (:meth:`layer`), computed on first use.
+
+    Observers running in parallel threads may ask for them at once: the first computes them (under
+    the instance's lock), the others wait for its result instead of sorting again.
+    """
 
     def __init__(self, arrays: Mapping[str, np.ndarray], names: Sequence[str], layers: Mapping[str, str]) -> None:
         self.names = list(names)
@@ -41,24 +46,28 @@ class SnapshotRanks:
         self._order: np.ndarray | None = None
         self._overall: np.ndarray | None = None
         self._layers: dict[str, np.ndarray] | None = None
+        self._lock = threading.RLock()
 
     @property
     def order(self) -> np.ndarray:
-        if self._order is None:
-            self._order = sort_order(self.values)
-        return self._order
+        with self._lock:
+            if self._order is None:
+                self._order = sort_order(self.values)
+            return self._order
 
     @property
     def overall(self) -> np.ndarray:
-        if self._overall is None:
-            self._overall = ranks_from_order(self.values, self.order)
-        return self._overall
+        with self._lock:
+            if self._overall is None:
+                self._overall = ranks_from_order(self.values, self.order)
+            return self._overall
 
     def layer(self, layer: str) -> np.ndarray:
         """The ranks of the layer's coordinates among themselves (its parameters concatenated in order)."""
-        if self._layers is None:
-            self._layers = self._layer_ranks()
-        return self._layers[layer]
+        with self._lock:
+            if self._layers is None:
+                self._layers = self._layer_ranks()
+            return self._layers[layer]
 
     def _layer_ranks(self) -> dict[str, np.ndarray]:
         if len(self.groups) == 1:
@@ -90,6 +99,14 @@ def snapshot_ranks(view: SnapshotView, which: str, layers: Mapping[str, str]) ->
     ``h_prev`` reuses the previous view's ranks of ``h`` when it was made over the same parameters.
     """
     cache = view.cache
+    with _CACHE_LOCK:  # made once per view, whichever observer's thread asks first
+        return _cached_ranks(view, cache, which, layers)
+
+
+_CACHE_LOCK = threading.Lock()
+
+
+def _cached_ranks(view: SnapshotView, cache: dict, which: str, layers: Mapping[str, str]) -> SnapshotRanks:
     if which not in cache:
         previous = cache.get("previous")
         if which == "h_prev" and previous is not None and "h" in previous and previous["h"].names == list(view.names):

@@ -20,6 +20,7 @@ them); the top level is ``format`` (``"arturo-diag-metrics/1"``), one key per qu
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -129,6 +130,40 @@ def snapshot_views(record: RunRecord):
         previous = (field, h, {"h": cache["h"]} if "h" in cache else {})
 
 
+# Snapshots at least this large (coordinates) are handed to the observers in parallel threads
+# (numpy's sorts, partitions and array arithmetic run without the GIL); smaller ones in turn, in
+# this thread, where a thread's start-up would cost more than it saves.
+PARALLEL_COORDINATES = 1 << 20
+
+
+def _observer_pool(n_observers: int) -> ThreadPoolExecutor | contextlib.nullcontext:
+    """Two threads for the observers (the machine's cores beyond the reader's), or none on one core."""
+    workers = min(2, n_observers, os.cpu_count() or 1)
+    if workers < 2:
+        return contextlib.nullcontext()
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="arturo-diag-observe")
+
+
+def _observe(pool: ThreadPoolExecutor | None, observers: list[Any], view: SnapshotView) -> None:
+    """Every observer's ``snapshot(view)``; in ``pool``'s threads when the snapshot is large.
+
+    Each observer only touches its own state and the view's rank cache (which is locked), so
+    the order in which they run does not change any number. In the pool the first error (in
+    registry order) is raised after every observer has finished with the snapshot, so no thread is
+    left working on it when the analysis stops.
+    """
+    size = sum(int(np.size(x)) for x in view.a.values()) if view.a else 0
+    if pool is None or size < PARALLEL_COORDINATES:
+        for observer in observers:
+            observer.snapshot(view)
+        return
+    futures = [pool.submit(observer.snapshot, view) for observer in observers]
+    errors = [f.exception() for f in futures]  # waits for every one
+    for error in errors:
+        if error is not None:
+            raise error
+
+
 def analyze_record(
     record: RunRecord | str | os.PathLike[str],
     *,
@@ -160,12 +195,12 @@ def analyze_record(
     registry = quantities.QUANTITIES
     context.observers = {q.name: q.observer(context) if q.observer else None for q in registry}
     active = [o for o in context.observers.values() if o is not None]
-    for view in snapshot_views(record):
-        context.labels.append(view.label)
-        if view.problem is not None:
-            context.unusable.append({"step": view.step, "reason": view.problem})
-        for observer in active:
-            observer.snapshot(view)
+    with _observer_pool(len(active)) as pool:
+        for view in snapshot_views(record):
+            context.labels.append(view.label)
+            if view.problem is not None:
+                context.unusable.append({"step": view.step, "reason": view.problem})
+            _observe(pool, active, view)
 
     metrics: dict[str, Any] = {"format": METRICS_FORMAT}
     for quantity in registry:
