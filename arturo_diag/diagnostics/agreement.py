@@ -211,8 +211,8 @@ def agreement(
     usable = (a != 0) & (h != 0)
     log_ratio = np.log10(np.abs(a[usable])) - np.log10(np.abs(h[usable]))
     if log_ratio.size:
-        quantiles = np.quantile(log_ratio, LOG_RATIO_QUANTILES)
-        abs_median = float(np.median(np.abs(log_ratio)))
+        quantiles = np.quantile(log_ratio, LOG_RATIO_QUANTILES, overwrite_input=True)  # a temporary
+        abs_median = float(np.median(np.abs(log_ratio), overwrite_input=True))
     else:
         quantiles = np.full(len(LOG_RATIO_QUANTILES), math.nan)
         abs_median = math.nan

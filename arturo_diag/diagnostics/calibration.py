@@ -91,8 +91,10 @@ def calibration(a: Any, h: Any, p_aa: Any) -> dict[str, Any]:
     if n:
         z = error / std
         coverage = float(np.mean(error <= 2.0 * std))
-        sharpness = float(np.median(z))
-        median_std, median_error = float(np.median(std)), float(np.median(error))
+        # the three are temporaries, last used here: partitioned in place (the same medians)
+        sharpness = float(np.median(z, overwrite_input=True))
+        median_std = float(np.median(std, overwrite_input=True))
+        median_error = float(np.median(error, overwrite_input=True))
     else:
         coverage = sharpness = median_std = median_error = math.nan
     return {

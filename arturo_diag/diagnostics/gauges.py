@@ -45,7 +45,7 @@ def _arrays(mapping: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 def _quantiles(values: np.ndarray, prefix: str, quantiles: Sequence[float] = _QUANTILES) -> dict[str, float]:
     values = values[np.isfinite(values)]
-    found = np.quantile(values, quantiles) if values.size else np.full(len(quantiles), math.nan)
+    found = np.quantile(values, quantiles, overwrite_input=True) if values.size else np.full(len(quantiles), math.nan)
     return {f"{prefix}_q{round(q * 100):02d}": float(v) for q, v in zip(quantiles, found)}
 
 
@@ -102,7 +102,7 @@ def trust_region_radius(
         result.update(_quantiles(radius, "radius"))
         if moved is not None:
             usage = np.abs(moved[positive]) / radius
-            result["usage_median"] = float(np.median(usage)) if usage.size else math.nan
+            result["usage_median"] = float(np.median(usage, overwrite_input=True)) if usage.size else math.nan
             result["usage_q95"] = _quantiles(usage, "u", (0.95,))["u_q95"]
             result["usage_max"] = float(usage.max()) if usage.size else math.nan
             result["kl_share"] = float(np.sum(usage**2))

@@ -49,7 +49,7 @@ def _stat(values: np.ndarray, fn) -> float:
 def _quantiles(values: np.ndarray, quantiles=_QUANTILES, prefix: str = "q") -> dict[str, float]:
     values = _finite(values)
     if values.size:
-        found = np.quantile(values, quantiles)
+        found = np.quantile(values, quantiles, overwrite_input=True)  # _finite's copy
     else:
         found = np.full(len(quantiles), math.nan)
     return {f"{prefix}{round(q * 100):02d}": float(v) for q, v in zip(quantiles, found)}

@@ -64,12 +64,12 @@ def movement(a: Any, h: Any, *, prior: float = INITIAL_CURVATURE, h_floor: float
         h01, h99 = (float(v) for v in np.quantile(h, (0.01, 0.99)))
     else:
         q01 = q50 = q99 = h01 = h99 = math.nan
-    typical_h = float(np.median(abs_h[nonzero])) if np.any(nonzero) else math.nan
+    typical_h = float(np.median(abs_h[nonzero], overwrite_input=True)) if np.any(nonzero) else math.nan
     spread_a = _decades(np.abs(a))
     spread_h = _decades(abs_h)
     return {
         "n": n,
-        "median_relative_move": float(np.median(relative)) if relative.size else math.nan,
+        "median_relative_move": float(np.median(relative, overwrite_input=True)) if relative.size else math.nan,
         "never_left_share": float(np.mean(move < threshold)) if n else math.nan,
         "a_q01": q01,
         "a_median": q50,
@@ -91,7 +91,7 @@ def _decades(magnitudes: np.ndarray) -> float:
     positive = magnitudes[magnitudes > 0]
     if positive.size < 2:
         return math.nan
-    lo, hi = np.quantile(np.log10(positive), (0.01, 0.99))
+    lo, hi = np.quantile(np.log10(positive), (0.01, 0.99), overwrite_input=True)
     return float(hi - lo)
 
 
@@ -115,5 +115,5 @@ def left_prior(a: Any, *, prior: float = INITIAL_CURVATURE, factor: float = LEFT
         "share": n_left / n if n else math.nan,
         "factor": float(factor),
         "prior": float(prior),
-        "median_abs_log10": float(np.median(decades)) if decades.size else math.nan,
+        "median_abs_log10": float(np.median(decades, overwrite_input=True)) if decades.size else math.nan,
     }
