@@ -20,7 +20,9 @@ The references of issue 16: ``ggn`` (:func:`~arturo_diag.curvature.ggn_general.g
 exact GGN diagonal of any traceable model; ``reference_note`` says whether it is proved to be the
 Hessian diagonal) and ``cv`` (:func:`~arturo_diag.curvature.control_variate.hessian_diagonal_cv`:
 the GGN diagonal plus Hutchinson on diag(H - G), with its standard error; ``--samples`` probes,
-counted in ``hutchinson_samples``).
+counted in ``hutchinson_samples``). ``cv`` (and ``auto`` where it takes it) also stores, from the
+same probes, plain Hutchinson's error at equal Hessian-vector products (:data:`CV_COMPARISON_COLUMNS`:
+both RMS standard errors and the variance reduction with its 95 % interval).
 
 The Monitor runs the estimators of its method, the record checks require their fields, the
 analysis picks the compared field, and ``--reference``'s choices and help come from
@@ -47,13 +49,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from arturo_diag.curvature.control_variate import hessian_diagonal_cv
+from arturo_diag.curvature.control_variate import hessian_diagonal_cv_compared
 from arturo_diag.curvature.errors import GGNNotExactError
 from arturo_diag.curvature.exact import check_ggn_exact, exact_diagonal
 from arturo_diag.curvature.ggn_general import ggn_diagonal
 from arturo_diag.curvature.hutchinson import hutchinson_diagonal
 
 __all__ = [
+    "CV_COMPARISON_COLUMNS",
     "REFERENCE_BATCHES",
     "REFERENCE_ESTIMATORS",
     "REFERENCE_METHODS",
@@ -293,8 +296,19 @@ def _ggn(request: ReferenceRequest):
     return {name: {"h_ggn": ggn[name]} for name in request.names}, {"reference_note": _reason(ggn.note or "")}
 
 
+#: snapshots.csv's columns of the control variate against plain Hutchinson on its own probes (NaN
+#: where no probe was drawn; the bounds NaN too with fewer than 6 probes): see docs/record.md.
+CV_COMPARISON_COLUMNS = (
+    "cv_se_rms",
+    "plain_se_rms",
+    "cv_variance_reduction",
+    "cv_variance_reduction_lo",
+    "cv_variance_reduction_hi",
+)
+
+
 def _cv(request: ReferenceRequest):
-    estimate, stderr = hessian_diagonal_cv(
+    result = hessian_diagonal_cv_compared(
         request.model,
         request.loss_fn,
         request.inputs,
@@ -303,8 +317,19 @@ def _cv(request: ReferenceRequest):
         _generator(request),
         train=request.train,
     )
+    estimate, stderr = result.estimate, result.stderr
     arrays = {name: {"h_cv": estimate[name], "h_cv_se": stderr[name]} for name in request.names}
-    return arrays, {"hutchinson_samples": estimate.samples, "reference_note": f"the control variate: {estimate.note}"}
+    comparison = dict(
+        zip(
+            CV_COMPARISON_COLUMNS,
+            (result.cv_se_rms, result.plain_se_rms, result.variance_reduction, *result.interval),
+        )
+    )
+    return arrays, {
+        "hutchinson_samples": estimate.samples,
+        "reference_note": f"the control variate: {estimate.note}",
+        **comparison,
+    }
 
 
 def _auto(request: ReferenceRequest):
