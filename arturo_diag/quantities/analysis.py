@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from arturo_diag import quantities
 from arturo_diag.curvature.references import REFERENCE_ESTIMATORS, method_of
@@ -189,6 +190,16 @@ def analyze_record(
     """
     if not isinstance(record, RunRecord):
         record = RunRecord.load(record)
+    # BLAS on one thread: numpy's dot products of millions of coordinates then add up in one fixed
+    # order, so the numbers do not depend on the machine's core count; and OpenBLAS's own threads
+    # would compete with the observers' (on a busy 2-core machine a dot product took 15x longer)
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _analyze(record, collapse_fraction, max_lag, lag_metric, burn_in, constant)
+
+
+def _analyze(
+    record: RunRecord, collapse_fraction: float, max_lag: int, lag_metric: str, burn_in: int | None, constant: float
+) -> dict[str, Any]:
     options = Options(collapse_fraction, max_lag, lag_metric, burn_in, constant)
     settings = {name: _setting(record, name) for name in ("var_init", "eta_tol", "fixed_eta")}
     context = Context(record, options, settings)
