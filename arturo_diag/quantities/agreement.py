@@ -6,7 +6,9 @@ reference, overall: X, layers: {layer: X}}`` with X = ``agreement_with_baselines
 any, lost_on}, beats_previous_h, scale}`` (``scale``: :func:`~arturo_diag.diagnostics.scale.scale_and_shape`,
 the zero/best-constant/median-|h| baselines and a optimally rescaled); plus ``hutchinson_vs_exact``
 (a series of per-layer ``agreement(h_hutchinson, h_exact)`` with its ``scale``, or None),
-``reference_noise`` (a series of ``{step, relative_se, median_se_over_abs_h, samples}``, or None)
+``reference_noise`` (a series of ``{step, relative_se, median_se_over_abs_h, samples}``, or None;
+at a control-variate snapshot also ``cv_se_rms, plain_se_rms, cv_variance_reduction(_lo, _hi)``:
+plain Hutchinson on the same probes, snapshots.csv's columns)
 and ``bootstrap`` (the final snapshot's intervals behind the verdicts ``agreement.beats_constant``,
 ``agreement.scale``, ``agreement.shape``: :mod:`arturo_diag.quantities.agreement_verdicts`) and
 ``like_for_like`` (for an estimate whose target is ``gradient_second_moment``, Adam's v-hat: the
@@ -29,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from arturo_diag.curvature.references import REFERENCE_ESTIMATORS, estimator_for_field
+from arturo_diag.curvature.references import CV_COMPARISON_COLUMNS, REFERENCE_ESTIMATORS, estimator_for_field
 from arturo_diag.diagnostics.agreement import per_layer
 from arturo_diag.diagnostics.scale import agreement_scaled, agreement_with_baselines_scaled
 from arturo_diag.quantities._agreement_bootstrap import final_bootstrap
@@ -108,16 +110,20 @@ class _Observer:
             h_hat = concat([snapshot[n][noisy.field] for n in names])
             se = concat([snapshot[n][noisy.se_field] for n in names])
             nonzero = h_hat != 0
-            self.noise.append(
-                {
-                    "step": view.step,
-                    "relative_se": relative_norm(se, h_hat),
-                    "median_se_over_abs_h": float(np.median(se[nonzero] / np.abs(h_hat[nonzero])))
-                    if nonzero.any()
-                    else math.nan,
-                    "samples": snapshot_value(self.record.snapshots, view.step, "hutchinson_samples"),
-                }
-            )
+            table = self.record.snapshots
+            entry = {
+                "step": view.step,
+                "relative_se": relative_norm(se, h_hat),
+                "median_se_over_abs_h": float(np.median(se[nonzero] / np.abs(h_hat[nonzero]), overwrite_input=True))
+                if nonzero.any()
+                else math.nan,
+                "samples": snapshot_value(table, view.step, "hutchinson_samples"),
+            }
+            # the control variate's snapshots: plain Hutchinson's error on the same probes beside its own
+            # (a record written before these columns has none: left out, not NaN)
+            if snapshot_value(table, view.step, "reference") == "cv" and CV_COMPARISON_COLUMNS[0] in table.columns:
+                entry.update({c: number(snapshot_value(table, view.step, c)) for c in CV_COMPARISON_COLUMNS})
+            self.noise.append(entry)
 
     def _per_layer(self, view: SnapshotView) -> dict[str, Any]:
         """``per_layer(agreement_with_baselines_scaled, ...)`` over a, h and h_prev, with each array

@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from arturo_diag.curvature.references import REFERENCE_METHODS, estimators_of, reference_meaning
 from arturo_diag.diagnostics.record import RunRecord
 from arturo_diag.quantities._estimator import TARGET_WORDS, estimate_words, is_arturo, optimizer_name
@@ -156,7 +158,7 @@ def title_section(record: RunRecord, metrics: Mapping[str, Any], name: str | Pat
             f"{run.get('arturo_diag_version') or 'of unknown version'}."
         ),
     ]
-    comparison = cv_comparison_paragraph(record)
+    comparison = cv_comparison_paragraph(metrics)
     return [
         Heading(1, (text(report_title(metrics, "")), code(str(name)))),
         Paragraph(tuple(spans)),
@@ -180,17 +182,18 @@ def _verdict(lo: Any, hi: Any) -> str:
     return "inconclusive (the interval contains 1)"
 
 
-def cv_comparison_paragraph(record: RunRecord) -> Paragraph | None:
-    """The control variate against plain Hutchinson on its own probes (snapshots.csv's ``cv_se_rms``,
-    ``plain_se_rms``, ``cv_variance_reduction`` and its bounds): the last ``cv`` snapshot's numbers,
-    the spread over the cv snapshots, and what "equal HVP cost" counts. None for a run without a cv
-    snapshot, or one recorded before these columns."""
-    table = record.snapshots
-    if "reference" not in table.columns or "cv_variance_reduction" not in table.columns:
+def cv_comparison_paragraph(metrics: Mapping[str, Any]) -> Paragraph | None:
+    """The control variate against plain Hutchinson on its own probes (metrics'
+    ``agreement.reference_noise`` entries of the cv snapshots: ``cv_se_rms``, ``plain_se_rms``,
+    ``cv_variance_reduction`` and its bounds): the last one's numbers, the spread over the cv
+    snapshots, and what "equal HVP cost" counts. None for a run without a cv snapshot, or one
+    recorded before these columns."""
+    entries = [
+        e for e in (get(metrics, "agreement", "reference_noise", "snapshots") or []) if "cv_variance_reduction" in e
+    ]
+    if not entries:
         return None
-    rows = table[table["reference"] == "cv"]
-    if rows.empty:
-        return None
+    rows = pd.DataFrame(entries)
     lead = strong("Control variate vs plain Hutchinson at equal HVP cost (the same S probes):")
     cost = (
         ' "Equal HVP cost" counts Hessian-vector products: the control variate additionally pays the exact GGN '
@@ -211,7 +214,7 @@ def cv_comparison_paragraph(record: RunRecord) -> Paragraph | None:
     last = probed.iloc[-1]
     ratio, lo, hi = (float(last[c]) for c in ("cv_variance_reduction", "cv_variance_reduction_lo",
                                                 "cv_variance_reduction_hi"))  # fmt: skip
-    samples = last.get("hutchinson_samples")
+    samples = last.get("samples")
     ratio_words = f"{num(ratio)}x" if _finite(ratio) else "infinite (the residual's terms did not vary)"
     interval = f" (95 % CI {num(lo)}-{num(hi)})" if _finite(lo) and _finite(hi) else ""
     words = (

@@ -9,6 +9,7 @@ a dense Hessian in tests/curvature/test_cv_vs_plain.py.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -63,6 +64,12 @@ def test_compare_writes_the_columns_and_the_report_line(probed_run):
     verdict = "better" if lo > 1 else "worse" if hi < 1 else "inconclusive (the interval contains 1)"
     assert verdict in line
     assert "Over the 2 snapshots with probes" in line
+    # metrics.json carries the same numbers (every number of the report is in it), per cv snapshot
+    noise = json.loads((probed_run / "metrics.json").read_text(encoding="utf-8"))["agreement"]["reference_noise"]
+    for entry, (_, row) in zip(noise["snapshots"], table.iterrows(), strict=True):
+        assert entry["step"] == row["step"]
+        for column in CV_COMPARISON_COLUMNS:
+            assert entry[column] == pytest.approx(row[column], rel=1e-12), column
 
 
 @pytest.mark.parametrize(
